@@ -1,0 +1,43 @@
+"""campp: Grad-CAM and Grad-CAM++ for image classifiers, the Grad-CAM++ paper's workflow on PyTorch.
+
+From a notebook::
+
+    from campp_cli import load_classifier, explain, classify_file
+    clf = load_classifier("vgg16", device="cpu")
+    result = classify_file("images/cat.jpg", clf, "output", "cat.jpeg")
+
+Heavy modules (torch, OpenCV) load on first use, so ``campp --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_classifier": "models",
+    "resolve_device": "models",
+    "Classifier": "models",
+    "Preprocessing": "models",
+    "explain": "cam",
+    "cam_maps": "cam",
+    "Explanation": "cam",
+    "FeatureTap": "cam",
+    "classify_file": "pipeline",
+    "Options": "pipeline",
+    "load_rgb": "images",
+    "CamppError": "errors",
+    "UsageError": "errors",
+    "InputError": "errors",
+    "WeightsError": "errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module 'campp_cli' has no attribute {name!r}")

@@ -1,0 +1,137 @@
+"""The ``campp`` command line: parse, call the library, report.
+
+torch and OpenCV are imported inside the commands, never at module level, so
+``campp --help`` and argument errors answer at once.  :func:`main` is the one
+place where exceptions become a stderr line and an exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from . import __version__
+from .errors import CamppError
+from .settings import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DEFAULT_OUTPUT, DEFAULT_OUTPUT_DIR,
+                       MAX_PIXELS_CEILING)
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="campp")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """Explain image classifiers with Grad-CAM and Grad-CAM++.
+
+    A PyTorch port of the workflow of the Grad-CAM++ paper's classify.py
+    (Chattopadhyay et al., WACV 2018): one photo in, ImageNet VGG16, and
+    figures showing where the network looked.
+
+    \b
+    Example:
+      campp classify -f images/chelsea.png -o chelsea.jpeg
+    """
+
+
+@cli.command()
+@click.option("-f", "--file", "file", required=True, metavar="IMAGE",
+              help="Input photo: JPEG, PNG, BMP, WebP, TIFF, GIF... anything Pillow opens.")
+@click.option("-l", "--label", type=click.IntRange(-1, 999), default=-1, show_default=True,
+              help="ImageNet class index 0..999 to explain; -1 explains the predicted class.")
+@click.option("-gpu", "--gpu", "gpu", type=int, default=None, metavar="ID",
+              help="CUDA device index; -1 forces the CPU. Default: GPU 0 if CUDA is available, else the CPU.")
+@click.option("-o", "--output", default=DEFAULT_OUTPUT, show_default=True, metavar="NAME.jpeg",
+              help="Name of the comparison figure; the other files are named after it.")
+@click.option("--output-dir", default=DEFAULT_OUTPUT_DIR, show_default=True, metavar="DIR",
+              help="Folder for every output file, created if missing.")
+@click.option("--weights", default=None, metavar="PATH",
+              help="VGG16 state_dict (.pth). Default: models/, then the torch cache, then a download.")
+@click.option("--variant", type=click.Choice(["official", "paper"]), default="official", show_default=True,
+              help="Grad-CAM++ alphas: 'official' as the authors' code (renormalised), 'paper' as eq. 19.")
+@click.option("--save-maps", is_flag=True,
+              help="Also save the low-resolution maps as NAME_gradcam.npy and NAME_gradcampp.npy.")
+@click.option("--max-side", type=click.IntRange(16, 16384), default=DEFAULT_MAX_SIDE, show_default=True,
+              help="Largest side of the output panels; bigger photos are shrunk.")
+@click.option("--max-pixels", type=click.IntRange(1, MAX_PIXELS_CEILING), default=DEFAULT_MAX_PIXELS,
+              show_default=True, help="Refuse images with more pixels than this (decompression bombs).")
+@click.option("--offline", is_flag=True, envvar="CAMPP_OFFLINE",
+              help="Never download weights (also CAMPP_OFFLINE=1).")
+def classify(file, label, gpu, output, output_dir, weights, variant, save_maps, max_side, max_pixels,
+             offline) -> None:
+    """Explain one photo: top-5 classes on stdout, five JPEGs in the output folder.
+
+    \b
+    Writes, for -o NAME.jpeg:
+      NAME.jpeg                    input | Grad-CAM | Grad-CAM++ side by side
+      NAME_gradcam_heatmap.jpeg    JET heatmap of Grad-CAM
+      NAME_gradcampp_heatmap.jpeg  JET heatmap of Grad-CAM++
+      NAME_gradcam_overlay.jpeg    heatmap blended over the input
+      NAME_gradcampp_overlay.jpeg
+      NAME_gradcam.npy, NAME_gradcampp.npy   with --save-maps
+    """
+    from .pipeline import output_stem, prepare_output_dir
+
+    # Argument checks that need no model come first: they must be instant.
+    output_stem(output)
+    prepare_output_dir(output_dir)
+
+    from .models import describe_device, load_classifier, resolve_device
+    from .pipeline import Options, classify_file
+
+    device = resolve_device(gpu)
+    clf = load_classifier("vgg16", weights=weights, device=device, download=not offline)
+    _say(f"campp: {clf.arch} on {describe_device(device)}, weights {clf.weights_source}")
+    options = Options(label=label, variant=variant, max_side=max_side, max_pixels=max_pixels,
+                      save_maps=save_maps)
+    result = classify_file(file, clf, output_dir, output, options)
+    click.echo(f"{result.input}: top-5")
+    for rank, (c, name, p) in enumerate(result.top5, 1):
+        click.echo(f"  {rank}. {c:4d} {name:<32s} {p:.4f}")
+    how = "predicted class" if label == -1 else "class given with -l"
+    click.echo(f"explained: {result.class_index} {result.class_name} (p={result.probability:.4f}, {how}, "
+               f"Grad-CAM++ variant {variant})")
+    for path in result.outputs:
+        click.echo(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turn every error into one line and an exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args or os.environ.get("CAMPP_DEBUG", "") not in ("", "0")
+    try:
+        code = cli.main(args=args, prog_name="campp", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "campp"
+        _say(f"{where}: error: {exc.format_message()} (see '{where} --help')")
+        code = EXIT_USAGE
+    except click.exceptions.Abort:
+        _say("campp: aborted")
+        code = 130
+    except click.ClickException as exc:
+        _say(f"campp: error: {exc.format_message()}")
+        code = exc.exit_code
+    except CamppError as exc:
+        if debug:
+            raise
+        _say(f"campp: error: {exc.message}")
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        _say("campp: interrupted")
+        code = 130
+    except BrokenPipeError:
+        code = EXIT_FAILURE
+    except Exception as exc:  # a bug: still one line unless --debug
+        if debug:
+            raise
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _say(f"campp: internal error: {type(exc).__name__}: {text} (rerun with --debug for the traceback)")
+        code = EXIT_FAILURE
+    sys.exit(code if isinstance(code, int) else 0)
