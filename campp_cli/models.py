@@ -252,7 +252,7 @@ def load_classifier(
         download = os.environ.get("CAMPP_OFFLINE", "") in ("", "0")
     path = find_weights(spec, weights, download=download)
     stat = path.stat()
-    key = (arch, str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(device), layer)
+    key = (arch, str(path.absolute()), stat.st_size, stat.st_mtime_ns, str(device), layer)
     if key in _CACHE:
         return _CACHE[key]
     state, meta = read_checkpoint(path)

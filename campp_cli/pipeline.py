@@ -83,7 +83,7 @@ def prepare_output_dir(path: str | os.PathLike) -> Path:
 
 
 def to_batch(squares: list[np.ndarray], clf: Classifier) -> torch.Tensor:
-    """Model-ready batch from display squares (resize, [0,1], the model's normalisation)."""
+    """Model-ready batch from square crops (resize, [0,1], the model's normalisation)."""
     arr = np.stack([images.model_input(s, clf.input_size) for s in squares])
     x = torch.from_numpy(arr).to(clf.device)
     return clf.preprocessing(x)
@@ -137,11 +137,11 @@ def classify_file(path: str | os.PathLike, clf: Classifier, out_dir: str | os.Pa
     stem, suffix = output_stem(output)
     out = prepare_output_dir(out_dir)
     rgb = images.load_rgb(path, options.max_pixels)
-    square = images.display_square(rgb, options.max_side)
+    square = images.center_square(rgb)  # the model sees the full-resolution crop
     expl = explain_squares(clf, [square], options.label, options.variant)
     c = int(expl.classes[0])
     name = clf.categories[c]
-    figures = render(square, expl, 0, name)
+    figures = render(images.display_square(square, options.max_side), expl, 0, name)
     maps = {m: expl.maps[m][0] for m in METHODS} if options.save_maps else None
     written = write_outputs(out, stem, suffix, figures, maps)
     top5 = [(k, clf.categories[k], p) for k, p in expl.top(0, 5)]

@@ -1,0 +1,77 @@
+"""Shared fixtures: a seeded random VGG16 saved once per session, never any network.
+
+The weights are saved under torchvision's own file name in a temporary
+TORCH_HOME cache, so campp's real weight-finding and loading code runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Before anything imports torch.hub: a private cache, no models/ folder, no downloads.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="campp-tests-"))
+os.environ["TORCH_HOME"] = str(_SESSION_DIR / "torch_home")
+os.environ["CAMPP_MODELS"] = str(_SESSION_DIR / "no_models_here")
+os.environ["CAMPP_OFFLINE"] = "1"
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = REPO / "images"
+VGG16_FILE = "vgg16-397923af.pth"
+
+
+@pytest.fixture(scope="session")
+def vgg_weights() -> Path:
+    """A seeded random VGG16 state_dict in the temporary torch cache."""
+    import torch
+    import torchvision
+
+    path = Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints" / VGG16_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(1234)
+    torch.save(torchvision.models.vgg16().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def vgg(vgg_weights):
+    """The classifier as campp loads it (CPU)."""
+    from campp_cli.models import load_classifier
+
+    return load_classifier("vgg16", device="cpu")
+
+
+@pytest.fixture()
+def run_cli(capsys):
+    """Run ``campp ARGS`` in this process; return (exit code, stdout, stderr)."""
+    from campp_cli.cli import main
+
+    def run(*args: str):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return info.value.code, out, err
+
+    return run
+
+
+def write_image(path: Path, width: int, height: int, seed: int = 0, fmt: str | None = None) -> Path:
+    """A smooth random colour image (compresses well, looks like something)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(max(2, height // 16), max(2, width // 16), 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((width, height), Image.BILINEAR)
+    img.save(path, format=fmt)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sys_executable() -> str:
+    return sys.executable

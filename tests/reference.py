@@ -1,0 +1,97 @@
+"""Independent reference computations, written from the definitions in the issues.
+
+Nothing here imports campp: the maps are NumPy transcriptions of the formulas,
+and activations/gradients come from splitting VGG16 by hand (no hooks).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
+IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+
+
+def gradcam_weights(A: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """A, g: (K, H, W). weight_k = mean_ij g_kij."""
+    return g.reshape(g.shape[0], -1).mean(axis=1)
+
+
+def gradcampp_official_weights(A: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """The authors' misc/utils.py grad_CAM_plus, exp(S) cancelled."""
+    K = A.shape[0]
+    weights = np.zeros(K)
+    for k in range(K):
+        s = A[k].sum()
+        num = g[k] ** 2
+        den = 2 * g[k] ** 2 + s * g[k] ** 3
+        den = np.where(den != 0.0, den, 1.0)
+        alpha = num / den
+        w = np.maximum(g[k], 0.0)
+        norm = np.sum(np.where(g[k] > 0, alpha, 0.0))
+        if norm != 0.0:
+            alpha = alpha / norm
+        weights[k] = np.sum(w * alpha)
+    return weights
+
+
+def gradcampp_paper_weights(A: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Eq. 19 as printed: no renormalisation; alpha = 0 where g = 0."""
+    K = A.shape[0]
+    weights = np.zeros(K)
+    for k in range(K):
+        s = A[k].sum()
+        num = g[k] ** 2
+        den = 2 * g[k] ** 2 + s * g[k] ** 3
+        alpha = np.zeros_like(num)
+        ok = (g[k] != 0) & (den != 0)
+        alpha[ok] = num[ok] / den[ok]
+        weights[k] = np.sum(np.maximum(g[k], 0.0) * alpha)
+    return weights
+
+
+def combine(weights: np.ndarray, A: np.ndarray) -> np.ndarray:
+    cam = np.maximum(np.tensordot(weights, A, axes=1), 0.0)
+    top = cam.max()
+    return cam / top if top > 0 else cam
+
+
+REFERENCE_WEIGHTS = {
+    "gradcam": gradcam_weights,
+    "official": gradcampp_official_weights,
+    "paper": gradcampp_paper_weights,
+}
+
+
+def reference_map(A: np.ndarray, g: np.ndarray, method: str) -> np.ndarray:
+    A = A.astype(np.float64)
+    g = g.astype(np.float64)
+    return combine(REFERENCE_WEIGHTS[method](A, g), A)
+
+
+def vgg_activations_and_grads(model, x: torch.Tensor, cls: int | None = None, cut: int = 30):
+    """Split torchvision's VGG at ``features[cut]``: A = features[:cut](x), g = dS/dA."""
+    with torch.no_grad():
+        A = model.features[:cut](x)
+    A = A.clone().requires_grad_(True)
+    h = model.features[cut:](A)
+    h = model.avgpool(h)
+    logits = model.classifier(torch.flatten(h, 1))
+    if cls is None:
+        cls = int(logits[0].argmax())
+    (g,) = torch.autograd.grad(logits[0, cls], A)
+    return A.detach()[0].numpy(), g[0].numpy(), logits.detach()[0].numpy(), cls
+
+
+def paper_preprocess(rgb: np.ndarray, size: int = 224) -> torch.Tensor:
+    """Centre square crop, resize to size x size, ImageNet mean/std: (1, 3, size, size)."""
+    h, w = rgb.shape[:2]
+    s = min(h, w)
+    y, x = (h - s) // 2, (w - s) // 2
+    crop = rgb[y:y + s, x:x + s]
+    interp = cv2.INTER_AREA if s > size else cv2.INTER_LINEAR
+    small = cv2.resize(crop, (size, size), interpolation=interp).astype(np.float64) / 255.0
+    norm = (small - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(norm.transpose(2, 0, 1)[None].astype(np.float32))
