@@ -41,6 +41,24 @@ VARIANTS = ("official", "paper")
 METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++"}
 
 
+class FrozenParameters:
+    """Parameters' requires_grad off for the duration (restored on exit)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self._flags = []
+
+    def __enter__(self):
+        self._flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        for p, _ in self._flags:
+            p.requires_grad_(False)
+        return self
+
+    def __exit__(self, *exc):
+        for p, flag in self._flags:
+            p.requires_grad_(flag)
+
+
 class FeatureTap:
     """Context manager that exposes one layer's output as a gradient leaf.
 
@@ -59,7 +77,7 @@ class FeatureTap:
         self.module = modules[layer]
         self.activation: torch.Tensor | None = None
         self._handle = None
-        self._flags: list[tuple[torch.nn.Parameter, bool]] = []
+        self._frozen = FrozenParameters(model)
 
     def _hook(self, module, inputs, output):
         if self.activation is not None:
@@ -73,9 +91,7 @@ class FeatureTap:
         return self.activation
 
     def __enter__(self) -> "FeatureTap":
-        self._flags = [(p, p.requires_grad) for p in self.model.parameters()]
-        for p, _ in self._flags:
-            p.requires_grad_(False)
+        self._frozen.__enter__()
         self._handle = self.module.register_forward_hook(self._hook)
         return self
 
@@ -83,9 +99,7 @@ class FeatureTap:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        for p, flag in self._flags:
-            p.requires_grad_(flag)
-        self._flags = []
+        self._frozen.__exit__(*exc)
 
 
 # --------------------------------------------------------------------------- channel weights
@@ -212,3 +226,54 @@ def explain(model: torch.nn.Module, layer: str, x: torch.Tensor, classes=None,
         layer=layer,
         variant=variant,
     )
+
+
+# --------------------------------------------------------------------------- guided backpropagation
+
+
+class GuidedReLU:
+    """Context manager: every ``nn.ReLU`` passes gradient back only where both its
+    input and the incoming gradient are positive (Springenberg et al., 2015).
+
+    In-place ReLUs are made out-of-place while it is active (backward hooks
+    cannot see in-place outputs); flags and hooks are restored on exit.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+        self._handles = []
+        self._inplace: list[bool] = []
+
+    @staticmethod
+    def _hook(module, grad_input, grad_output):
+        # ReLU's own backward already zeroed the gradient where its input <= 0.
+        return (torch.clamp(grad_input[0], min=0.0),)
+
+    def __enter__(self) -> "GuidedReLU":
+        self._inplace = [m.inplace for m in self.relus]
+        for m in self.relus:
+            m.inplace = False
+            self._handles.append(m.register_full_backward_hook(self._hook))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        for m, flag in zip(self.relus, self._inplace):
+            m.inplace = flag
+
+
+def guided_backprop(model: torch.nn.Module, rgb01: torch.Tensor, classes, preprocess=None) -> np.ndarray:
+    """Guided-backpropagation gradient of each image's class logit w.r.t. the RGB image, ``(N, 3, H, W)``.
+
+    ``rgb01`` is the batch before normalisation and ``preprocess`` the model's
+    normalisation, so the gradient's channels are RGB whatever the model eats
+    (the Caffe VGG16 eats BGR).  A second, full backward pass: run only when asked.
+    """
+    x = rgb01.detach().clone().requires_grad_(True)
+    with torch.enable_grad(), FrozenParameters(model), GuidedReLU(model):
+        logits = model(preprocess(x) if preprocess is not None else x)
+        idx = _class_tensor(classes, logits.detach())
+        (grad,) = torch.autograd.grad(logits.gather(1, idx[:, None]).sum(), x)
+    return grad.detach().float().cpu().numpy()

@@ -53,19 +53,23 @@ def cli(debug: bool) -> None:
 @click.option("--output-dir", default=DEFAULT_OUTPUT_DIR, show_default=True, metavar="DIR",
               help="Folder for every output file, created if missing.")
 @click.option("--weights", default=None, metavar="PATH",
-              help="VGG16 state_dict (.pth). Default: models/, then the torch cache, then a download.")
+              help="VGG16 weights: a state_dict .pth, or the paper's vgg16.npy. "
+                   "Default: models/, then the torch cache, then a download.")
 @click.option("--variant", type=click.Choice(["official", "paper"]), default="official", show_default=True,
               help="Grad-CAM++ alphas: 'official' as the authors' code (renormalised), 'paper' as eq. 19.")
 @click.option("--save-maps", is_flag=True,
               help="Also save the low-resolution maps as NAME_gradcam.npy and NAME_gradcampp.npy.")
+@click.option("--guided", is_flag=True,
+              help="Also write guided Grad-CAM and Grad-CAM++ (NAME_guided_gradcam.jpeg, "
+                   "NAME_guided_gradcampp.jpeg); costs a second, full backward pass.")
 @click.option("--max-side", type=click.IntRange(16, 16384), default=DEFAULT_MAX_SIDE, show_default=True,
               help="Largest side of the output panels; bigger photos are shrunk.")
 @click.option("--max-pixels", type=click.IntRange(1, MAX_PIXELS_CEILING), default=DEFAULT_MAX_PIXELS,
               show_default=True, help="Refuse images with more pixels than this (decompression bombs).")
 @click.option("--offline", is_flag=True, envvar="CAMPP_OFFLINE",
               help="Never download weights (also CAMPP_OFFLINE=1).")
-def classify(file, label, gpu, output, output_dir, weights, variant, save_maps, max_side, max_pixels,
-             offline) -> None:
+def classify(file, label, gpu, output, output_dir, weights, variant, save_maps, guided, max_side,
+             max_pixels, offline) -> None:
     """Explain one photo: top-5 classes on stdout, five JPEGs in the output folder.
 
     \b
@@ -76,6 +80,7 @@ def classify(file, label, gpu, output, output_dir, weights, variant, save_maps, 
       NAME_gradcam_overlay.jpeg    heatmap blended over the input
       NAME_gradcampp_overlay.jpeg
       NAME_gradcam.npy, NAME_gradcampp.npy   with --save-maps
+      NAME_guided_gradcam.jpeg, NAME_guided_gradcampp.jpeg  with --guided
     """
     from .pipeline import output_stem, prepare_output_dir
 
@@ -90,7 +95,7 @@ def classify(file, label, gpu, output, output_dir, weights, variant, save_maps, 
     clf = load_classifier("vgg16", weights=weights, device=device, download=not offline)
     _say(f"campp: {clf.arch} on {describe_device(device)}, weights {clf.weights_source}")
     options = Options(label=label, variant=variant, max_side=max_side, max_pixels=max_pixels,
-                      save_maps=save_maps)
+                      save_maps=save_maps, guided=guided)
     result = classify_file(file, clf, output_dir, output, options)
     click.echo(f"{result.input}: top-5")
     for rank, (c, name, p) in enumerate(result.top5, 1):
@@ -100,6 +105,27 @@ def classify(file, label, gpu, output, output_dir, weights, variant, save_maps, 
                f"Grad-CAM++ variant {variant})")
     for path in result.outputs:
         click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("source", metavar="SOURCE")
+@click.argument("target", metavar="TARGET.pth")
+def convert(source, target) -> None:
+    """Convert the paper's vgg16.npy (or any VGG16 weights) to a plain state_dict.
+
+    The .npy is a pickle, read with an unpickler that admits only arrays; the
+    .pth written holds tensors and the model's preprocessing (Caffe: BGR, 0..255,
+    mean subtraction), so later runs load it with weights_only=True and never
+    touch pickle again:
+
+    
+      campp convert models/vgg16.npy models/vgg16_caffe.pth
+      campp classify -f images/chelsea.png --weights models/vgg16_caffe.pth
+    """
+    from .models import convert_weights
+
+    path = convert_weights(source, target)
+    click.echo(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> None:

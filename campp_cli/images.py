@@ -144,6 +144,13 @@ def overlay(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray
     return cv2.addWeighted(heat, alpha, rgb, 1.0 - alpha, 0.0)
 
 
+def gradient_image(grad_hwc: np.ndarray) -> np.ndarray:
+    """A signed gradient as a viewable RGB image: zero is mid-grey, 0.1 std per unit."""
+    g = grad_hwc.astype(np.float64)
+    g = (g - g.mean()) / (g.std() + 1e-12) * 0.1 + 0.5
+    return np.round(np.clip(g, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)

@@ -7,6 +7,7 @@ hold tensors, never code.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,6 +211,37 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
     return obj, meta
 
 
+def read_weights(path: Path) -> tuple[dict, dict]:
+    """A ``.pth`` state_dict, or the paper's ``vgg16.npy`` through a restricted unpickler."""
+    if path.suffix.lower() == ".npy":
+        from .npy_weights import load_npy_weights
+
+        return load_npy_weights(path)
+    return read_checkpoint(path)
+
+
+def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, arch: str = "vgg16") -> Path:
+    """Write ``src`` (``.npy`` or ``.pth``) as a plain state_dict plus the preprocessing it needs."""
+    from .images import write_atomic  # atomic: a failed conversion leaves no partial file
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise UsageError(f"{src}: no such file")
+    state, meta = read_weights(src)
+    spec = get_arch(arch)
+    check_fits(spec.build(), state, arch, src)
+    payload = {
+        "state_dict": state,
+        "arch": arch,
+        "preprocessing": meta.get("preprocessing", Preprocessing().as_dict()),
+        "source": src.name,
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    write_atomic(dst, buf.getvalue())
+    return dst
+
+
 def check_fits(module: torch.nn.Module, state: dict, arch: str, path: Path) -> None:
     """Name the first keys that do not fit instead of torch's wall of text."""
     expected = module.state_dict()
@@ -255,7 +287,7 @@ def load_classifier(
     key = (arch, str(path.absolute()), stat.st_size, stat.st_mtime_ns, str(device), layer)
     if key in _CACHE:
         return _CACHE[key]
-    state, meta = read_checkpoint(path)
+    state, meta = read_weights(path)
     module = spec.build()
     check_fits(module, state, arch, path)
     module.load_state_dict(state)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import images
-from .cam import METHOD_TITLES, METHODS, Explanation, explain
+from .cam import METHOD_TITLES, METHODS, Explanation, explain, guided_backprop
 from .errors import UsageError
 from .models import Classifier
 
@@ -30,6 +30,7 @@ class Options:
     max_side: int = images.DEFAULT_MAX_SIDE
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     save_maps: bool = False
+    guided: bool = False  # also guided Grad-CAM and Grad-CAM++ (a second, full backward pass)
 
 
 @dataclass
@@ -83,21 +84,22 @@ def prepare_output_dir(path: str | os.PathLike) -> Path:
 
 
 def to_batch(squares: list[np.ndarray], clf: Classifier) -> torch.Tensor:
-    """Model-ready batch from square crops (resize, [0,1], the model's normalisation)."""
+    """RGB batch in [0, 1] at the model's input size, on its device (before normalisation)."""
     arr = np.stack([images.model_input(s, clf.input_size) for s in squares])
-    x = torch.from_numpy(arr).to(clf.device)
-    return clf.preprocessing(x)
+    return torch.from_numpy(arr).to(clf.device)
 
 
-def explain_squares(clf: Classifier, squares: list[np.ndarray], label: int = -1,
-                    variant: str = "official") -> Explanation:
-    if label >= len(clf.categories):
+def check_label(clf: Classifier, label: int) -> None:
+    if not -1 <= label < len(clf.categories):
         raise UsageError(f"-l {label}: out of range; {clf.arch} has classes 0..{len(clf.categories) - 1}")
-    return explain(clf.module, clf.layer, to_batch(squares, clf), classes=label, variant=variant)
 
 
-def render(square: np.ndarray, expl: Explanation, i: int, class_name: str) -> dict[str, np.ndarray]:
-    """Every figure for image ``i``, keyed by output-name suffix ('' is the comparison)."""
+def render(square: np.ndarray, expl: Explanation, i: int, class_name: str,
+           guided: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every figure for image ``i``, keyed by output-name suffix ('' is the comparison).
+
+    ``guided``: image i's guided-backpropagation gradient ``(3, h, w)``, if wanted.
+    """
     side = square.shape[0]
     c = int(expl.classes[i])
     p = float(expl.probs[i, c])
@@ -109,6 +111,10 @@ def render(square: np.ndarray, expl: Explanation, i: int, class_name: str) -> di
         figures[f"_{method}_heatmap"] = heat
         figures[f"_{method}_overlay"] = blended
         panels.append(images.titled(blended, [METHOD_TITLES[method], f"{class_name} ({p:.1%})"]))
+        if guided is not None:
+            grad = guided.transpose(1, 2, 0)
+            weighted = grad * images.upsample(expl.maps[method][i], grad.shape[0])[..., None]
+            figures[f"_guided_{method}"] = images.resize(images.gradient_image(weighted), side)
     figures[""] = images.side_by_side(panels)
     return figures
 
@@ -136,12 +142,18 @@ def classify_file(path: str | os.PathLike, clf: Classifier, out_dir: str | os.Pa
     options = options or Options()
     stem, suffix = output_stem(output)
     out = prepare_output_dir(out_dir)
+    check_label(clf, options.label)
     rgb = images.load_rgb(path, options.max_pixels)
     square = images.center_square(rgb)  # the model sees the full-resolution crop
-    expl = explain_squares(clf, [square], options.label, options.variant)
+    rgb01 = to_batch([square], clf)
+    expl = explain(clf.module, clf.layer, clf.preprocessing(rgb01), classes=options.label,
+                   variant=options.variant)
+    guided = None
+    if options.guided:
+        guided = guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing)[0]
     c = int(expl.classes[0])
     name = clf.categories[c]
-    figures = render(images.display_square(square, options.max_side), expl, 0, name)
+    figures = render(images.display_square(square, options.max_side), expl, 0, name, guided)
     maps = {m: expl.maps[m][0] for m in METHODS} if options.save_maps else None
     written = write_outputs(out, stem, suffix, figures, maps)
     top5 = [(k, clf.categories[k], p) for k, p in expl.top(0, 5)]
