@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,7 +193,9 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
     (what ``campp convert`` writes).
     """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; our message says it all
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         text = str(exc)
         if "Weights only load failed" in text or "weights_only" in text:
