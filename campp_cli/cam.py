@@ -59,6 +59,16 @@ class FrozenParameters:
             p.requires_grad_(flag)
 
 
+def split_layer(spec: str) -> tuple[str, int | None]:
+    """``"name@k"`` (the k-th call of a module that runs several times) -> ``("name", k)``."""
+    name, sep, call = spec.partition("@")
+    if not sep:
+        return spec, None
+    if not call.isdigit():
+        raise UsageError(f"--layer {spec}: after '@' give the call number (0, 1, ...)")
+    return name, int(call)
+
+
 class FeatureTap:
     """Context manager that exposes one layer's output as a gradient leaf.
 
@@ -66,24 +76,31 @@ class FeatureTap:
     are restored on exit, whatever happens) and hooks ``layer``; the hook
     replaces the layer's output with a detached copy that requires grad, so
     autograd records only what comes after it.  The hook is always removed.
+
+    ``layer`` is a dotted module name, or ``name@k`` for the k-th call (from 0)
+    of a module the forward pass runs several times.
     """
 
     def __init__(self, model: torch.nn.Module, layer: str):
+        name, self.call = split_layer(layer)
         modules = dict(model.named_modules())
-        if layer not in modules:
+        if name not in modules:
             raise UsageError(f"--layer {layer}: the model has no such module")
         self.model = model
         self.layer = layer
-        self.module = modules[layer]
+        self.module = modules[name]
         self.activation: torch.Tensor | None = None
+        self.calls = 0
         self._handle = None
         self._frozen = FrozenParameters(model)
 
     def _hook(self, module, inputs, output):
-        if self.activation is not None:
-            raise ModelError(
-                f"layer {self.layer} runs more than once per forward pass; pick a module used once (--layer)"
-            )
+        index, self.calls = self.calls, self.calls + 1
+        if self.call is None and index > 0:
+            raise ModelError(f"layer {self.layer} runs more than once per forward pass; "
+                             f"pick one call with --layer {self.layer}@0, @1, ...")
+        if index != (self.call or 0):
+            return None
         if not isinstance(output, torch.Tensor):
             raise UsageError(f"--layer {self.layer}: its output is not a single tensor")
         # A copy: the next module may work in place, which a leaf cannot allow.
@@ -208,7 +225,7 @@ def explain(model: torch.nn.Module, layer: str, x: torch.Tensor, classes=None,
         logits = model(x)
         acts = tap.activation
         if acts is None:
-            raise UsageError(f"--layer {layer}: this module did not run in the forward pass")
+            raise UsageError(f"--layer {layer}: this module ran {tap.calls} times in the forward pass")
         if not torch.isfinite(logits).all():
             raise ModelError("the model produced non-finite logits (NaN or inf); are the weights broken?")
         idx = _class_tensor(classes, logits.detach())

