@@ -213,7 +213,7 @@ def feature_maps(module: torch.nn.Module, size: int, device: torch.device | str 
     return result
 
 
-def default_layer(spec: ArchSpec, module: torch.nn.Module, device="cpu") -> str:
+def default_layer(spec: ArchSpec, module: torch.nn.Module, device: torch.device | str = "cpu") -> str:
     """The arch's own choice, else the last feature map that is still spatial (before global pooling)."""
     if spec.default_layer:
         return spec.default_layer
@@ -223,7 +223,7 @@ def default_layer(spec: ArchSpec, module: torch.nn.Module, device="cpu") -> str:
     return spatial[-1].layer
 
 
-def check_layer(module: torch.nn.Module, layer: str, spec: ArchSpec, device="cpu") -> None:
+def check_layer(module: torch.nn.Module, layer: str, spec: ArchSpec, device: torch.device | str = "cpu") -> None:
     """A usage error, with the closest names, unless ``layer`` is a 4-D feature map of the model."""
     maps = feature_maps(module, spec.input_size, device)
     valid = [f.layer for f in maps]
@@ -438,20 +438,21 @@ def load_classifier(
     key = (arch, str(path.absolute()), stat.st_size, stat.st_mtime_ns, str(device), layer)
     if key in _CACHE:
         return _CACHE[key]
+    module = spec.build().eval()
+    # Layer errors before the (large) weights are read: shapes need no trained weights.
+    if layer is None:
+        target = default_layer(spec, module)
+    else:
+        check_layer(module, layer, spec)
+        target = layer
     state, meta = read_weights(path)
-    module = spec.build()
     check_fits(module, state, arch, path)
     module.load_state_dict(state)
-    module.eval().to(device)
+    module.to(device)
     if "preprocessing" in meta:
         preprocessing = Preprocessing.from_dict(meta["preprocessing"])
     else:
         preprocessing = spec.preprocessing
-    if layer is None:
-        target = default_layer(spec, module, device)
-    else:
-        check_layer(module, layer, spec, device)
-        target = layer
     clf = Classifier(
         arch=arch,
         module=module,

@@ -1,0 +1,162 @@
+"""--arch, --layer, `campp layers`, and a real ImageNet model (EfficientNet-Lite0, offline) on real photos."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from campp_cli import images
+from campp_cli.cam import explain
+from campp_cli.models import load_classifier
+from campp_cli.pipeline import to_batch
+from conftest import IMAGES
+from reference import reference_map
+
+CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+ESPRESSO, CUP = 967, 968
+# Hand-labelled boxes (x0, y0, x1, y1) in the centre-square crop: the cat's face, the cup.
+BOXES = {"chelsea": (20, 20, 290, 300), "coffee": (60, 55, 330, 335)}
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_classifier("efficientnet_lite0")
+
+
+def explain_file(clf, name, variant="official", label=-1):
+    square = images.center_square(images.load_rgb(IMAGES / f"{name}.png"))
+    x = clf.preprocessing(to_batch([square], clf))
+    return square, explain(clf.module, clf.layer, x, classes=label, variant=variant)
+
+
+def test_real_model_recognises_real_photos(lite0):
+    _, cat = explain_file(lite0, "chelsea")
+    assert {c for c, _ in cat.top(0, 3)} & CAT_CLASSES
+    _, coffee = explain_file(lite0, "coffee")
+    assert coffee.top(0, 1)[0][0] in (ESPRESSO, CUP)
+
+
+@pytest.mark.parametrize("name", sorted(BOXES))
+def test_map_peaks_lie_on_the_object(lite0, name):
+    square, expl = explain_file(lite0, name)
+    x0, y0, x1, y1 = BOXES[name]
+    for method in ("gradcam", "gradcampp"):
+        up = images.upsample(expl.maps[method][0], square.shape[0])
+        y, x = np.unravel_index(np.argmax(up), up.shape)
+        assert x0 <= x <= x1 and y0 <= y <= y1, (method, x, y)
+
+
+def test_reused_activation_module_targets_the_final_feature_map(lite0):
+    """Lite0 calls its model-level ReLU6 after the stem and after the head: campp must take the head."""
+    model = lite0.module
+    assert lite0.layer == "_swish@1"
+    x = lite0.preprocessing(torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        A = model.extract_features(x)  # the package's own "final feature map"
+    A = A.clone().requires_grad_(True)
+    logits = model._fc(torch.flatten(model._avg_pooling(A), 1))
+    cls = int(logits.argmax())
+    (g,) = torch.autograd.grad(logits[0, cls], A)
+    ours = explain(model, lite0.layer, x)
+    assert ours.maps["gradcampp"].shape == (1, 7, 7)
+    for method, ref in (("gradcam", "gradcam"), ("gradcampp", "official")):
+        np.testing.assert_allclose(ours.maps[method][0], reference_map(A.detach()[0].numpy(), g[0].numpy(), ref),
+                                   atol=1e-5)
+
+
+def two_instances(obj: np.ndarray, big: int, small: int, side: int = 400):
+    """The same object twice on white, the second copy smaller; returns the image and both boxes."""
+    canvas = np.full((side, side, 3), 255, np.uint8)
+    ya, yb = (side - big) // 2, (side - small) // 2
+    canvas[ya:ya + big, 5:5 + big] = cv2.resize(obj, (big, big), interpolation=cv2.INTER_AREA)
+    canvas[yb:yb + small, side - 5 - small:side - 5] = cv2.resize(obj, (small, small), interpolation=cv2.INTER_AREA)
+    return canvas, (slice(ya, ya + big), slice(5, 5 + big)), (slice(yb, yb + small), slice(side - 5 - small, side - 5))
+
+
+def weaker_share(cam: np.ndarray, box_a, box_b) -> float:
+    mass_a, mass_b = cam[box_a].sum(), cam[box_b].sum()
+    return float(min(mass_a, mass_b) / (mass_a + mass_b))
+
+
+@pytest.mark.parametrize("name", ["chelsea", "coffee"])
+def test_two_instances_both_get_map_mass(lite0, name, capsys):
+    """The paper's multiple-instance claim, measured (README, 'Several instances').
+
+    On EfficientNet-Lite0 neither method covers the second copy more evenly in
+    general (the figures are printed and quoted in the README); what both must
+    do is put a real share of the map on each copy.
+    """
+    obj = images.center_square(images.load_rgb(IMAGES / f"{name}.png"))
+    shares = {}
+    for big, small in [(190, 190), (190, 150), (190, 120), (200, 140)]:
+        canvas, box_a, box_b = two_instances(obj, big, small)
+        expl = explain(lite0.module, lite0.layer, lite0.preprocessing(to_batch([canvas], lite0)))
+        for method in ("gradcam", "gradcampp"):
+            share = weaker_share(images.upsample(expl.maps[method][0], 400), box_a, box_b)
+            shares.setdefault(method, []).append(round(share, 3))
+            assert share > 0.15, (big, small, method, share)
+    with capsys.disabled():
+        print(f"\n[two instances, {name}] weaker-copy share of map mass: {shares}")
+
+
+# --------------------------------------------------------------------------- any torchvision CNN
+
+
+@pytest.fixture(scope="module")
+def resnet18_weights(tmp_path_factory):
+    torch.manual_seed(5)
+    path = tmp_path_factory.mktemp("r18") / "resnet18-random.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
+def test_torchvision_arch_with_its_default_layer(resnet18_weights, run_cli, tmp_path):
+    code, out, err = run_cli("classify", "--arch", "resnet18", "--weights", resnet18_weights, "-f",
+                             IMAGES / "coffee.png", "--save-maps", "--output-dir", tmp_path)
+    assert code == 0, err
+    assert "layer layer4" in err
+    assert np.load(tmp_path / "output_gradcampp.npy").shape == (7, 7)
+
+
+def test_layer_override(resnet18_weights, run_cli, tmp_path):
+    code, out, err = run_cli("classify", "--arch", "resnet18", "--weights", resnet18_weights, "--layer", "layer3",
+                             "-f", IMAGES / "coffee.png", "--save-maps", "--output-dir", tmp_path)
+    assert code == 0, err
+    assert np.load(tmp_path / "output_gradcam.npy").shape == (14, 14)
+
+
+def test_layers_command_marks_the_default(run_cli):
+    code, out, err = run_cli("layers", "--arch", "resnet18")
+    assert code == 0, err
+    marked = [l for l in out.splitlines() if l.startswith("*")]
+    assert len(marked) == 1 and "layer4 " in marked[0] and "512 x   7 x   7" in marked[0]
+    code, out, _ = run_cli("layers", "--arch", "efficientnet_lite0")
+    marked = [l for l in out.splitlines() if l.startswith("*")]
+    assert "_swish@1" in marked[0] and "1280 x   7 x   7" in marked[0]
+    assert "_swish@0" in out
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--arch", "resnet5"], ["unknown architecture", "resnet50"]),
+    (["--arch", "vit_b_16"], ["transformers"]),
+    (["--arch", "resnet18", "--layer", "layer5"], ["no such feature map", "layer4"]),
+    (["--arch", "efficientnet_lite0", "--layer", "_swish"], ["runs 2 times", "_swish@1"]),
+    (["--arch", "resnet18", "--layer", "fc"], ["not a 4-D feature map"]),
+])
+def test_unknown_arch_or_layer_suggests_names(resnet18_weights, run_cli, tmp_path, args, needles):
+    code, out, err = run_cli("classify", "-f", IMAGES / "coffee.png", "--weights", resnet18_weights, *args,
+                             "--output-dir", tmp_path)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1
+    for needle in needles:
+        assert needle in err
+
+
+def test_weights_for_another_arch_name_the_keys(resnet18_weights, run_cli, tmp_path):
+    code, out, err = run_cli("classify", "-f", IMAGES / "coffee.png", "--weights", resnet18_weights,
+                             "--output-dir", tmp_path)  # vgg16 by default
+    assert code == 1
+    assert "do not fit vgg16" in err and "features.0.weight" in err and "conv1.weight" in err
