@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import click
 
@@ -163,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turn every error into one line and an exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args or os.environ.get("CAMPP_DEBUG", "") not in ("", "0")
+    if not debug:
+        # Library warnings (deprecations, initialisation notes) would break the one-line contract.
+        warnings.simplefilter("ignore")
     try:
         code = cli.main(args=args, prog_name="campp", standalone_mode=False)
     except click.exceptions.UsageError as exc:

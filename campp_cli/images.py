@@ -32,6 +32,8 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> n
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not an image file")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise InputError(f"{path}: not a regular file")
     try:
         if path.stat().st_size == 0:
             raise InputError(f"{path}: empty file")
@@ -48,8 +50,9 @@ def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX
     """:func:`load_rgb` for bytes already in memory."""
     try:
         with warnings.catch_warnings():
-            # Our own max_pixels check replaces Pillow's warning.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Our max_pixels check replaces Pillow's bomb warning; its notes on corrupt
+            # metadata (EXIF, TIFF tags) are no concern of someone explaining a photo.
+            warnings.simplefilter("ignore")
             img = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > max_pixels:
@@ -65,8 +68,8 @@ def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX
             return _to_rgb(img)
     except InputError:
         raise
-    except Image.DecompressionBombError:
-        raise InputError(f"{name}: refused by Pillow as a decompression bomb") from None
+    except Image.DecompressionBombError as exc:  # Pillow's own ceiling, checked inside open()
+        raise InputError(f"{name}: refused: exceeds --max-pixels {max_pixels} ({exc})") from None
     except UnidentifiedImageError:
         raise InputError(f"{name}: not an image format campp can read") from None
     except Exception as exc:  # decoders of hostile bytes raise anything; one line for all
@@ -211,20 +214,29 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     Readers see either no file or the whole file, never a partial one; on any
     failure (disk full, interruption) the temporary file is removed.
     """
-    path = Path(path)
-    fd, tmp = None, None
+    write_all_atomic({Path(path): data})
+
+
+def write_all_atomic(files: dict[Path, bytes]) -> None:
+    """Write several files all or nothing: every one to a temporary name first, then the renames.
+
+    A failure while writing (disk full, permissions) leaves none of them and no
+    temporary file behind.
+    """
+    temps: dict[Path, str] = {}
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fd = None
-            fh.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-        tmp = None
+        for path, data in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+            temps[path] = tmp
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        failed = exc.filename or next(iter(files), "")
+        raise OutputError(f"{failed}: cannot write ({exc.strerror or exc})") from None
     finally:
-        if fd is not None:
-            os.close(fd)
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)

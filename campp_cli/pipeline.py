@@ -121,19 +121,16 @@ def render(square: np.ndarray, expl: Explanation, i: int, class_name: str,
 
 def write_outputs(out_dir: Path, stem: str, suffix: str, figures: dict[str, np.ndarray],
                   maps: dict[str, np.ndarray] | None = None) -> list[str]:
-    """Write every figure (and maps as .npy) atomically; return the paths in order."""
-    written = []
+    """Write every figure (and maps as .npy), all or nothing; return the paths in order."""
+    files: dict[Path, bytes] = {}
     for key in ["", *sorted(k for k in figures if k)]:
-        path = out_dir / f"{stem}{key}{suffix}"
-        images.write_atomic(path, images.encode_jpeg(figures[key]))
-        written.append(str(path))
+        files[out_dir / f"{stem}{key}{suffix}"] = images.encode_jpeg(figures[key])
     for method, cam in (maps or {}).items():
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(cam, dtype=np.float32))
-        path = out_dir / f"{stem}_{method}.npy"
-        images.write_atomic(path, buf.getvalue())
-        written.append(str(path))
-    return written
+        files[out_dir / f"{stem}_{method}.npy"] = buf.getvalue()
+    images.write_all_atomic(files)
+    return [str(p) for p in files]
 
 
 def classify_file(path: str | os.PathLike, clf: Classifier, out_dir: str | os.PathLike,
