@@ -7,6 +7,7 @@ place where exceptions become a stderr line and an exit code.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import warnings
@@ -14,7 +15,7 @@ import warnings
 import click
 
 from . import __version__
-from .errors import CamppError
+from .errors import CamppError, UsageError
 from .settings import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DEFAULT_OUTPUT, DEFAULT_OUTPUT_DIR,
                        MAX_PIXELS_CEILING)
 
@@ -43,16 +44,18 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-@click.option("-f", "--file", "file", required=True, metavar="IMAGE",
-              help="Input photo: JPEG, PNG, BMP, WebP, TIFF, GIF... anything Pillow opens.")
+@click.option("-f", "--file", "files", required=True, multiple=True, metavar="INPUT",
+              help="Photo to explain (JPEG, PNG, BMP, WebP, TIFF, GIF... anything Pillow opens); repeat it, "
+                   "or give a folder, a glob pattern, or @list.txt (one path a line; @- reads stdin).")
 @click.option("-l", "--label", type=click.IntRange(-1, 999), default=-1, show_default=True,
               help="ImageNet class index 0..999 to explain; -1 explains the predicted class.")
 @click.option("-gpu", "--gpu", "gpu", type=int, default=None, metavar="ID",
               help="CUDA device index; -1 forces the CPU. Default: GPU 0 if CUDA is available, else the CPU.")
-@click.option("-o", "--output", default=DEFAULT_OUTPUT, show_default=True, metavar="NAME.jpeg",
-              help="Name of the comparison figure; the other files are named after it.")
+@click.option("-o", "--output", default=None, metavar="NAME.jpeg",
+              help="Name of the comparison figure; the other files are named after it. Default: output.jpeg "
+                   "for one photo; for several, a template with {stem} (default {stem}.jpeg).")
 @click.option("--output-dir", default=DEFAULT_OUTPUT_DIR, show_default=True, metavar="DIR",
-              help="Folder for every output file, created if missing.")
+              help="Folder for every output file, created if missing; folders given with -f are mirrored in it.")
 @click.option("--arch", default="vgg16", show_default=True, metavar="NAME",
               help="vgg16 (the paper's), efficientnet_lite0 (offline), or any torchvision CNN "
                    "classifier by name: resnet50, densenet121, convnext_tiny...")
@@ -69,15 +72,25 @@ def cli(debug: bool) -> None:
 @click.option("--guided", is_flag=True,
               help="Also write guided Grad-CAM and Grad-CAM++ (NAME_guided_gradcam.jpeg, "
                    "NAME_guided_gradcampp.jpeg); costs a second, full backward pass.")
+@click.option("--recursive", is_flag=True, help="Descend into subfolders of folders given with -f.")
+@click.option("--skip-existing", is_flag=True,
+              help="Skip images whose outputs are all there already (resume an interrupted run).")
+@click.option("--jsonl", "jsonl", default=None, metavar="FILE",
+              help="Write one JSON line per image: input, class, name, probability, top-5, outputs, or error.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=None, metavar="N",
+              help="Images per forward/backward pass. Default: 8 on the CPU, 32 on CUDA.")
+@click.option("--workers", type=click.IntRange(1, 64), default=None, metavar="N",
+              help="Threads that decode and write while the model runs. Default: min(4, CPU cores).")
+@click.option("-q", "--quiet", is_flag=True, help="No per-image lines, progress bar or summary; errors only.")
 @click.option("--max-side", type=click.IntRange(16, 16384), default=DEFAULT_MAX_SIDE, show_default=True,
               help="Largest side of the output panels; bigger photos are shrunk.")
 @click.option("--max-pixels", type=click.IntRange(1, MAX_PIXELS_CEILING), default=DEFAULT_MAX_PIXELS,
               show_default=True, help="Refuse images with more pixels than this (decompression bombs).")
 @click.option("--offline", is_flag=True, envvar="CAMPP_OFFLINE",
               help="Never download weights (also CAMPP_OFFLINE=1).")
-def classify(file, label, gpu, output, output_dir, arch, layer, weights, variant, save_maps, guided, max_side,
-             max_pixels, offline) -> None:
-    """Explain one photo: top-5 classes on stdout, five JPEGs in the output folder.
+def classify(files, label, gpu, output, output_dir, arch, layer, weights, variant, save_maps, guided, recursive,
+             skip_existing, jsonl, batch_size, workers, quiet, max_side, max_pixels, offline) -> None:
+    """Explain photos: top-5 classes on stdout, five JPEGs per photo in the output folder.
 
     \b
     Writes, for -o NAME.jpeg:
@@ -88,30 +101,83 @@ def classify(file, label, gpu, output, output_dir, arch, layer, weights, variant
       NAME_gradcampp_overlay.jpeg
       NAME_gradcam.npy, NAME_gradcampp.npy   with --save-maps
       NAME_guided_gradcam.jpeg, NAME_guided_gradcampp.jpeg  with --guided
+
+    \b
+    Several photos (one model load, batched):
+      campp classify -f photos/ --recursive --jsonl results.jsonl
+      campp classify -f 'val/*.JPEG' -o '{stem}_cam.jpeg' --skip-existing
     """
-    from .pipeline import output_stem, prepare_output_dir
+    from pathlib import Path
+
+    from .inputs import is_single, plan
+    from .pipeline import prepare_output_dir
 
     # Argument checks that need no model come first: they must be instant.
-    output_stem(output)
+    single = is_single(list(files))
+    jobs = plan(list(files), Path(output_dir), output, recursive)
     prepare_output_dir(output_dir)
 
     from .models import describe_device, load_classifier, resolve_device
-    from .pipeline import Options, classify_file
+    from .pipeline import Options, run
 
     device = resolve_device(gpu)
     clf = load_classifier(arch, weights=weights, device=device, layer=layer, download=not offline)
-    _say(f"campp: {clf.arch} on {describe_device(device)}, layer {clf.layer}, weights {clf.weights_source}")
+    if not quiet:
+        _say(f"campp: {clf.arch} on {describe_device(device)}, layer {clf.layer}, weights {clf.weights_source}")
     options = Options(label=label, variant=variant, max_side=max_side, max_pixels=max_pixels,
-                      save_maps=save_maps, guided=guided)
-    result = classify_file(file, clf, output_dir, output, options)
-    click.echo(f"{result.input}: top-5")
-    for rank, (c, name, p) in enumerate(result.top5, 1):
-        click.echo(f"  {rank}. {c:4d} {name:<32s} {p:.4f}")
+                      save_maps=save_maps, guided=guided, batch_size=batch_size, skip_existing=skip_existing)
+    if workers:
+        options.workers = workers
     how = "predicted class" if label == -1 else "class given with -l"
-    click.echo(f"explained: {result.class_index} {result.class_name} (p={result.probability:.4f}, {how}, "
-               f"Grad-CAM++ variant {variant})")
-    for path in result.outputs:
-        click.echo(f"wrote {path}")
+    log = _open_jsonl(jsonl)
+    show_bar = not single and not quiet and sys.stderr.isatty()
+    per_image_lines = not single and not quiet and not (show_bar and sys.stdout.isatty())
+    bar = click.progressbar(length=len(jobs), file=sys.stderr, show_pos=True, show_eta=True,
+                            label="explaining") if show_bar else None
+
+    def on_result(result) -> None:
+        if log is not None:
+            log.write(json.dumps(result.as_dict()) + "\n")
+            log.flush()
+        if bar is not None:
+            bar.update(1)
+        if result.error is not None:
+            if single:
+                raise result.exception
+            _say(f"campp: error: {result.error}")
+        elif single:
+            click.echo(f"{result.input}: top-5")
+            for rank, (c, name, p) in enumerate(result.top5, 1):
+                click.echo(f"  {rank}. {c:4d} {name:<32s} {p:.4f}")
+            click.echo(f"explained: {result.class_index} {result.class_name} (p={result.probability:.4f}, "
+                       f"{how}, Grad-CAM++ variant {variant})")
+            for path in result.outputs:
+                click.echo(f"wrote {path}")
+        elif per_image_lines:
+            status = "skipped, outputs exist" if result.skipped else \
+                f"{result.class_index} {result.class_name} ({result.probability:.4f})"
+            click.echo(f"{result.input}: {status} -> {result.outputs[0]}")
+
+    try:
+        summary = run(jobs, clf, options, on_result)
+    finally:
+        if bar is not None:
+            bar.render_finish()
+        if log is not None:
+            log.close()
+    if not single and not quiet:
+        _say(summary.line())
+    if summary.failed:
+        sys.exit(EXIT_FAILURE)
+
+
+def _open_jsonl(path):
+    if path is None:
+        return None
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--jsonl {path}: cannot write ({exc.strerror or exc})") from None
 
 
 @cli.command()

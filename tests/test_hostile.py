@@ -218,10 +218,15 @@ def test_max_pixels_option(vgg, run_cli, tmp_path):
 def test_paths_that_are_not_files(vgg, run_cli, tmp_path):
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
-    cases = {tmp_path / "missing.jpg": "no such file", tmp_path: "is a directory", fifo: "not a regular file"}
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    cases = {tmp_path / "missing.jpg": "no such file", fifo: "not a regular file",
+             empty: "no image files in this folder"}  # a folder is a batch input (of nothing here)
     for path, reason in cases.items():
         code, _, err = run_cli("classify", "-f", path, "--output-dir", tmp_path / "o")
         assert code == 1 and reason in err and str(path) in err
+    with pytest.raises(InputError, match="is a directory"):
+        images.load_rgb(tmp_path)
 
 
 def test_unreadable_file(vgg, run_cli, tmp_path, monkeypatch):
