@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import click
 
@@ -43,53 +44,92 @@ def cli(debug: bool) -> None:
     """
 
 
+def _options(*decorators):
+    """Apply click options in the order they are listed (so --help lists them so)."""
+    def apply(f):
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+    return apply
+
+
+input_options = _options(
+    click.option("-f", "--file", "files", required=True, multiple=True, metavar="INPUT",
+                 help="Photo to explain (JPEG, PNG, BMP, WebP, TIFF, GIF... anything Pillow opens); repeat it, "
+                      "or give a folder, a glob pattern, or @list.txt (one path a line; @- reads stdin)."),
+    click.option("--recursive", is_flag=True, help="Descend into subfolders of folders given with -f."),
+)
+
+model_options = _options(
+    click.option("-l", "--label", type=click.IntRange(-1, 999), default=-1, show_default=True,
+                 help="ImageNet class index 0..999 to explain; -1 explains the predicted class."),
+    click.option("-gpu", "--gpu", "gpu", type=int, default=None, metavar="ID",
+                 help="CUDA device index; -1 forces the CPU. Default: GPU 0 if CUDA is available, else the CPU."),
+    click.option("--arch", default="vgg16", show_default=True, metavar="NAME",
+                 help="vgg16 (the paper's), efficientnet_lite0 (offline), or any torchvision CNN "
+                      "classifier by name: resnet50, densenet121, convnext_tiny..."),
+    click.option("--layer", default=None, metavar="DOTTED.NAME",
+                 help="Feature map to explain (see 'campp layers'). Default: vgg16 features.29 as in the "
+                      "paper, else the last spatial feature map before global pooling."),
+    click.option("--weights", default=None, metavar="PATH",
+                 help="Weights: a state_dict .pth, or for vgg16 the paper's vgg16.npy. Default: models/, "
+                      "then the torch cache (or the package, for efficientnet_lite0), then a download."),
+    click.option("--variant", type=click.Choice(["official", "paper"]), default="official", show_default=True,
+                 help="Grad-CAM++ alphas: 'official' as the authors' code (renormalised), 'paper' as eq. 19."),
+    click.option("--offline", is_flag=True, envvar="CAMPP_OFFLINE",
+                 help="Never download weights (also CAMPP_OFFLINE=1)."),
+)
+
+run_options = _options(
+    click.option("--batch-size", type=click.IntRange(1, 4096), default=None, metavar="N",
+                 help="Images per forward/backward pass. Default: 8 on the CPU, 32 on CUDA."),
+    click.option("--workers", type=click.IntRange(1, 64), default=None, metavar="N",
+                 help="Threads that decode and write while the model runs. Default: min(4, CPU cores)."),
+    click.option("-q", "--quiet", is_flag=True, help="No per-image lines, progress bar or summary; errors only."),
+    click.option("--max-pixels", type=click.IntRange(1, MAX_PIXELS_CEILING), default=DEFAULT_MAX_PIXELS,
+                 show_default=True, help="Refuse images with more pixels than this (decompression bombs)."),
+)
+
+
+def _load_model(gpu, arch, weights, layer, offline, quiet):
+    from .models import describe_device, load_classifier, resolve_device
+
+    device = resolve_device(gpu)
+    clf = load_classifier(arch, weights=weights, device=device, layer=layer, download=not offline)
+    if not quiet:
+        _say(f"campp: {clf.arch} on {describe_device(device)}, layer {clf.layer}, weights {clf.weights_source}")
+    return clf
+
+
+def _progress(count: int, quiet: bool):
+    """A progress bar on stderr when it is a terminal, else None."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    return click.progressbar(length=count, file=sys.stderr, show_pos=True, show_eta=True, label="explaining")
+
+
 @cli.command()
-@click.option("-f", "--file", "files", required=True, multiple=True, metavar="INPUT",
-              help="Photo to explain (JPEG, PNG, BMP, WebP, TIFF, GIF... anything Pillow opens); repeat it, "
-                   "or give a folder, a glob pattern, or @list.txt (one path a line; @- reads stdin).")
-@click.option("-l", "--label", type=click.IntRange(-1, 999), default=-1, show_default=True,
-              help="ImageNet class index 0..999 to explain; -1 explains the predicted class.")
-@click.option("-gpu", "--gpu", "gpu", type=int, default=None, metavar="ID",
-              help="CUDA device index; -1 forces the CPU. Default: GPU 0 if CUDA is available, else the CPU.")
+@input_options
 @click.option("-o", "--output", default=None, metavar="NAME.jpeg",
               help="Name of the comparison figure; the other files are named after it. Default: output.jpeg "
                    "for one photo; for several, a template with {stem} (default {stem}.jpeg).")
 @click.option("--output-dir", default=DEFAULT_OUTPUT_DIR, show_default=True, metavar="DIR",
               help="Folder for every output file, created if missing; folders given with -f are mirrored in it.")
-@click.option("--arch", default="vgg16", show_default=True, metavar="NAME",
-              help="vgg16 (the paper's), efficientnet_lite0 (offline), or any torchvision CNN "
-                   "classifier by name: resnet50, densenet121, convnext_tiny...")
-@click.option("--layer", default=None, metavar="DOTTED.NAME",
-              help="Feature map to explain (see 'campp layers'). Default: vgg16 features.29 as in the "
-                   "paper, else the last spatial feature map before global pooling.")
-@click.option("--weights", default=None, metavar="PATH",
-              help="Weights: a state_dict .pth, or for vgg16 the paper's vgg16.npy. Default: models/, "
-                   "then the torch cache (or the package, for efficientnet_lite0), then a download.")
-@click.option("--variant", type=click.Choice(["official", "paper"]), default="official", show_default=True,
-              help="Grad-CAM++ alphas: 'official' as the authors' code (renormalised), 'paper' as eq. 19.")
+@model_options
 @click.option("--save-maps", is_flag=True,
               help="Also save the low-resolution maps as NAME_gradcam.npy and NAME_gradcampp.npy.")
 @click.option("--guided", is_flag=True,
               help="Also write guided Grad-CAM and Grad-CAM++ (NAME_guided_gradcam.jpeg, "
                    "NAME_guided_gradcampp.jpeg); costs a second, full backward pass.")
-@click.option("--recursive", is_flag=True, help="Descend into subfolders of folders given with -f.")
 @click.option("--skip-existing", is_flag=True,
               help="Skip images whose outputs are all there already (resume an interrupted run).")
 @click.option("--jsonl", "jsonl", default=None, metavar="FILE",
               help="Write one JSON line per image: input, class, name, probability, top-5, outputs, or error.")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=None, metavar="N",
-              help="Images per forward/backward pass. Default: 8 on the CPU, 32 on CUDA.")
-@click.option("--workers", type=click.IntRange(1, 64), default=None, metavar="N",
-              help="Threads that decode and write while the model runs. Default: min(4, CPU cores).")
-@click.option("-q", "--quiet", is_flag=True, help="No per-image lines, progress bar or summary; errors only.")
+@run_options
 @click.option("--max-side", type=click.IntRange(16, 16384), default=DEFAULT_MAX_SIDE, show_default=True,
               help="Largest side of the output panels; bigger photos are shrunk.")
-@click.option("--max-pixels", type=click.IntRange(1, MAX_PIXELS_CEILING), default=DEFAULT_MAX_PIXELS,
-              show_default=True, help="Refuse images with more pixels than this (decompression bombs).")
-@click.option("--offline", is_flag=True, envvar="CAMPP_OFFLINE",
-              help="Never download weights (also CAMPP_OFFLINE=1).")
-def classify(files, label, gpu, output, output_dir, arch, layer, weights, variant, save_maps, guided, recursive,
-             skip_existing, jsonl, batch_size, workers, quiet, max_side, max_pixels, offline) -> None:
+def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weights, variant, offline, save_maps,
+             guided, skip_existing, jsonl, batch_size, workers, quiet, max_pixels, max_side) -> None:
     """Explain photos: top-5 classes on stdout, five JPEGs per photo in the output folder.
 
     \b
@@ -107,8 +147,6 @@ def classify(files, label, gpu, output, output_dir, arch, layer, weights, varian
       campp classify -f photos/ --recursive --jsonl results.jsonl
       campp classify -f 'val/*.JPEG' -o '{stem}_cam.jpeg' --skip-existing
     """
-    from pathlib import Path
-
     from .inputs import is_single, plan
     from .pipeline import prepare_output_dir
 
@@ -117,23 +155,17 @@ def classify(files, label, gpu, output, output_dir, arch, layer, weights, varian
     jobs = plan(list(files), Path(output_dir), output, recursive)
     prepare_output_dir(output_dir)
 
-    from .models import describe_device, load_classifier, resolve_device
     from .pipeline import Options, run
 
-    device = resolve_device(gpu)
-    clf = load_classifier(arch, weights=weights, device=device, layer=layer, download=not offline)
-    if not quiet:
-        _say(f"campp: {clf.arch} on {describe_device(device)}, layer {clf.layer}, weights {clf.weights_source}")
+    clf = _load_model(gpu, arch, weights, layer, offline, quiet)
     options = Options(label=label, variant=variant, max_side=max_side, max_pixels=max_pixels,
                       save_maps=save_maps, guided=guided, batch_size=batch_size, skip_existing=skip_existing)
     if workers:
         options.workers = workers
     how = "predicted class" if label == -1 else "class given with -l"
     log = _open_jsonl(jsonl)
-    show_bar = not single and not quiet and sys.stderr.isatty()
-    per_image_lines = not single and not quiet and not (show_bar and sys.stdout.isatty())
-    bar = click.progressbar(length=len(jobs), file=sys.stderr, show_pos=True, show_eta=True,
-                            label="explaining") if show_bar else None
+    bar = None if single else _progress(len(jobs), quiet)
+    per_image_lines = not single and not quiet and not (bar is not None and sys.stdout.isatty())
 
     def on_result(result) -> None:
         if log is not None:
@@ -166,6 +198,72 @@ def classify(files, label, gpu, output, output_dir, arch, layer, weights, varian
         if log is not None:
             log.close()
     if not single and not quiet:
+        _say(summary.line())
+    if summary.failed:
+        sys.exit(EXIT_FAILURE)
+
+
+@cli.command()
+@input_options
+@model_options
+@click.option("--steps", type=click.IntRange(2, 4096), default=16, show_default=True,
+              help="Deletion/insertion steps (each costs a forward pass per image and method).")
+@click.option("--json", "json_path", default=None, metavar="FILE", help="Write the summary as JSON.")
+@click.option("--csv", "csv_path", default=None, metavar="FILE", help="Write one row per image and method.")
+@click.option("--plot", "plot_path", default=None, metavar="FILE.png",
+              help="Write a PNG of the mean deletion and insertion curves of both methods.")
+@run_options
+def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, offline, steps, json_path, csv_path,
+             plot_path, batch_size, workers, quiet, max_pixels) -> None:
+    """Faithfulness of Grad-CAM and Grad-CAM++ on your model and images.
+
+    \b
+    Per method: Average Drop % and Increase in Confidence % (the paper's
+    Table 1: how much of the model's confidence the explained region alone
+    keeps), and RISE's deletion and insertion AUC, each with a 95 % bootstrap
+    interval over images.
+
+    \b
+      campp evaluate --arch efficientnet_lite0 -f images/ --json eval.json --plot eval.png
+    """
+    from .inputs import plan
+
+    if plot_path is not None and not plot_path.lower().endswith(".png"):
+        raise UsageError(f"--plot {plot_path}: give a .png file name")
+    jobs = plan(list(files), Path("."), None, recursive)
+
+    from . import evaluate as ev
+    from .images import write_atomic
+    from .pipeline import Options, run
+
+    clf = _load_model(gpu, arch, weights, layer, offline, quiet)
+    options = Options(label=label, variant=variant, max_pixels=max_pixels, batch_size=batch_size)
+    if workers:
+        options.workers = workers
+    results = []
+    bar = _progress(len(jobs), quiet)
+
+    def on_result(result) -> None:
+        if bar is not None:
+            bar.update(1)
+        if result.error is not None:
+            _say(f"campp: error: {result.error}")
+        results.append(result)
+
+    try:
+        summary = run(jobs, clf, options, on_result, handler=ev.EvaluateHandler(steps))
+    finally:
+        if bar is not None:
+            bar.render_finish()
+    document = ev.report(results, clf, options, steps, summary.failed)
+    click.echo(ev.format_table(document["methods"]))
+    if json_path:
+        write_atomic(json_path, ev.json_bytes(document))
+    if csv_path:
+        write_atomic(csv_path, ev.csv_bytes(results))
+    if plot_path:
+        write_atomic(plot_path, ev.plot_png(results))
+    if not quiet:
         _say(summary.line())
     if summary.failed:
         sys.exit(EXIT_FAILURE)

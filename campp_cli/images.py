@@ -154,7 +154,7 @@ def gradient_image(grad_hwc: np.ndarray) -> np.ndarray:
     return np.round(np.clip(g, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow without FreeType: fixed bitmap font
@@ -165,7 +165,7 @@ def titled(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     """The image with a white band above it holding ``lines`` of text."""
     h, w = rgb.shape[:2]
     size = max(12, w // 22)
-    font = _font(size)
+    face = font(size)
     line_h = int(size * 1.25)
     band = line_h * len(lines) + size // 2
     canvas = Image.new("RGB", (w, h + band), (255, 255, 255))
@@ -174,10 +174,10 @@ def titled(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     for i, line in enumerate(lines):
         text = line
         # Shorten rather than overflow a narrow panel.
-        while len(text) > 4 and draw.textlength(text, font=font) > w - 8:
+        while len(text) > 4 and draw.textlength(text, font=face) > w - 8:
             text = text[:-2].rstrip() + "…" if not text.endswith("…") else text[:-2] + "…"
-        tw = draw.textlength(text, font=font)
-        draw.text(((w - tw) / 2, size // 4 + i * line_h), text, fill=(0, 0, 0), font=font)
+        tw = draw.textlength(text, font=face)
+        draw.text(((w - tw) / 2, size // 4 + i * line_h), text, fill=(0, 0, 0), font=face)
     return np.asarray(canvas)
 
 

@@ -148,7 +148,7 @@ def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool =
     sources = expand(specs, recursive)
     template = output or "{stem}.jpeg"
     check_template(template)
-    # Name by stem; where two sources in one folder share a stem, add their extension, then a counter.
+    # Name by stem; where sources in one folder share a stem, add their extension, or else a counter.
     def base(src: _Source, with_ext: bool) -> tuple[Path, str]:
         # Derived names must pass the same checks as a user's -o: no '..', no leading dot.
         stem = (src.path.stem or src.path.name).replace("..", "_").lstrip(".") or "image"
@@ -156,12 +156,14 @@ def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool =
             stem = f"{stem}_{src.path.suffix.lstrip('.').lower()}"
         return src.rel_dir, stem
 
-    counts: dict[tuple[Path, str], int] = {}
+    groups: dict[tuple[Path, str], list[str]] = {}
     for src in sources:
-        counts[base(src, False)] = counts.get(base(src, False), 0) + 1
+        groups.setdefault(base(src, False), []).append(src.path.suffix.lower())
+    # The extension tells a group apart only when every member's differs (a.png, a.jpg).
+    by_ext = {key for key, exts in groups.items() if len(exts) > 1 and len(set(exts)) == len(exts)}
     jobs, taken = [], set()
     for src in sources:
-        rel, stem = base(src, counts[base(src, False)] > 1)
+        rel, stem = base(src, base(src, False) in by_ext)
         name, n = stem, 1
         while (rel, name) in taken:
             n += 1

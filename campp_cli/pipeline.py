@@ -51,6 +51,7 @@ class Result:
     error: str | None = None  # the one-line reason, when this image failed
     skipped: bool = False  # --skip-existing found every output already there
     exception: CamppError | None = field(default=None, repr=False)
+    extra: dict = field(default_factory=dict, repr=False)  # what a handler adds (metrics...)
 
     @classmethod
     def failure(cls, source, exc: CamppError) -> "Result":
@@ -170,19 +171,58 @@ def _decode(job: Job, size: int, options: Options) -> _Decoded:
     return _Decoded(job, images.model_input(square, size), images.display_square(square, options.max_side))
 
 
-def _finish(item: _Decoded, expl: Explanation, i: int, guided: np.ndarray | None, clf: Classifier,
-            options: Options) -> Result:
+class Handler:
+    """What a command does with each explained batch; :func:`run` does the rest.
+
+    ``after_batch`` runs in the main thread (model work: extra passes);
+    ``finish`` runs in a worker thread, once per image (rendering, writing).
+    """
+
+    def is_done(self, job: Job) -> Result | None:
+        """A skipped Result when this job needs no work (--skip-existing)."""
+        return None
+
+    def after_batch(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
+        return [None] * len(expl.classes)
+
+    def finish(self, item: "_Decoded", expl: Explanation, i: int, extra, clf: Classifier) -> Result:
+        raise NotImplementedError
+
+
+class ClassifyHandler(Handler):
+    """campp classify: figures (and maps, and guided figures) for each image."""
+
+    def __init__(self, options: Options):
+        self.options = options
+
+    def is_done(self, job: Job) -> Result | None:
+        paths = job.output_paths(self.options.save_maps, self.options.guided)
+        if self.options.skip_existing and job.error is None and all(p.is_file() for p in paths):
+            return Result(str(job.source), -1, "", 0.0, [], [str(p) for p in paths], skipped=True)
+        return None
+
+    def after_batch(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
+        if not self.options.guided:
+            return super().after_batch(clf, rgb01, expl)
+        return list(guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing))
+
+    def finish(self, item: "_Decoded", expl: Explanation, i: int, guided, clf: Classifier) -> Result:
+        c = int(expl.classes[i])
+        name = clf.categories[c]
+        figures = render(item.display, expl, i, name, guided)
+        maps = {m: expl.maps[m][i] for m in METHODS} if self.options.save_maps else None
+        try:
+            item.job.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{item.job.out_dir}: cannot create ({exc.strerror or exc})") from None
+        written = write_outputs(item.job.out_dir, item.job.stem, item.job.suffix, figures, maps)
+        return result_of(item, expl, i, clf, written)
+
+
+def result_of(item: "_Decoded", expl: Explanation, i: int, clf: Classifier, outputs: list[str]) -> Result:
     c = int(expl.classes[i])
-    name = clf.categories[c]
-    figures = render(item.display, expl, i, name, guided)
-    maps = {m: expl.maps[m][i] for m in METHODS} if options.save_maps else None
-    try:
-        item.job.out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{item.job.out_dir}: cannot create ({exc.strerror or exc})") from None
-    written = write_outputs(item.job.out_dir, item.job.stem, item.job.suffix, figures, maps)
     top5 = [(k, clf.categories[k], p) for k, p in expl.top(i, 5)]
-    return Result(str(item.job.source), c, name, float(expl.probs[i, c]), top5, written)
+    return Result(str(item.job.source), c, clf.categories[c], float(expl.probs[i, c]), top5, outputs)
 
 
 def _guarded(fn, source, *args) -> Result:
@@ -201,17 +241,19 @@ def _to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
-        on_result: Callable[[Result], None] | None = None) -> Summary:
+        on_result: Callable[[Result], None] | None = None, handler: Handler | None = None) -> Summary:
     """Explain every job with one model: decoding and writing overlap the model's work.
 
     Batches of ``options.batch_size`` images go through one forward and one
-    backward pass; worker threads decode the next batch and render and write
-    the previous one meanwhile.  At most about three batches are in memory at
-    once, so memory stays flat however many images there are.  A bad image
-    becomes a failed :class:`Result` and the run goes on; usage errors and a
-    broken model (non-finite logits) end it.
+    backward pass; worker threads decode the next batch and finish (render and
+    write) the previous one meanwhile.  At most about three batches are in
+    memory at once, so memory stays flat however many images there are.  A bad
+    image becomes a failed :class:`Result` and the run goes on; usage errors
+    and a broken model (non-finite logits) end it.  Results are reported in
+    input order.  ``handler`` says what to do with each batch (default: classify).
     """
     options = options or Options()
+    handler = handler or ClassifyHandler(options)
     check_label(clf, options.label)
     report = on_result or (lambda r: None)
     batch_size = options.batch_size or default_batch_size(clf.device)
@@ -229,19 +271,18 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
 
     todo = []
     for job in jobs:
-        paths = job.output_paths(options.save_maps, options.guided)
-        if options.skip_existing and job.error is None and all(p.is_file() for p in paths):
-            record(Result(str(job.source), -1, "", 0.0, [], [str(p) for p in paths], skipped=True))
+        skipped = handler.is_done(job)
+        if skipped is not None:
+            record(skipped)
         else:
             todo.append(job)
     chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     decoders = ThreadPoolExecutor(options.workers, thread_name_prefix="campp-decode")
-    writers = ThreadPoolExecutor(options.workers, thread_name_prefix="campp-write")
+    finishers = ThreadPoolExecutor(options.workers, thread_name_prefix="campp-finish")
     pending: deque[Future] = deque()
 
     def submit_decodes(chunk):
-        return [(job, decoders.submit(_guarded, _decode, job.source, job, clf.input_size, options))
-                for job in chunk]
+        return [decoders.submit(_guarded, _decode, job.source, job, clf.input_size, options) for job in chunk]
 
     def drain(limit: int) -> None:
         while len(pending) > limit:
@@ -253,7 +294,7 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
             current = upcoming
             upcoming = submit_decodes(chunks[k + 1]) if k + 1 < len(chunks) else []
             decoded = []
-            for job, fut in current:
+            for fut in current:
                 outcome = fut.result()
                 if isinstance(outcome, Result):
                     drain(0)  # keep results in input order
@@ -265,17 +306,15 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
             rgb01 = _to_device(np.stack([d.model_input for d in decoded]), clf.device)
             expl = explain(clf.module, clf.layer, clf.preprocessing(rgb01), classes=options.label,
                            variant=options.variant)
-            guided = None
-            if options.guided:
-                guided = guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing)
+            extras = handler.after_batch(clf, rgb01, expl)
             for i, item in enumerate(decoded):
-                pending.append(writers.submit(_guarded, _finish, item.job.source, item, expl, i,
-                                              None if guided is None else guided[i], clf, options))
+                pending.append(finishers.submit(_guarded, handler.finish, item.job.source, item, expl, i,
+                                                extras[i], clf))
             drain(2 * batch_size)
         drain(0)
     finally:
         decoders.shutdown(wait=True, cancel_futures=True)
-        writers.shutdown(wait=True, cancel_futures=True)
+        finishers.shutdown(wait=True, cancel_futures=True)
     summary.seconds = time.perf_counter() - start
     return summary
 

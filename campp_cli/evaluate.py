@@ -1,0 +1,140 @@
+"""campp evaluate: the paper's faithfulness metrics and RISE's deletion/insertion over many images.
+
+Runs on the batching engine of ``classify`` (:func:`campp_cli.pipeline.run`)
+with a handler that scores each batch instead of drawing it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from . import __version__, images, metrics
+from .cam import METHOD_TITLES, METHODS, Explanation
+from .models import Classifier
+from .pipeline import Handler, Options, Result, result_of
+
+DEFAULT_STEPS = 16
+
+
+class EvaluateHandler(Handler):
+    """Scores every method's map of every image; writes nothing."""
+
+    def __init__(self, steps: int = DEFAULT_STEPS):
+        self.steps = steps
+
+    def after_batch(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
+        y = expl.probs[np.arange(len(expl.classes)), expl.classes]  # from the explaining pass
+        scored = {m: metrics.score_batch(clf.module, clf.preprocessing, rgb01, expl.maps[m], expl.classes,
+                                         self.steps, y=y) for m in METHODS}
+        return [{m: scored[m][i] for m in METHODS} for i in range(len(expl.classes))]
+
+    def finish(self, item, expl: Explanation, i: int, scores: dict, clf: Classifier) -> Result:
+        result = result_of(item, expl, i, clf, [])
+        result.extra["scores"] = scores
+        return result
+
+
+def summarise(results: list[Result], resamples: int = 2000) -> dict:
+    """{method: n, metrics and 95 % intervals} over the images that were scored."""
+    scored = [r for r in results if "scores" in r.extra]
+    return {m: metrics.summarise([r.extra["scores"][m] for r in scored], resamples) for m in METHODS}
+
+
+def report(results: list[Result], clf: Classifier, options: Options, steps: int, failed: int) -> dict:
+    """The --json document."""
+    return {
+        "methods": summarise(results),
+        "model": clf.arch,
+        "layer": clf.layer,
+        "variant": options.variant,
+        "label": options.label,
+        "steps": steps,
+        "deletion_baseline": "black (0 in RGB [0,1])",
+        "insertion_baseline": f"Gaussian blur, kernel {metrics.BLUR_KERNEL}, sigma {metrics.BLUR_SIGMA} at 224 px",
+        "images": sum(1 for r in results if "scores" in r.extra),
+        "failed": failed,
+        "weights": clf.weights_source,
+        "versions": {"campp": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
+def format_table(summary: dict) -> str:
+    """The stdout table: one row per method, values with their 95 % intervals."""
+    def cell(stats, key, pct):
+        lo, hi = stats[f"{key}_ci95"]
+        fmt = "{:.2f}" if pct else "{:.3f}"
+        return f"{fmt.format(stats[key])} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+    header = ("method", "n", "Average Drop %", "Increase in Conf. %", "Deletion AUC (low=good)",
+              "Insertion AUC (high=good)")
+    rows = [header]
+    for m in METHODS:
+        s = summary[m]
+        rows.append((METHOD_TITLES[m], str(s["n"]), cell(s, "average_drop", True),
+                     cell(s, "increase_in_confidence", True), cell(s, "deletion_auc", False),
+                     cell(s, "insertion_auc", False)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n(95 % bootstrap intervals over images in brackets)"
+
+
+def csv_bytes(results: list[Result]) -> bytes:
+    """One row per image and method."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["input", "method", "class", "name", "probability", "explanation_probability",
+                     "drop_percent", "increase", "deletion_auc", "insertion_auc"])
+    for r in results:
+        for m, s in r.extra.get("scores", {}).items():
+            writer.writerow([r.input, m, r.class_index, r.class_name, f"{s.y:.6f}", f"{s.o:.6f}",
+                             f"{s.drop:.4f}", int(s.o > s.y), f"{s.deletion_auc:.6f}", f"{s.insertion_auc:.6f}"])
+    return buf.getvalue().encode("utf-8")
+
+
+COLOURS = {"gradcam": (31, 119, 180), "gradcampp": (214, 39, 40)}
+
+
+def plot_png(results: list[Result], width: int = 1000, height: int = 420) -> bytes:
+    """Mean deletion and insertion curves of both methods, side by side, as a PNG."""
+    scored = [r.extra["scores"] for r in results if "scores" in r.extra]
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = images.font(14)
+    panel_w = width // 2
+    for p, kind in enumerate(("deletion", "insertion")):
+        x0, y0 = p * panel_w + 60, 40
+        x1, y1 = (p + 1) * panel_w - 20, height - 50
+        draw.rectangle([x0, y0, x1, y1], outline=(0, 0, 0))
+        draw.text((x0, 12), f"{kind.capitalize()} ({'lower' if kind == 'deletion' else 'higher'} is better)",
+                  fill=(0, 0, 0), font=font)
+        for t in (0.0, 0.5, 1.0):
+            ty = y1 - t * (y1 - y0)
+            draw.text((x0 - 32, ty - 8), f"{t:.1f}", fill=(0, 0, 0), font=font)
+            tx = x0 + t * (x1 - x0)
+            draw.text((tx - 10, y1 + 6), f"{t:.1f}", fill=(0, 0, 0), font=font)
+        draw.text(((x0 + x1) // 2 - 90, y1 + 26), f"fraction of pixels {'removed' if kind == 'deletion' else 'inserted'}",
+                  fill=(0, 0, 0), font=font)
+        for k, m in enumerate(METHODS):
+            if not scored:
+                continue
+            curve = np.mean([getattr(s[m], kind) for s in scored], axis=0)
+            xs = np.linspace(0, 1, len(curve))
+            pts = [(x0 + x * (x1 - x0), y1 - np.clip(y, 0, 1) * (y1 - y0)) for x, y in zip(xs, curve)]
+            draw.line(pts, fill=COLOURS[m], width=3)
+            auc = float(np.mean([getattr(s[m], f"{kind}_auc") for s in scored]))
+            draw.text((x1 - 190, y0 + 10 + 18 * k), f"{METHOD_TITLES[m]}  AUC {auc:.3f}", fill=COLOURS[m], font=font)
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def json_bytes(document: dict) -> bytes:
+    return (json.dumps(document, indent=2) + "\n").encode("utf-8")

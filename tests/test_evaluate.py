@@ -1,0 +1,132 @@
+"""campp evaluate: every metric pinned on tiny models where its value is known in closed form."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from campp_cli import metrics
+from conftest import IMAGES
+
+
+class MeanModel(torch.nn.Module):
+    """Two classes whose softmax probabilities are exactly m and 1 - m, m = the mean pixel value."""
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3)).clamp(1e-6, 1 - 1e-6)
+        return torch.stack([torch.log(m), torch.log(1 - m)], dim=1)
+
+
+def identity(x):
+    return x
+
+
+def halves(a: float, b: float, size: int = 8) -> torch.Tensor:
+    """One image: left half a, right half b."""
+    img = torch.full((1, 3, size, size), b)
+    img[..., : size // 2] = a
+    return img
+
+
+LEFT_FIRST = np.array([[[1.0, 0.0], [1.0, 0.0]]])  # a 2x2 map: the left half matters more
+RIGHT_FIRST = LEFT_FIRST[:, :, ::-1].copy()
+
+
+def test_probabilities_of_the_mean_model():
+    p = metrics.class_probability(MeanModel(), identity, halves(0.8, 0.2), torch.tensor([0]))
+    assert p[0] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_average_drop_and_increase_in_confidence_closed_form():
+    v = 0.6
+    img = torch.full((1, 3, 8, 8), v)
+    half_map = np.full((1, 2, 2), 0.5)
+    s = metrics.score_batch(MeanModel(), identity, img, half_map, np.array([0]), steps=4)[0]
+    assert s.y == pytest.approx(v, abs=1e-6) and s.o == pytest.approx(v / 2, abs=1e-6)
+    assert s.drop == pytest.approx(50.0, abs=1e-4)
+    # Class 1 has probability 1 - m: dimming the image raises it.
+    s1 = metrics.score_batch(MeanModel(), identity, img, half_map, np.array([1]), steps=4)[0]
+    assert s1.o == pytest.approx(1 - v / 2, abs=1e-6) and s1.drop == 0.0
+    assert metrics.average_drop([s.y, s1.y], [s.o, s1.o]) == pytest.approx(25.0, abs=1e-4)
+    assert metrics.increase_in_confidence([s.y, s1.y], [s.o, s1.o]) == 50.0
+
+
+@pytest.mark.parametrize("steps", [2, 4, 8, 16])
+def test_deletion_and_insertion_auc_closed_form(steps):
+    """Left half a, right half b, map favouring one half, baselines black.
+
+    Deletion, left first: AUC = a/8 + 3b/8; right first: 3a/8 + b/8.
+    Insertion from black, left first: 3a/8 + b/8.
+    """
+    a, b = 0.8, 0.2
+    img = halves(a, b)
+    zeros = torch.zeros_like
+    left = metrics.score_batch(MeanModel(), identity, img, LEFT_FIRST, np.array([0]), steps,
+                               deletion_baseline=zeros, insertion_baseline=zeros)[0]
+    right = metrics.score_batch(MeanModel(), identity, img, RIGHT_FIRST, np.array([0]), steps,
+                                deletion_baseline=zeros, insertion_baseline=zeros)[0]
+    assert left.deletion_auc == pytest.approx(a / 8 + 3 * b / 8, abs=1e-5)
+    assert right.deletion_auc == pytest.approx(3 * a / 8 + b / 8, abs=1e-5)
+    assert left.insertion_auc == pytest.approx(3 * a / 8 + b / 8, abs=1e-5)
+    assert left.deletion[0] == pytest.approx(0.5, abs=1e-6) and left.deletion[-1] == pytest.approx(0, abs=1e-5)
+    assert len(left.deletion) == steps + 1
+
+
+def test_auc_is_the_trapezoid_rule():
+    assert metrics.auc(np.array([1.0, 1.0, 1.0])) == pytest.approx(1.0)
+    assert metrics.auc(np.array([0.0, 1.0])) == pytest.approx(0.5)
+    assert metrics.auc(np.array([1.0, 0.0, 0.0, 0.0, 0.0])) == pytest.approx(0.125)
+
+
+def test_blurred_baseline_keeps_a_flat_image_flat_and_blurs_an_edge():
+    flat = torch.full((1, 3, 224, 224), 0.3)
+    assert torch.allclose(metrics.blurred(flat), flat, atol=1e-6)
+    edge = halves(1.0, 0.0, size=224)
+    out = metrics.blurred(edge)
+    assert 0.1 < float(out[0, 0, 100, 111]) < 0.9  # the edge is smeared
+    assert float(out[0, 0, 100, 10]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_bootstrap_interval_brackets_the_statistic():
+    values = np.arange(20, dtype=float)
+    lo, hi = metrics.bootstrap_ci(values, np.mean)
+    assert lo < values.mean() < hi
+    assert metrics.bootstrap_ci(np.array([3.0]), np.mean) == (3.0, 3.0)
+
+
+def test_evaluate_command_end_to_end(run_cli, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("chelsea.png", "coffee.png"):
+        (folder / name).write_bytes((IMAGES / name).read_bytes())
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    js, cs, png = tmp_path / "e.json", tmp_path / "e.csv", tmp_path / "e.png"
+    code, out, err = run_cli("evaluate", "--arch", "efficientnet_lite0", "-f", folder, "--steps", "4",
+                             "--json", js, "--csv", cs, "--plot", png)
+    assert code == 1  # one image failed
+    assert "broken.jpg" in err and "2 done, 0 skipped, 1 failed" in err
+    table = [l for l in out.splitlines() if l.startswith(("Grad-CAM ", "Grad-CAM++"))]
+    assert len(table) == 2
+    doc = json.loads(js.read_text())
+    assert set(doc["methods"]) == {"gradcam", "gradcampp"}
+    assert doc["images"] == 2 and doc["failed"] == 1 and doc["model"] == "efficientnet_lite0"
+    rows = list(csv.DictReader(cs.open()))
+    assert len(rows) == 4
+    for method, stats in doc["methods"].items():
+        assert stats["n"] == 2
+        mine = [r for r in rows if r["method"] == method]
+        y = np.array([float(r["probability"]) for r in mine])
+        o = np.array([float(r["explanation_probability"]) for r in mine])
+        assert stats["average_drop"] == pytest.approx(100 * np.mean(np.maximum(0, y - o) / y), abs=1e-3)
+        assert stats["increase_in_confidence"] == pytest.approx(100 * np.mean(o > y))
+        assert stats["deletion_auc"] == pytest.approx(np.mean([float(r["deletion_auc"]) for r in mine]), abs=1e-5)
+        assert 0 <= stats["insertion_auc"] <= 1 and 0 <= stats["deletion_auc"] <= 1
+        lo, hi = stats["average_drop_ci95"]
+        assert lo <= stats["average_drop"] <= hi
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > im.size[1]
