@@ -32,16 +32,26 @@ class Job:
     suffix: str  # ".jpeg" or ".jpg"
     error: str | None = None  # an input that is known bad before decoding (an empty glob...)
 
+    def figure_path(self, key: str) -> Path:
+        """``key`` is a figure's name suffix: "" for the comparison, "_gradcam_heatmap"..."""
+        return self.out_dir / f"{self.stem}{key}{self.suffix}"
+
+    def map_path(self, method: str) -> Path:
+        return self.out_dir / f"{self.stem}_{method}.npy"
+
     def output_paths(self, save_maps: bool = False, guided: bool = False) -> list[Path]:
         """Every file this job writes, the comparison figure first."""
-        names = [f"{self.stem}{self.suffix}"]
-        names += [f"{self.stem}_{m}_{kind}{self.suffix}" for m in ("gradcam", "gradcampp")
-                  for kind in ("heatmap", "overlay")]
-        if guided:
-            names += [f"{self.stem}_guided_{m}{self.suffix}" for m in ("gradcam", "gradcampp")]
+        keys = FIGURE_KEYS + (GUIDED_KEYS if guided else [])
+        paths = [self.figure_path(k) for k in keys]
         if save_maps:
-            names += [f"{self.stem}_{m}.npy" for m in ("gradcam", "gradcampp")]
-        return [self.out_dir / n for n in names]
+            paths += [self.map_path(m) for m in MAP_METHODS]
+        return paths
+
+
+#: Name suffixes of the figures, in the order they are written and reported.
+FIGURE_KEYS = ["", "_gradcam_heatmap", "_gradcam_overlay", "_gradcampp_heatmap", "_gradcampp_overlay"]
+GUIDED_KEYS = ["_guided_gradcam", "_guided_gradcampp"]
+MAP_METHODS = ["gradcam", "gradcampp"]
 
 
 def output_stem(name: str) -> tuple[str, str]:

@@ -20,7 +20,7 @@ import torch
 from . import images
 from .cam import METHOD_TITLES, METHODS, Explanation, explain, guided_backprop
 from .errors import CamppError, InputError, OutputError, UsageError
-from .inputs import Job, output_stem, plan
+from .inputs import FIGURE_KEYS, GUIDED_KEYS, Job, output_stem
 from .models import Classifier
 
 @dataclass
@@ -138,16 +138,14 @@ def render(square: np.ndarray, expl: Explanation, i: int, class_name: str,
     return figures
 
 
-def write_outputs(out_dir: Path, stem: str, suffix: str, figures: dict[str, np.ndarray],
-                  maps: dict[str, np.ndarray] | None = None) -> list[str]:
+def write_outputs(job: Job, figures: dict[str, np.ndarray], maps: dict[str, np.ndarray] | None = None) -> list[str]:
     """Write every figure (and maps as .npy), all or nothing; return the paths in order."""
-    files: dict[Path, bytes] = {}
-    for key in ["", *sorted(k for k in figures if k)]:
-        files[out_dir / f"{stem}{key}{suffix}"] = images.encode_jpeg(figures[key])
+    keys = FIGURE_KEYS + [k for k in GUIDED_KEYS if k in figures]
+    files = {job.figure_path(k): images.encode_jpeg(figures[k]) for k in keys}
     for method, cam in (maps or {}).items():
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(cam, dtype=np.float32))
-        files[out_dir / f"{stem}_{method}.npy"] = buf.getvalue()
+        files[job.map_path(method)] = buf.getvalue()
     images.write_all_atomic(files)
     return [str(p) for p in files]
 
@@ -215,7 +213,7 @@ class ClassifyHandler(Handler):
             item.job.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"{item.job.out_dir}: cannot create ({exc.strerror or exc})") from None
-        written = write_outputs(item.job.out_dir, item.job.stem, item.job.suffix, figures, maps)
+        written = write_outputs(item.job, figures, maps)
         return result_of(item, expl, i, clf, written)
 
 
