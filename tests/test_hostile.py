@@ -266,6 +266,17 @@ def test_output_folder_that_cannot_be_created(vgg, run_cli, tmp_path):
     assert code == 2 and "cannot create" in err
 
 
+def test_output_folder_that_is_not_writable(vgg, run_cli, tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.geteuid() == 0:  # root writes anywhere: make the permission check say what it would for a user
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    code, _, err = run_cli("classify", "-f", IMAGES / "chelsea.png", "--output-dir", locked)
+    assert code == 2 and "not writable" in err and str(locked) in err
+
+
 def test_weights_truncated(vgg_weights, run_cli, tmp_path):
     cut = tmp_path / "cut.pth"
     with open(vgg_weights, "rb") as src:
