@@ -17,8 +17,7 @@ import click
 
 from . import __version__
 from .errors import CamppError, UsageError
-from .settings import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DEFAULT_OUTPUT, DEFAULT_OUTPUT_DIR,
-                       MAX_PIXELS_CEILING)
+from .settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DEFAULT_OUTPUT_DIR, MAX_PIXELS_CEILING
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1

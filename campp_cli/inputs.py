@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
+from .settings import DEFAULT_OUTPUT
 
 #: Files taken from folders (case-insensitive); a file named directly is tried whatever its name.
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
@@ -153,7 +154,7 @@ def is_single(specs: list[str]) -> bool:
 def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool = False) -> list[Job]:
     """Jobs for the -f values: one named file keeps ``-o`` as given; several use a template."""
     if is_single(specs):
-        stem, suffix = output_stem(output or "output.jpeg")
+        stem, suffix = output_stem(output or DEFAULT_OUTPUT)
         return [Job(Path(specs[0]), out_root, stem, suffix)]
     sources = expand(specs, recursive)
     template = output or "{stem}.jpeg"

@@ -22,6 +22,7 @@ from .cam import METHOD_TITLES, METHODS, Explanation, explain, guided_backprop
 from .errors import CamppError, InputError, OutputError, UsageError
 from .inputs import FIGURE_KEYS, GUIDED_KEYS, Job, output_stem
 from .models import Classifier
+from .settings import DEFAULT_OUTPUT
 
 @dataclass
 class Options:
@@ -318,7 +319,7 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
 
 
 def classify_file(path: str | os.PathLike, clf: Classifier, out_dir: str | os.PathLike,
-                  output: str = "output.jpeg", options: Options | None = None) -> Result:
+                  output: str = DEFAULT_OUTPUT, options: Options | None = None) -> Result:
     """The paper's ``classify.py`` for one file: explain, write the five JPEGs, report.
 
     Raises the image's error (:class:`InputError`, :class:`OutputError`) instead

@@ -19,32 +19,30 @@ def gradcam_weights(A: np.ndarray, g: np.ndarray) -> np.ndarray:
     return g.reshape(g.shape[0], -1).mean(axis=1)
 
 
+def eq19_parts(A_k: np.ndarray, g_k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Numerator and denominator of eq. 19 for one channel, exp(S) cancelled."""
+    s = A_k.sum()
+    return g_k ** 2, 2 * g_k ** 2 + s * g_k ** 3
+
+
 def gradcampp_official_weights(A: np.ndarray, g: np.ndarray) -> np.ndarray:
     """The authors' misc/utils.py grad_CAM_plus, exp(S) cancelled."""
-    K = A.shape[0]
-    weights = np.zeros(K)
-    for k in range(K):
-        s = A[k].sum()
-        num = g[k] ** 2
-        den = 2 * g[k] ** 2 + s * g[k] ** 3
-        den = np.where(den != 0.0, den, 1.0)
-        alpha = num / den
-        w = np.maximum(g[k], 0.0)
+    weights = np.zeros(A.shape[0])
+    for k in range(A.shape[0]):
+        num, den = eq19_parts(A[k], g[k])
+        alpha = num / np.where(den != 0.0, den, 1.0)
         norm = np.sum(np.where(g[k] > 0, alpha, 0.0))
         if norm != 0.0:
             alpha = alpha / norm
-        weights[k] = np.sum(w * alpha)
+        weights[k] = np.sum(np.maximum(g[k], 0.0) * alpha)
     return weights
 
 
 def gradcampp_paper_weights(A: np.ndarray, g: np.ndarray) -> np.ndarray:
     """Eq. 19 as printed: no renormalisation; alpha = 0 where g = 0."""
-    K = A.shape[0]
-    weights = np.zeros(K)
-    for k in range(K):
-        s = A[k].sum()
-        num = g[k] ** 2
-        den = 2 * g[k] ** 2 + s * g[k] ** 3
+    weights = np.zeros(A.shape[0])
+    for k in range(A.shape[0]):
+        num, den = eq19_parts(A[k], g[k])
         alpha = np.zeros_like(num)
         ok = (g[k] != 0) & (den != 0)
         alpha[ok] = num[ok] / den[ok]

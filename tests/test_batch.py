@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from campp_cli.inputs import plan
 from conftest import IMAGES, REPO, write_image
@@ -33,11 +31,6 @@ def photos(tmp_path) -> Path:
     write_image(root / "y" / "deep" / "d.webp", 40, 40, seed=5)
     (root / "notes.txt").write_text("not an image")
     return root
-
-
-def outputs_under(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*.jpeg") if "_" not in p.name.replace("_png", "")
-            .replace("_jpg", "")}
 
 
 def test_folder_is_mirrored_and_names_never_collide(photos, run_cli, tmp_path):
