@@ -1,6 +1,6 @@
 """Faithfulness metrics for explanation maps.
 
-* Average Drop and Increase in Confidence (Grad-CAM++ paper, section 6.1.1):
+* Average Drop and Increase in Confidence (the Grad-CAM++ paper's Table 1):
   the explanation map E = map x image (pixel by pixel, RGB in [0, 1] before
   normalisation) is shown to the model; Y is the probability of the explained
   class on the image, O on E.  Average Drop % = 100 mean(max(0, Y - O) / Y);
