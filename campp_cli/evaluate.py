@@ -26,6 +26,8 @@ DEFAULT_STEPS = 16
 class EvaluateHandler(Handler):
     """Scores every method's map of every image; writes nothing."""
 
+    draws = False
+
     def __init__(self, steps: int = DEFAULT_STEPS):
         self.steps = steps
 

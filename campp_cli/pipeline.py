@@ -160,14 +160,15 @@ def default_batch_size(device: torch.device) -> int:
 class _Decoded:
     job: Job
     model_input: np.ndarray  # (3, S, S) float32 RGB in [0, 1]
-    display: np.ndarray  # (side, side, 3) uint8, the panel resolution
+    display: np.ndarray | None  # (side, side, 3) uint8 at the panel resolution, when figures are drawn
 
 
-def _decode(job: Job, size: int, options: Options) -> _Decoded:
+def _decode(job: Job, size: int, options: Options, display: bool) -> _Decoded:
     if job.error is not None:
         raise InputError(job.error)
     square = images.center_square(images.load_rgb(job.source, options.max_pixels))
-    return _Decoded(job, images.model_input(square, size), images.display_square(square, options.max_side))
+    shown = images.display_square(square, options.max_side) if display else None
+    return _Decoded(job, images.model_input(square, size), shown)
 
 
 class Handler:
@@ -176,6 +177,9 @@ class Handler:
     ``after_batch`` runs in the main thread (model work: extra passes);
     ``finish`` runs in a worker thread, once per image (rendering, writing).
     """
+
+    #: Whether finish() draws figures (and so needs the photo at panel resolution).
+    draws = True
 
     def is_done(self, job: Job) -> Result | None:
         """A skipped Result when this job needs no work (--skip-existing)."""
@@ -281,7 +285,8 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
     pending: deque[Future] = deque()
 
     def submit_decodes(chunk):
-        return [decoders.submit(_guarded, _decode, job.source, job, clf.input_size, options) for job in chunk]
+        return [decoders.submit(_guarded, _decode, job.source, job, clf.input_size, options, handler.draws)
+                for job in chunk]
 
     def drain(limit: int) -> None:
         while len(pending) > limit:
