@@ -27,7 +27,7 @@ exp(S) is never evaluated (it overflows float32 past S ~ 88).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -187,7 +187,6 @@ class Explanation:
     maps: dict[str, np.ndarray]  # method -> (N, h, w) float32 in [0, 1], low resolution
     layer: str = ""
     variant: str = "official"
-    extras: dict = field(default_factory=dict)
 
     def top(self, i: int, k: int = 5) -> list[tuple[int, float]]:
         """The k most probable classes of image i as ``(index, probability)``."""

@@ -12,7 +12,7 @@ import functools
 import io
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -253,7 +253,6 @@ class Classifier:
     device: torch.device
     input_size: int = 224
     weights_source: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- devices
