@@ -224,18 +224,18 @@ def write_all_atomic(files: dict[Path, bytes]) -> None:
     temporary file behind.
     """
     temps: dict[Path, str] = {}
+    current = None  # the output being written, named in the error rather than its temporary file
     try:
-        for path, data in files.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-            temps[path] = tmp
+        for current, data in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{current.name}.", suffix=".part", dir=current.parent)
+            temps[current] = tmp
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        for path, tmp in temps.items():
-            os.replace(tmp, path)
+        for current, tmp in temps.items():
+            os.replace(tmp, current)
     except OSError as exc:
-        failed = exc.filename or next(iter(files), "")
-        raise OutputError(f"{failed}: cannot write ({exc.strerror or exc})") from None
+        raise OutputError(f"{current}: cannot write ({exc.strerror or exc})") from None
     finally:
         for tmp in temps.values():
             if os.path.exists(tmp):

@@ -24,6 +24,7 @@ from .inputs import FIGURE_KEYS, GUIDED_KEYS, Job, output_stem
 from .models import Classifier
 from .settings import DEFAULT_OUTPUT
 
+
 @dataclass
 class Options:
     """Everything about a run except the model and the files."""
@@ -105,8 +106,7 @@ def prepare_output_dir(path: str | os.PathLike) -> Path:
 
 def to_batch(squares: list[np.ndarray], clf: Classifier) -> torch.Tensor:
     """RGB batch in [0, 1] at the model's input size, on its device (before normalisation)."""
-    arr = np.stack([images.model_input(s, clf.input_size) for s in squares])
-    return torch.from_numpy(arr).to(clf.device)
+    return _to_device(np.stack([images.model_input(s, clf.input_size) for s in squares]), clf.device)
 
 
 def check_label(clf: Classifier, label: int) -> None:
