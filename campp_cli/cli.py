@@ -65,14 +65,14 @@ model_options = _options(
     click.option("-gpu", "--gpu", "gpu", type=int, default=None, metavar="ID",
                  help="CUDA device index; -1 forces the CPU. Default: GPU 0 if CUDA is available, else the CPU."),
     click.option("--arch", default="vgg16", show_default=True, metavar="NAME",
-                 help="vgg16 (the paper's), efficientnet_lite0 (offline), or any torchvision CNN "
+                 help="vgg16 (the paper's), efficientnet_lite0, _lite1, _lite2 (offline), or any torchvision CNN "
                       "classifier by name: resnet50, densenet121, convnext_tiny..."),
     click.option("--layer", default=None, metavar="DOTTED.NAME",
                  help="Feature map to explain (see 'campp layers'). Default: vgg16 features.29 as in the "
                       "paper, else the last spatial feature map before global pooling."),
     click.option("--weights", default=None, metavar="PATH",
                  help="Weights: a state_dict .pth, or for vgg16 the paper's vgg16.npy. Default: models/, "
-                      "then the torch cache (or the package, for efficientnet_lite0), then a download."),
+                      "then the torch cache (or the package, for efficientnet_liteN), then a download."),
     click.option("--variant", type=click.Choice(["official", "paper"]), default="official", show_default=True,
                  help="Grad-CAM++ alphas: 'official' as the authors' code (renormalised), 'paper' as eq. 19."),
     click.option("--offline", is_flag=True, envvar="CAMPP_OFFLINE",
