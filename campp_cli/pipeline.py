@@ -297,23 +297,23 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
         for k in range(len(chunks)):
             current = upcoming
             upcoming = submit_decodes(chunks[k + 1]) if k + 1 < len(chunks) else []
-            decoded = []
-            for fut in current:
-                outcome = fut.result()
+            outcomes = [fut.result() for fut in current]
+            decoded = [o for o in outcomes if not isinstance(o, Result)]
+            finished = iter(())
+            if decoded:
+                rgb01 = _to_device(np.stack([d.model_input for d in decoded]), clf.device)
+                expl = explain(clf.module, clf.layer, clf.preprocessing(rgb01), classes=options.label,
+                               variant=options.variant)
+                extras = handler.after_batch(clf, rgb01, expl)
+                finished = iter([finishers.submit(_guarded, handler.finish, item.job.source, item, expl, i,
+                                                  extras[i], clf) for i, item in enumerate(decoded)])
+            for outcome in outcomes:  # queued in input order; a failed decode is already a Result
                 if isinstance(outcome, Result):
-                    drain(0)  # keep results in input order
-                    record(outcome)
+                    failed: Future = Future()
+                    failed.set_result(outcome)
+                    pending.append(failed)
                 else:
-                    decoded.append(outcome)
-            if not decoded:
-                continue
-            rgb01 = _to_device(np.stack([d.model_input for d in decoded]), clf.device)
-            expl = explain(clf.module, clf.layer, clf.preprocessing(rgb01), classes=options.label,
-                           variant=options.variant)
-            extras = handler.after_batch(clf, rgb01, expl)
-            for i, item in enumerate(decoded):
-                pending.append(finishers.submit(_guarded, handler.finish, item.job.source, item, expl, i,
-                                                extras[i], clf))
+                    pending.append(next(finished))
             drain(2 * batch_size)
         drain(0)
     finally:

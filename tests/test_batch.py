@@ -183,3 +183,21 @@ def test_memory_stays_flat(tmp_path):
     print(f"peak RSS after 50 images: {after_50:.0f} MB, after 500: {after_500:.0f} MB")
     assert after_500 <= 1.05 * after_50
     assert len(list((tmp_path / "out").rglob("*.jpeg"))) == 500 * 5
+
+
+def test_results_keep_input_order_around_bad_images(run_cli, tmp_path):
+    """Failed decodes are queued among the finished images, never reported ahead of them."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i in range(7):
+        if i in (1, 2, 5):
+            (folder / f"{i}.png").write_bytes(b"not an image at all")
+        else:
+            write_image(folder / f"{i}.png", 40, 40, seed=i)
+    log = tmp_path / "run.jsonl"
+    code, _, err = run_cli("classify", *LITE, "-f", folder, "--batch-size", "2", "--output-dir", tmp_path / "o",
+                           "--jsonl", log)
+    assert code == 1 and "4 done, 0 skipped, 3 failed" in err
+    lines = [json.loads(l) for l in log.read_text().splitlines()]
+    assert [Path(l["input"]).name for l in lines] == [f"{i}.png" for i in range(7)]
+    assert [("error" in l) for l in lines] == [i in (1, 2, 5) for i in range(7)]
