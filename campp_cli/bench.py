@@ -45,7 +45,8 @@ def contenders(model: torch.nn.Module, prepared: torch.nn.Module, layer: str, x:
 
     ``model`` is the network as torchvision builds it, which is what the other
     libraries are given (as their users would); ``prepared`` is the same
-    network as campp loads it (channels-last, see models.prepare_module).
+    network as campp loads it (channels-last, CPU convolutions prepacked; see
+    models.prepare_module).
     """
     module = dict(model.named_modules())[layer]
 
@@ -53,14 +54,14 @@ def contenders(model: torch.nn.Module, prepared: torch.nn.Module, layer: str, x:
         with torch.no_grad():
             model(x)
 
-    def forward_channels_last():
+    def forward_as_loaded():
         with torch.no_grad():
             prepared(x)
 
     def campp():
         explain(prepared, layer, x)
 
-    found = {"forward": forward, "forward_channels_last": forward_channels_last, "campp": campp}
+    found = {"forward": forward, "forward_as_loaded": forward_as_loaded, "campp": campp}
     try:
         from torchcam.methods import GradCAM, GradCAMpp
 
@@ -142,10 +143,10 @@ def bench_cli(arch: str, weights: Path, n: int, device_flag: str, workdir: Path,
     common = ["--arch", arch, "--weights", str(weights), "-gpu", device_flag, "--quiet"]
     # The floor: start Python, import torch, load the model, n bare forwards.
     floor_code = (
-        "import sys, time, torch\n"
+        "import torch\n"
         "from campp_cli.models import load_classifier\n"
         f"clf = load_classifier({arch!r}, weights={str(weights)!r}, device={'cpu' if device_flag == '-1' else 'cuda:' + device_flag!r})\n"
-        f"x = torch.rand(1, 3, clf.input_size, clf.input_size, device=clf.device)\n"
+        "x = torch.rand(1, 3, clf.input_size, clf.input_size, device=clf.device)\n"
         "with torch.no_grad():\n"
         f"    for _ in range({n}): clf.module(clf.preprocessing(x))\n"
         "if clf.device.type == 'cuda': torch.cuda.synchronize()\n"
