@@ -6,7 +6,9 @@ TORCH_HOME cache, so campp's real weight-finding and loading code runs.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +18,8 @@ import pytest
 
 # Before anything imports torch.hub: a private cache, no models/ folder, no downloads.
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="campp-tests-"))
+# The random VGG16 in it is 528 MB: never leave it behind, even when a run is interrupted.
+atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
 os.environ["TORCH_HOME"] = str(_SESSION_DIR / "torch_home")
 os.environ["CAMPP_MODELS"] = str(_SESSION_DIR / "no_models_here")
 os.environ["CAMPP_OFFLINE"] = "1"
