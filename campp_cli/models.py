@@ -23,6 +23,7 @@ import torchvision
 from .cam import split_layer
 from .errors import UsageError, WeightsError
 from .packing import pack_convolutions
+from .sparse_linear import sparse_linear_backward
 
 #: Folder searched for weight files before torchvision's cache (relative to
 #: the working directory unless absolute); override with ``CAMPP_MODELS``.
@@ -428,15 +429,18 @@ def check_fits(module: torch.nn.Module, state: dict, arch: str, path: Path) -> N
 
 
 def prepare_module(module: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
-    """Eval mode, on ``device``, weights in channels-last layout, CPU convolutions prepacked.
+    """Eval mode, on ``device``, weights in channels-last layout, CPU fast paths swapped in.
 
     Channels-last lets oneDNN (CPU) and cuDNN pick their fastest convolutions;
     on the CPU the convolutions also keep oneDNN's reordered copy of their
-    weights (:mod:`campp_cli.packing`).  Results agree to float rounding.
+    weights (:mod:`campp_cli.packing`) and the linear layers back-propagate
+    through the weight rows that matter only (:mod:`campp_cli.sparse_linear`).
+    Results agree to float rounding.
     """
     module = module.eval().to(device, memory_format=torch.channels_last)
     if torch.device(device).type == "cpu":
         pack_convolutions(module)
+        sparse_linear_backward(module)
     return module
 
 

@@ -1,0 +1,155 @@
+"""Sparse input gradients of linear layers: the same numbers as nn.Linear, the sparse path really taken."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from campp_cli import sparse_linear
+from campp_cli.cam import explain
+from campp_cli.sparse_linear import SparseGradLinear, input_grad, sparse_linear_backward
+
+
+def grad_with_density(n: int, out: int, density: float, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(n, out, generator=gen)
+    return g * (torch.rand(n, out, generator=gen) < density)
+
+
+@pytest.fixture()
+def count_sparse_sums(monkeypatch):
+    """How many times the row-gathering sum ran (so a test knows which path it exercised)."""
+    calls = []
+    real = sparse_linear.F.embedding_bag
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sparse_linear.F, "embedding_bag", spy)
+    return calls
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("in_features", [64, 63])  # even and odd widths (column blocks or not)
+@pytest.mark.parametrize("density", [0.0, 0.02, 0.2, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("threads", [1, 2, 4])  # 4 threads, 2 samples: 2 blocks each
+def test_input_grad_equals_the_dense_product(n, in_features, density, threads, count_sparse_sums):
+    out = 48
+    weight = torch.randn(out, in_features, generator=torch.Generator().manual_seed(1))
+    g = grad_with_density(n, out, density, seed=n * 100 + in_features)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = input_grad(g, weight)
+    finally:
+        torch.set_num_threads(before)
+    expected = g.double().numpy() @ weight.double().numpy()
+    assert got.shape == (n, in_features) and got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
+    nnz = int((g != 0).sum())
+    took_sparse = 0 < nnz <= sparse_linear.MAX_ROW_SHARE * out
+    assert bool(count_sparse_sums) == took_sparse
+
+
+def test_input_grad_zero_rows_of_a_batch_give_zero_gradients():
+    weight = torch.randn(10, 8)
+    g = torch.zeros(3, 10)
+    g[1, 4] = 2.0  # only the middle sample has a gradient
+    got = input_grad(g, weight)
+    assert torch.equal(got[0], torch.zeros(8)) and torch.equal(got[2], torch.zeros(8))
+    torch.testing.assert_close(got[1], 2.0 * weight[4])
+
+
+def relu_head(seed: int, bias: bool = True) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(40, 32, bias=bias), nn.ReLU(inplace=True), nn.Dropout(),
+                         nn.Linear(32, 16, bias=bias), nn.ReLU(), nn.Linear(16, 5, bias=bias)).eval()
+
+
+def converted(model: nn.Module) -> nn.Module:
+    model = copy.deepcopy(model)
+    assert sparse_linear_backward(model) == 3
+    return model
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_frozen_head_input_gradient_equals_nn_linear(bias, dtype, count_sparse_sums):
+    plain = relu_head(3, bias).to(dtype).requires_grad_(False)
+    sparse = converted(plain)
+    x = torch.randn(2, 40, dtype=dtype)
+    grads = []
+    for model in (plain, sparse):
+        leaf = x.clone().requires_grad_(True)
+        out = model(leaf)
+        (grad,) = torch.autograd.grad(out[:, 2].sum(), leaf)
+        grads.append((out.detach(), grad))
+    torch.testing.assert_close(grads[1][0], grads[0][0])
+    torch.testing.assert_close(grads[1][1], grads[0][1])
+    assert count_sparse_sums, "the ReLUs leave sparse gradients: the sparse sum should have run"
+
+
+def test_trainable_parameters_still_get_their_gradients(count_sparse_sums):
+    plain = relu_head(4)
+    sparse = converted(plain)
+    x = torch.randn(3, 40)
+    for model in (plain, sparse):
+        model.zero_grad()
+        model(x).square().sum().backward()
+    for (name, p), q in zip(plain.named_parameters(), sparse.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+    assert not count_sparse_sums
+
+
+def test_no_grad_and_gpu_shaped_calls_are_plain(count_sparse_sums):
+    plain = relu_head(5).requires_grad_(False)
+    sparse = converted(plain)
+    x = torch.randn(4, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), plain(x))
+    x3 = torch.randn(2, 7, 40, requires_grad=True)  # 3-D input: plain path
+    torch.testing.assert_close(sparse(x3), plain(x3))
+    assert not count_sparse_sums
+
+
+def test_conversion_keeps_names_state_and_pickles():
+    plain = relu_head(6)
+    sparse = converted(plain)
+    assert [n for n, _ in sparse.named_modules()] == [n for n, _ in plain.named_modules()]
+    assert all(torch.equal(a, b) for a, b in zip(sparse.state_dict().values(), plain.state_dict().values()))
+    assert isinstance(sparse[0], SparseGradLinear)
+    buffer = io.BytesIO()
+    torch.save(sparse, buffer)
+    buffer.seek(0)
+    again = torch.load(buffer, weights_only=False)
+    x = torch.randn(1, 40)
+    torch.testing.assert_close(again(x), plain(x))
+
+    class Subclass(nn.Linear):
+        pass
+
+    other = nn.Sequential(Subclass(3, 3))
+    assert sparse_linear_backward(other) == 0 and type(other[0]) is Subclass
+
+
+def test_explain_through_a_converted_head_equals_the_plain_model():
+    torch.manual_seed(7)
+    plain = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 8 * 8, 64), nn.ReLU(), nn.Dropout(),
+        nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10),
+    ).eval()
+    sparse = copy.deepcopy(plain)
+    assert sparse_linear_backward(sparse) == 3
+    x = torch.randn(3, 3, 16, 16)
+    a = explain(plain, "3", x)
+    b = explain(sparse, "3", x)
+    np.testing.assert_array_equal(b.classes, a.classes)
+    for method in a.maps:
+        np.testing.assert_allclose(b.maps[method], a.maps[method], rtol=1e-5, atol=1e-6)
