@@ -107,6 +107,22 @@ def _progress(count: int, quiet: bool):
     return click.progressbar(length=count, file=sys.stderr, show_pos=True, show_eta=True, label="explaining")
 
 
+def _run_with_progress(jobs, clf, options, on_result, bar, handler=None):
+    """``pipeline.run``, advancing ``bar`` (if any) once per image and always closing it."""
+    from .pipeline import run
+
+    def each(result) -> None:
+        if bar is not None:
+            bar.update(1)
+        on_result(result)
+
+    try:
+        return run(jobs, clf, options, each, handler=handler)
+    finally:
+        if bar is not None:
+            bar.render_finish()
+
+
 @cli.command()
 @input_options
 @click.option("-o", "--output", default=None, metavar="NAME.jpeg",
@@ -154,7 +170,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
     jobs = plan(list(files), Path(output_dir), output, recursive)
     prepare_output_dir(output_dir)
 
-    from .pipeline import Options, run
+    from .pipeline import Options
 
     clf = _load_model(gpu, arch, weights, layer, offline, quiet)
     options = Options(label=label, variant=variant, max_side=max_side, max_pixels=max_pixels,
@@ -170,8 +186,6 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
         if log is not None:
             log.write(json.dumps(result.as_dict()) + "\n")
             log.flush()
-        if bar is not None:
-            bar.update(1)
         if result.error is not None:
             if single:
                 raise result.exception
@@ -190,10 +204,8 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
             click.echo(f"{result.input}: {status} -> {result.outputs[0]}")
 
     try:
-        summary = run(jobs, clf, options, on_result)
+        summary = _run_with_progress(jobs, clf, options, on_result, bar)
     finally:
-        if bar is not None:
-            bar.render_finish()
         if log is not None:
             log.close()
     if not single and not quiet:
@@ -233,7 +245,7 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, offlin
 
     from . import evaluate as ev
     from .images import write_atomic
-    from .pipeline import Options, run
+    from .pipeline import Options
 
     clf = _load_model(gpu, arch, weights, layer, offline, quiet)
     options = Options(label=label, variant=variant, max_pixels=max_pixels, batch_size=batch_size)
@@ -243,17 +255,11 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, offlin
     bar = _progress(len(jobs), quiet)
 
     def on_result(result) -> None:
-        if bar is not None:
-            bar.update(1)
         if result.error is not None:
             _say(f"campp: error: {result.error}")
         results.append(result)
 
-    try:
-        summary = run(jobs, clf, options, on_result, handler=ev.EvaluateHandler(steps))
-    finally:
-        if bar is not None:
-            bar.render_finish()
+    summary = _run_with_progress(jobs, clf, options, on_result, bar, handler=ev.EvaluateHandler(steps))
     document = ev.report(results, clf, options, steps, summary.failed)
     click.echo(ev.format_table(document["methods"]))
     if json_path:

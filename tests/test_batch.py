@@ -138,9 +138,20 @@ def test_batch_size_zero_is_a_usage_error(run_cli, tmp_path):
     assert code == 2 and "--batch-size" in err
 
 
-def test_no_progress_bar_when_not_a_terminal(photos, run_cli, tmp_path):
+def test_quiet_prints_nothing_on_success(photos, run_cli, tmp_path):
     code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o", "--quiet")
     assert code == 0 and err == ""
+
+
+def test_progress_bar_only_on_a_terminal(photos, run_cli, tmp_path, monkeypatch):
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o")
+    assert code == 0 and "explaining" not in err
+    assert sum(line.startswith("campp: 2 done") for line in err.splitlines()) == 1, err
+    # stderr a terminal (stdout not): a bar counting to the end, then the one summary line.
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", tmp_path / "t")
+    assert code == 0 and "explaining" in err and "2/2" in err, err
+    assert sum(line.startswith("campp: 2 done") for line in err.splitlines()) == 1, err
 
 
 MEMORY_PROBE = textwrap.dedent("""
