@@ -22,7 +22,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 #: The sparse sum is taken when it reads at most this share of the rows one
 #: dense product reads (gathered rows stream a little slower than a dense
@@ -71,8 +70,8 @@ class _LinearSparseInputGrad(torch.autograd.Function):
         return F.linear(x, weight, bias)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
+        # Built from differentiable ops, so a double backward (create_graph=True) still works.
         (weight,) = ctx.saved_tensors
         return input_grad(grad_out, weight), None, None
 

@@ -107,6 +107,13 @@ def test_trainable_parameters_still_get_their_gradients(count_sparse_sums):
     assert not count_sparse_sums
 
 
+def test_double_backward_through_the_sparse_path(count_sparse_sums):
+    sparse = converted(relu_head(8).double()).requires_grad_(False)
+    x = torch.randn(1, 40, dtype=torch.float64, requires_grad=True)  # one sample: ~half the rows
+    assert torch.autograd.gradgradcheck(sparse, (x,))
+    assert count_sparse_sums
+
+
 def test_no_grad_and_gpu_shaped_calls_are_plain(count_sparse_sums):
     plain = relu_head(5).requires_grad_(False)
     sparse = converted(plain)
