@@ -45,8 +45,8 @@ def contenders(model: torch.nn.Module, prepared: torch.nn.Module, layer: str, x:
 
     ``model`` is the network as torchvision builds it, which is what the other
     libraries are given (as their users would); ``prepared`` is the same
-    network as campp loads it (channels-last, CPU convolutions prepacked; see
-    models.prepare_module).
+    network as campp loads it (channels-last; on the CPU, convolutions prepacked
+    and linear layers with a sparse input gradient; see models.prepare_module).
     """
     module = dict(model.named_modules())[layer]
 
