@@ -24,8 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 #: The sparse sum is taken when it reads at most this share of the rows one
-#: dense product reads (gathered rows stream a little slower than a dense
-#: pass; measured break-even on the 2-core machine was near 0.7).
+#: dense product reads.  Gathered rows stream a little slower than a dense
+#: pass: on VGG16's fc6, one image, 2 cores, the sparse sum took 6.6, 12.1,
+#: 14.1, 16.5 and 18.8 ms at 30, 50, 60, 70 and 80 % of the rows, the dense
+#: product 17.2 ms.
 MAX_ROW_SHARE = 0.6
 
 
