@@ -2,8 +2,8 @@
 
 The gradient of a linear layer's input is ``g @ W``: every row ``j`` of the
 weight is scaled by ``g[:, j]`` and summed.  Behind a ReLU, ``g`` is zero
-wherever the unit was off (about half of them with random weights, more with
-trained ones), and those rows contribute nothing.  A dense product still
+wherever the unit was off (about half of them with random weights; with
+trained ones it depends on the model), and those rows contribute nothing.  A dense product still
 reads them: for VGG16's fc6 that is 411 MB, memory-bound, and the largest
 cost of campp's backward pass on the CPU.  :class:`SparseGradLinear` sums
 only the rows with a non-zero gradient (``embedding_bag`` with per-sample

@@ -18,7 +18,7 @@ import pytest
 
 # Before anything imports torch.hub: a private cache, no models/ folder, no downloads.
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="campp-tests-"))
-# The random VGG16 in it is 528 MB: never leave it behind, even when a run is interrupted.
+# The random VGG16 in it is 528 MB: remove it at exit, also after failures and Ctrl-C.
 atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
 os.environ["TORCH_HOME"] = str(_SESSION_DIR / "torch_home")
 os.environ["CAMPP_MODELS"] = str(_SESSION_DIR / "no_models_here")
