@@ -83,18 +83,23 @@ class PackedConv2d(nn.Conv2d):
         return super()._conv_forward(x, weight, bias)
 
 
-def pack_convolutions(model: nn.Module) -> int:
-    """Turn every plain CPU ``nn.Conv2d`` of ``model`` into a :class:`PackedConv2d`, in place.
+def swap_cpu_class(model: nn.Module, plain: type, fast: type) -> int:
+    """Make every module of exactly class ``plain`` with its weight on the CPU a ``fast``, in place.
 
     Module names, parameters, hooks and the state dict are unchanged (only
-    the class is swapped).  Subclasses of ``nn.Conv2d`` are left alone: they
-    may compute something else.  Returns how many were converted.
+    the class is swapped).  Subclasses of ``plain`` are left alone: they may
+    compute something else.  Returns how many were converted.
     """
-    if not _ops_available():
-        return 0
     count = 0
     for module in model.modules():
-        if type(module) is nn.Conv2d and module.weight.device.type == "cpu":
-            module.__class__ = PackedConv2d
+        if type(module) is plain and module.weight.device.type == "cpu":
+            module.__class__ = fast
             count += 1
     return count
+
+
+def pack_convolutions(model: nn.Module) -> int:
+    """Turn every plain CPU ``nn.Conv2d`` of ``model`` into a :class:`PackedConv2d` (see :func:`swap_cpu_class`)."""
+    if not _ops_available():
+        return 0
+    return swap_cpu_class(model, nn.Conv2d, PackedConv2d)

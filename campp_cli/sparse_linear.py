@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .packing import swap_cpu_class
+
 #: The sparse sum is taken when it reads at most this share of the rows one
 #: dense product reads.  Gathered rows stream a little slower than a dense
 #: pass: on VGG16's fc6, one image, 2 cores, the sparse sum took 6.6, 12.1,
@@ -97,14 +99,6 @@ class SparseGradLinear(nn.Linear):
 
 
 def sparse_linear_backward(model: nn.Module) -> int:
-    """Turn every plain CPU ``nn.Linear`` of ``model`` into a :class:`SparseGradLinear`, in place.
-
-    Only the class changes (names, parameters, hooks, state dict stay);
-    subclasses of ``nn.Linear`` are left alone.  Returns how many were converted.
-    """
-    count = 0
-    for module in model.modules():
-        if type(module) is nn.Linear and module.weight.device.type == "cpu":
-            module.__class__ = SparseGradLinear
-            count += 1
-    return count
+    """Turn every plain CPU ``nn.Linear`` of ``model`` into a :class:`SparseGradLinear` (see
+    :func:`campp_cli.packing.swap_cpu_class`)."""
+    return swap_cpu_class(model, nn.Linear, SparseGradLinear)
