@@ -1,4 +1,4 @@
-"""campp: Grad-CAM and Grad-CAM++ for image classifiers, the Grad-CAM++ paper's workflow on PyTorch.
+"""campp: Grad-CAM, Grad-CAM++ and more CAM methods for image classifiers, on PyTorch.
 
 From a notebook::
 
@@ -21,6 +21,11 @@ _EXPORTS = {
     "Classifier": "models",
     "Preprocessing": "models",
     "explain": "cam",
+    "list_methods": "methods",
+    "register_method": "methods",
+    "get_method": "methods",
+    "channel_sum": "methods",
+    "MethodInput": "methods",
     "cam_maps": "cam",
     "Explanation": "cam",
     "FeatureTap": "cam",

@@ -1,28 +1,19 @@
-"""Grad-CAM and Grad-CAM++ from one forward and one backward pass.
+"""The explaining pass: every requested map from one forward and (at most) one backward pass.
 
-Every method here is a way of weighting the K channels of the target feature
-map A from the gradient g = dS/dA of the class logit S (pre-softmax).  They
-all share one pass and one combination step::
+The methods themselves live in :mod:`campp_cli.methods` (a registry); this
+module runs the model and hands each method what it needs: the target
+layer's activations A, the gradient g = dS/dA of the class logit S
+(pre-softmax) when any requested method needs it, and a scoring function for
+methods that need extra forward passes (Score-CAM).  Every map then goes
+through the same last step::
 
-    cam = relu(sum_k weight_k * A_k) / max(...)
+    cam = relu(combination) / max(...)      (an all-zero map stays 0)
 
 The pass is cheap because the model's parameters are frozen while it runs:
 autograd records nothing before the target layer, and the backward pass
 stops at A (no gradient for any weight or for the input).  Its cost is a
-forward pass plus the backward of the classifier head.
-
-Grad-CAM++ variants (paper arXiv:1710.11063):
-
-* ``official``: what the authors' code computes (``misc/utils.py``,
-  ``grad_CAM_plus``): eq. 19's alphas, then per channel renormalised to sum
-  to 1 over the positions where g > 0.
-* ``paper``: eq. 19 as printed, no renormalisation; alpha = 0 where g = 0.
-  This is what pytorch-grad-cam's ``GradCAMPlusPlus`` and torchcam's
-  ``GradCAMpp`` compute.
-
-The paper writes the derivatives of exp(S); the exp(S) factors cancel out of
-alpha and only scale the weights, which the max-normalisation removes, so
-exp(S) is never evaluated (it overflows float32 past S ~ 88).
+forward pass plus the backward of the classifier head, whatever the number
+of gradient methods; with no gradient method requested there is no backward.
 """
 
 from __future__ import annotations
@@ -33,13 +24,8 @@ import numpy as np
 import torch
 
 from .errors import ModelError, UsageError
-
-METHODS = ("gradcam", "gradcampp")
-VARIANTS = ("official", "paper")
-
-#: Human-readable method names, used in figure titles.
-METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++"}
-
+from .methods import DEFAULT_METHODS, MethodInput, get_method, parse_methods
+from .settings import VARIANTS
 
 class FrozenParameters:
     """Parameters' requires_grad off for the duration (restored on exit)."""
@@ -119,59 +105,39 @@ class FeatureTap:
         self._frozen.__exit__(*exc)
 
 
-# --------------------------------------------------------------------------- channel weights
+# --------------------------------------------------------------------------- the maps
 
 
 def _safe(x: torch.Tensor) -> torch.Tensor:
-    """Replace exact zeros by one (the official code's guard against 0/0)."""
+    """Replace exact zeros by one (a guard against 0/0)."""
     return torch.where(x != 0, x, torch.ones_like(x))
 
 
-def gradcam_weights(grads: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM (Selvaraju et al.): the spatial mean of the gradient, ``(N, K)``."""
-    return grads.mean(dim=(2, 3))
-
-
-def gradcampp_alphas(grads: torch.Tensor, acts: torch.Tensor, variant: str = "official") -> torch.Tensor:
-    """Grad-CAM++ pixel weights alpha (eq. 19 with the exp(S) factors cancelled)."""
-    if variant not in VARIANTS:
-        raise UsageError(f"unknown Grad-CAM++ variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    g2 = grads * grads
-    g3 = g2 * grads
-    act_sum = acts.sum(dim=(2, 3), keepdim=True)
-    alpha = g2 / _safe(2.0 * g2 + act_sum * g3)  # alpha = 0 wherever g = 0
-    if variant == "official":
-        norm = (alpha * (grads > 0)).sum(dim=(2, 3), keepdim=True)
-        alpha = alpha / _safe(norm)
-    return alpha
-
-
-def gradcampp_weights(grads: torch.Tensor, acts: torch.Tensor, variant: str = "official") -> torch.Tensor:
-    """Grad-CAM++: ``sum_ij alpha_kij relu(g_kij)``, ``(N, K)``."""
-    alpha = gradcampp_alphas(grads, acts, variant)
-    return (alpha * torch.relu(grads)).sum(dim=(2, 3))
-
-
-def combine(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
-    """``relu(sum_k w_k A_k)`` divided by its maximum per image (an all-zero map stays 0)."""
-    cam = torch.relu(torch.einsum("nk,nkhw->nhw", weights, acts))
+def normalise(combination: torch.Tensor) -> torch.Tensor:
+    """``relu(combination)`` divided by its maximum per image (an all-zero map stays 0)."""
+    cam = torch.relu(combination)
     peak = cam.amax(dim=(1, 2), keepdim=True)
     return cam / _safe(peak)
 
 
-def cam_maps(grads: torch.Tensor, acts: torch.Tensor, variant: str = "official",
-             methods=METHODS) -> dict[str, torch.Tensor]:
-    """Every requested map from one (A, g) pair, computed in float64."""
-    grads = grads.double()
-    acts = acts.double()
-    weighting = {
-        "gradcam": lambda: gradcam_weights(grads, acts),
-        "gradcampp": lambda: gradcampp_weights(grads, acts, variant),
-    }
-    unknown = [m for m in methods if m not in weighting]
-    if unknown:
-        raise UsageError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-    return {m: combine(weighting[m](), acts).float() for m in methods}
+def cam_maps(grads: torch.Tensor | None, acts: torch.Tensor, variant: str = "official",
+             methods=DEFAULT_METHODS, **extra) -> dict[str, torch.Tensor]:
+    """Every requested map from one (A, g) pair, computed in float64, returned as float32.
+
+    ``extra``: what methods that need forward passes take (see
+    :class:`campp_cli.methods.MethodInput`: ``image``, ``score``, ``classes``...).
+    """
+    if variant not in VARIANTS:
+        raise UsageError(f"unknown Grad-CAM++ variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    names = parse_methods(methods)
+    inp = MethodInput(acts=acts.double(), grads=None if grads is None else grads.double(), variant=variant, **extra)
+    out = {}
+    for name in names:
+        method = get_method(name)
+        if method.needs == "gradients" and inp.grads is None:
+            raise UsageError(f"method {name} needs the gradient; none was computed")
+        out[name] = normalise(method.compute(inp)).float()
+    return out
 
 
 # --------------------------------------------------------------------------- the pass
@@ -212,15 +178,26 @@ def _class_tensor(classes, logits: torch.Tensor) -> torch.Tensor:
 
 
 def explain(model: torch.nn.Module, layer: str, x: torch.Tensor, classes=None,
-            variant: str = "official", methods=METHODS) -> Explanation:
-    """Explain a preprocessed batch ``x`` (N, 3, H, W) with one forward and one backward pass.
+            variant: str = "official", methods=DEFAULT_METHODS, *, image: torch.Tensor | None = None,
+            preprocess=None, score_batch: int = 32, progress=None) -> Explanation:
+    """Explain a preprocessed batch ``x`` (N, 3, H, W): every method in ``methods`` from one pass.
 
     ``classes``: None (the predicted class), one index for all images, or one
-    per image; -1 also means the predicted class.
+    per image; -1 also means the predicted class.  ``methods``: names from
+    :func:`campp_cli.methods.list_methods`, a comma-separated string, or
+    ``"all"``.  One forward pass; one backward pass to the layer when a
+    requested method needs gradients.  Methods that need extra forward passes
+    (Score-CAM) mask ``image`` (RGB in [0, 1], which ``preprocess`` turns into
+    ``x``), ``score_batch`` images a pass, calling ``progress(n)`` as they go;
+    without ``image`` they mask ``x`` itself.
     """
     if variant not in VARIANTS:
         raise UsageError(f"unknown Grad-CAM++ variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    with torch.enable_grad(), FeatureTap(model, layer) as tap:
+    names = parse_methods(methods)
+    specs = [get_method(m) for m in names]
+    wants_grads = any(s.needs == "gradients" for s in specs)
+    grads = None
+    with torch.enable_grad() if wants_grads else torch.no_grad(), FeatureTap(model, layer) as tap:
         logits = model(x)
         acts = tap.activation
         if acts is None:
@@ -228,11 +205,18 @@ def explain(model: torch.nn.Module, layer: str, x: torch.Tensor, classes=None,
         if not torch.isfinite(logits).all():
             raise ModelError("the model produced non-finite logits (NaN or inf); are the weights broken?")
         idx = _class_tensor(classes, logits.detach())
-        score = logits.gather(1, idx[:, None]).sum()  # images are independent in eval mode
-        (grads,) = torch.autograd.grad(score, acts, allow_unused=True)
-    if grads is None:  # the target does not reach the logits
-        grads = torch.zeros_like(acts)
-    maps = cam_maps(grads.detach(), acts.detach(), variant, methods)
+        if wants_grads:
+            score = logits.gather(1, idx[:, None]).sum()  # images are independent in eval mode
+            (grads,) = torch.autograd.grad(score, acts, allow_unused=True)
+            if grads is None:  # the target does not reach the logits
+                grads = torch.zeros_like(acts)
+            grads = grads.detach()
+    extra = {"classes": idx}
+    if any(s.needs == "forward passes" for s in specs):
+        source = image if image is not None else x
+        prep = preprocess if image is not None else None
+        extra.update(image=source.detach(), score=_scorer(model, prep), score_batch=score_batch, progress=progress)
+    maps = cam_maps(grads, acts.detach(), variant, names, **extra)
     logits = logits.detach().float()
     return Explanation(
         logits=logits.cpu().numpy(),
@@ -242,6 +226,15 @@ def explain(model: torch.nn.Module, layer: str, x: torch.Tensor, classes=None,
         layer=layer,
         variant=variant,
     )
+
+
+def _scorer(model: torch.nn.Module, preprocess):
+    """``score(images, classes)``: softmax probability of each class, no autograd, parameters untouched."""
+    def score(images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(preprocess(images) if preprocess is not None else images).float()
+            return torch.softmax(logits, dim=1).gather(1, classes[:, None])[:, 0]
+    return score
 
 
 # --------------------------------------------------------------------------- guided backpropagation

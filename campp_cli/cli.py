@@ -17,7 +17,7 @@ import click
 
 from . import __version__
 from .errors import CamppError, UsageError
-from .settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DEFAULT_OUTPUT_DIR, MAX_PIXELS_CEILING
+from .settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DEFAULT_OUTPUT_DIR, MAX_PIXELS_CEILING, VARIANTS
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -31,7 +31,7 @@ def _say(message: str) -> None:
 @click.version_option(__version__, "--version", prog_name="campp")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks instead of one-line errors.")
 def cli(debug: bool) -> None:
-    """Explain image classifiers with Grad-CAM and Grad-CAM++.
+    """Explain image classifiers with Grad-CAM, Grad-CAM++ and more CAM methods.
 
     A PyTorch port of the workflow of the Grad-CAM++ paper's classify.py
     (Chattopadhyay et al., WACV 2018): one photo in, ImageNet VGG16, and
@@ -73,8 +73,12 @@ model_options = _options(
     click.option("--weights", default=None, metavar="PATH",
                  help="Weights: a state_dict .pth, or for vgg16 the paper's vgg16.npy. Default: models/, "
                       "then the torch cache (or the package, for efficientnet_liteN), then a download."),
-    click.option("--variant", type=click.Choice(["official", "paper"]), default="official", show_default=True,
+    click.option("--variant", type=click.Choice(VARIANTS), default="official", show_default=True,
                  help="Grad-CAM++ alphas: 'official' as the authors' code (renormalised), 'paper' as eq. 19."),
+    click.option("--methods", "methods", default="gradcam,gradcampp", show_default=True, metavar="LIST",
+                 help="Comma-separated methods, or all (see 'campp methods'). Gradient methods share one pass."),
+    click.option("--score-batch", type=click.IntRange(1, 4096), default=32, show_default=True, metavar="N",
+                 help="Images per forward pass for methods that need extra passes (Score-CAM)."),
     click.option("--offline", is_flag=True, envvar="CAMPP_OFFLINE",
                  help="Never download weights (also CAMPP_OFFLINE=1)."),
 )
@@ -107,6 +111,26 @@ def _progress(count: int, quiet: bool):
     return click.progressbar(length=count, file=sys.stderr, show_pos=True, show_eta=True, label="explaining")
 
 
+def _needs_passes(methods) -> bool:
+    from .methods import get_method
+
+    return any(get_method(m).needs == "forward passes" for m in methods)
+
+
+def _pass_counter(bar):
+    """``on_passes`` for Options: the bar's label counts extra forward passes (Score-CAM) as they run."""
+    if bar is None:
+        return None
+    done = [0]
+
+    def on_passes(n: int) -> None:
+        done[0] += n
+        bar.label = f"explaining ({done[0]} extra forward passes)"
+        bar.update(0)
+
+    return on_passes
+
+
 def _run_with_progress(jobs, clf, options, on_result, bar, handler=None):
     """``pipeline.run``, advancing ``bar`` (if any) once per image and always closing it."""
     from .pipeline import run
@@ -132,10 +156,10 @@ def _run_with_progress(jobs, clf, options, on_result, bar, handler=None):
               help="Folder for every output file, created if missing; folders given with -f are mirrored in it.")
 @model_options
 @click.option("--save-maps", is_flag=True,
-              help="Also save the low-resolution maps as NAME_gradcam.npy and NAME_gradcampp.npy.")
+              help="Also save each method's low-resolution map as NAME_METHOD.npy.")
 @click.option("--guided", is_flag=True,
-              help="Also write guided Grad-CAM and Grad-CAM++ (NAME_guided_gradcam.jpeg, "
-                   "NAME_guided_gradcampp.jpeg); costs a second, full backward pass.")
+              help="Also write each method's guided map (NAME_guided_METHOD.jpeg); costs a second, full "
+                   "backward pass.")
 @click.option("--skip-existing", is_flag=True,
               help="Skip images whose outputs are all there already (resume an interrupted run).")
 @click.option("--jsonl", "jsonl", default=None, metavar="FILE",
@@ -143,29 +167,29 @@ def _run_with_progress(jobs, clf, options, on_result, bar, handler=None):
 @run_options
 @click.option("--max-side", type=click.IntRange(16, 16384), default=DEFAULT_MAX_SIDE, show_default=True,
               help="Largest side of the output panels; bigger photos are shrunk.")
-def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weights, variant, offline, save_maps,
-             guided, skip_existing, jsonl, batch_size, workers, quiet, max_pixels, max_side) -> None:
-    """Explain photos: top-5 classes on stdout, five JPEGs per photo in the output folder.
+def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weights, variant, methods, score_batch,
+             offline, save_maps, guided, skip_existing, jsonl, batch_size, workers, quiet, max_pixels,
+             max_side) -> None:
+    """Explain photos: top-5 classes on stdout, figures per photo in the output folder.
 
     \b
-    Writes, for -o NAME.jpeg:
-      NAME.jpeg                    input | Grad-CAM | Grad-CAM++ side by side
-      NAME_gradcam_heatmap.jpeg    JET heatmap of Grad-CAM
-      NAME_gradcampp_heatmap.jpeg  JET heatmap of Grad-CAM++
-      NAME_gradcam_overlay.jpeg    heatmap blended over the input
-      NAME_gradcampp_overlay.jpeg
-      NAME_gradcam.npy, NAME_gradcampp.npy   with --save-maps
-      NAME_guided_gradcam.jpeg, NAME_guided_gradcampp.jpeg  with --guided
+    Writes, for -o NAME.jpeg and each METHOD of --methods (default gradcam,gradcampp):
+      NAME.jpeg                    the input and one panel per method
+      NAME_METHOD_heatmap.jpeg     JET heatmap of the method's map
+      NAME_METHOD_overlay.jpeg     heatmap blended over the input
+      NAME_METHOD.npy              with --save-maps
+      NAME_guided_METHOD.jpeg      with --guided
 
     \b
     Several photos (one model load, batched):
       campp classify -f photos/ --recursive --jsonl results.jsonl
       campp classify -f 'val/*.JPEG' -o '{stem}_cam.jpeg' --skip-existing
     """
-    from .inputs import is_single, plan
-    from .pipeline import prepare_output_dir
+    from .inputs import is_single, plan, prepare_output_dir
+    from .methods import parse_methods
 
     # Argument checks that need no model come first: they must be instant.
+    methods = parse_methods(methods)
     single = is_single(list(files))
     jobs = plan(list(files), Path(output_dir), output, recursive)
     prepare_output_dir(output_dir)
@@ -173,13 +197,16 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
     from .pipeline import Options
 
     clf = _load_model(gpu, arch, weights, layer, offline, quiet)
-    options = Options(label=label, variant=variant, max_side=max_side, max_pixels=max_pixels,
-                      save_maps=save_maps, guided=guided, batch_size=batch_size, skip_existing=skip_existing)
+    options = Options(label=label, variant=variant, methods=methods, score_batch=score_batch, max_side=max_side,
+                      max_pixels=max_pixels, save_maps=save_maps, guided=guided, batch_size=batch_size,
+                      skip_existing=skip_existing)
     if workers:
         options.workers = workers
     how = "predicted class" if label == -1 else "class given with -l"
     log = _open_jsonl(jsonl)
-    bar = None if single else _progress(len(jobs), quiet)
+    # One photo gets a bar only when it takes long: methods with extra forward passes.
+    bar = None if single and not _needs_passes(methods) else _progress(len(jobs), quiet)
+    options.on_passes = _pass_counter(bar)
     per_image_lines = not single and not quiet and not (bar is not None and sys.stdout.isatty())
 
     def on_result(result) -> None:
@@ -195,7 +222,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
             for rank, (c, name, p) in enumerate(result.top5, 1):
                 click.echo(f"  {rank}. {c:4d} {name:<32s} {p:.4f}")
             click.echo(f"explained: {result.class_index} {result.class_name} (p={result.probability:.4f}, "
-                       f"{how}, Grad-CAM++ variant {variant})")
+                       f"{how}, methods {','.join(methods)}, Grad-CAM++ variant {variant})")
             for path in result.outputs:
                 click.echo(f"wrote {path}")
         elif per_image_lines:
@@ -222,11 +249,11 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
 @click.option("--json", "json_path", default=None, metavar="FILE", help="Write the summary as JSON.")
 @click.option("--csv", "csv_path", default=None, metavar="FILE", help="Write one row per image and method.")
 @click.option("--plot", "plot_path", default=None, metavar="FILE.png",
-              help="Write a PNG of the mean deletion and insertion curves of both methods.")
+              help="Write a PNG of the mean deletion and insertion curves of every method.")
 @run_options
-def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, offline, steps, json_path, csv_path,
-             plot_path, batch_size, workers, quiet, max_pixels) -> None:
-    """Faithfulness of Grad-CAM and Grad-CAM++ on your model and images.
+def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, methods, score_batch, offline, steps,
+             json_path, csv_path, plot_path, batch_size, workers, quiet, max_pixels) -> None:
+    """Faithfulness of each method (default Grad-CAM and Grad-CAM++) on your model and images.
 
     \b
     Per method: Average Drop % and Increase in Confidence % (the paper's
@@ -238,7 +265,9 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, offlin
       campp evaluate --arch efficientnet_lite0 -f images/ --json eval.json --plot eval.png
     """
     from .inputs import plan
+    from .methods import parse_methods
 
+    methods = parse_methods(methods)
     if plot_path is not None and not plot_path.lower().endswith(".png"):
         raise UsageError(f"--plot {plot_path}: give a .png file name")
     jobs = plan(list(files), Path("."), None, recursive)
@@ -248,11 +277,13 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, offlin
     from .pipeline import Options
 
     clf = _load_model(gpu, arch, weights, layer, offline, quiet)
-    options = Options(label=label, variant=variant, max_pixels=max_pixels, batch_size=batch_size)
+    options = Options(label=label, variant=variant, methods=methods, score_batch=score_batch, max_pixels=max_pixels,
+                      batch_size=batch_size)
     if workers:
         options.workers = workers
     results = []
     bar = _progress(len(jobs), quiet)
+    options.on_passes = _pass_counter(bar)
 
     def on_result(result) -> None:
         if result.error is not None:
@@ -281,6 +312,25 @@ def _open_jsonl(path):
         return open(path, "w", encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"--jsonl {path}: cannot write ({exc.strerror or exc})") from None
+
+
+@cli.command()
+def methods() -> None:
+    """List the explanation methods --methods accepts: name, what it costs, reference.
+
+    Gradient methods all come from the same forward and backward pass;
+    class-agnostic methods explain the layer, not the class.
+    """
+    from .methods import get_method, list_methods
+
+    names = list_methods()
+    width = max(len(n) for n in names)
+    for name in names:
+        m = get_method(name)
+        kind = "" if m.class_specific else ", class-agnostic"
+        click.echo(f"{name:<{width}}  {m.title}: {m.passes}{kind}; {m.reference}")
+        if m.summary:
+            click.echo(f"{'':<{width}}    {m.summary}")
 
 
 @cli.command()

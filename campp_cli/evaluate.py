@@ -16,7 +16,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from . import __version__, images, metrics
-from .cam import METHOD_TITLES, METHODS, Explanation
+from .cam import Explanation
+from .methods import title
 from .models import Classifier
 from .pipeline import Handler, Options, Result, result_of
 
@@ -33,9 +34,9 @@ class EvaluateHandler(Handler):
 
     def after_batch(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
         y = expl.probs[np.arange(len(expl.classes)), expl.classes]  # from the explaining pass
-        scored = {m: metrics.score_batch(clf.module, clf.preprocessing, rgb01, expl.maps[m], expl.classes,
-                                         self.steps, y=y) for m in METHODS}
-        return [{m: scored[m][i] for m in METHODS} for i in range(len(expl.classes))]
+        scored = {m: metrics.score_batch(clf.module, clf.preprocessing, rgb01, maps, expl.classes, self.steps, y=y)
+                  for m, maps in expl.maps.items()}
+        return [{m: s[i] for m, s in scored.items()} for i in range(len(expl.classes))]
 
     def finish(self, item, expl: Explanation, i: int, scores: dict, clf: Classifier) -> Result:
         result = result_of(item, expl, i, clf, [])
@@ -43,16 +44,16 @@ class EvaluateHandler(Handler):
         return result
 
 
-def summarise(results: list[Result], resamples: int = 2000) -> dict:
+def summarise(results: list[Result], methods, resamples: int = 2000) -> dict:
     """{method: n, metrics and 95 % intervals} over the images that were scored."""
     scored = [r for r in results if "scores" in r.extra]
-    return {m: metrics.summarise([r.extra["scores"][m] for r in scored], resamples) for m in METHODS}
+    return {m: metrics.summarise([r.extra["scores"][m] for r in scored], resamples) for m in methods}
 
 
 def report(results: list[Result], clf: Classifier, options: Options, steps: int, failed: int) -> dict:
     """The --json document."""
     return {
-        "methods": summarise(results),
+        "methods": summarise(results, options.methods),
         "model": clf.arch,
         "layer": clf.layer,
         "variant": options.variant,
@@ -77,9 +78,8 @@ def format_table(summary: dict) -> str:
     header = ("method", "n", "Average Drop %", "Increase in Conf. %", "Deletion AUC (low=good)",
               "Insertion AUC (high=good)")
     rows = [header]
-    for m in METHODS:
-        s = summary[m]
-        rows.append((METHOD_TITLES[m], str(s["n"]), cell(s, "average_drop", True),
+    for m, s in summary.items():
+        rows.append((title(m), str(s["n"]), cell(s, "average_drop", True),
                      cell(s, "increase_in_confidence", True), cell(s, "deletion_auc", False),
                      cell(s, "insertion_auc", False)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -101,12 +101,15 @@ def csv_bytes(results: list[Result]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-COLOURS = {"gradcam": (31, 119, 180), "gradcampp": (214, 39, 40)}
+#: Curve colours, one per method in the order of the run (Tableau 10).
+PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 def plot_png(results: list[Result], width: int = 1000, height: int = 420) -> bytes:
-    """Mean deletion and insertion curves of both methods, side by side, as a PNG."""
+    """Mean deletion and insertion curves of every method, side by side, as a PNG."""
     scored = [r.extra["scores"] for r in results if "scores" in r.extra]
+    methods = list(scored[0]) if scored else []
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     font = images.font(14)
@@ -124,15 +127,14 @@ def plot_png(results: list[Result], width: int = 1000, height: int = 420) -> byt
             draw.text((tx - 10, y1 + 6), f"{t:.1f}", fill=(0, 0, 0), font=font)
         draw.text(((x0 + x1) // 2 - 90, y1 + 26), f"fraction of pixels {'removed' if kind == 'deletion' else 'inserted'}",
                   fill=(0, 0, 0), font=font)
-        for k, m in enumerate(METHODS):
-            if not scored:
-                continue
+        for k, m in enumerate(methods):
+            colour = PALETTE[k % len(PALETTE)]
             curve = np.mean([getattr(s[m], kind) for s in scored], axis=0)
             xs = np.linspace(0, 1, len(curve))
             pts = [(x0 + x * (x1 - x0), y1 - np.clip(y, 0, 1) * (y1 - y0)) for x, y in zip(xs, curve)]
-            draw.line(pts, fill=COLOURS[m], width=3)
+            draw.line(pts, fill=colour, width=3)
             auc = float(np.mean([getattr(s[m], f"{kind}_auc") for s in scored]))
-            draw.text((x1 - 190, y0 + 10 + 18 * k), f"{METHOD_TITLES[m]}  AUC {auc:.3f}", fill=COLOURS[m], font=font)
+            draw.text((x1 - 190, y0 + 10 + 18 * k), f"{title(m)}  AUC {auc:.3f}", fill=colour, font=font)
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()

@@ -181,15 +181,27 @@ def titled(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def side_by_side(panels: list[np.ndarray], gap: int = 8) -> np.ndarray:
-    """Panels of equal height in one row, separated by white gaps."""
+#: Panels per row of the comparison figure at most: 10 panels make two rows of five.
+MAX_COLUMNS = 5
+
+
+def grid_shape(n: int, max_cols: int = MAX_COLUMNS) -> tuple[int, int]:
+    """(rows, columns) for n panels: one row up to ``max_cols``, then rows as even as they come."""
+    rows = max(1, -(-n // max_cols))
+    return rows, -(-n // rows)
+
+
+def side_by_side(panels: list[np.ndarray], gap: int = 8, max_cols: int = MAX_COLUMNS) -> np.ndarray:
+    """Panels in a grid (one row for up to ``max_cols``), separated by white gaps."""
+    rows, cols = grid_shape(len(panels), max_cols)
     h = max(p.shape[0] for p in panels)
-    w = sum(p.shape[1] for p in panels) + gap * (len(panels) - 1)
-    out = np.full((h, w, 3), 255, dtype=np.uint8)
-    x = 0
-    for p in panels:
-        out[: p.shape[0], x: x + p.shape[1]] = p
-        x += p.shape[1] + gap
+    w = max(p.shape[1] for p in panels)
+    used = min(cols, len(panels))
+    out = np.full((rows * h + gap * (rows - 1), used * w + gap * (used - 1), 3), 255, dtype=np.uint8)
+    for k, p in enumerate(panels):
+        r, c = divmod(k, cols)
+        y, x = r * (h + gap), c * (w + gap)
+        out[y: y + p.shape[0], x: x + p.shape[1]] = p
     return out
 
 

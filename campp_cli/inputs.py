@@ -40,19 +40,22 @@ class Job:
     def map_path(self, method: str) -> Path:
         return self.out_dir / f"{self.stem}_{method}.npy"
 
-    def output_paths(self, save_maps: bool = False, guided: bool = False) -> list[Path]:
-        """Every file this job writes, the comparison figure first."""
-        keys = FIGURE_KEYS + (GUIDED_KEYS if guided else [])
-        paths = [self.figure_path(k) for k in keys]
+    def output_paths(self, methods, save_maps: bool = False, guided: bool = False) -> list[Path]:
+        """Every file this job writes for ``methods``, the comparison figure first."""
+        paths = [self.figure_path(k) for k in figure_keys(methods, guided)]
         if save_maps:
-            paths += [self.map_path(m) for m in MAP_METHODS]
+            paths += [self.map_path(m) for m in methods]
         return paths
 
 
-#: Name suffixes of the figures, in the order they are written and reported.
-FIGURE_KEYS = ["", "_gradcam_heatmap", "_gradcam_overlay", "_gradcampp_heatmap", "_gradcampp_overlay"]
-GUIDED_KEYS = ["_guided_gradcam", "_guided_gradcampp"]
-MAP_METHODS = ["gradcam", "gradcampp"]
+def figure_keys(methods, guided: bool = False) -> list[str]:
+    """Name suffixes of the figures for ``methods``, in the order they are written and reported."""
+    keys = [""]
+    for m in methods:
+        keys += [f"_{m}_heatmap", f"_{m}_overlay"]
+    if guided:
+        keys += [f"_guided_{m}" for m in methods]
+    return keys
 
 
 def output_stem(name: str) -> tuple[str, str]:
@@ -183,3 +186,17 @@ def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool =
         out_stem, suffix = output_stem(template.format(stem=name))
         jobs.append(Job(src.path, out_root / rel, out_stem, suffix, src.error))
     return jobs
+
+
+def prepare_output_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder if needed; refuse files and read-only folders."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output-dir {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--output-dir {out}: cannot create it ({exc.strerror or exc})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"--output-dir {out}: not writable")
+    return out

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from . import images
-from .cam import METHOD_TITLES, METHODS, Explanation, explain, guided_backprop
+from .cam import Explanation, explain, guided_backprop
 from .errors import CamppError, InputError, OutputError, UsageError
-from .inputs import FIGURE_KEYS, GUIDED_KEYS, Job, output_stem
+from .inputs import Job, output_stem, prepare_output_dir  # noqa: F401 (re-exported)
+from .methods import DEFAULT_METHODS, get_method, parse_methods
 from .models import Classifier
 from .settings import DEFAULT_OUTPUT
 
@@ -31,10 +32,13 @@ class Options:
 
     label: int = -1  # -1: the predicted class
     variant: str = "official"
+    methods: tuple[str, ...] = DEFAULT_METHODS  # names from campp_cli.methods.list_methods()
+    score_batch: int = 32  # images per extra forward pass of methods that need them (Score-CAM)
+    on_passes: Callable[[int], None] | None = None  # called with the count of each batch of extra passes
     max_side: int = images.DEFAULT_MAX_SIDE
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     save_maps: bool = False
-    guided: bool = False  # also guided Grad-CAM and Grad-CAM++ (a second, full backward pass)
+    guided: bool = False  # also guided maps of every method (a second, full backward pass)
     batch_size: int | None = None  # None: default_batch_size(device)
     workers: int = max(1, min(4, os.cpu_count() or 1))  # decoding and writing threads
     skip_existing: bool = False  # resume: skip images whose outputs are all there
@@ -90,20 +94,6 @@ class Summary:
                 f"({self.images_per_second:.2f} images/s)")
 
 
-def prepare_output_dir(path: str | os.PathLike) -> Path:
-    """Create the output folder if needed; refuse files and read-only folders."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output-dir {out}: exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--output-dir {out}: cannot create it ({exc.strerror or exc})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UsageError(f"--output-dir {out}: not writable")
-    return out
-
-
 def to_batch(squares: list[np.ndarray], clf: Classifier) -> torch.Tensor:
     """RGB batch in [0, 1] at the model's input size, on its device (before normalisation)."""
     return _to_device(np.stack([images.model_input(s, clf.input_size) for s in squares]), clf.device)
@@ -118,31 +108,34 @@ def render(square: np.ndarray, expl: Explanation, i: int, class_name: str,
            guided: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every figure for image ``i``, keyed by output-name suffix ('' is the comparison).
 
+    One heatmap and one overlay per method in ``expl.maps`` (in its order);
     ``guided``: image i's guided-backpropagation gradient ``(3, h, w)``, if wanted.
     """
     side = square.shape[0]
     c = int(expl.classes[i])
     p = float(expl.probs[i, c])
-    figures: dict[str, np.ndarray] = {}
+    figures: dict[str, np.ndarray] = {"": square}  # the comparison first; drawn below
+    guided_figures: dict[str, np.ndarray] = {}
     panels = [images.titled(square, ["Input", f"{class_name} ({p:.1%})"])]
-    for method in METHODS:
-        heat = images.colorize(images.upsample(expl.maps[method][i], side))
+    for method, maps in expl.maps.items():
+        heat = images.colorize(images.upsample(maps[i], side))
         blended = images.overlay(square, heat)
         figures[f"_{method}_heatmap"] = heat
         figures[f"_{method}_overlay"] = blended
-        panels.append(images.titled(blended, [METHOD_TITLES[method], f"{class_name} ({p:.1%})"]))
+        spec = get_method(method)
+        caption = f"{class_name} ({p:.1%})" if spec.class_specific else "class-agnostic"
+        panels.append(images.titled(blended, [spec.title, caption]))
         if guided is not None:
             grad = guided.transpose(1, 2, 0)
-            weighted = grad * images.upsample(expl.maps[method][i], grad.shape[0])[..., None]
-            figures[f"_guided_{method}"] = images.resize(images.gradient_image(weighted), side)
+            weighted = grad * images.upsample(maps[i], grad.shape[0])[..., None]
+            guided_figures[f"_guided_{method}"] = images.resize(images.gradient_image(weighted), side)
     figures[""] = images.side_by_side(panels)
-    return figures
+    return {**figures, **guided_figures}
 
 
 def write_outputs(job: Job, figures: dict[str, np.ndarray], maps: dict[str, np.ndarray] | None = None) -> list[str]:
     """Write every figure (and maps as .npy), all or nothing; return the paths in order."""
-    keys = FIGURE_KEYS + [k for k in GUIDED_KEYS if k in figures]
-    files = {job.figure_path(k): images.encode_jpeg(figures[k]) for k in keys}
+    files = {job.figure_path(k): images.encode_jpeg(v) for k, v in figures.items()}
     for method, cam in (maps or {}).items():
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(cam, dtype=np.float32))
@@ -199,7 +192,7 @@ class ClassifyHandler(Handler):
         self.options = options
 
     def is_done(self, job: Job) -> Result | None:
-        paths = job.output_paths(self.options.save_maps, self.options.guided)
+        paths = job.output_paths(self.options.methods, self.options.save_maps, self.options.guided)
         if self.options.skip_existing and job.error is None and all(p.is_file() for p in paths):
             return Result(str(job.source), -1, "", 0.0, [], [str(p) for p in paths], skipped=True)
         return None
@@ -213,7 +206,7 @@ class ClassifyHandler(Handler):
         c = int(expl.classes[i])
         name = clf.categories[c]
         figures = render(item.display, expl, i, name, guided)
-        maps = {m: expl.maps[m][i] for m in METHODS} if self.options.save_maps else None
+        maps = {m: v[i] for m, v in expl.maps.items()} if self.options.save_maps else None
         try:
             item.job.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -256,6 +249,7 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
     input order.  ``handler`` says what to do with each batch (default: classify).
     """
     options = options or Options()
+    options.methods = parse_methods(options.methods)
     handler = handler or ClassifyHandler(options)
     check_label(clf, options.label)
     report = on_result or (lambda r: None)
@@ -303,7 +297,9 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
             if decoded:
                 rgb01 = _to_device(np.stack([d.model_input for d in decoded]), clf.device)
                 expl = explain(clf.module, clf.layer, clf.preprocessing(rgb01), classes=options.label,
-                               variant=options.variant)
+                               variant=options.variant, methods=options.methods, image=rgb01,
+                               preprocess=clf.preprocessing, score_batch=options.score_batch,
+                               progress=options.on_passes)
                 extras = handler.after_batch(clf, rgb01, expl)
                 finished = iter([finishers.submit(_guarded, handler.finish, item.job.source, item, expl, i,
                                                   extras[i], clf) for i, item in enumerate(decoded)])

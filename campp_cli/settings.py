@@ -15,3 +15,6 @@ MIN_PANEL_SIDE = 224
 #: Default output folder and comparison file name, as in the paper's classify.py.
 DEFAULT_OUTPUT_DIR = "output"
 DEFAULT_OUTPUT = "output.jpeg"
+
+#: The two Grad-CAM++ variants (see campp_cli.methods.gradcampp).
+VARIANTS = ("official", "paper")

@@ -93,3 +93,89 @@ def paper_preprocess(rgb: np.ndarray, size: int = 224) -> torch.Tensor:
     small = cv2.resize(crop, (size, size), interpolation=interp).astype(np.float64) / 255.0
     norm = (small - IMAGENET_MEAN) / IMAGENET_STD
     return torch.from_numpy(norm.transpose(2, 0, 1)[None].astype(np.float32))
+
+
+# --------------------------------------------------------------------------- the other methods, from the issue's definitions
+# Each returns the combination before relu and max-normalisation; `normalised` applies those.
+
+
+def normalised(cam: np.ndarray) -> np.ndarray:
+    cam = np.maximum(cam, 0.0)
+    top = cam.max()
+    return cam / top if top > 0 else cam
+
+
+def xgradcam_combination(A: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """w_k = sum_ij A g / sum_ij A (0 when the activations sum to exactly 0)."""
+    out = np.zeros(A.shape[1:])
+    for k in range(A.shape[0]):
+        total = A[k].sum()
+        w = 0.0 if total == 0 else float((A[k] * g[k]).sum() / total)
+        out += w * A[k]
+    return out
+
+
+def hirescam_combination(A, g):
+    return sum(g[k] * A[k] for k in range(A.shape[0]))
+
+
+def elementwise_combination(A, g):
+    return sum(np.maximum(g[k] * A[k], 0.0) for k in range(A.shape[0]))
+
+
+def layercam_combination(A, g):
+    return sum(np.maximum(g[k], 0.0) * A[k] for k in range(A.shape[0]))
+
+
+def eigencam_combination(A, g=None):
+    """First principal component of the (HW x K) activations, signed to correlate with sum_k A_k."""
+    K, H, W = A.shape
+    X = A.reshape(K, H * W).T.astype(np.float64)
+    X = X - X.mean(axis=0, keepdims=True)
+    _, _, vt = np.linalg.svd(X, full_matrices=False)
+    p = X @ vt[0]
+    total = A.sum(axis=0).reshape(-1)
+    if np.corrcoef(p, total)[0, 1] < 0:
+        p = -p
+    return p.reshape(H, W)
+
+
+GRADIENT_COMBINATIONS = {
+    "gradcam": lambda A, g: np.tensordot(gradcam_weights(A, g), A, axes=1),
+    "xgradcam": xgradcam_combination,
+    "hirescam": hirescam_combination,
+    "gradcam_elementwise": elementwise_combination,
+    "layercam": layercam_combination,
+    "eigencam": eigencam_combination,
+}
+
+
+def reference_method_map(A: np.ndarray, g: np.ndarray, method: str) -> np.ndarray:
+    """Any method but Score-CAM, from (K, H, W) A and g; Grad-CAM++ as 'official' or 'paper'."""
+    A = A.astype(np.float64)
+    g = g.astype(np.float64)
+    if method in REFERENCE_WEIGHTS and method != "gradcam":
+        return combine(REFERENCE_WEIGHTS[method](A, g), A)
+    return normalised(GRADIENT_COMBINATIONS[method](A, g))
+
+
+def upsample_bilinear(channel: np.ndarray, size: int) -> np.ndarray:
+    """OpenCV's bilinear resize (half-pixel centres), independent of torch's interpolate."""
+    return cv2.resize(channel.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float64)
+
+
+def scorecam_map(A: np.ndarray, rgb01: np.ndarray, class_probability) -> np.ndarray:
+    """Score-CAM as the issue defines it, one channel at a time.
+
+    ``rgb01``: (3, S, S) image in [0, 1]; ``class_probability(img)``: softmax
+    probability of the explained class for one (3, S, S) image before normalisation.
+    """
+    size = rgb01.shape[-1]
+    weights = np.zeros(A.shape[0])
+    for k in range(A.shape[0]):
+        up = upsample_bilinear(A[k], size)
+        lo, hi = up.min(), up.max()
+        if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+            continue  # a constant channel: weight 0
+        weights[k] = class_probability(rgb01 * ((up - lo) / (hi - lo))[None])
+    return normalised(np.tensordot(weights, A.astype(np.float64), axes=1))

@@ -1,0 +1,48 @@
+"""Grad-CAM++ (Chattopadhyay et al., WACV 2018, arXiv:1710.11063), two variants.
+
+* ``official``: what the authors' code computes (``misc/utils.py``,
+  ``grad_CAM_plus``): eq. 19's alphas, then per channel renormalised to sum
+  to 1 over the positions where g > 0.
+* ``paper``: eq. 19 as printed, no renormalisation; alpha = 0 where g = 0.
+  This is what pytorch-grad-cam's ``GradCAMPlusPlus`` computes (up to its
+  epsilon).  torchcam 0.5.0's ``GradCAMpp`` is neither: its in-place division
+  lands on a masked copy, so its alphas stay g^2 (weights sum_ij relu(g)^3).
+
+The paper writes the derivatives of exp(S); the exp(S) factors cancel out of
+alpha and only scale the weights, which the max-normalisation removes, so
+exp(S) is never evaluated (it overflows float32 past S ~ 88).
+"""
+
+from ..settings import VARIANTS
+from ..errors import UsageError
+from . import channel_sum, register_method
+
+
+def _safe(x):
+    """Replace exact zeros by one (the official code's guard against 0/0)."""
+    return x.where(x != 0, x.new_ones(()))
+
+
+def alphas(grads, acts, variant: str = "official"):
+    """Grad-CAM++ pixel weights alpha (eq. 19 with the exp(S) factors cancelled)."""
+    if variant not in VARIANTS:
+        raise UsageError(f"unknown Grad-CAM++ variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    g2 = grads * grads
+    g3 = g2 * grads
+    act_sum = acts.sum(dim=(2, 3), keepdim=True)
+    alpha = g2 / _safe(2.0 * g2 + act_sum * g3)  # alpha = 0 wherever g = 0
+    if variant == "official":
+        norm = (alpha * (grads > 0)).sum(dim=(2, 3), keepdim=True)
+        alpha = alpha / _safe(norm)
+    return alpha
+
+
+def weights(grads, acts, variant: str = "official"):
+    """``sum_ij alpha_kij relu(g_kij)``, (N, K)."""
+    return (alphas(grads, acts, variant) * grads.clamp(min=0)).sum(dim=(2, 3))
+
+
+@register_method("gradcampp", title="Grad-CAM++", reference="Chattopadhyay et al., WACV 2018, arXiv:1710.11063",
+                 summary="w_k = sum_ij alpha_kij relu(g_kij), alpha from eq. 19 (--variant official|paper)")
+def gradcampp(inp):
+    return channel_sum(weights(inp.grads, inp.acts, inp.variant), inp.acts)
