@@ -174,6 +174,37 @@ def test_every_gradient_method_from_one_pass_on_seeded_models(seed):
         np.testing.assert_allclose(expl.maps["gradcampp"][i], reference_map(A, g, "official"), atol=1e-5)
 
 
+class GapLinear(torch.nn.Module):
+    """Convolutions, global average pooling, one linear layer: g = W_c / hw at the last feature map."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 3, padding=1), torch.nn.ReLU(),
+                                            torch.nn.Conv2d(12, 16, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(16, 5)
+        self.eval()
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_methods_collapse_into_two_maps_behind_a_gap_linear_head(seed):
+    """At such a layer Grad-CAM = XGrad-CAM = HiResCAM (weights W_c) and LayerCAM = element-wise =
+    official Grad-CAM++ (weights relu(W_c)), as the README says; an earlier layer parts them."""
+    model = GapLinear(seed)
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+    maps = explain(model, "features.3", x, methods="all", image=x).maps
+    for a, b in (("gradcam", "xgradcam"), ("gradcam", "hirescam"), ("layercam", "gradcampp"),
+                 ("layercam", "gradcam_elementwise")):
+        np.testing.assert_allclose(maps[a], maps[b], atol=1e-5, err_msg=f"{a} vs {b}")
+    assert np.abs(maps["gradcam"] - maps["layercam"]).max() > 1e-3  # W_c has negative weights too
+    early = explain(model, "features.1", x, methods="gradcam,xgradcam,hirescam,layercam,gradcampp").maps
+    assert np.abs(early["gradcam"] - early["hirescam"]).max() > 1e-3
+    assert np.abs(early["layercam"] - early["gradcampp"]).max() > 1e-3
+
+
 def test_no_backward_pass_when_no_method_needs_gradients(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a backward pass ran")

@@ -1,4 +1,4 @@
-"""Speed benchmarks: ``python -m campp_cli.bench [--device cpu] [--images 32]``; prints JSON.
+"""Speed benchmarks: ``python benchmarks/bench.py [--device cpu] [--images 32]``; prints JSON.
 
 Contenders are interleaved in one process (forward, campp, torchcam,
 pytorch-grad-cam, forward, campp, ...) so that machine noise hits them alike;
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cam import explain
+from campp_cli.cam import explain
 
 
 def _sync(device: torch.device) -> None:
@@ -196,7 +196,7 @@ def bench_throughput(model, layer, device, size: int, batch_sizes: list[int], se
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m campp_cli.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="vgg16")
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N")
     parser.add_argument("--repeats", type=int, default=15)

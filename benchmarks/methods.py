@@ -1,0 +1,190 @@
+"""Every method at once: ``python benchmarks/methods.py [--repeats 15] [--scorecam-repeats 2]``; prints JSON.
+
+1. VGG16 at 224 (random weights: speed does not depend on their values), one
+   image: campp's two-map pass against campp computing every gradient method
+   (and Eigen-CAM) from the same pass, against pytorch-grad-cam and torchcam
+   computing the same list the way their documentation shows (one object per
+   method, each with its own forward and backward pass).  Interleaved, medians.
+2. Score-CAM against pytorch-grad-cam's ScoreCAM at the same batch size: on
+   VGG16 (random weights) and on EfficientNet-Lite0 with its real ImageNet
+   weights and the photos in images/ (real weights leave many channels
+   constant, which campp skips without a pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from campp_cli import images
+from campp_cli.cam import explain
+from campp_cli.methods import list_methods
+from campp_cli.models import get_arch, load_classifier, prepare_module
+from campp_cli.pipeline import to_batch
+
+REPO = Path(__file__).resolve().parents[1]
+ONE_PASS = [m for m in list_methods() if m != "scorecam"]
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _quiet():
+    """pytorch-grad-cam's ScoreCAM draws tqdm bars on stderr."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def one_pass_contenders(model, prepared, layer: str, x: torch.Tensor) -> dict:
+    module = dict(model.named_modules())[layer]
+    found = {
+        "campp_two_maps": lambda: explain(prepared, layer, x),
+        "campp_every_one_pass_method": lambda: explain(prepared, layer, x, methods=ONE_PASS),
+    }
+    from pytorch_grad_cam import (EigenCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
+                                  XGradCAM)
+
+    def pgc():
+        for klass in (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, GradCAMElementWise, LayerCAM, EigenCAM):
+            with klass(model=model, target_layers=[module]) as cam:
+                cam(input_tensor=x, targets=None)
+
+    from torchcam.methods import GradCAM as TGradCAM
+    from torchcam.methods import GradCAMpp, LayerCAM as TLayerCAM, XGradCAM as TXGradCAM
+
+    def torchcam():
+        for klass in (TGradCAM, GradCAMpp, TXGradCAM, TLayerCAM):
+            with klass(model, layer) as extractor:
+                scores = model(x)
+                extractor(scores.argmax(1).tolist(), scores)
+
+    def campp_torchcam_list():
+        explain(prepared, layer, x, methods="gradcam,gradcampp,xgradcam,layercam")
+
+    found["pytorch_grad_cam_7_methods"] = pgc
+    found["torchcam_4_methods"] = torchcam
+    found["campp_torchcam_4_methods"] = campp_torchcam_list
+    return found
+
+
+def bench_one_pass(repeats: int) -> dict:
+    spec = get_arch("vgg16")
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    prepared = prepare_module(copy.deepcopy(model), "cpu")
+    x = spec.preprocessing(torch.rand(1, 3, 224, 224))
+    fns = one_pass_contenders(model, prepared, "features.29", x)
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_timed(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "seconds_median": {k: round(v, 4) for k, v in med.items()},
+        "every_method_vs_two_maps": round(med["campp_every_one_pass_method"] / med["campp_two_maps"], 3),
+        "pytorch_grad_cam_same_7_vs_campp": round(med["pytorch_grad_cam_7_methods"]
+                                                  / med["campp_every_one_pass_method"], 2),
+        "torchcam_same_4_vs_campp": round(med["torchcam_4_methods"] / med["campp_torchcam_4_methods"], 2),
+    }
+
+
+class _Tapped(torch.nn.Module):
+    """EfficientNet-Lite with its final feature map behind an Identity pytorch-grad-cam can hook (the
+    model-level ReLU6 it would otherwise hook runs twice per pass)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.tap = torch.nn.Identity()
+
+    def forward(self, x):
+        h = self.tap(self.net.extract_features(x))
+        return self.net._fc(torch.flatten(self.net._avg_pooling(h), 1))
+
+
+def _pgc_scorecam(model, module, x, batch: int):
+    from pytorch_grad_cam import ScoreCAM
+
+    with _quiet(), ScoreCAM(model=model, target_layers=[module]) as cam:
+        cam.batch_size = batch
+        return cam(input_tensor=x, targets=None)
+
+
+def bench_scorecam(repeats: int, batch: int) -> dict:
+    out = {}
+    # VGG16, random weights.
+    spec = get_arch("vgg16")
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    prepared = prepare_module(copy.deepcopy(model), "cpu")
+    rgb = torch.rand(1, 3, 224, 224)
+    x = spec.preprocessing(rgb)
+    passes = []
+    campp_t, pgc_t = [], []
+    for _ in range(repeats):
+        passes.clear()
+        campp_t.append(_timed(lambda: explain(prepared, "features.29", x, methods=["scorecam"], image=rgb,
+                                              preprocess=spec.preprocessing, score_batch=batch,
+                                              progress=passes.append)))
+        pgc_t.append(_timed(lambda: _pgc_scorecam(model, model.features[29], x, batch)))
+    out["vgg16_random"] = {"campp_s": round(statistics.median(campp_t), 2), "campp_passes": sum(passes),
+                           "pytorch_grad_cam_s": round(statistics.median(pgc_t), 2), "pytorch_grad_cam_passes": 512,
+                           "speedup": round(statistics.median(pgc_t) / statistics.median(campp_t), 2)}
+    # EfficientNet-Lite0, real weights, the photos in images/.
+    clf = load_classifier("efficientnet_lite0")
+    plain = _Tapped(copy.deepcopy(clf.module).to(memory_format=torch.contiguous_format)).eval()
+    rows = {}
+    for path in sorted((REPO / "images").glob("*.*g")):
+        square = images.center_square(images.load_rgb(path))
+        rgb = to_batch([square], clf)
+        x = clf.preprocessing(rgb)
+        passes.clear()
+        c_t, p_t = [], []
+        for _ in range(repeats):
+            passes.clear()
+            c_t.append(_timed(lambda: explain(clf.module, clf.layer, x, methods=["scorecam"], image=rgb,
+                                              preprocess=clf.preprocessing, score_batch=batch,
+                                              progress=passes.append)))
+            p_t.append(_timed(lambda: _pgc_scorecam(plain, plain.tap, x, batch)))
+        rows[path.name] = {"campp_s": round(statistics.median(c_t), 2), "campp_passes": sum(passes),
+                           "pytorch_grad_cam_s": round(statistics.median(p_t), 2), "pytorch_grad_cam_passes": 1280,
+                           "speedup": round(statistics.median(p_t) / statistics.median(c_t), 2)}
+    out["efficientnet_lite0_real"] = rows
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python benchmarks/methods.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--scorecam-repeats", type=int, default=1)
+    parser.add_argument("--score-batch", type=int, default=16, help="both tools' Score-CAM batch size")
+    parser.add_argument("--skip-scorecam", action="store_true")
+    args = parser.parse_args(argv)
+    report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                          "threads": torch.get_num_threads()},
+              "one_pass_methods_vgg16": bench_one_pass(args.repeats)}
+    print(json.dumps(report, indent=2), flush=True)
+    if not args.skip_scorecam:
+        report["scorecam_batch_%d" % args.score_batch] = bench_scorecam(args.scorecam_repeats, args.score_batch)
+        print(json.dumps(report, indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
