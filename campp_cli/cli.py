@@ -7,8 +7,9 @@ place where exceptions become a stderr line and an exit code.
 
 from __future__ import annotations
 
-import json
 import os
+import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -16,15 +17,60 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import CamppError, UsageError
+from .errors import CamppError, OutputError, UsageError
 from .settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DEFAULT_OUTPUT_DIR, MAX_PIXELS_CEILING, VARIANTS
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
 
+def printable(text: str, encoding: str | None = "utf-8") -> str:
+    """One line, whatever a file name held: control characters and bytes that are not valid
+    text (or not in the stream's encoding) become backslash escapes."""
+    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+    enc = encoding or "utf-8"
+    try:
+        return text.encode(enc, "backslashreplace").decode(enc)
+    except LookupError:
+        return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def _say(message: str) -> None:
-    click.echo(message, err=True)
+    """One line on stderr; nothing if stderr is closed (errors still set the exit code)."""
+    stream = sys.stderr
+    if stream is None:
+        return
+    try:
+        click.echo(printable(message, getattr(stream, "encoding", None)), err=True)
+    except (OSError, ValueError):
+        pass  # stderr itself cannot be written: the exit code still tells
+
+
+def _echo(message: str, block: bool = False) -> None:
+    """One line on stdout (``block``: several, each made printable); a stdout that cannot be written
+    ends the run with one line on stderr."""
+    stream = sys.stdout
+    if stream is None:
+        raise OutputError("stdout is closed; the run stops here (use -q, or redirect stdout)")
+    encoding = getattr(stream, "encoding", None)
+    lines = message.split("\n") if block else [message]
+    try:
+        click.echo("\n".join(printable(line, encoding) for line in lines))
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise OutputError(f"stdout: cannot write ({reason}); the run stops here") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -106,7 +152,7 @@ def _load_model(gpu, arch, weights, layer, offline, quiet):
 
 def _progress(count: int, quiet: bool):
     """A progress bar on stderr when it is a terminal, else None."""
-    if quiet or not sys.stderr.isatty():
+    if quiet or not _isatty(sys.stderr):
         return None
     return click.progressbar(length=count, file=sys.stderr, show_pos=True, show_eta=True, label="explaining")
 
@@ -185,14 +231,21 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
       campp classify -f photos/ --recursive --jsonl results.jsonl
       campp classify -f 'val/*.JPEG' -o '{stem}_cam.jpeg' --skip-existing
     """
-    from .inputs import is_single, plan, prepare_output_dir
+    from .inputs import check_no_overwrite, is_single, output_keys, plan, prepare_output_dir
+    from .jsonl import JsonlLog, check_writable
     from .methods import parse_methods
 
     # Argument checks that need no model come first: they must be instant.
     methods = parse_methods(methods)
     single = is_single(list(files))
-    jobs = plan(list(files), Path(output_dir), output, recursive)
+    keys = output_keys(methods, save_maps, guided)
+    jobs = plan(list(files), Path(output_dir), output, recursive, keys=keys)
+    check_no_overwrite(jobs, keys, {"--jsonl": jsonl}, list(files))
+    check_writable("--jsonl", jsonl)
     prepare_output_dir(output_dir)
+    log = JsonlLog(jsonl) if jsonl else None
+    if log is not None:
+        click.get_current_context().call_on_close(log.close)  # also when the model fails to load
 
     from .pipeline import Options
 
@@ -203,38 +256,32 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
     if workers:
         options.workers = workers
     how = "predicted class" if label == -1 else "class given with -l"
-    log = _open_jsonl(jsonl)
     # One photo gets a bar only when it takes long: methods with extra forward passes.
     bar = None if single and not _needs_passes(methods) else _progress(len(jobs), quiet)
     options.on_passes = _pass_counter(bar)
-    per_image_lines = not single and not quiet and not (bar is not None and sys.stdout.isatty())
+    per_image_lines = not single and not quiet and not (bar is not None and _isatty(sys.stdout))
 
     def on_result(result) -> None:
         if log is not None:
-            log.write(json.dumps(result.as_dict()) + "\n")
-            log.flush()
+            log.write(result.as_dict())
         if result.error is not None:
             if single:
                 raise result.exception
             _say(f"campp: error: {result.error}")
         elif single:
-            click.echo(f"{result.input}: top-5")
+            _echo(f"{result.input}: top-5")
             for rank, (c, name, p) in enumerate(result.top5, 1):
-                click.echo(f"  {rank}. {c:4d} {name:<32s} {p:.4f}")
-            click.echo(f"explained: {result.class_index} {result.class_name} (p={result.probability:.4f}, "
-                       f"{how}, methods {','.join(methods)}, Grad-CAM++ variant {variant})")
+                _echo(f"  {rank}. {c:4d} {name:<32s} {p:.4f}")
+            _echo(f"explained: {result.class_index} {result.class_name} (p={result.probability:.4f}, "
+                  f"{how}, methods {','.join(methods)}, Grad-CAM++ variant {variant})")
             for path in result.outputs:
-                click.echo(f"wrote {path}")
+                _echo(f"wrote {path}")
         elif per_image_lines:
             status = "skipped, outputs exist" if result.skipped else \
                 f"{result.class_index} {result.class_name} ({result.probability:.4f})"
-            click.echo(f"{result.input}: {status} -> {result.outputs[0]}")
+            _echo(f"{result.input}: {status} -> {result.outputs[0]}")
 
-    try:
-        summary = _run_with_progress(jobs, clf, options, on_result, bar)
-    finally:
-        if log is not None:
-            log.close()
+    summary = _run_with_progress(jobs, clf, options, on_result, bar)
     if not single and not quiet:
         _say(summary.line())
     if summary.failed:
@@ -267,10 +314,17 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, method
     from .inputs import plan
     from .methods import parse_methods
 
+    from .inputs import check_no_overwrite
+    from .jsonl import check_writable
+
     methods = parse_methods(methods)
     if plot_path is not None and not plot_path.lower().endswith(".png"):
         raise UsageError(f"--plot {plot_path}: give a .png file name")
-    jobs = plan(list(files), Path("."), None, recursive)
+    jobs = plan(list(files), Path("."), None, recursive, writes=False)
+    outputs = {"--json": json_path, "--csv": csv_path, "--plot": plot_path}
+    for option, path in outputs.items():
+        check_writable(option, path)
+    check_no_overwrite(jobs, [], outputs, list(files))
 
     from . import evaluate as ev
     from .images import write_atomic
@@ -292,7 +346,7 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, method
 
     summary = _run_with_progress(jobs, clf, options, on_result, bar, handler=ev.EvaluateHandler(steps))
     document = ev.report(results, clf, options, steps, summary.failed)
-    click.echo(ev.format_table(document["methods"]))
+    _echo(ev.format_table(document["methods"]), block=True)
     if json_path:
         write_atomic(json_path, ev.json_bytes(document))
     if csv_path:
@@ -303,15 +357,6 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, method
         _say(summary.line())
     if summary.failed:
         sys.exit(EXIT_FAILURE)
-
-
-def _open_jsonl(path):
-    if path is None:
-        return None
-    try:
-        return open(path, "w", encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"--jsonl {path}: cannot write ({exc.strerror or exc})") from None
 
 
 @cli.command()
@@ -379,22 +424,72 @@ def convert(source, target, arch) -> None:
     click.echo(f"wrote {path}")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _silence_library_chatter() -> None:
+    """C libraries (libtiff, libpng...) print warnings straight to file descriptor 2, past Python.
+
+    Point descriptor 2 at /dev/null and give Python's stderr a private copy of
+    the real one, so campp's own lines still arrive and the chatter does not.
+    ``--debug`` keeps it.  Does nothing where stderr is not a real descriptor
+    (closed, or captured by a test harness).
+    """
+    stream = sys.stderr
+    try:
+        fd = stream.fileno()
+        if fd != 2:
+            return
+        saved = os.dup(fd)
+    except (AttributeError, OSError, ValueError):
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        os.close(saved)
+        return
+    stream.flush()
+    os.dup2(null, 2)
+    os.close(null)
+    sys.stderr = open(saved, "w", encoding=stream.encoding, errors="backslashreplace",  # noqa: SIM115
+                      buffering=1, closefd=True)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI, turn every error into one line and an exit code."""
+    """Entry point: run the CLI, turn every error into one line and an exit code.
+
+    Exit codes: 0 done, 1 a failure at run time (an image, a file, the model),
+    2 a usage error, 130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM).
+    """
     args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args or os.environ.get("CAMPP_DEBUG", "") not in ("", "0")
     if not debug:
         # Library warnings (deprecations, initialisation notes) would break the one-line contract.
         warnings.simplefilter("ignore")
+        if argv is None:  # the console script, not a test calling main() in its own process
+            _silence_library_chatter()
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (an embedding application): leave its handlers alone
+        pass
     try:
         code = cli.main(args=args, prog_name="campp", standalone_mode=False)
     except click.exceptions.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "campp"
         _say(f"{where}: error: {exc.format_message()} (see '{where} --help')")
         code = EXIT_USAGE
-    except click.exceptions.Abort:
-        _say("campp: aborted")
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _say("campp: aborted (interrupted); every output file on disk is complete")
         code = 130
+    except Terminated:
+        _say("campp: aborted (terminated); every output file on disk is complete")
+        code = 143
     except click.ClickException as exc:
         _say(f"campp: error: {exc.format_message()}")
         code = exc.exit_code
@@ -403,10 +498,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _say(f"campp: error: {exc.message}")
         code = exc.exit_code
-    except KeyboardInterrupt:
-        _say("campp: interrupted")
-        code = 130
     except BrokenPipeError:
+        code = EXIT_FAILURE
+    except MemoryError:
+        _say("campp: error: out of memory (try a smaller --batch-size or --workers)")
         code = EXIT_FAILURE
     except Exception as exc:  # a bug: still one line unless --debug
         if debug:
@@ -414,4 +509,7 @@ def main(argv: list[str] | None = None) -> None:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         _say(f"campp: internal error: {type(exc).__name__}: {text} (rerun with --debug for the traceback)")
         code = EXIT_FAILURE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(code if isinstance(code, int) else 0)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import glob
 import os
+import re
+import string
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +34,14 @@ class Job:
     stem: str  # file stem of the comparison figure
     suffix: str  # ".jpeg" or ".jpg"
     error: str | None = None  # an input that is known bad before decoding (an empty glob...)
+    root: Path | None = None  # the output folder out_dir lies in (never written through a link)
 
     def figure_path(self, key: str) -> Path:
         """``key`` is a figure's name suffix: "" for the comparison, "_gradcam_heatmap"..."""
-        return self.out_dir / f"{self.stem}{key}{self.suffix}"
+        return self.out_dir / name_of(self.stem, self.suffix, key)
 
     def map_path(self, method: str) -> Path:
-        return self.out_dir / f"{self.stem}_{method}.npy"
+        return self.out_dir / name_of(self.stem, self.suffix, f".npy:{method}")
 
     def output_paths(self, methods, save_maps: bool = False, guided: bool = False) -> list[Path]:
         """Every file this job writes for ``methods``, the comparison figure first."""
@@ -73,15 +76,17 @@ def output_stem(name: str) -> tuple[str, str]:
 
 
 def check_template(template: str) -> None:
-    """``-o`` for several inputs: a file-name template with ``{stem}``."""
-    if "{stem}" not in template:
+    """``-o`` for several inputs: a file-name template whose only field is a real ``{stem}``."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError:
+        raise UsageError(f"-o {template!r}: not a valid template (unbalanced braces?)") from None
+    if "stem" not in fields:
         raise UsageError(f"-o {template!r}: with several inputs, -o must be a template containing {{stem}} "
                          f"(the input's name), such as {{stem}}.jpeg")
-    try:
-        sample = template.format(stem="x")
-    except (KeyError, IndexError, ValueError):
-        raise UsageError(f"-o {template!r}: the only field a template may use is {{stem}}") from None
-    output_stem(sample)
+    if any(f != "stem" for f in fields):
+        raise UsageError(f"-o {template!r}: the only field a template may use is {{stem}}")
+    output_stem(template.format(stem="x"))
 
 
 def _is_glob(text: str) -> bool:
@@ -93,7 +98,7 @@ def _read_list(spec: str) -> list[str]:
     source = spec[1:]
     try:
         if source == "-":
-            text = sys.stdin.read()
+            text = sys.stdin.read() if sys.stdin is not None else ""
         else:
             with open(source, encoding="utf-8") as fh:
                 text = fh.read()
@@ -104,9 +109,104 @@ def _read_list(spec: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _folder_images(folder: Path, recursive: bool) -> list[Path]:
-    walker = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in walker if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+def _identity(path: Path) -> tuple:
+    """What makes two paths the same file: device and inode, or the resolved path if it cannot be read."""
+    try:
+        st = path.stat()
+        return (st.st_dev, st.st_ino)
+    except OSError:
+        return (os.path.realpath(path),)
+
+
+def _within(path: Path, folder: Path | None) -> bool:
+    if folder is None:
+        return False
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
+        return True
+    except ValueError:
+        return False
+
+
+def walk_files(folder: Path, recursive: bool, skip: Path | None = None):
+    """Files under ``folder`` (sorted per folder), following links but never into a folder already
+    visited, and never into ``skip`` (the output folder: a re-run must not explain its own outputs)."""
+    seen = {_identity(folder)}
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError:
+            continue
+        subfolders = []
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                continue
+            if is_dir:
+                if recursive and not _within(path, skip):
+                    key = _identity(path)
+                    if key not in seen:
+                        seen.add(key)
+                        subfolders.append(path)
+            elif current is folder or recursive:
+                yield path
+        stack.extend(reversed(subfolders))
+
+
+def _folder_images(folder: Path, recursive: bool, skip: Path | None = None) -> list[Path]:
+    return [p for p in walk_files(folder, recursive, skip)
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not _within(p, skip) and p.is_file()]
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    """A glob pattern as a regular expression over '/'-separated paths: ``**`` spans folders."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2:]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1:end]
+            body = body.replace("\\", "\\\\")
+            out.append("[^" + body[1:] + "]" if body[:1] in "!^" else "[" + body + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _glob(spec: str, skip: Path | None) -> list[Path]:
+    """``spec``'s matches; with ``**`` a walk that survives link loops and skips the output folder."""
+    if "**" not in spec:
+        return sorted(Path(m) for m in glob.glob(spec))
+    parts = Path(spec).parts
+    fixed = 0
+    while fixed < len(parts) and not _is_glob(parts[fixed]):
+        fixed += 1
+    base = Path(*parts[:fixed]) if fixed else Path(".")
+    rest = "/".join(parts[fixed:])
+    regex = _glob_regex(rest)
+    found = []
+    for path in walk_files(base, recursive=True, skip=skip):
+        rel = path.relative_to(base).as_posix()
+        if regex.match(rel) and not _within(path, skip):
+            found.append(path if fixed else Path(rel))
+    return sorted(found)
 
 
 @dataclass(frozen=True)
@@ -116,22 +216,29 @@ class _Source:
     error: str | None = None
 
 
-def expand(specs: list[str], recursive: bool = False) -> list[_Source]:
-    """Every image the -f values name, in order, each path once."""
+def expand(specs: list[str], recursive: bool = False, skip: Path | None = None,
+           _lists: tuple = ()) -> list[_Source]:
+    """Every image the -f values name, in order, each file once (by what it resolves to).
+
+    ``skip``: the output folder, never searched (it is not skipped when a file in it is named directly).
+    """
     found: list[_Source] = []
     for spec in specs:
         if spec.startswith("@") and len(spec) > 1:
-            found += expand(_read_list(spec), recursive)
+            key = "-" if spec == "@-" else os.path.realpath(spec[1:])
+            if key in _lists:
+                raise UsageError(f"-f {spec}: the list names itself (directly or through another list)")
+            found += expand(_read_list(spec), recursive, skip, _lists + (key,))
             continue
         path = Path(spec)
         if path.is_dir():
-            files = _folder_images(path, recursive)
+            files = _folder_images(path, recursive, skip)
             if not files:
                 found.append(_Source(path, Path(), f"{path}: no image files in this folder"
                                      + ("" if recursive else " (--recursive descends into subfolders)")))
             found += [_Source(f, f.parent.relative_to(path)) for f in files]
         elif not path.exists() and _is_glob(spec):
-            matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
+            matches = _glob(spec, skip)
             if not matches:
                 found.append(_Source(path, Path(), f"{spec}: no files match this pattern"))
             found += [_Source(m, Path()) for m in matches if not m.is_dir()]
@@ -139,7 +246,8 @@ def expand(specs: list[str], recursive: bool = False) -> list[_Source]:
             found.append(_Source(path, Path()))  # missing or odd paths fail later with their reason
     unique, seen = [], set()
     for src in found:
-        key = (os.path.abspath(src.path), src.error)
+        key = (_identity(src.path) if src.error is None and src.path.exists() else os.path.abspath(src.path),
+               src.error)
         if key not in seen:
             seen.add(key)
             unique.append(src)
@@ -154,20 +262,50 @@ def is_single(specs: list[str]) -> bool:
     return not path.is_dir() and (path.exists() or not _is_glob(specs[0]))
 
 
-def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool = False) -> list[Job]:
-    """Jobs for the -f values: one named file keeps ``-o`` as given; several use a template."""
+#: What a derived name may not contain: folder separators and control characters.
+_UNSAFE = re.compile(r"[\\/\x00-\x1f\x7f]")
+
+
+def safe_stem(path: Path) -> str:
+    """A file name stem made from an input's, safe whatever that name was: no separators, no '..',
+    no leading or trailing dots, no control characters, at most 150 bytes."""
+    stem = _UNSAFE.sub("_", path.stem or path.name)
+    while ".." in stem:
+        stem = stem.replace("..", "_")
+    stem = stem.strip(". ") or "image"
+    raw = stem.encode("utf-8", "surrogateescape")
+    if len(raw) > 150:  # leave room for "_gradcam_elementwise_heatmap.jpeg" and a counter
+        stem = raw[:150].decode("utf-8", "ignore").rstrip(". ") or "image"
+    return stem
+
+
+def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool = False,
+         keys: list[str] | None = None, writes: bool = True) -> list[Job]:
+    """Jobs for the -f values: one named file keeps ``-o`` as given; several use a template.
+
+    ``keys``: the name suffixes every job writes (figures and maps, see
+    :func:`output_keys`); no two jobs get a file name in common.  ``writes``:
+    whether ``out_root`` receives outputs (then it is never searched for inputs).
+    """
     if is_single(specs):
         stem, suffix = output_stem(output or DEFAULT_OUTPUT)
-        return [Job(Path(specs[0]), out_root, stem, suffix)]
-    sources = expand(specs, recursive)
+        return [Job(Path(specs[0]), out_root, stem, suffix, root=out_root)]
     template = output or "{stem}.jpeg"
     check_template(template)
-    # Name by stem; where sources in one folder share a stem, add their extension, or else a counter.
+    if writes:
+        for spec in specs:
+            if not spec.startswith("@") and Path(spec).is_dir() and _identity(Path(spec)) == _identity(out_root):
+                raise UsageError(f"--output-dir {out_root} is the folder given with -f {spec}: its outputs would "
+                                 f"be taken for inputs by the next run; use a subfolder (never read as input)")
+    sources = expand(specs, recursive, skip=out_root if writes else None)
+    if not sources:
+        raise UsageError("-f: no input files given (an empty list?)")
+    keys = keys if keys is not None else [""]
+
     def base(src: _Source, with_ext: bool) -> tuple[Path, str]:
-        # Derived names must pass the same checks as a user's -o: no '..', no leading dot.
-        stem = (src.path.stem or src.path.name).replace("..", "_").lstrip(".") or "image"
+        stem = safe_stem(src.path)
         if with_ext and src.path.suffix:
-            stem = f"{stem}_{src.path.suffix.lstrip('.').lower()}"
+            stem = f"{stem}_{safe_stem(Path(src.path.suffix.lstrip('.').lower()))}"
         return src.rel_dir, stem
 
     groups: dict[tuple[Path, str], list[str]] = {}
@@ -175,17 +313,62 @@ def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool =
         groups.setdefault(base(src, False), []).append(src.path.suffix.lower())
     # The extension tells a group apart only when every member's differs (a.png, a.jpg).
     by_ext = {key for key, exts in groups.items() if len(exts) > 1 and len(set(exts)) == len(exts)}
-    jobs, taken = [], set()
+    jobs: list[Job] = []
+    claimed: set[tuple[Path, str]] = set()  # (folder, file name) of every file of every job so far
     for src in sources:
         rel, stem = base(src, base(src, False) in by_ext)
         name, n = stem, 1
-        while (rel, name) in taken:
+        while True:
+            out_stem, suffix = output_stem(template.format(stem=name))
+            files = {(rel, name_of(out_stem, suffix, key)) for key in keys}
+            if not files & claimed:
+                break
             n += 1
             name = f"{stem}_{n}"
-        taken.add((rel, name))
-        out_stem, suffix = output_stem(template.format(stem=name))
-        jobs.append(Job(src.path, out_root / rel, out_stem, suffix, src.error))
+        claimed |= files
+        jobs.append(Job(src.path, out_root / rel, out_stem, suffix, src.error, root=out_root))
     return jobs
+
+
+def name_of(stem: str, suffix: str, key: str) -> str:
+    """The file name for a key: a figure's suffix ("", "_gradcam_heatmap") or ".npy:METHOD" for a map."""
+    if key.startswith(".npy:"):
+        return f"{stem}_{key[5:]}.npy"
+    return f"{stem}{key}{suffix}"
+
+
+def output_keys(methods, save_maps: bool = False, guided: bool = False) -> list[str]:
+    """Every file a job writes, as keys for :func:`name_of`."""
+    return figure_keys(methods, guided) + ([f".npy:{m}" for m in methods] if save_maps else [])
+
+
+def input_files(specs: list[str]) -> list[Path]:
+    """The files a run reads besides its images: the @lists."""
+    return [Path(s[1:]) for s in specs if s.startswith("@") and s != "@-"]
+
+
+def check_no_overwrite(jobs: list[Job], keys: list[str], extra: dict[str, Path | None],
+                       specs: list[str]) -> None:
+    """A usage error, before any work, if any output would replace an input (an image or an @list).
+
+    ``extra``: other outputs by option name (``{"--jsonl": path}``).  Compared by
+    resolved path and by device and inode (hard links, links to the input).
+    """
+    inputs: dict = {}
+    for path in [j.source for j in jobs if j.error is None] + input_files(specs):
+        if path.exists():
+            inputs[_identity(path)] = path
+            inputs[(os.path.realpath(path),)] = path
+    if not inputs:
+        return
+    outputs = [(f"output {job.out_dir / name_of(job.stem, job.suffix, k)}", job.out_dir / name_of(job.stem, job.suffix, k))
+               for job in jobs for k in keys]
+    outputs += [(f"{option} {path}", Path(path)) for option, path in extra.items() if path is not None]
+    for label, path in outputs:
+        hit = inputs.get((os.path.realpath(path),)) or (inputs.get(_identity(path)) if path.exists() else None)
+        if hit is not None:
+            raise UsageError(f"{label} would overwrite the input {hit}; choose another --output-dir or name "
+                             f"(campp never overwrites its inputs)")
 
 
 def prepare_output_dir(path: str | os.PathLike) -> Path:

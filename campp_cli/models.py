@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
+import zipfile
 import importlib
 import io
 import os
@@ -58,7 +60,7 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
         try:
-            return cls(
+            out = cls(
                 mean=tuple(float(v) for v in d["mean"]),
                 std=tuple(float(v) for v in d["std"]),
                 scale=float(d["scale"]),
@@ -66,6 +68,21 @@ class Preprocessing:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"the weights file's preprocessing entry is malformed ({exc})") from None
+        problem = out.problem()
+        if problem:
+            raise WeightsError(f"the weights file's preprocessing entry is malformed: {problem}")
+        return out
+
+    def problem(self) -> str | None:
+        """What is wrong with these statistics, or None."""
+        if len(self.mean) != 3 or len(self.std) != 3:
+            return f"mean and std need 3 values each (R, G, B), not {len(self.mean)} and {len(self.std)}"
+        values = [*self.mean, *self.std, self.scale]
+        if not all(math.isfinite(v) for v in values):
+            return "mean, std and scale must be finite numbers"
+        if any(s == 0 for s in self.std) or self.scale == 0:
+            return "std and scale must not be 0"
+        return None
 
 
 #: TensorFlow EfficientNet-Lite's normalisation: (x * 255 - 127) / 128.
@@ -348,16 +365,39 @@ def find_weights(spec: ArchSpec, weights: str | os.PathLike | None, download: bo
     )
 
 
-def read_checkpoint(path: Path) -> tuple[dict, dict]:
+def _stored_bytes(path: Path) -> int | None:
+    """The tensor bytes a zip checkpoint will inflate to, from its directory (None: not a zip)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as archive:
+            return sum(info.file_size for info in archive.infolist() if "/data/" in info.filename)
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+
+
+def read_checkpoint(path: Path, expected_bytes: int | None = None) -> tuple[dict, dict]:
     """Read a ``.pth`` safely; return ``(state_dict, metadata)``.
 
     Accepts a plain state_dict or ``{"state_dict": ..., "preprocessing": ...}``
-    (what ``campp convert`` writes).
+    (what ``campp convert`` writes).  ``expected_bytes``: what the architecture's
+    tensors take; a file whose tensors would inflate to much more is refused
+    from its zip directory, before anything is read, and the tensors are mapped
+    from the file rather than copied where torch can.
     """
+    stored = _stored_bytes(path)
+    if expected_bytes is not None and stored is not None and stored > 2 * expected_bytes + (64 << 20):
+        raise WeightsError(f"{path}: refused: its tensors take {stored / 1e6:.0f} MB once read, far more than "
+                           f"the {expected_bytes / 1e6:.0f} MB the architecture needs")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols; our message says it all
             warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=stored is not None)
+            except RuntimeError as exc:
+                if stored is None or "mmap" not in str(exc):
+                    raise
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         text = str(exc)
         if "Weights only load failed" in text or "weights_only" in text:
@@ -373,16 +413,19 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: not a state_dict (expected a mapping of parameter names to tensors)")
+    odd = [k for k, v in obj.items() if v.layout != torch.strided]
+    if odd:
+        raise WeightsError(f"{path}: {odd[0]} is a {obj[odd[0]].layout} tensor; only dense tensors are accepted")
     return obj, meta
 
 
-def read_weights(path: Path) -> tuple[dict, dict]:
+def read_weights(path: Path, expected_bytes: int | None = None) -> tuple[dict, dict]:
     """A ``.pth`` state_dict, or the paper's ``vgg16.npy`` through a restricted unpickler."""
     if path.suffix.lower() == ".npy":
         from .npy_weights import load_npy_weights
 
         return load_npy_weights(path)
-    return read_checkpoint(path)
+    return read_checkpoint(path, expected_bytes)
 
 
 def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, arch: str = "vgg16") -> Path:
@@ -475,9 +518,14 @@ def load_classifier(
     else:
         check_layer(module, layer, spec)
         target = layer
-    state, meta = read_weights(path)
+    expected = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    state, meta = read_weights(path, expected)
     check_fits(module, state, arch, path)
-    module.load_state_dict(state)
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path}: these weights do not load into {arch}: {first}") from None
     prepare_module(module, device)
     if "preprocessing" in meta:
         preprocessing = Preprocessing.from_dict(meta["preprocessing"])

@@ -80,6 +80,8 @@ def _pair(layers: dict, name: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise WeightsError(f"{path}: layer {name} is missing or not a [W, b] pair") from None
     if not all(isinstance(a, np.ndarray) and a.dtype.kind == "f" for a in (w, b)):
         raise WeightsError(f"{path}: layer {name} does not hold float arrays")
+    if w.size == 0 or b.size == 0:
+        raise WeightsError(f"{path}: layer {name} is empty (shape {w.shape})")
     return w, b
 
 
@@ -113,5 +115,10 @@ def npy_to_state_dict(layers: dict, path: str | Path = "vgg16.npy") -> dict:
 
 def load_npy_weights(path: str | Path) -> tuple[dict, dict]:
     """``(state_dict, metadata)`` as :func:`campp_cli.models.read_checkpoint` returns them."""
-    state = npy_to_state_dict(read_npy_dict(path), path)
+    try:
+        state = npy_to_state_dict(read_npy_dict(path), path)
+    except WeightsError:
+        raise
+    except (ValueError, IndexError, TypeError, MemoryError) as exc:  # arrays of shapes no VGG16 has
+        raise WeightsError(f"{path}: the arrays do not make a VGG16 ({type(exc).__name__}: {exc})") from None
     return state, {"preprocessing": dict(CAFFE_PREPROCESSING), "source": str(path)}

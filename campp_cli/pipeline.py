@@ -19,7 +19,7 @@ import torch
 
 from . import images
 from .cam import Explanation, explain, guided_backprop
-from .errors import CamppError, InputError, OutputError, UsageError
+from .errors import CamppError, InputError, ModelError, OutputError, UsageError
 from .inputs import Job, output_stem, prepare_output_dir  # noqa: F401 (re-exported)
 from .methods import DEFAULT_METHODS, get_method, parse_methods
 from .models import Classifier
@@ -140,7 +140,7 @@ def write_outputs(job: Job, figures: dict[str, np.ndarray], maps: dict[str, np.n
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(cam, dtype=np.float32))
         files[job.map_path(method)] = buf.getvalue()
-    images.write_all_atomic(files)
+    images.write_all_atomic(files, source=str(job.source))
     return [str(p) for p in files]
 
 
@@ -156,10 +156,12 @@ class _Decoded:
     display: np.ndarray | None  # (side, side, 3) uint8 at the panel resolution, when figures are drawn
 
 
-def _decode(job: Job, size: int, options: Options, display: bool) -> _Decoded:
+def _decode(job: Job, size: int, options: Options, display: bool, budget: images.PixelBudget | None = None
+            ) -> _Decoded:
     if job.error is not None:
         raise InputError(job.error)
-    square = images.center_square(images.load_rgb(job.source, options.max_pixels))
+    need = max(size, options.max_side) if display else size  # larger photos are decoded reduced
+    square = images.center_square(images.load_rgb(job.source, options.max_pixels, need, budget))
     shown = images.display_square(square, options.max_side) if display else None
     return _Decoded(job, images.model_input(square, size), shown)
 
@@ -193,7 +195,7 @@ class ClassifyHandler(Handler):
 
     def is_done(self, job: Job) -> Result | None:
         paths = job.output_paths(self.options.methods, self.options.save_maps, self.options.guided)
-        if self.options.skip_existing and job.error is None and all(p.is_file() for p in paths):
+        if self.options.skip_existing and job.error is None and all(images.is_complete(p) for p in paths):
             return Result(str(job.source), -1, "", 0.0, [], [str(p) for p in paths], skipped=True)
         return None
 
@@ -207,12 +209,35 @@ class ClassifyHandler(Handler):
         name = clf.categories[c]
         figures = render(item.display, expl, i, name, guided)
         maps = {m: v[i] for m, v in expl.maps.items()} if self.options.save_maps else None
-        try:
-            item.job.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"{item.job.out_dir}: cannot create ({exc.strerror or exc})") from None
+        make_output_folder(item.job)
         written = write_outputs(item.job, figures, maps)
         return result_of(item, expl, i, clf, written)
+
+
+def make_output_folder(job: Job) -> None:
+    """Create the job's (mirrored) output folder under its root, never through a symbolic link."""
+    root = job.root or job.out_dir
+    try:
+        rel = job.out_dir.relative_to(root)
+    except ValueError:
+        root, rel = job.out_dir, Path()
+    try:
+        root.mkdir(parents=True, exist_ok=True)  # the folder the user named (a link there is their choice)
+    except OSError as exc:
+        raise OutputError(f"{job.source}: cannot create the output folder {root} ({exc.strerror or exc})") from None
+    folder = root
+    for part in rel.parts:
+        folder = folder / part
+        if folder.is_symlink():
+            raise OutputError(f"{job.source}: refused: the output folder {folder} is a symbolic link "
+                              f"(campp never writes through links)")
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{job.source}: cannot create the output folder {folder} "
+                              f"({exc.strerror or exc})") from None
+        if not folder.is_dir():
+            raise OutputError(f"{job.source}: cannot create the output folder {folder}: a file is in the way")
 
 
 def result_of(item: "_Decoded", expl: Explanation, i: int, clf: Classifier, outputs: list[str]) -> Result:
@@ -266,6 +291,8 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
             summary.done += 1
         report(result)
 
+    for folder in sorted({job.out_dir for job in jobs}):
+        images.recover(folder)  # sets and temporaries a killed run left half-written
     todo = []
     for job in jobs:
         skipped = handler.is_done(job)
@@ -278,13 +305,26 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
     finishers = ThreadPoolExecutor(options.workers, thread_name_prefix="campp-finish")
     pending: deque[Future] = deque()
 
+    budget = images.PixelBudget(options.max_pixels)  # pixels decoded at once, across the threads
+
     def submit_decodes(chunk):
-        return [decoders.submit(_guarded, _decode, job.source, job, clf.input_size, options, handler.draws)
+        return [decoders.submit(_guarded, _decode, job.source, job, clf.input_size, options, handler.draws, budget)
                 for job in chunk]
 
     def drain(limit: int) -> None:
         while len(pending) > limit:
             record(pending.popleft().result())
+
+    def record_finished() -> None:
+        """After an abort: report every image whose work is done, in input order, so --jsonl and the
+        lines match the sets on disk."""
+        while pending:
+            fut = pending.popleft()
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                try:
+                    record(fut.result())
+                except Exception:  # noqa: BLE001 - the abort's own error is the one to report
+                    return
 
     try:
         upcoming = submit_decodes(chunks[0]) if chunks else []
@@ -296,10 +336,13 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
             finished = iter(())
             if decoded:
                 rgb01 = _to_device(np.stack([d.model_input for d in decoded]), clf.device)
-                expl = explain(clf.module, clf.layer, clf.preprocessing(rgb01), classes=options.label,
-                               variant=options.variant, methods=options.methods, image=rgb01,
-                               preprocess=clf.preprocessing, score_batch=options.score_batch,
-                               progress=options.on_passes)
+                try:
+                    expl = explain(clf.module, clf.layer, clf.preprocessing(rgb01), classes=options.label,
+                                   variant=options.variant, methods=options.methods, image=rgb01,
+                                   preprocess=clf.preprocessing, score_batch=options.score_batch,
+                                   progress=options.on_passes)
+                except ModelError as exc:
+                    raise ModelError(f"{exc.message} (model {clf.arch}, weights {clf.weights_source})") from None
                 extras = handler.after_batch(clf, rgb01, expl)
                 finished = iter([finishers.submit(_guarded, handler.finish, item.job.source, item, expl, i,
                                                   extras[i], clf) for i, item in enumerate(decoded)])
@@ -312,6 +355,11 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
                     pending.append(next(finished))
             drain(2 * batch_size)
         drain(0)
+    except BaseException:
+        decoders.shutdown(wait=True, cancel_futures=True)
+        finishers.shutdown(wait=True, cancel_futures=True)  # sets being written are finished
+        record_finished()
+        raise
     finally:
         decoders.shutdown(wait=True, cancel_futures=True)
         finishers.shutdown(wait=True, cancel_futures=True)

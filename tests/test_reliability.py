@@ -1,0 +1,611 @@
+"""Nothing lost, ever: one regression test per promise of the reliability issue (numbered as there)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from campp_cli import images
+from campp_cli.errors import InputError, WeightsError
+from conftest import IMAGES, REPO, write_image
+
+LITE = ["--arch", "efficientnet_lite0"]
+SET = ["", "_gradcam_heatmap", "_gradcam_overlay", "_gradcampp_heatmap", "_gradcampp_overlay"]
+
+
+def _tree(root: Path, n: int = 3) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        write_image(root / f"p{i}.png", 48, 40, seed=i)
+    return root
+
+
+def _no_torch_run(args, cwd, stdin=""):
+    """``campp ARGS`` in a fresh interpreter: (exit code, whether torch was imported, stderr)."""
+    code = ("import sys\nfrom campp_cli.cli import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit as e:\n    print('torch' in sys.modules, e.code)\n")
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          input=stdin)
+    loaded, exit_code = proc.stdout.split()[-2:]
+    return int(exit_code), loaded == "True", proc.stderr
+
+
+# --------------------------------------------------------------------------- 1. never overwrite an input
+
+
+def test_1_output_folder_that_holds_the_inputs(run_cli, tmp_path):
+    photos = _tree(tmp_path / "photos")
+    rocket = photos / "rocket.jpeg"
+    rocket.write_bytes((IMAGES / "rocket.jpg").read_bytes())
+    before = rocket.read_bytes()
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", photos)
+    assert code == 2 and "is the folder given with -f" in err, err
+    code, _, err = run_cli("classify", *LITE, "-f", photos / "rocket.jpeg", "-f", photos / "p0.png",
+                           "--output-dir", photos)
+    assert code == 2 and "would overwrite the input" in err and str(rocket) in err, err
+    assert rocket.read_bytes() == before
+
+
+def test_1_default_output_of_a_photo_in_output(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "output").mkdir()
+    photo = tmp_path / "output" / "output.jpeg"
+    photo.write_bytes((IMAGES / "rocket.jpg").read_bytes())
+    code, _, err = run_cli("classify", *LITE, "-f", "output/output.jpeg")
+    assert code == 2 and "would overwrite the input" in err
+    assert photo.read_bytes() == (IMAGES / "rocket.jpg").read_bytes()
+
+
+def test_1_jsonl_and_hard_links_are_compared_by_inode(run_cli, tmp_path):
+    photos = _tree(tmp_path / "photos")
+    before = (photos / "p0.png").read_bytes()
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o", "--jsonl", photos / "p0.png")
+    assert code == 2 and "--jsonl" in err and (photos / "p0.png").read_bytes() == before
+    out = tmp_path / "o2"
+    out.mkdir()
+    os.link(photos / "p1.png", out / "p1_gradcam_heatmap.jpeg")  # the same file under an output's name
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", out)
+    assert code == 2 and "would overwrite the input" in err and str(photos / "p1.png") in err
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{photos / 'p2.png'}\n")
+    code, _, err = run_cli("classify", *LITE, "-f", f"@{listing}", "--output-dir", tmp_path / "o3", "--jsonl", listing)
+    assert code == 2 and listing.read_text().strip() == str(photos / "p2.png")
+
+
+def test_1_evaluate_outputs_never_replace_inputs(run_cli, tmp_path):
+    photos = _tree(tmp_path / "photos", 1)
+    code, _, err = run_cli("evaluate", *LITE, "-f", photos, "--csv", photos / "p0.png", "--steps", "2")
+    assert code == 2 and "--csv" in err and Image.open(photos / "p0.png").format == "PNG"
+
+
+# --------------------------------------------------------------------------- 2. a set is all or nothing
+
+
+def test_2_recovery_removes_half_renamed_sets_and_stale_temporaries(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / "a.jpeg").write_bytes(b"\xff\xd8 whole \xff\xd9")
+    (tmp_path / "a_gradcam_heatmap.jpeg").write_bytes(b"\xff\xd8 whole \xff\xd9")
+    (tmp_path / "keep.jpeg").write_bytes(b"\xff\xd8 another set \xff\xd9")
+    journal = tmp_path / f".campp-{dead}-pending-0123456789abcdef.json"
+    journal.write_text(json.dumps(["a.jpeg", "a_gradcam_heatmap.jpeg", "a_gradcam_overlay.jpeg"]))
+    (tmp_path / f".campp-{dead}-0123456789abcdef-2.part").write_bytes(b"half")
+    mine = tmp_path / f".campp-{os.getpid()}-fedcba9876543210-0.part"  # a live writer's: left alone
+    mine.write_bytes(b"in flight")
+    assert images.recover(tmp_path) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["keep.jpeg", mine.name])
+
+
+def test_2_a_failed_rename_leaves_no_part_of_the_set(tmp_path, monkeypatch):
+    real = os.replace
+    calls = {"n": 0}
+
+    def flaky(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(images.os, "replace", flaky)
+    files = {tmp_path / f"x{k}.jpeg": b"\xff\xd8 data \xff\xd9" for k in range(5)}
+    with pytest.raises(Exception, match="Input/output error"):
+        images.write_all_atomic(files, source="in.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+KILLABLE_RUN = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import torch
+    from campp_cli.inputs import plan
+    from campp_cli.models import Classifier, Preprocessing
+    from campp_cli.pipeline import Options, run
+
+    src, out, skip = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    clf = Classifier("tiny", net.eval(), "1", Preprocessing(), [str(i) for i in range(10)],
+                     torch.device("cpu"), input_size=32)
+    summary = run(plan([str(src)], out, None), clf, Options(batch_size=2, workers=1, max_side=48,
+                  skip_existing=skip))
+    print(summary.done, summary.skipped)
+""")
+
+
+@pytest.mark.slow
+def test_2_sigkill_at_every_rename(tmp_path):
+    """The attack harness: a run killed at its k-th rename, for every k, then resumed."""
+    src = _tree(tmp_path / "src", 3)
+    stems = ["p0", "p1", "p2"]
+    renames = 3 * len(SET)
+    for k in range(1, renames + 1):
+        out = tmp_path / f"out{k}"
+        env = dict(os.environ, CAMPP_TEST_KILL_AT_RENAME=str(k))
+        proc = subprocess.run([sys.executable, "-c", KILLABLE_RUN, src, out, "0"], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == -signal.SIGKILL, (k, proc.stderr)
+        images.recover(out)  # what the next run does first
+        complete = []
+        for stem in stems:
+            present = [s for s in SET if (out / f"{stem}{s}.jpeg").exists()]
+            assert present in ([], SET), (k, stem, present)  # whole sets or nothing
+            if present:
+                assert all(images.is_complete(out / f"{stem}{s}.jpeg") for s in SET)
+                complete.append(stem)
+        assert not [p for p in out.iterdir() if p.name.startswith(".campp-")], k
+        proc = subprocess.run([sys.executable, "-c", KILLABLE_RUN, src, out, "1"], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == [str(3 - len(complete)), str(len(complete))], (k, proc.stdout)
+        assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}{x}.jpeg" for s in stems for x in SET)
+
+
+def test_2_sigterm_is_an_abort_with_consistent_files(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(60):
+        write_image(src / f"{i:02d}.png", 64, 64, seed=i)
+    out, log = tmp_path / "o", tmp_path / "run.jsonl"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "campp_cli", "classify", *LITE, "-f", src, "--output-dir", out,
+                             "--jsonl", log, "--batch-size", "2"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("campp: aborted")
+    done = [json.loads(line) for line in log.read_text().splitlines()]
+    on_disk = sorted(p.name for p in out.glob("*.jpeg") if not p.stem.endswith(("heatmap", "overlay")))
+    assert sorted(Path(d["outputs"][0]).name for d in done) == on_disk  # the log matches the disk
+    for d in done:
+        assert all(images.is_complete(p) for p in d["outputs"])
+    assert not list(out.glob(".campp-*"))
+
+
+# --------------------------------------------------------------------------- 3. re-runs never explain their outputs
+
+
+def test_3_output_folder_inside_the_input_folder(run_cli, tmp_path):
+    photos = _tree(tmp_path / "photos", 2)
+    args = ["classify", *LITE, "-f", photos, "--recursive", "--output-dir", photos / "explained"]
+    for _ in range(3):
+        code, _, err = run_cli(*args)
+        assert code == 0 and "2 done" in err, err
+    assert len(list((photos / "explained").rglob("*.jpeg"))) == 10
+
+
+# --------------------------------------------------------------------------- 4. --skip-existing trusts complete files only
+
+
+def test_4_empty_and_truncated_outputs_are_redone(run_cli, tmp_path):
+    photos = _tree(tmp_path / "photos", 3)
+    out = tmp_path / "o"
+    args = ["classify", *LITE, "-f", photos, "--output-dir", out, "--skip-existing", "--save-maps"]
+    assert run_cli(*args)[0] == 0
+    (out / "p0_gradcam_overlay.jpeg").write_bytes(b"")
+    whole = (out / "p1.jpeg").read_bytes()
+    (out / "p1.jpeg").write_bytes(whole[: len(whole) // 2])
+    npy = (out / "p2_gradcampp.npy").read_bytes()
+    (out / "p2_gradcampp.npy").write_bytes(npy[:-8])
+    code, _, err = run_cli(*args)
+    assert code == 0 and "3 done, 0 skipped" in err, err
+    assert images.is_complete(out / "p1.jpeg") and np.load(out / "p2_gradcampp.npy").shape == (7, 7)
+
+
+# --------------------------------------------------------------------------- 5. JSONL is never torn
+
+
+def test_5_a_jsonl_in_use_is_refused(run_cli, tmp_path):
+    import fcntl
+
+    photos = _tree(tmp_path / "photos", 1)
+    log = tmp_path / "run.jsonl"
+    with open(log, "a") as holder:  # another campp run holding it
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o", "--jsonl", log)
+    assert code == 2 and "in use by another campp run" in err
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o", "--jsonl", log)
+    assert code == 0 and len(log.read_text().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- 6, 8, 11. names
+
+
+def test_6_odd_stems_never_end_a_folder_run(run_cli, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a..png", "back\\slash.png", "..hidden.png", "trail..png", "ok.png"):
+        write_image(photos / name, 40, 40)
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o")
+    assert code == 0 and "5 done" in err, err
+    assert len(list((tmp_path / "o").glob("*.jpeg"))) == 25
+
+
+def test_8_names_are_unique_across_every_file(run_cli, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("b.png", "b_gradcam_heatmap.png", "b_gradcam.png", "c.png"):
+        write_image(photos / name, 40, 40)
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o", "--save-maps",
+                           "--jsonl", tmp_path / "r.jsonl")
+    assert code == 0, err
+    outputs = [p for line in (tmp_path / "r.jsonl").read_text().splitlines() for p in json.loads(line)["outputs"]]
+    assert len(outputs) == 4 * 7 and len(set(outputs)) == len(outputs)
+    assert len(list((tmp_path / "o").iterdir())) == 28
+
+
+@pytest.mark.parametrize("template", ["{{stem}}.jpeg", "{}.jpeg", "{0}.jpeg", "{stem.x}.jpeg"])
+def test_8_template_without_a_real_stem_is_refused(run_cli, tmp_path, template):
+    photos = _tree(tmp_path / "photos", 2)
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "-o", template, "--output-dir", tmp_path / "o")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+
+
+def test_11_long_names_keep_short_temporaries(run_cli, tmp_path):
+    name = "a" * 225 + ".jpeg"
+    code, _, err = run_cli("classify", *LITE, "-f", IMAGES / "coffee.png", "-o", name, "--output-dir", tmp_path)
+    assert code == 0, err
+    assert (tmp_path / name).is_file() and (tmp_path / ("a" * 225 + "_gradcampp_overlay.jpeg")).is_file()
+
+
+# --------------------------------------------------------------------------- 7, 18, 19, 20. resources
+
+
+def test_7_a_huge_file_fails_alone_before_being_read(run_cli, tmp_path):
+    photos = _tree(tmp_path / "photos", 2)
+    with open(photos / "huge.png", "wb") as fh:  # sparse: 30 GB on paper, nothing on disk
+        fh.write(b"\x89PNG\r\n\x1a\n")
+        fh.truncate(30 * 1024 ** 3)
+    start = time.perf_counter()
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o")
+    assert code == 1 and f"{photos / 'huge.png'}: refused: 32.2 GB" in err, err
+    assert "2 done, 0 skipped, 1 failed" in err and time.perf_counter() - start < 60
+
+
+def _ico_claiming_16px(png: bytes) -> bytes:
+    header = struct.pack("<HHH", 0, 1, 1)
+    entry = struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), 6 + 16)
+    return header + entry + png
+
+
+def test_18_icon_whose_frame_is_a_bomb(tmp_path):
+    ihdr = struct.pack(">IIBBBBB", 13000, 13000, 8, 6, 0, 0, 0)
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    path = tmp_path / "bomb.ico"
+    path.write_bytes(_ico_claiming_16px(png))
+    start = time.perf_counter()
+    with pytest.raises(InputError, match="13000x13000"):
+        images.load_rgb(path)
+    assert time.perf_counter() - start < 1.0
+    small = io.BytesIO()
+    Image.new("RGBA", (16, 16), (255, 0, 0, 255)).save(small, "PNG")
+    (tmp_path / "fine.ico").write_bytes(_ico_claiming_16px(small.getvalue()))
+    assert images.load_rgb(tmp_path / "fine.ico").shape == (16, 16, 3)
+
+
+def test_19_large_images_are_reduced_before_conversion(tmp_path):
+    Image.new("RGBA", (4000, 3000), (0, 128, 0, 255)).save(tmp_path / "big.png")
+    rgb = images.load_rgb(tmp_path / "big.png", min_side=1024)
+    assert min(rgb.shape[:2]) >= 1024 and rgb.shape[:2] == (1500, 2000)
+    assert (rgb[..., 1] == 128).all()
+    budget = images.PixelBudget(100)
+    order = []
+    import threading
+
+    def hold(tag, n, pause):
+        with budget.hold(n):
+            order.append((tag, budget.used))
+            time.sleep(pause)
+
+    threads = [threading.Thread(target=hold, args=("a", 80, 0.2)), threading.Thread(target=hold, args=("b", 80, 0))]
+    threads[0].start()
+    time.sleep(0.05)
+    threads[1].start()
+    for t in threads:
+        t.join()
+    assert order == [("a", 80), ("b", 80)]  # b waited for a: never 160 pixels at once
+
+
+MEMORY_PROBE = textwrap.dedent("""
+    import resource, sys
+    from pathlib import Path
+    import torch
+    from campp_cli.inputs import plan
+    from campp_cli.models import Classifier, Preprocessing
+    from campp_cli.pipeline import Options, run
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    clf = Classifier("tiny", net.eval(), "1", Preprocessing(), [str(i) for i in range(10)],
+                     torch.device("cpu"), input_size=32)
+    results = []
+    run(plan([sys.argv[1]], Path(sys.argv[2]), None), clf, Options(workers=4), results.append)
+    assert all(r.error is None for r in results), [r.error for r in results]
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+""")
+
+
+@pytest.mark.slow
+def test_19_four_10000px_rgba_pngs_with_four_workers(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGBA", (10000, 10000), (30, 60, 90, 200)).save(src / "a.png", compress_level=1)
+    for k in "bcd":
+        (src / f"{k}.png").write_bytes((src / "a.png").read_bytes())
+    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, src, tmp_path / "out"], capture_output=True,
+                          text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    peak = float(proc.stdout.split()[-1])
+    with capsys.disabled():
+        print(f"\n[memory] four 10000x10000 RGBA PNGs, --workers 4: peak RSS {peak:.0f} MB")
+    assert peak < 1700  # measured 1.3 GB; before this issue, 10.8 GB
+
+
+def test_20_a_checkpoint_that_inflates_is_refused_from_its_directory(tmp_path):
+    import torchvision
+
+    from campp_cli.models import load_classifier
+
+    state = torchvision.models.resnet18().state_dict()
+    state["fc.weight"] = torch.zeros(1000, 300_000)  # 1.2 GB of zeros
+    plain = tmp_path / "plain.pth"
+    torch.save(state, plain)
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    plain.unlink()
+    assert bomb.stat().st_size < 60_000_000  # resnet18's own random weights are most of it
+    with pytest.raises(WeightsError, match="MB once read"):
+        load_classifier("resnet18", weights=bomb)
+
+
+# --------------------------------------------------------------------------- 9, 10. links
+
+
+def test_9_symlink_loops_are_walked_once(run_cli, tmp_path):
+    photos = _tree(tmp_path / "photos", 2)
+    (photos / "sub").mkdir()
+    write_image(photos / "sub" / "s.png", 40, 40)
+    os.symlink(photos, photos / "sub" / "back")  # a loop
+    os.symlink(photos / "sub", photos / "again")  # a second way in
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--recursive", "--output-dir", tmp_path / "o")
+    assert code == 0 and "3 done" in err, err
+    code, _, err = run_cli("classify", *LITE, "-f", f"{photos}/**/*.png", "--output-dir", tmp_path / "g")
+    assert code == 0 and "3 done" in err, err
+
+
+def test_10_never_writes_through_a_link_in_the_output_folder(run_cli, tmp_path):
+    photos = _tree(tmp_path / "photos", 1)
+    (photos / "sub").mkdir()
+    write_image(photos / "sub" / "x.png", 40, 40)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "o"
+    out.mkdir()
+    os.symlink(outside, out / "sub")
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--recursive", "--output-dir", out)
+    assert code == 1 and "symbolic link" in err and str(photos / "sub" / "x.png") in err, err
+    assert list(outside.iterdir()) == [] and (out / "p0.jpeg").is_file()
+
+
+# --------------------------------------------------------------------------- 12, 13, 14. streams and messages
+
+
+def _campp(args, cwd, env=None, shell_suffix=""):
+    cmd = " ".join(f"'{a}'" for a in [sys.executable, "-m", "campp_cli", *map(str, args)]) + shell_suffix
+    return subprocess.run(["bash", "-c", cmd], capture_output=True, cwd=cwd, timeout=300,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore", **(env or {})))
+
+
+def test_12_names_that_are_not_text_or_hold_newlines(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_image(photos / "ok.png", 40, 40)
+    write_image(Path(os.fsdecode(bytes(photos) + b"/caf\xe9.png")), 40, 40)
+    (photos / "forged\ncampp: error: x.png").write_bytes(b"not an image")
+    log = tmp_path / "r.jsonl"
+    proc = _campp(["classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o", "--jsonl", log], REPO,
+                  env={"PYTHONIOENCODING": "ascii:strict"})
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr.decode("ascii")
+    errors = [line for line in err.splitlines() if line.startswith("campp: error:")]
+    assert len(errors) == 1 and "forged\\ncampp" in errors[0]
+    assert "caf\\udce9" in proc.stdout.decode("ascii")
+    inputs = [json.loads(line)["input"] for line in log.read_text(encoding="ascii").splitlines()]
+    assert sorted(Path(i).name for i in inputs) == sorted(["caf\udce9.png", "forged\ncampp: error: x.png", "ok.png"])
+
+
+def test_13_closed_and_full_streams(tmp_path):
+    photos = _tree(tmp_path / "photos", 2)
+    proc = _campp(["classify", *LITE, "-f", photos, "--output-dir", tmp_path / "a"], REPO, shell_suffix=" 2>&-")
+    assert proc.returncode == 0 and len(list((tmp_path / "a").glob("*.jpeg"))) == 10
+    proc = _campp(["classify", *LITE, "-f", photos, "--output-dir", tmp_path / "b"], REPO, shell_suffix=" >&-")
+    assert proc.returncode == 1 and b"stdout" in proc.stderr and b"Traceback" not in proc.stderr
+    proc = _campp(["classify", *LITE, "-f", photos, "--output-dir", tmp_path / "c"], REPO,
+                  shell_suffix=" > /dev/full")
+    lines = proc.stderr.decode().strip().splitlines()
+    assert proc.returncode == 1 and "stdout: cannot write (No space left on device)" in lines[-1], lines
+    proc = _campp(["classify", *LITE, "-f", photos, "--output-dir", tmp_path / "d", "--jsonl", "/dev/full"], REPO)
+    lines = proc.stderr.decode().strip().splitlines()
+    assert proc.returncode == 1 and "--jsonl /dev/full: cannot write" in lines[-1], lines
+    for folder in "bcd":  # whatever was written is whole
+        assert all(images.is_complete(p) for p in (tmp_path / folder).glob("*.jpeg"))
+
+
+def test_14_library_chatter_is_silenced(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    img = Image.new("RGB", (64, 64), (10, 200, 30))
+    img.save(photos / "noisy.tif", compression="tiff_deflate", tiffinfo={65000: "x", 65001: 7})
+    proc = _campp(["classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o"], REPO)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert all(line.startswith("campp:") for line in err.strip().splitlines()), err
+
+
+# --------------------------------------------------------------------------- 15, 16, 17. clean refusals, early checks
+
+
+def test_15_malformed_inputs_are_refused_cleanly(run_cli, tmp_path):
+    import torchvision
+
+    state = torchvision.models.resnet18().state_dict()
+    two = tmp_path / "two_means.pth"
+    torch.save({"state_dict": state, "preprocessing": {"mean": [0.5, 0.5], "std": [1, 1, 1], "scale": 1.0,
+                                                       "bgr": False}}, two)
+    code, _, err = run_cli("classify", "--arch", "resnet18", "--weights", two, "-f", IMAGES / "coffee.png",
+                           "--output-dir", tmp_path / "o")
+    assert code == 1 and "3 values" in err and "internal error" not in err, err
+    sparse = dict(state)
+    sparse["fc.weight"] = state["fc.weight"].to_sparse()
+    torch.save(sparse, tmp_path / "sparse.pth")
+    code, _, err = run_cli("classify", "--arch", "resnet18", "--weights", tmp_path / "sparse.pth",
+                           "-f", IMAGES / "coffee.png", "--output-dir", tmp_path / "o")
+    assert code == 1 and "dense" in err and "internal error" not in err, err
+    listing = tmp_path / "self.txt"
+    listing.write_text(f"@{listing}\n")
+    code, _, err = run_cli("classify", "-f", f"@{listing}", "--output-dir", tmp_path / "o")
+    assert code == 2 and "names itself" in err
+
+
+def test_15_npy_with_an_empty_fc6(tmp_path):
+    from campp_cli.npy_weights import CONV_LAYERS, load_npy_weights
+
+    layers = {n: [np.zeros((3, 3, 3, 3), np.float32), np.zeros(3, np.float32)] for n in CONV_LAYERS}
+    layers["fc6"] = [np.zeros((25088, 0), np.float32), np.zeros(0, np.float32)]
+    layers["fc7"] = [np.zeros((4096, 4096), np.float32), np.zeros(4096, np.float32)]
+    layers["fc8"] = [np.zeros((4096, 1000), np.float32), np.zeros(1000, np.float32)]
+    path = tmp_path / "vgg16.npy"
+    np.save(path, np.array(layers, dtype=object), allow_pickle=True)
+    with pytest.raises(WeightsError, match="fc6"):
+        load_npy_weights(path)
+
+
+def test_16_arguments_are_checked_before_torch_loads(tmp_path):
+    code, loaded, err = _no_torch_run(["classify", "-f", "@-"], tmp_path, stdin="")
+    assert (code, loaded) == (2, False) and "no input files" in err
+    code, loaded, err = _no_torch_run(["classify", "-f", IMAGES, "--jsonl", tmp_path / "missing" / "r.jsonl",
+                                       "--output-dir", tmp_path / "o"], tmp_path)
+    assert (code, loaded) == (2, False) and "does not exist" in err and not (tmp_path / "o").exists()
+    code, loaded, err = _no_torch_run(["classify", "-f", IMAGES / "coffee.png", "-o", "sub/x.jpeg"], tmp_path)
+    assert (code, loaded) == (2, False) and "without folders" in err
+
+
+def test_17_errors_name_the_input_and_the_weights(vgg, run_cli, tmp_path, monkeypatch):
+    import torchvision
+
+    real = os.replace
+
+    def full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(images.os, "replace", full)
+    code, _, err = run_cli("classify", "-f", IMAGES / "coffee.png", "--output-dir", tmp_path / "o")
+    monkeypatch.setattr(images.os, "replace", real)
+    assert code == 1 and str(IMAGES / "coffee.png") in err and "output.jpeg" in err, err
+    state = torchvision.models.vgg16().state_dict()
+    state["classifier.6.bias"][:] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    code, _, err = run_cli("classify", "-f", IMAGES / "coffee.png", "--weights", tmp_path / "nan.pth",
+                           "--output-dir", tmp_path / "p")
+    assert code == 1 and "non-finite" in err and str(tmp_path / "nan.pth") in err
+
+
+# --------------------------------------------------------------------------- the fuzz run
+
+
+FUZZ_RUN = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import torch
+    from campp_cli.inputs import plan
+    from campp_cli.models import Classifier, Preprocessing
+    from campp_cli.pipeline import Options, run
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    clf = Classifier("tiny", net.eval(), "1", Preprocessing(), [str(i) for i in range(10)],
+                     torch.device("cpu"), input_size=32)
+    out = []
+    run(plan([sys.argv[1]], Path(sys.argv[2]), None), clf, Options(max_side=48, max_pixels=4_000_000),
+        lambda r: out.append({"input": r.input, "error": r.error, "outputs": r.outputs}))
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.slow
+def test_fuzz_2000_mutated_files_in_one_run(tmp_path):
+    from test_hostile import SEEDS
+
+    rng = np.random.default_rng(2026)
+    src = tmp_path / "fuzz"
+    src.mkdir()
+    exts = [".png", ".jpg", ".gif", ".bmp", ".webp", ".tif"]
+    for i in range(2000):
+        k = int(rng.integers(len(SEEDS)))
+        data = bytearray(SEEDS[k])
+        for _ in range(int(rng.integers(0, 9))):
+            pos = int(rng.integers(0, max(1, len(data))))
+            op = rng.integers(3)
+            if op == 0 and data:
+                data[pos] = int(rng.integers(256))
+            elif op == 1:
+                del data[pos:pos + int(rng.integers(1, 65))]
+            else:
+                data[pos:pos] = rng.bytes(int(rng.integers(1, 17)))
+        (src / f"f{i:04d}{exts[k]}").write_bytes(bytes(data))
+    proc = subprocess.run([sys.executable, "-c", FUZZ_RUN, src, tmp_path / "out"], capture_output=True, text=True,
+                          cwd=REPO, timeout=900)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    results = json.loads(proc.stdout)
+    assert len(results) == 2000
+    for r in results:
+        if r["error"] is not None:
+            assert r["error"].startswith(r["input"] + ": ") and "\n" not in r["error"]
+        else:
+            assert len(r["outputs"]) == 5 and all(images.is_complete(p) for p in r["outputs"])
+    failed = sum(r["error"] is not None for r in results)
+    print(f"\n[fuzz] 2000 mutated files: {2000 - failed} explained, {failed} refused, each naming its file")
