@@ -145,7 +145,8 @@ def bench_cli(arch: str, weights: Path, n: int, device_flag: str, workdir: Path,
     floor_code = (
         "import torch\n"
         "from campp_cli.models import load_classifier\n"
-        f"clf = load_classifier({arch!r}, weights={str(weights)!r}, device={'cpu' if device_flag == '-1' else 'cuda:' + device_flag!r})\n"
+        f"clf = load_classifier({arch!r}, weights={str(weights)!r}, "
+        f"device={'cpu' if device_flag == '-1' else 'cuda:' + device_flag!r})\n"
         "x = torch.rand(1, 3, clf.input_size, clf.input_size, device=clf.device)\n"
         "with torch.no_grad():\n"
         f"    for _ in range({n}): clf.module(clf.preprocessing(x))\n"

@@ -18,12 +18,12 @@ import json
 import cv2
 import numpy as np
 import torch
+from methods import REPO, _Tapped
 
 from campp_cli import images
 from campp_cli.cam import explain
 from campp_cli.models import load_classifier
 from campp_cli.pipeline import to_batch
-from methods import REPO, _Tapped
 
 
 def _min_max(m: np.ndarray) -> np.ndarray:
@@ -36,8 +36,16 @@ def _pgc_norm(low: np.ndarray, size: int) -> np.ndarray:
 
 
 def main() -> None:
-    from pytorch_grad_cam import (EigenCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
-                                  ScoreCAM, XGradCAM)
+    from pytorch_grad_cam import (
+        EigenCAM,
+        GradCAM,
+        GradCAMElementWise,
+        GradCAMPlusPlus,
+        HiResCAM,
+        LayerCAM,
+        ScoreCAM,
+        XGradCAM,
+    )
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     from torchcam.methods import GradCAMpp as TGradCAMpp
     from torchcam.methods import LayerCAM as TLayerCAM

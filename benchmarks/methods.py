@@ -56,8 +56,7 @@ def one_pass_contenders(model, prepared, layer: str, x: torch.Tensor) -> dict:
         "campp_two_maps": lambda: explain(prepared, layer, x),
         "campp_every_one_pass_method": lambda: explain(prepared, layer, x, methods=ONE_PASS),
     }
-    from pytorch_grad_cam import (EigenCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
-                                  XGradCAM)
+    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 
     def pgc():
         for klass in (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, GradCAMElementWise, LayerCAM, EigenCAM):
@@ -65,7 +64,9 @@ def one_pass_contenders(model, prepared, layer: str, x: torch.Tensor) -> dict:
                 cam(input_tensor=x, targets=None)
 
     from torchcam.methods import GradCAM as TGradCAM
-    from torchcam.methods import GradCAMpp, LayerCAM as TLayerCAM, XGradCAM as TXGradCAM
+    from torchcam.methods import GradCAMpp
+    from torchcam.methods import LayerCAM as TLayerCAM
+    from torchcam.methods import XGradCAM as TXGradCAM
 
     def torchcam():
         for klass in (TGradCAM, GradCAMpp, TXGradCAM, TLayerCAM):
@@ -159,10 +160,10 @@ def bench_scorecam(repeats: int, batch: int) -> dict:
         c_t, p_t = [], []
         for _ in range(repeats):
             passes.clear()
-            c_t.append(_timed(lambda: explain(clf.module, clf.layer, x, methods=["scorecam"], image=rgb,
-                                              preprocess=clf.preprocessing, score_batch=batch,
-                                              progress=passes.append)))
-            p_t.append(_timed(lambda: _pgc_scorecam(plain, plain.tap, x, batch)))
+            c_t.append(_timed(lambda x=x, rgb=rgb: explain(clf.module, clf.layer, x, methods=["scorecam"], image=rgb,
+                                                           preprocess=clf.preprocessing, score_batch=batch,
+                                                           progress=passes.append)))
+            p_t.append(_timed(lambda x=x: _pgc_scorecam(plain, plain.tap, x, batch)))
         rows[path.name] = {"campp_s": round(statistics.median(c_t), 2), "campp_passes": sum(passes),
                            "pytorch_grad_cam_s": round(statistics.median(p_t), 2), "pytorch_grad_cam_passes": 1280,
                            "speedup": round(statistics.median(p_t) / statistics.median(c_t), 2)}

@@ -27,6 +27,7 @@ from .errors import ModelError, UsageError
 from .methods import DEFAULT_METHODS, MethodInput, get_method, parse_methods
 from .settings import VARIANTS
 
+
 class FrozenParameters:
     """Parameters' requires_grad off for the duration (restored on exit)."""
 

@@ -311,11 +311,9 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, method
     \b
       campp evaluate --arch efficientnet_lite0 -f images/ --json eval.json --plot eval.png
     """
-    from .inputs import plan
-    from .methods import parse_methods
-
-    from .inputs import check_no_overwrite
+    from .inputs import check_no_overwrite, plan
     from .jsonl import check_writable
+    from .methods import parse_methods
 
     methods = parse_methods(methods)
     if plot_path is not None and not plot_path.lower().endswith(".png"):

@@ -125,7 +125,8 @@ def plot_png(results: list[Result], width: int = 1000, height: int = 420) -> byt
             draw.text((x0 - 32, ty - 8), f"{t:.1f}", fill=(0, 0, 0), font=font)
             tx = x0 + t * (x1 - x0)
             draw.text((tx - 10, y1 + 6), f"{t:.1f}", fill=(0, 0, 0), font=font)
-        draw.text(((x0 + x1) // 2 - 90, y1 + 26), f"fraction of pixels {'removed' if kind == 'deletion' else 'inserted'}",
+        axis = f"fraction of pixels {'removed' if kind == 'deletion' else 'inserted'}"
+        draw.text(((x0 + x1) // 2 - 90, y1 + 26), axis,
                   fill=(0, 0, 0), font=font)
         for k, m in enumerate(methods):
             colour = PALETTE[k % len(PALETTE)]

@@ -361,8 +361,8 @@ def check_no_overwrite(jobs: list[Job], keys: list[str], extra: dict[str, Path |
             inputs[(os.path.realpath(path),)] = path
     if not inputs:
         return
-    outputs = [(f"output {job.out_dir / name_of(job.stem, job.suffix, k)}", job.out_dir / name_of(job.stem, job.suffix, k))
-               for job in jobs for k in keys]
+    paths = [job.out_dir / name_of(job.stem, job.suffix, k) for job in jobs for k in keys]
+    outputs = [(f"output {path}", path) for path in paths]
     outputs += [(f"{option} {path}", Path(path)) for option, path in extra.items() if path is not None]
     for label, path in outputs:
         hit = inputs.get((os.path.realpath(path),)) or (inputs.get(_identity(path)) if path.exists() else None)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import difflib
 import functools
-import math
-import zipfile
 import importlib
 import io
+import math
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable

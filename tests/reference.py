@@ -95,7 +95,7 @@ def paper_preprocess(rgb: np.ndarray, size: int = 224) -> torch.Tensor:
     return torch.from_numpy(norm.transpose(2, 0, 1)[None].astype(np.float32))
 
 
-# --------------------------------------------------------------------------- the other methods, from the definitions
+# ---------------------------------------------------------------- the other methods, from the definitions
 # Each returns the combination before relu and max-normalisation; `normalised` applies those.
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import IMAGES, REPO, write_image
 
 from campp_cli.inputs import plan
-from conftest import IMAGES, REPO, write_image
 
 LITE = ["--arch", "efficientnet_lite0"]
 

@@ -9,9 +9,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import IMAGES, write_image
+from PIL import Image
 from reference import paper_preprocess, reference_map, vgg_activations_and_grads
 
 SUFFIXES = ["", "_gradcam_heatmap", "_gradcampp_heatmap", "_gradcam_overlay", "_gradcampp_overlay"]

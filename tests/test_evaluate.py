@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import IMAGES
 from PIL import Image
 
 from campp_cli import metrics
-from conftest import IMAGES
 
 
 class MeanModel(torch.nn.Module):

@@ -7,10 +7,10 @@ import copy
 import numpy as np
 import pytest
 import torch
+from reference import reference_map, vgg_activations_and_grads
 from torch import nn
 
 from campp_cli.cam import FeatureTap, GuidedReLU, cam_maps, explain, guided_backprop
-from reference import reference_map, vgg_activations_and_grads
 
 CAMPP_TO_REFERENCE = {"gradcam": ("gradcam", "official"), "gradcampp-official": ("gradcampp", "official"),
                       "gradcampp-paper": ("gradcampp", "paper")}

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import IMAGES, write_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -20,7 +21,6 @@ from campp_cli import images
 from campp_cli.errors import InputError, OutputError
 from campp_cli.models import Classifier, Preprocessing
 from campp_cli.pipeline import classify_file
-from conftest import IMAGES, write_image
 
 OUTPUT_SUFFIXES = ["", "_gradcam_heatmap", "_gradcampp_heatmap", "_gradcam_overlay", "_gradcampp_overlay"]
 

@@ -14,18 +14,31 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import IMAGES
 from PIL import Image
+from reference import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    normalised,
+    reference_map,
+    reference_method_map,
+    scorecam_map,
+    upsample_bilinear,
+)
+from test_fidelity import TARGET, TinyVGG, _same_normalisation, crafted_case
 
 from campp_cli import images
 from campp_cli.cam import cam_maps, explain
 from campp_cli.errors import UsageError
-from campp_cli.methods import (DEFAULT_METHODS, channel_sum, get_method, list_methods, parse_methods,
-                               register_method, unregister_method)
+from campp_cli.methods import (
+    DEFAULT_METHODS,
+    channel_sum,
+    list_methods,
+    parse_methods,
+    register_method,
+    unregister_method,
+)
 from campp_cli.methods.eigencam import projection
-from conftest import IMAGES
-from reference import (IMAGENET_MEAN, IMAGENET_STD, normalised, reference_map, reference_method_map, scorecam_map,
-                       upsample_bilinear)
-from test_fidelity import TARGET, TinyVGG, _same_normalisation, crafted_case
 
 #: Every method that needs only A and g (and Eigen-CAM, which needs A alone).
 ONE_PASS = ["gradcam", "xgradcam", "hirescam", "gradcam_elementwise", "layercam", "eigencam"]
@@ -396,7 +409,8 @@ def test_scorecam_differs_from_pytorch_grad_cam_by_its_definition_only():
 
     model = TinyVGG(3, scale=10.0)
     rgb = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    mean, std = torch.tensor(IMAGENET_MEAN).float().view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).float().view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).float().view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).float().view(1, 3, 1, 1)
     x = (rgb - mean) / std
     ours = explain(copy.deepcopy(model), TARGET, x, methods=["scorecam"], image=rgb,
                    preprocess=lambda v: (v - mean) / std).maps["scorecam"][0]
@@ -471,9 +485,8 @@ def test_torchcam_scorecam_is_a_softmax_over_channels_of_logit_gains():
 
 def test_torchcam_gradcampp_is_a_relu_cubed_weighting_not_eq19():
     """torchcam 0.5.0's in-place division lands on a masked copy: its weights are sum_ij relu(g)^3."""
-    from torchcam.methods import GradCAMpp
-
     from reference import vgg_activations_and_grads
+    from torchcam.methods import GradCAMpp
 
     model = TinyVGG(5, scale=1000.0)
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))

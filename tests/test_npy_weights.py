@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
-
 from conftest import IMAGES
+from PIL import Image
 from reference import reference_map, vgg_activations_and_grads
 
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68])

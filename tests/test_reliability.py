@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import IMAGES, REPO, write_image
 from PIL import Image
 
 from campp_cli import images
 from campp_cli.errors import InputError, WeightsError
-from conftest import IMAGES, REPO, write_image
 
 LITE = ["--arch", "efficientnet_lite0"]
 SET = ["", "_gradcam_heatmap", "_gradcam_overlay", "_gradcampp_heatmap", "_gradcampp_overlay"]
@@ -74,7 +74,8 @@ def test_1_default_output_of_a_photo_in_output(run_cli, tmp_path, monkeypatch):
 def test_1_jsonl_and_hard_links_are_compared_by_inode(run_cli, tmp_path):
     photos = _tree(tmp_path / "photos")
     before = (photos / "p0.png").read_bytes()
-    code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o", "--jsonl", photos / "p0.png")
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o",
+                           "--jsonl", photos / "p0.png")
     assert code == 2 and "--jsonl" in err and (photos / "p0.png").read_bytes() == before
     out = tmp_path / "o2"
     out.mkdir()
@@ -213,7 +214,7 @@ def test_3_output_folder_inside_the_input_folder(run_cli, tmp_path):
     assert len(list((photos / "explained").rglob("*.jpeg"))) == 10
 
 
-# --------------------------------------------------------------------------- 4. --skip-existing trusts complete files only
+# ---------------------------------------------------------------- 4. --skip-existing trusts complete files only
 
 
 def test_4_empty_and_truncated_outputs_are_redone(run_cli, tmp_path):
@@ -311,7 +312,8 @@ def test_18_icon_whose_frame_is_a_bomb(tmp_path):
     ihdr = struct.pack(">IIBBBBB", 13000, 13000, 8, 6, 0, 0, 0)
     chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
                                 + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+           + chunk(b"IEND", b""))
     path = tmp_path / "bomb.ico"
     path.write_bytes(_ico_claiming_16px(png))
     start = time.perf_counter()
@@ -348,7 +350,7 @@ def test_19_large_images_are_reduced_before_conversion(tmp_path):
 
 
 MEMORY_PROBE = textwrap.dedent("""
-    import resource, sys
+    import sys
     from pathlib import Path
     import torch
     from campp_cli.inputs import plan
@@ -362,7 +364,9 @@ MEMORY_PROBE = textwrap.dedent("""
     results = []
     run(plan([sys.argv[1]], Path(sys.argv[2]), None), clf, Options(workers=4), results.append)
     assert all(r.error is None for r in results), [r.error for r in results]
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    # VmHWM is this process's own peak; ru_maxrss would include the parent's RSS before exec.
+    status = Path("/proc/self/status").read_text()
+    print(int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[1]) / 1024)
 """)
 
 

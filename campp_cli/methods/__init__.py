@@ -164,4 +164,6 @@ def channel_sum(weights, acts):
 
 
 # The built-in methods register themselves on import, in the order campp lists them.
+# isort: off
 from . import gradcam, gradcampp, xgradcam, hirescam, elementwise, layercam, eigencam, scorecam  # noqa: E402,F401
+# isort: on

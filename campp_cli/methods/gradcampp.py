@@ -13,8 +13,8 @@ alpha and only scale the weights, which the max-normalisation removes, so
 exp(S) is never evaluated (it overflows float32 past S ~ 88).
 """
 
-from ..settings import VARIANTS
 from ..errors import UsageError
+from ..settings import VARIANTS
 from . import channel_sum, register_method
 
 
