@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--throughput", default="", help="comma-separated batch sizes for images/s (e.g. 1,8,32)")
     args = parser.parse_args(argv)
 
-    from .models import default_layer, get_arch, prepare_module
+    from campp_cli.models import default_layer, get_arch, prepare_module
 
     device = torch.device(args.device)
     spec = get_arch(args.arch)

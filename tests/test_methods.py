@@ -524,3 +524,16 @@ def test_torchcam_gradcampp_vs_paper_variant_on_real_photos(capsys):
     with capsys.disabled():
         print(f"\n[torchcam GradCAMpp vs eq. 19 on Lite0] max difference after min-max: {gaps}")
     assert all(v > 0.01 for v in gaps.values())
+
+
+def test_scorecam_progress_is_visible_for_one_photo(run_cli, tmp_path, monkeypatch):
+    """One photo normally gets no bar; with extra forward passes it does, counting them."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, _, err = run_cli("classify", *["--arch", "efficientnet_lite0"], "-f", IMAGES / "coffee.png",
+                           "--methods", "gradcam,scorecam", "--score-batch", "64", "--output-dir", tmp_path)
+    assert code == 0, err
+    counts = [int(x) for x in __import__("re").findall(r"\((\d+) extra forward passes\)", err)]
+    assert counts and counts == sorted(counts) and counts[-1] > 64  # several batches of 64, counted up
+    code, _, err = run_cli("classify", *["--arch", "efficientnet_lite0"], "-f", IMAGES / "coffee.png",
+                           "--output-dir", tmp_path / "plain")
+    assert code == 0 and "explaining" not in err
