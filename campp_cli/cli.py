@@ -177,7 +177,7 @@ def _pass_counter(bar):
     return on_passes
 
 
-def _run_with_progress(jobs, clf, options, on_result, bar, handler=None):
+def _run_with_progress(jobs, clf, options, on_result, bar, command=None):
     """``pipeline.run``, advancing ``bar`` (if any) once per image and always closing it."""
     from .pipeline import run
 
@@ -187,7 +187,7 @@ def _run_with_progress(jobs, clf, options, on_result, bar, handler=None):
         on_result(result)
 
     try:
-        return run(jobs, clf, options, each, handler=handler)
+        return run(jobs, clf, options, each, command=command)
     finally:
         if bar is not None:
             bar.render_finish()
@@ -342,7 +342,7 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, method
             _say(f"campp: error: {result.error}")
         results.append(result)
 
-    summary = _run_with_progress(jobs, clf, options, on_result, bar, handler=ev.EvaluateHandler(steps))
+    summary = _run_with_progress(jobs, clf, options, on_result, bar, command=ev.EvaluateCommand(steps))
     document = ev.report(results, clf, options, steps, summary.failed)
     _echo(ev.format_table(document["methods"]), block=True)
     if json_path:

@@ -1,7 +1,7 @@
 """campp evaluate: the paper's faithfulness metrics and RISE's deletion/insertion over many images.
 
-Runs on the batching engine of ``classify`` (:func:`campp_cli.pipeline.run`)
-with a handler that scores each batch instead of drawing it.
+Runs on the same stages and engines as ``classify`` (:mod:`campp_cli.stages`),
+with a command that scores each batch instead of drawing it.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from . import __version__, images, metrics
 from .cam import Explanation
 from .methods import title
 from .models import Classifier
-from .pipeline import Handler, Options, Result, result_of
+from .stages import Command, ExplainedRow, Options, Result, result_of
 
 DEFAULT_STEPS = 16
 
 
-class EvaluateHandler(Handler):
+class EvaluateCommand(Command):
     """Scores every method's map of every image; writes nothing."""
 
     draws = False
@@ -32,15 +32,15 @@ class EvaluateHandler(Handler):
     def __init__(self, steps: int = DEFAULT_STEPS):
         self.steps = steps
 
-    def after_batch(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
+    def extras(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
         y = expl.probs[np.arange(len(expl.classes)), expl.classes]  # from the explaining pass
         scored = {m: metrics.score_batch(clf.module, clf.preprocessing, rgb01, maps, expl.classes, self.steps, y=y)
                   for m, maps in expl.maps.items()}
         return [{m: s[i] for m, s in scored.items()} for i in range(len(expl.classes))]
 
-    def finish(self, item, expl: Explanation, i: int, scores: dict, clf: Classifier) -> Result:
-        result = result_of(item, expl, i, clf, [])
-        result.extra["scores"] = scores
+    def finish(self, row: ExplainedRow, categories: list[str]) -> Result:
+        result = result_of(row, categories, [])
+        result.extra["scores"] = row.extra
         return result
 
 

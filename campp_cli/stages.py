@@ -1,0 +1,301 @@
+"""The work of a run as three stages over plain, picklable rows, and what each command adds.
+
+* :func:`decode`: a :class:`~campp_cli.inputs.Job` -> :class:`DecodedRow` (model input and
+  display image) or an :class:`InputError` for that image;
+* :func:`explain_rows`: a batch of DecodedRows -> one :class:`ExplainedRow` per image (maps,
+  probabilities, explained class, and what the command adds: guided gradients, evaluate's scores);
+* :func:`finish`: an ExplainedRow -> files written and a :class:`Result`.
+
+An engine (:func:`campp_cli.pipeline.run`, today's threads) only moves rows
+between them; the maths is in :mod:`campp_cli.cam` and :mod:`campp_cli.methods`,
+the drawing in :mod:`campp_cli.images`.  Rows hold NumPy arrays and paths only,
+so any engine can ship them to another process.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import images
+from .cam import Explanation, explain, guided_backprop
+from .errors import CamppError, InputError, ModelError, OutputError, UsageError
+from .inputs import Job
+from .methods import DEFAULT_METHODS, get_method
+from .models import Classifier
+
+
+@dataclass
+class Options:
+    """Everything about a run except the model and the files."""
+
+    label: int = -1  # -1: the predicted class
+    variant: str = "official"
+    methods: tuple[str, ...] = DEFAULT_METHODS  # names from campp_cli.methods.list_methods()
+    score_batch: int = 32  # images per extra forward pass of methods that need them (Score-CAM)
+    on_passes: Callable[[int], None] | None = None  # called with the count of each batch of extra passes
+    max_side: int = images.DEFAULT_MAX_SIDE
+    max_pixels: int = images.DEFAULT_MAX_PIXELS
+    save_maps: bool = False
+    guided: bool = False  # also guided maps of every method (a second, full backward pass)
+    batch_size: int | None = None  # None: default_batch_size(device)
+    workers: int = max(1, min(4, os.cpu_count() or 1))  # decoding and writing threads
+    skip_existing: bool = False  # resume: skip images whose outputs are all there
+
+
+@dataclass
+class Result:
+    """What one image gave: the explained class, the top-5 and the files written."""
+
+    input: str
+    class_index: int
+    class_name: str
+    probability: float
+    top5: list[tuple[int, str, float]]
+    outputs: list[str] = field(default_factory=list)
+    error: str | None = None  # the one-line reason, when this image failed
+    skipped: bool = False  # --skip-existing found every output already there
+    exception: CamppError | None = field(default=None, repr=False)
+    extra: dict = field(default_factory=dict, repr=False)  # what a command adds (metrics...)
+
+    @classmethod
+    def failure(cls, source, exc: CamppError) -> "Result":
+        return cls(str(source), -1, "", 0.0, [], error=exc.message, exception=exc)
+
+    def as_dict(self) -> dict:
+        if self.error is not None:
+            return {"input": self.input, "error": self.error}
+        if self.skipped:
+            return {"input": self.input, "skipped": True, "outputs": self.outputs}
+        return {
+            "input": self.input,
+            "class": self.class_index,
+            "name": self.class_name,
+            "probability": self.probability,
+            "top5": [{"class": c, "name": n, "probability": p} for c, n, p in self.top5],
+            "outputs": self.outputs,
+        }
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"campp: {self.done} done, {self.skipped} skipped, {self.failed} failed in {self.seconds:.1f} s "
+                f"({self.images_per_second:.2f} images/s)")
+
+
+def to_batch(squares: list[np.ndarray], clf: Classifier) -> torch.Tensor:
+    """RGB batch in [0, 1] at the model's input size, on its device (before normalisation)."""
+    return _to_device(np.stack([images.model_input(s, clf.input_size) for s in squares]), clf.device)
+
+
+def check_label(clf: Classifier, label: int) -> None:
+    if not -1 <= label < len(clf.categories):
+        raise UsageError(f"-l {label}: out of range; {clf.arch} has classes 0..{len(clf.categories) - 1}")
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Big enough to keep the device busy, small enough for memory (VGG16 at 224: ~0.1 GB an image on CUDA)."""
+    return 32 if device.type == "cuda" else 8
+
+
+def _to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    x = torch.from_numpy(batch)
+    if device.type == "cuda":  # pinned host memory lets the copy overlap the GPU's work
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+@dataclass
+class DecodedRow:
+    """Stage 1's output: one image ready for the model."""
+
+    job: Job
+    model_input: np.ndarray  # (3, S, S) float32 RGB in [0, 1]
+    display: np.ndarray | None  # (side, side, 3) uint8 at the panel resolution, when figures are drawn
+
+
+@dataclass
+class ExplainedRow:
+    """Stage 2's output: everything one image's files and result need."""
+
+    job: Job
+    display: np.ndarray | None
+    class_index: int
+    probs: np.ndarray  # (C,) float32 softmax
+    maps: dict[str, np.ndarray]  # method -> (h, w) float32 in [0, 1]
+    extra: Any = None  # what the command added (guided gradient, evaluate's scores)
+
+    @property
+    def probability(self) -> float:
+        return float(self.probs[self.class_index])
+
+    def top(self, k: int = 5) -> list[tuple[int, float]]:
+        order = np.argsort(-self.probs)[:k]
+        return [(int(c), float(self.probs[c])) for c in order]
+
+
+def decode(job: Job, size: int, options: Options, display: bool,
+           budget: images.PixelBudget | None = None) -> DecodedRow:
+    """Stage 1: read and crop one image; an :class:`InputError` names it if it cannot be read."""
+    if job.error is not None:
+        raise InputError(job.error)
+    need = max(size, options.max_side) if display else size  # larger photos are decoded reduced
+    square = images.center_square(images.load_rgb(job.source, options.max_pixels, need, budget))
+    shown = images.display_square(square, options.max_side) if display else None
+    return DecodedRow(job, images.model_input(square, size), shown)
+
+
+def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, command: "Command") -> list[ExplainedRow]:
+    """Stage 2: one batch through the model: every requested map, then what the command adds."""
+    rgb01 = _to_device(np.stack([r.model_input for r in rows]), clf.device)
+    try:
+        expl = explain(clf.module, clf.layer, clf.preprocessing(rgb01), classes=options.label,
+                       variant=options.variant, methods=options.methods, image=rgb01,
+                       preprocess=clf.preprocessing, score_batch=options.score_batch,
+                       progress=options.on_passes)
+    except ModelError as exc:
+        raise ModelError(f"{exc.message} (model {clf.arch}, weights {clf.weights_source})") from None
+    extras = command.extras(clf, rgb01, expl)
+    return [ExplainedRow(row.job, row.display, int(expl.classes[i]), expl.probs[i],
+                         {m: v[i] for m, v in expl.maps.items()}, extras[i])
+            for i, row in enumerate(rows)]
+
+
+def finish(row: ExplainedRow, categories: list[str], command: "Command") -> "Result":
+    """Stage 3: the command's files for one image, and its Result."""
+    return command.finish(row, categories)
+
+
+def result_of(row: ExplainedRow, categories: list[str], outputs: list[str]) -> "Result":
+    top5 = [(k, categories[k], p) for k, p in row.top(5)]
+    c = row.class_index
+    return Result(str(row.job.source), c, categories[c], row.probability, top5, outputs)
+
+
+class Command:
+    """What a command (classify, evaluate) adds to the stages.
+
+    ``extras`` runs with the model (extra passes: guided backpropagation,
+    evaluate's perturbations), once per batch; ``finish`` once per image, where
+    the engine likes (a worker thread, another process).
+    """
+
+    #: Whether finish() draws figures (and so needs the photo at panel resolution).
+    draws = True
+
+    def is_done(self, job: Job) -> "Result | None":
+        """A skipped Result when this job needs no work (--skip-existing)."""
+        return None
+
+    def extras(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
+        return [None] * len(expl.classes)
+
+    def finish(self, row: ExplainedRow, categories: list[str]) -> "Result":
+        raise NotImplementedError
+
+
+class ClassifyCommand(Command):
+    """campp classify: figures (and maps, and guided figures) for each image."""
+
+    def __init__(self, options: Options):
+        self.options = options
+
+    def is_done(self, job: Job) -> "Result | None":
+        paths = job.output_paths(self.options.methods, self.options.save_maps, self.options.guided)
+        if self.options.skip_existing and job.error is None and all(images.is_complete(p) for p in paths):
+            return Result(str(job.source), -1, "", 0.0, [], [str(p) for p in paths], skipped=True)
+        return None
+
+    def extras(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
+        if not self.options.guided:
+            return super().extras(clf, rgb01, expl)
+        return list(guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing))
+
+    def finish(self, row: ExplainedRow, categories: list[str]) -> "Result":
+        figures = render(row, categories[row.class_index], row.extra)
+        make_output_folder(row.job)
+        written = write_outputs(row.job, figures, row.maps if self.options.save_maps else None)
+        return result_of(row, categories, written)
+
+
+def render(row: ExplainedRow, class_name: str, guided: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every figure for one image, keyed by output-name suffix ('' is the comparison).
+
+    One heatmap and one overlay per method in ``row.maps`` (in its order);
+    ``guided``: the image's guided-backpropagation gradient ``(3, h, w)``, if wanted.
+    """
+    square = row.display
+    side = square.shape[0]
+    p = row.probability
+    figures: dict[str, np.ndarray] = {"": square}  # the comparison first; drawn below
+    guided_figures: dict[str, np.ndarray] = {}
+    panels = [images.titled(square, ["Input", f"{class_name} ({p:.1%})"])]
+    for method, cam in row.maps.items():
+        heat = images.colorize(images.upsample(cam, side))
+        blended = images.overlay(square, heat)
+        figures[f"_{method}_heatmap"] = heat
+        figures[f"_{method}_overlay"] = blended
+        spec = get_method(method)
+        caption = f"{class_name} ({p:.1%})" if spec.class_specific else "class-agnostic"
+        panels.append(images.titled(blended, [spec.title, caption]))
+        if guided is not None:
+            grad = guided.transpose(1, 2, 0)
+            weighted = grad * images.upsample(cam, grad.shape[0])[..., None]
+            guided_figures[f"_guided_{method}"] = images.resize(images.gradient_image(weighted), side)
+    figures[""] = images.side_by_side(panels)
+    return {**figures, **guided_figures}
+
+
+def write_outputs(job: Job, figures: dict[str, np.ndarray], maps: dict[str, np.ndarray] | None = None) -> list[str]:
+    """Write every figure (and maps as .npy), all or nothing; return the paths in order."""
+    files = {job.figure_path(k): images.encode_jpeg(v) for k, v in figures.items()}
+    for method, cam in (maps or {}).items():
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(cam, dtype=np.float32))
+        files[job.map_path(method)] = buf.getvalue()
+    images.write_all_atomic(files, source=str(job.source))
+    return [str(p) for p in files]
+
+
+def make_output_folder(job: Job) -> None:
+    """Create the job's (mirrored) output folder under its root, never through a symbolic link."""
+    root = job.root or job.out_dir
+    try:
+        rel = job.out_dir.relative_to(root)
+    except ValueError:
+        root, rel = job.out_dir, Path()
+    try:
+        root.mkdir(parents=True, exist_ok=True)  # the folder the user named (a link there is their choice)
+    except OSError as exc:
+        raise OutputError(f"{job.source}: cannot create the output folder {root} ({exc.strerror or exc})") from None
+    folder = root
+    for part in rel.parts:
+        folder = folder / part
+        if folder.is_symlink():
+            raise OutputError(f"{job.source}: refused: the output folder {folder} is a symbolic link "
+                              f"(campp never writes through links)")
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{job.source}: cannot create the output folder {folder} "
+                              f"({exc.strerror or exc})") from None
+        if not folder.is_dir():
+            raise OutputError(f"{job.source}: cannot create the output folder {folder}: a file is in the way")
+
+
