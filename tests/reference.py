@@ -152,11 +152,9 @@ GRADIENT_COMBINATIONS = {
 
 def reference_method_map(A: np.ndarray, g: np.ndarray, method: str) -> np.ndarray:
     """Any method but Score-CAM, from (K, H, W) A and g; Grad-CAM++ as 'official' or 'paper'."""
-    A = A.astype(np.float64)
-    g = g.astype(np.float64)
-    if method in REFERENCE_WEIGHTS and method != "gradcam":
-        return combine(REFERENCE_WEIGHTS[method](A, g), A)
-    return normalised(GRADIENT_COMBINATIONS[method](A, g))
+    if method in ("official", "paper"):
+        return reference_map(A, g, method)
+    return normalised(GRADIENT_COMBINATIONS[method](A.astype(np.float64), g.astype(np.float64)))
 
 
 def upsample_bilinear(channel: np.ndarray, size: int) -> np.ndarray:

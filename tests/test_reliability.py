@@ -479,17 +479,22 @@ def test_13_closed_and_full_streams(tmp_path):
 
 
 def test_14_library_chatter_is_silenced(tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    img = Image.new("RGB", (64, 64), (10, 200, 30))
-    img.save(photos / "noisy.tif", compression="tiff_deflate", tiffinfo={65000: "x", 65001: 7})
+    """A deflate TIFF whose strip checksum is wrong: libtiff prints "ZIPDecode: ..." to descriptor 2."""
+    photos = _tree(tmp_path / "photos", 1)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 24, 3), dtype=np.uint8)).save(
+        buf, "TIFF", compression="tiff_deflate")
+    data = bytearray(buf.getvalue())
+    with Image.open(io.BytesIO(bytes(data))) as im:
+        end = im.tag_v2[273][0] + im.tag_v2[279][0]  # the strip's end: its Adler-32 checksum
+    data[end - 1] ^= 0xFF
+    (photos / "noisy.tif").write_bytes(bytes(data))
     proc = _campp(["classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o"], REPO)
     err = proc.stderr.decode()
-    assert proc.returncode == 0, err
+    assert proc.returncode == 1 and "noisy.tif" in err, err
     assert all(line.startswith("campp:") for line in err.strip().splitlines()), err
-
-
-# --------------------------------------------------------------------------- 15, 16, 17. clean refusals, early checks
+    proc = _campp(["--debug", "classify", *LITE, "-f", photos, "--output-dir", tmp_path / "d"], REPO)
+    assert "ZIPDecode" in proc.stderr.decode()  # --debug shows it: the file really makes libtiff speak
 
 
 def test_15_malformed_inputs_are_refused_cleanly(run_cli, tmp_path):
