@@ -218,3 +218,13 @@ def test_library_api_from_a_notebook(vgg, tmp_path):
     result = campp_cli.classify_file(IMAGES / "coffee.png", vgg, tmp_path, "c.jpeg")
     assert len(result.outputs) == 5 and all(os.path.isfile(p) for p in result.outputs)
     assert result.top5[0][2] >= result.top5[-1][2]
+
+
+def test_every_subpackage_is_in_the_wheel():
+    """pyproject lists packages by hand: a new subpackage missing from it would be missing from the wheel."""
+    tomllib = pytest.importorskip("tomllib")
+    from conftest import REPO
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {str(p.parent.relative_to(REPO)).replace("/", ".") for p in (REPO / "campp_cli").rglob("__init__.py")}
+    assert listed == on_disk
