@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from .errors import ModelError, UsageError
-from .methods import DEFAULT_METHODS, MethodInput, get_method, parse_methods
-from .settings import VARIANTS
+from .methods import DEFAULT_METHODS, MethodInput, get_method, needs_any, nonzero, parse_methods
+from .methods.gradcampp import check_variant
+from .settings import DEFAULT_SCORE_BATCH
 
 
 class FrozenParameters:
@@ -109,16 +110,11 @@ class FeatureTap:
 # --------------------------------------------------------------------------- the maps
 
 
-def _safe(x: torch.Tensor) -> torch.Tensor:
-    """Replace exact zeros by one (a guard against 0/0)."""
-    return torch.where(x != 0, x, torch.ones_like(x))
-
-
 def normalise(combination: torch.Tensor) -> torch.Tensor:
     """``relu(combination)`` divided by its maximum per image (an all-zero map stays 0)."""
     cam = torch.relu(combination)
     peak = cam.amax(dim=(1, 2), keepdim=True)
-    return cam / _safe(peak)
+    return cam / nonzero(peak)
 
 
 def cam_maps(grads: torch.Tensor | None, acts: torch.Tensor, variant: str = "official",
@@ -128,8 +124,7 @@ def cam_maps(grads: torch.Tensor | None, acts: torch.Tensor, variant: str = "off
     ``extra``: what methods that need forward passes take (see
     :class:`campp_cli.methods.MethodInput`: ``image``, ``score``, ``classes``...).
     """
-    if variant not in VARIANTS:
-        raise UsageError(f"unknown Grad-CAM++ variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    check_variant(variant)
     names = parse_methods(methods)
     inp = MethodInput(acts=acts.double(), grads=None if grads is None else grads.double(), variant=variant, **extra)
     out = {}
@@ -157,8 +152,13 @@ class Explanation:
 
     def top(self, i: int, k: int = 5) -> list[tuple[int, float]]:
         """The k most probable classes of image i as ``(index, probability)``."""
-        order = np.argsort(-self.probs[i])[:k]
-        return [(int(c), float(self.probs[i, c])) for c in order]
+        return top_classes(self.probs[i], k)
+
+
+def top_classes(probs: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
+    """The k most probable classes of one image's ``probs`` (C,) as ``(index, probability)``."""
+    order = np.argsort(-probs)[:k]
+    return [(int(c), float(probs[c])) for c in order]
 
 
 def _class_tensor(classes, logits: torch.Tensor) -> torch.Tensor:
@@ -180,7 +180,7 @@ def _class_tensor(classes, logits: torch.Tensor) -> torch.Tensor:
 
 def explain(model: torch.nn.Module, layer: str, x: torch.Tensor, classes=None,
             variant: str = "official", methods=DEFAULT_METHODS, *, image: torch.Tensor | None = None,
-            preprocess=None, score_batch: int = 32, progress=None) -> Explanation:
+            preprocess=None, score_batch: int = DEFAULT_SCORE_BATCH, progress=None) -> Explanation:
     """Explain a preprocessed batch ``x`` (N, 3, H, W): every method in ``methods`` from one pass.
 
     ``classes``: None (the predicted class), one index for all images, or one
@@ -192,11 +192,9 @@ def explain(model: torch.nn.Module, layer: str, x: torch.Tensor, classes=None,
     ``x``), ``score_batch`` images a pass, calling ``progress(n)`` as they go;
     without ``image`` they mask ``x`` itself.
     """
-    if variant not in VARIANTS:
-        raise UsageError(f"unknown Grad-CAM++ variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    check_variant(variant)  # before the pass, not after it
     names = parse_methods(methods)
-    specs = [get_method(m) for m in names]
-    wants_grads = any(s.needs == "gradients" for s in specs)
+    wants_grads = needs_any(names, "gradients")
     grads = None
     with torch.enable_grad() if wants_grads else torch.no_grad(), FeatureTap(model, layer) as tap:
         logits = model(x)
@@ -213,7 +211,7 @@ def explain(model: torch.nn.Module, layer: str, x: torch.Tensor, classes=None,
                 grads = torch.zeros_like(acts)
             grads = grads.detach()
     extra = {"classes": idx}
-    if any(s.needs == "forward passes" for s in specs):
+    if needs_any(names, "forward passes"):
         source = image if image is not None else x
         prep = preprocess if image is not None else None
         extra.update(image=source.detach(), score=_scorer(model, prep), score_batch=score_batch, progress=progress)

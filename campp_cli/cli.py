@@ -18,7 +18,15 @@ import click
 
 from . import __version__
 from .errors import CamppError, OutputError, UsageError
-from .settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DEFAULT_OUTPUT_DIR, MAX_PIXELS_CEILING, VARIANTS
+from .methods import DEFAULT_METHODS
+from .settings import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SIDE,
+    DEFAULT_OUTPUT_DIR,
+    DEFAULT_SCORE_BATCH,
+    MAX_PIXELS_CEILING,
+    VARIANTS,
+)
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -121,9 +129,10 @@ model_options = _options(
                       "then the torch cache (or the package, for efficientnet_liteN), then a download."),
     click.option("--variant", type=click.Choice(VARIANTS), default="official", show_default=True,
                  help="Grad-CAM++ alphas: 'official' as the authors' code (renormalised), 'paper' as eq. 19."),
-    click.option("--methods", "methods", default="gradcam,gradcampp", show_default=True, metavar="LIST",
+    click.option("--methods", "methods", default=",".join(DEFAULT_METHODS), show_default=True, metavar="LIST",
                  help="Comma-separated methods, or all (see 'campp methods'). Gradient methods share one pass."),
-    click.option("--score-batch", type=click.IntRange(1, 4096), default=32, show_default=True, metavar="N",
+    click.option("--score-batch", type=click.IntRange(1, 4096), default=DEFAULT_SCORE_BATCH, show_default=True,
+                 metavar="N",
                  help="Images per forward pass for methods that need extra passes (Score-CAM)."),
     click.option("--offline", is_flag=True, envvar="CAMPP_OFFLINE",
                  help="Never download weights (also CAMPP_OFFLINE=1)."),
@@ -155,12 +164,6 @@ def _progress(count: int, quiet: bool):
     if quiet or not _isatty(sys.stderr):
         return None
     return click.progressbar(length=count, file=sys.stderr, show_pos=True, show_eta=True, label="explaining")
-
-
-def _needs_passes(methods) -> bool:
-    from .methods import get_method
-
-    return any(get_method(m).needs == "forward passes" for m in methods)
 
 
 def _pass_counter(bar):
@@ -233,7 +236,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
     """
     from .inputs import check_no_overwrite, is_single, output_keys, plan, prepare_output_dir
     from .jsonl import JsonlLog, check_writable
-    from .methods import parse_methods
+    from .methods import needs_any, parse_methods
 
     # Argument checks that need no model come first: they must be instant.
     methods = parse_methods(methods)
@@ -257,7 +260,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
         options.workers = workers
     how = "predicted class" if label == -1 else "class given with -l"
     # One photo gets a bar only when it takes long: methods with extra forward passes.
-    bar = None if single and not _needs_passes(methods) else _progress(len(jobs), quiet)
+    bar = None if single and not needs_any(methods, "forward passes") else _progress(len(jobs), quiet)
     options.on_passes = _pass_counter(bar)
     per_image_lines = not single and not quiet and not (bar is not None and _isatty(sys.stdout))
 

@@ -95,8 +95,6 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, min_
             return _decode(fh, str(path), max_pixels, min_side, budget)
     except PermissionError:
         raise InputError(f"{path}: permission denied") from None
-    except MemoryError:
-        raise InputError(f"{path}: not enough memory to decode this image") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
@@ -104,10 +102,7 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, min_
 def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
                min_side: int | None = None) -> np.ndarray:
     """:func:`load_rgb` for bytes already in memory."""
-    try:
-        return _decode(io.BytesIO(data), name, max_pixels, min_side, None)
-    except MemoryError:
-        raise InputError(f"{name}: not enough memory to decode this image") from None
+    return _decode(io.BytesIO(data), name, max_pixels, min_side, None)
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -197,7 +192,7 @@ def _decode(fh, name: str, max_pixels: int, min_side: int | None, budget: PixelB
     except InputError:
         raise
     except MemoryError:
-        raise
+        raise InputError(f"{name}: not enough memory to decode this image") from None
     except Image.DecompressionBombError as exc:  # Pillow's own ceiling, checked inside open()
         raise InputError(f"{name}: refused: exceeds --max-pixels {max_pixels} ({exc})") from None
     except UnidentifiedImageError:
@@ -452,8 +447,7 @@ def write_all_atomic(files: dict[Path, bytes], source: str | None = None) -> Non
         raise OutputError(f"{where}cannot write {current} ({exc.strerror or exc})") from None
     finally:
         for tmp in temps.values():
-            if os.path.lexists(tmp):
-                _unlink(tmp)
+            _unlink(tmp)  # after the renames, nothing is left to remove
         if journal is not None:  # the set is not whole: none of it stays
             for final in files:
                 _unlink(final)

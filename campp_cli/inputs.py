@@ -36,19 +36,14 @@ class Job:
     error: str | None = None  # an input that is known bad before decoding (an empty glob...)
     root: Path | None = None  # the output folder out_dir lies in (never written through a link)
 
-    def figure_path(self, key: str) -> Path:
-        """``key`` is a figure's name suffix: "" for the comparison, "_gradcam_heatmap"..."""
+    def path(self, key: str) -> Path:
+        """The output file for a key of :func:`output_keys`: "" for the comparison, "_gradcam_heatmap"...,
+        ".npy:gradcam" for a map."""
         return self.out_dir / name_of(self.stem, self.suffix, key)
-
-    def map_path(self, method: str) -> Path:
-        return self.out_dir / name_of(self.stem, self.suffix, f".npy:{method}")
 
     def output_paths(self, methods, save_maps: bool = False, guided: bool = False) -> list[Path]:
         """Every file this job writes for ``methods``, the comparison figure first."""
-        paths = [self.figure_path(k) for k in figure_keys(methods, guided)]
-        if save_maps:
-            paths += [self.map_path(m) for m in methods]
-        return paths
+        return [self.path(k) for k in output_keys(methods, save_maps, guided)]
 
 
 def figure_keys(methods, guided: bool = False) -> list[str]:
@@ -119,10 +114,11 @@ def _identity(path: Path) -> tuple:
 
 
 def _within(path: Path, folder: Path | None) -> bool:
+    """Whether ``path`` resolves inside ``folder`` (given resolved, see :func:`expand`)."""
     if folder is None:
         return False
     try:
-        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
+        Path(os.path.realpath(path)).relative_to(folder)
         return True
     except ValueError:
         return False
@@ -130,7 +126,7 @@ def _within(path: Path, folder: Path | None) -> bool:
 
 def walk_files(folder: Path, recursive: bool, skip: Path | None = None):
     """Files under ``folder`` (sorted per folder), following links but never into a folder already
-    visited, and never into ``skip`` (the output folder: a re-run must not explain its own outputs)."""
+    visited, and never into ``skip`` (the output folder, resolved: a re-run must not explain its outputs)."""
     seen = {_identity(folder)}
     stack = [folder]
     while stack:
@@ -222,6 +218,7 @@ def expand(specs: list[str], recursive: bool = False, skip: Path | None = None,
 
     ``skip``: the output folder, never searched (it is not skipped when a file in it is named directly).
     """
+    skip = Path(os.path.realpath(skip)) if skip is not None else None  # resolved once, compared per file
     found: list[_Source] = []
     for spec in specs:
         if spec.startswith("@") and len(spec) > 1:
@@ -361,8 +358,7 @@ def check_no_overwrite(jobs: list[Job], keys: list[str], extra: dict[str, Path |
             inputs[(os.path.realpath(path),)] = path
     if not inputs:
         return
-    paths = [job.out_dir / name_of(job.stem, job.suffix, k) for job in jobs for k in keys]
-    outputs = [(f"output {path}", path) for path in paths]
+    outputs = [(f"output {job.path(k)}", job.path(k)) for job in jobs for k in keys]
     outputs += [(f"{option} {path}", Path(path)) for option, path in extra.items() if path is not None]
     for label, path in outputs:
         hit = inputs.get((os.path.realpath(path),)) or (inputs.get(_identity(path)) if path.exists() else None)

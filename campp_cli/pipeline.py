@@ -130,13 +130,15 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
             drain(2 * batch_size)
         drain(0)
     except BaseException:
-        decoders.shutdown(wait=True, cancel_futures=True)
-        finishers.shutdown(wait=True, cancel_futures=True)  # sets being written are finished
-        record_finished()
+        aborted = True
         raise
+    else:
+        aborted = False
     finally:
         decoders.shutdown(wait=True, cancel_futures=True)
-        finishers.shutdown(wait=True, cancel_futures=True)
+        finishers.shutdown(wait=True, cancel_futures=True)  # sets being written are finished
+        if aborted:
+            record_finished()
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -18,3 +18,6 @@ DEFAULT_OUTPUT = "output.jpeg"
 
 #: The two Grad-CAM++ variants (see campp_cli.methods.gradcampp).
 VARIANTS = ("official", "paper")
+
+#: Images per extra forward pass of methods that need them (Score-CAM), unless --score-batch says otherwise.
+DEFAULT_SCORE_BATCH = 32

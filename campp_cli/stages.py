@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from . import images
-from .cam import Explanation, explain, guided_backprop
+from .cam import Explanation, explain, guided_backprop, top_classes
 from .errors import CamppError, InputError, ModelError, OutputError, UsageError
 from .inputs import Job
 from .methods import DEFAULT_METHODS, get_method
 from .models import Classifier
+from .settings import DEFAULT_SCORE_BATCH
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Options:
     label: int = -1  # -1: the predicted class
     variant: str = "official"
     methods: tuple[str, ...] = DEFAULT_METHODS  # names from campp_cli.methods.list_methods()
-    score_batch: int = 32  # images per extra forward pass of methods that need them (Score-CAM)
+    score_batch: int = DEFAULT_SCORE_BATCH  # images per extra forward pass of methods that need them (Score-CAM)
     on_passes: Callable[[int], None] | None = None  # called with the count of each batch of extra passes
     max_side: int = images.DEFAULT_MAX_SIDE
     max_pixels: int = images.DEFAULT_MAX_PIXELS
@@ -146,8 +147,7 @@ class ExplainedRow:
         return float(self.probs[self.class_index])
 
     def top(self, k: int = 5) -> list[tuple[int, float]]:
-        order = np.argsort(-self.probs)[:k]
-        return [(int(c), float(self.probs[c])) for c in order]
+        return top_classes(self.probs, k)
 
 
 def decode(job: Job, size: int, options: Options, display: bool,
@@ -264,11 +264,11 @@ def render(row: ExplainedRow, class_name: str, guided: np.ndarray | None = None)
 
 def write_outputs(job: Job, figures: dict[str, np.ndarray], maps: dict[str, np.ndarray] | None = None) -> list[str]:
     """Write every figure (and maps as .npy), all or nothing; return the paths in order."""
-    files = {job.figure_path(k): images.encode_jpeg(v) for k, v in figures.items()}
+    files = {job.path(k): images.encode_jpeg(v) for k, v in figures.items()}
     for method, cam in (maps or {}).items():
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(cam, dtype=np.float32))
-        files[job.map_path(method)] = buf.getvalue()
+        files[job.path(f".npy:{method}")] = buf.getvalue()
     images.write_all_atomic(files, source=str(job.source))
     return [str(p) for p in files]
 

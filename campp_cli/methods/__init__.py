@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from ..errors import UsageError
+from ..settings import DEFAULT_SCORE_BATCH
 
 #: What a method may need, cheapest first.
 NEEDS = ("activations", "gradients", "forward passes")
@@ -85,7 +86,7 @@ class MethodInput:
     variant: str = "official"
     image: Any = None
     score: Callable | None = None
-    score_batch: int = 32
+    score_batch: int = DEFAULT_SCORE_BATCH
     progress: Callable[[int], None] | None = None
 
 
@@ -154,6 +155,16 @@ def parse_methods(spec: str | Iterable[str] | None) -> tuple[str, ...]:
 
 def title(name: str) -> str:
     return get_method(name).title
+
+
+def needs_any(names, need: str) -> bool:
+    """Whether any of the methods ``names`` needs ``need`` (one of :data:`NEEDS`)."""
+    return any(get_method(n).needs == need for n in names)
+
+
+def nonzero(x):
+    """``x`` with exact zeros replaced by one: the guard against 0/0 every method uses."""
+    return x.where(x != 0, x.new_ones(()))
 
 
 def channel_sum(weights, acts):

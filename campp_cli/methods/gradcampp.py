@@ -15,25 +15,25 @@ exp(S) is never evaluated (it overflows float32 past S ~ 88).
 
 from ..errors import UsageError
 from ..settings import VARIANTS
-from . import channel_sum, register_method
+from . import channel_sum, nonzero, register_method
 
 
-def _safe(x):
-    """Replace exact zeros by one (the official code's guard against 0/0)."""
-    return x.where(x != 0, x.new_ones(()))
+def check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise UsageError(f"unknown Grad-CAM++ variant {variant!r}; choose from {', '.join(VARIANTS)}")
 
 
 def alphas(grads, acts, variant: str = "official"):
-    """Grad-CAM++ pixel weights alpha (eq. 19 with the exp(S) factors cancelled)."""
-    if variant not in VARIANTS:
-        raise UsageError(f"unknown Grad-CAM++ variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    """Grad-CAM++ pixel weights alpha (eq. 19 with the exp(S) factors cancelled; the official code's
+    guard against 0/0)."""
+    check_variant(variant)
     g2 = grads * grads
     g3 = g2 * grads
     act_sum = acts.sum(dim=(2, 3), keepdim=True)
-    alpha = g2 / _safe(2.0 * g2 + act_sum * g3)  # alpha = 0 wherever g = 0
+    alpha = g2 / nonzero(2.0 * g2 + act_sum * g3)  # alpha = 0 wherever g = 0
     if variant == "official":
         norm = (alpha * (grads > 0)).sum(dim=(2, 3), keepdim=True)
-        alpha = alpha / _safe(norm)
+        alpha = alpha / nonzero(norm)
     return alpha
 
 

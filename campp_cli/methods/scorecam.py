@@ -14,7 +14,7 @@ channels; torchcam's subtracts the logit of the unmasked input first, then
 takes the same softmax over channels.
 """
 
-from . import channel_sum, register_method
+from . import channel_sum, nonzero, register_method
 
 
 def weights(inp):
@@ -41,7 +41,7 @@ def weights(inp):
             up = F.interpolate(acts[i, channels][None].float(), size=size, mode="bilinear", align_corners=False)[0]
             lo = up.amin(dim=(1, 2), keepdim=True)
             span = up.amax(dim=(1, 2), keepdim=True) - lo
-            masks.append((up - lo) / span.where(span > 0, span.new_ones(())))
+            masks.append((up - lo) / nonzero(span))
             owners += [(i, c) for c in channels]
         masks = torch.cat(masks).to(image.dtype)
         rows = [i for i, _ in owners]

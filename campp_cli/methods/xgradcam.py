@@ -1,6 +1,6 @@
 """XGradCAM (Fu et al., BMVC 2020, arXiv:2008.02312): gradients weighted by the normalised activations."""
 
-from . import channel_sum, register_method
+from . import channel_sum, nonzero, register_method
 
 
 @register_method("xgradcam", title="XGrad-CAM", reference="Fu et al., BMVC 2020, arXiv:2008.02312",
@@ -8,6 +8,5 @@ from . import channel_sum, register_method
 def xgradcam(inp):
     total = inp.acts.sum(dim=(2, 3))
     weighted = (inp.acts * inp.grads).sum(dim=(2, 3))
-    zero = total == 0
-    w = (weighted / total.where(~zero, total.new_ones(()))).where(~zero, total.new_zeros(()))
+    w = (weighted / nonzero(total)).where(total != 0, total.new_zeros(()))
     return channel_sum(w, inp.acts)
