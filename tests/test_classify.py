@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGES, write_image
+from conftest import IMAGES, fresh_campp, write_image
 from PIL import Image
 from reference import paper_preprocess, reference_map, vgg_activations_and_grads
 
@@ -98,21 +98,12 @@ def test_bad_label_is_a_one_line_usage_error(run_cli, tmp_path, value, needle):
 
 def test_bad_label_exits_2_without_importing_torch(tmp_path):
     """The real entry point, in a fresh interpreter: fast argument errors."""
-    code = (
-        "import sys\n"
-        "from campp_cli.cli import main\n"
-        "try:\n"
-        "    main(sys.argv[1:])\n"
-        "except SystemExit as e:\n"
-        "    print('torch' in sys.modules, e.code)\n"
-    )
     for args in (["--help"], ["classify", "--help"], ["--version"],
                  ["classify", "-f", "x.jpg", "-l", "1000"], ["classify", "-f", "x.jpg", "-l", "abc"]):
-        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path)
-        torch_loaded, exit_code = proc.stdout.split()[-2:]
-        assert torch_loaded == "False", args
-        assert exit_code == ("2" if "-l" in args else "0"), (args, proc.stderr)
-        assert "Traceback" not in proc.stderr
+        exit_code, torch_loaded, err = fresh_campp(args, tmp_path)
+        assert not torch_loaded, args
+        assert exit_code == (2 if "-l" in args else 0), (args, err)
+        assert "Traceback" not in err
 
 
 def test_console_script_runs(tmp_path):

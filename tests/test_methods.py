@@ -7,14 +7,13 @@ issue, no campp code); pytorch-grad-cam and torchcam are the test extras.
 from __future__ import annotations
 
 import copy
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import IMAGES
+from conftest import IMAGES, fresh_campp
 from PIL import Image
 from reference import (
     IMAGENET_MEAN,
@@ -68,12 +67,9 @@ def test_unknown_methods_are_usage_errors(spec, needle):
 
 
 def test_cli_refuses_an_unknown_method_before_importing_torch(tmp_path):
-    code = ("import sys\nfrom campp_cli.cli import main\ntry:\n    main(sys.argv[1:])\n"
-            "except SystemExit as e:\n    print('torch' in sys.modules, e.code)\n")
-    proc = subprocess.run([sys.executable, "-c", code, "classify", "-f", "x.jpg", "--methods", "layrcam"],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert proc.stdout.split()[-2:] == ["False", "2"], proc.stderr
-    assert "did you mean layercam" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    code, loaded, err = fresh_campp(["classify", "-f", "x.jpg", "--methods", "layrcam"], tmp_path)
+    assert (code, loaded) == (2, False), err
+    assert "did you mean layercam" in err and len(err.strip().splitlines()) == 1
 
 
 def test_methods_command_lists_every_registered_method(run_cli):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGES, REPO, write_image
+from conftest import IMAGES, REPO, fresh_campp, write_image
 from PIL import Image
 
 from campp_cli import images
@@ -33,16 +33,6 @@ def _tree(root: Path, n: int = 3) -> Path:
     for i in range(n):
         write_image(root / f"p{i}.png", 48, 40, seed=i)
     return root
-
-
-def _no_torch_run(args, cwd, stdin=""):
-    """``campp ARGS`` in a fresh interpreter: (exit code, whether torch was imported, stderr)."""
-    code = ("import sys\nfrom campp_cli.cli import main\ntry:\n    main(sys.argv[1:])\n"
-            "except SystemExit as e:\n    print('torch' in sys.modules, e.code)\n")
-    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          input=stdin)
-    loaded, exit_code = proc.stdout.split()[-2:]
-    return int(exit_code), loaded == "True", proc.stderr
 
 
 # --------------------------------------------------------------------------- 1. never overwrite an input
@@ -129,20 +119,24 @@ def test_2_a_failed_rename_leaves_no_part_of_the_set(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-KILLABLE_RUN = textwrap.dedent("""
-    import sys
+#: The start of every script below: a tiny seeded classifier, campp's pipeline at hand.
+TINY_RUN = textwrap.dedent("""
+    import json, sys
     from pathlib import Path
     import torch
     from campp_cli.inputs import plan
     from campp_cli.models import Classifier, Preprocessing
     from campp_cli.pipeline import Options, run
 
-    src, out, skip = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
     clf = Classifier("tiny", net.eval(), "1", Preprocessing(), [str(i) for i in range(10)],
                      torch.device("cpu"), input_size=32)
+""")
+
+KILLABLE_RUN = TINY_RUN + textwrap.dedent("""
+    src, out, skip = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
     summary = run(plan([str(src)], out, None), clf, Options(batch_size=2, workers=1, max_side=48,
                   skip_existing=skip))
     print(summary.done, summary.skipped)
@@ -349,18 +343,7 @@ def test_19_large_images_are_reduced_before_conversion(tmp_path):
     assert order == [("a", 80), ("b", 80)]  # b waited for a: never 160 pixels at once
 
 
-MEMORY_PROBE = textwrap.dedent("""
-    import sys
-    from pathlib import Path
-    import torch
-    from campp_cli.inputs import plan
-    from campp_cli.models import Classifier, Preprocessing
-    from campp_cli.pipeline import Options, run
-
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
-                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
-    clf = Classifier("tiny", net.eval(), "1", Preprocessing(), [str(i) for i in range(10)],
-                     torch.device("cpu"), input_size=32)
+MEMORY_PROBE = TINY_RUN + textwrap.dedent("""
     results = []
     run(plan([sys.argv[1]], Path(sys.argv[2]), None), clf, Options(workers=4), results.append)
     assert all(r.error is None for r in results), [r.error for r in results]
@@ -533,12 +516,12 @@ def test_15_npy_with_an_empty_fc6(tmp_path):
 
 
 def test_16_arguments_are_checked_before_torch_loads(tmp_path):
-    code, loaded, err = _no_torch_run(["classify", "-f", "@-"], tmp_path, stdin="")
+    code, loaded, err = fresh_campp(["classify", "-f", "@-"], tmp_path, stdin="")
     assert (code, loaded) == (2, False) and "no input files" in err
-    code, loaded, err = _no_torch_run(["classify", "-f", IMAGES, "--jsonl", tmp_path / "missing" / "r.jsonl",
+    code, loaded, err = fresh_campp(["classify", "-f", IMAGES, "--jsonl", tmp_path / "missing" / "r.jsonl",
                                        "--output-dir", tmp_path / "o"], tmp_path)
     assert (code, loaded) == (2, False) and "does not exist" in err and not (tmp_path / "o").exists()
-    code, loaded, err = _no_torch_run(["classify", "-f", IMAGES / "coffee.png", "-o", "sub/x.jpeg"], tmp_path)
+    code, loaded, err = fresh_campp(["classify", "-f", IMAGES / "coffee.png", "-o", "sub/x.jpeg"], tmp_path)
     assert (code, loaded) == (2, False) and "without folders" in err
 
 
@@ -565,19 +548,7 @@ def test_17_errors_name_the_input_and_the_weights(vgg, run_cli, tmp_path, monkey
 # --------------------------------------------------------------------------- the fuzz run
 
 
-FUZZ_RUN = textwrap.dedent("""
-    import json, sys
-    from pathlib import Path
-    import torch
-    from campp_cli.inputs import plan
-    from campp_cli.models import Classifier, Preprocessing
-    from campp_cli.pipeline import Options, run
-
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
-                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
-    clf = Classifier("tiny", net.eval(), "1", Preprocessing(), [str(i) for i in range(10)],
-                     torch.device("cpu"), input_size=32)
+FUZZ_RUN = TINY_RUN + textwrap.dedent("""
     out = []
     run(plan([sys.argv[1]], Path(sys.argv[2]), None), clf, Options(max_side=48, max_pixels=4_000_000),
         lambda r: out.append({"input": r.input, "error": r.error, "outputs": r.outputs}))
