@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .engines import all_settings, check_settings, get_engine, list_engines, users_of
 from .errors import CamppError, OutputError, UsageError
 from .methods import DEFAULT_METHODS
 from .settings import (
@@ -149,13 +150,45 @@ run_options = _options(
 )
 
 
-def _load_model(gpu, arch, weights, layer, offline, quiet):
+def _setting_option(setting):
+    kind = {int: click.IntRange(min=setting.minimum), float: click.FloatRange(min=setting.minimum)}.get(
+        setting.kind, str)
+    return click.option(setting.flag, setting.name, type=kind, default=None, metavar=setting.metavar,
+                        help=f"{setting.help} (--engine {' or '.join(users_of(setting.name))})")
+
+
+def _engine_help(name: str) -> str:
+    engine = get_engine(name)
+    needs = f" (pip install 'campp[{engine.extra}]')" if engine.extra else ""
+    return f"{name}, {engine.help}{needs}"
+
+
+engine_options = _options(
+    click.option("--engine", type=click.Choice(list_engines()), default="local", show_default=True,
+                 help="What runs the work: " + "; ".join(_engine_help(e) for e in list_engines()) + "."),
+    *[_setting_option(s) for s in all_settings()],
+)
+
+
+def _engine_settings(engine: str, given: dict, gpu: int | None) -> dict:
+    """The settings of ``engine`` among the options given; one it does not take is a usage error."""
+    if gpu is not None and not get_engine(engine).on_this_machine:
+        raise UsageError(f"-gpu places the model on this machine; --engine {engine} places its own "
+                         f"(see --gpus-per-actor)")
+    return check_settings(engine, {s.name: given.get(s.name) for s in all_settings()})
+
+
+def _load_model(gpu, arch, weights, layer, offline, quiet, engine="local"):
+    """The model, on -gpu's device; for an engine that places its own models, on this CPU (for its classes,
+    input size and layer, and to check the weights before any work is sent out)."""
     from .models import describe_device, load_classifier, resolve_device
 
-    device = resolve_device(gpu)
+    here = get_engine(engine).on_this_machine
+    device = resolve_device(gpu if here else -1)
     clf = load_classifier(arch, weights=weights, device=device, layer=layer, download=not offline)
     if not quiet:
-        _say(f"campp: {clf.arch} on {describe_device(device)}, layer {clf.layer}, weights {clf.weights_source}")
+        where = describe_device(device) if here else f"--engine {engine}"
+        _say(f"campp: {clf.arch} on {where}, layer {clf.layer}, weights {clf.weights_source}")
     return clf
 
 
@@ -180,9 +213,10 @@ def _pass_counter(bar):
     return on_passes
 
 
-def _run_with_progress(jobs, clf, options, on_result, bar, command=None):
-    """``pipeline.run``, advancing ``bar`` (if any) once per image and always closing it."""
-    from .pipeline import run
+def _run_with_progress(engine, jobs, clf, options, on_result, bar, command=None):
+    """Run ``engine`` (its function and settings), advancing ``bar`` (if any) once per image and always
+    closing it."""
+    run, settings = engine
 
     def each(result) -> None:
         if bar is not None:
@@ -190,7 +224,7 @@ def _run_with_progress(jobs, clf, options, on_result, bar, command=None):
         on_result(result)
 
     try:
-        return run(jobs, clf, options, each, command=command)
+        return run(jobs, clf, options, each, command=command, **settings)
     finally:
         if bar is not None:
             bar.render_finish()
@@ -214,11 +248,12 @@ def _run_with_progress(jobs, clf, options, on_result, bar, command=None):
 @click.option("--jsonl", "jsonl", default=None, metavar="FILE",
               help="Write one JSON line per image: input, class, name, probability, top-5, outputs, or error.")
 @run_options
+@engine_options
 @click.option("--max-side", type=click.IntRange(16, 16384), default=DEFAULT_MAX_SIDE, show_default=True,
               help="Largest side of the output panels; bigger photos are shrunk.")
 def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weights, variant, methods, score_batch,
              offline, save_maps, guided, skip_existing, jsonl, batch_size, workers, quiet, max_pixels,
-             max_side) -> None:
+             engine, max_side, **settings) -> None:
     """Explain photos: top-5 classes on stdout, figures per photo in the output folder.
 
     \b
@@ -239,6 +274,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
     from .methods import needs_any, parse_methods
 
     # Argument checks that need no model come first: they must be instant.
+    settings = _engine_settings(engine, settings, gpu)
     methods = parse_methods(methods)
     single = is_single(list(files))
     keys = output_keys(methods, save_maps, guided)
@@ -250,9 +286,11 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
     if log is not None:
         click.get_current_context().call_on_close(log.close)  # also when the model fails to load
 
+    from .engines import load_engine
     from .pipeline import Options
 
-    clf = _load_model(gpu, arch, weights, layer, offline, quiet)
+    run = load_engine(engine)
+    clf = _load_model(gpu, arch, weights, layer, offline, quiet, engine)
     options = Options(label=label, variant=variant, methods=methods, score_batch=score_batch, max_side=max_side,
                       max_pixels=max_pixels, save_maps=save_maps, guided=guided, batch_size=batch_size,
                       skip_existing=skip_existing)
@@ -284,7 +322,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
                 f"{result.class_index} {result.class_name} ({result.probability:.4f})"
             _echo(f"{result.input}: {status} -> {result.outputs[0]}")
 
-    summary = _run_with_progress(jobs, clf, options, on_result, bar)
+    summary = _run_with_progress((run, settings), jobs, clf, options, on_result, bar)
     if not single and not quiet:
         _say(summary.line())
     if summary.failed:
@@ -301,8 +339,9 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
 @click.option("--plot", "plot_path", default=None, metavar="FILE.png",
               help="Write a PNG of the mean deletion and insertion curves of every method.")
 @run_options
+@engine_options
 def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, methods, score_batch, offline, steps,
-             json_path, csv_path, plot_path, batch_size, workers, quiet, max_pixels) -> None:
+             json_path, csv_path, plot_path, batch_size, workers, quiet, max_pixels, engine, **settings) -> None:
     """Faithfulness of each method (default Grad-CAM and Grad-CAM++) on your model and images.
 
     \b
@@ -318,6 +357,7 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, method
     from .jsonl import check_writable
     from .methods import parse_methods
 
+    settings = _engine_settings(engine, settings, gpu)
     methods = parse_methods(methods)
     if plot_path is not None and not plot_path.lower().endswith(".png"):
         raise UsageError(f"--plot {plot_path}: give a .png file name")
@@ -328,10 +368,12 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, method
     check_no_overwrite(jobs, [], outputs, list(files))
 
     from . import evaluate as ev
+    from .engines import load_engine
     from .images import write_atomic
     from .pipeline import Options
 
-    clf = _load_model(gpu, arch, weights, layer, offline, quiet)
+    run = load_engine(engine)
+    clf = _load_model(gpu, arch, weights, layer, offline, quiet, engine)
     options = Options(label=label, variant=variant, methods=methods, score_batch=score_batch, max_pixels=max_pixels,
                       batch_size=batch_size)
     if workers:
@@ -345,7 +387,8 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, method
             _say(f"campp: error: {result.error}")
         results.append(result)
 
-    summary = _run_with_progress(jobs, clf, options, on_result, bar, command=ev.EvaluateCommand(steps))
+    summary = _run_with_progress((run, settings), jobs, clf, options, on_result, bar,
+                                 command=ev.EvaluateCommand(steps))
     document = ev.report(results, clf, options, steps, summary.failed)
     _echo(ev.format_table(document["methods"]), block=True)
     if json_path:

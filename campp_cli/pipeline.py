@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable
 
 from . import images
-from .errors import InputError, OutputError
 from .inputs import Job, output_stem, prepare_output_dir  # noqa: F401 (re-exported)
 from .methods import parse_methods
 from .models import Classifier
@@ -24,23 +23,18 @@ from .stages import (  # noqa: F401 (re-exported)
     Options,
     Result,
     Summary,
+    Tally,
+    begin,
     check_label,
     decode,
     default_batch_size,
     explain_rows,
     finish,
+    guarded,
     render,
     to_batch,
     write_outputs,
 )
-
-
-def _guarded(fn, source, *args) -> Result:
-    """Run one image's step; an error it causes becomes its Result, never the run's end."""
-    try:
-        return fn(*args)
-    except (InputError, OutputError) as exc:  # this image or its files; a broken model ends the run
-        return Result.failure(source, exc)
 
 
 def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
@@ -59,29 +53,11 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
     options.methods = parse_methods(options.methods)
     command = command or ClassifyCommand(options)
     check_label(clf, options.label)
-    report = on_result or (lambda r: None)
     batch_size = options.batch_size or default_batch_size(clf.device)
-    summary = Summary()
+    tally = Tally(on_result)
+    record = tally.record
     start = time.perf_counter()
-
-    def record(result: Result) -> None:
-        if result.error is not None:
-            summary.failed += 1
-        elif result.skipped:
-            summary.skipped += 1
-        else:
-            summary.done += 1
-        report(result)
-
-    for folder in sorted({job.out_dir for job in jobs}):
-        images.recover(folder)  # sets and temporaries a killed run left half-written
-    todo = []
-    for job in jobs:
-        skipped = command.is_done(job)
-        if skipped is not None:
-            record(skipped)
-        else:
-            todo.append(job)
+    todo = begin(jobs, command, tally)
     chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     decoders = ThreadPoolExecutor(options.workers, thread_name_prefix="campp-decode")
     finishers = ThreadPoolExecutor(options.workers, thread_name_prefix="campp-finish")
@@ -90,7 +66,7 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
     budget = images.PixelBudget(options.max_pixels)  # pixels decoded at once, across the threads
 
     def submit_decodes(chunk):
-        return [decoders.submit(_guarded, decode, job.source, job, clf.input_size, options, command.draws, budget)
+        return [decoders.submit(guarded, decode, job.source, job, clf.input_size, options, command.draws, budget)
                 for job in chunk]
 
     def drain(limit: int) -> None:
@@ -118,7 +94,7 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
             finished = iter(())
             if decoded:
                 rows = explain_rows(decoded, clf, options, command)
-                finished = iter([finishers.submit(_guarded, finish, row.job.source, row, clf.categories, command)
+                finished = iter([finishers.submit(guarded, finish, row.job.source, row, clf.categories, command)
                                  for row in rows])
             for outcome in outcomes:  # queued in input order; a failed decode is already a Result
                 if isinstance(outcome, Result):
@@ -139,8 +115,8 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
         finishers.shutdown(wait=True, cancel_futures=True)  # sets being written are finished
         if aborted:
             record_finished()
-    summary.seconds = time.perf_counter() - start
-    return summary
+    tally.summary.seconds = time.perf_counter() - start
+    return tally.summary
 
 
 def classify_file(path: str | os.PathLike, clf: Classifier, out_dir: str | os.PathLike,

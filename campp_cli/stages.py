@@ -100,6 +100,46 @@ class Summary:
                 f"({self.images_per_second:.2f} images/s)")
 
 
+class Tally:
+    """Counts results into a :class:`Summary` and passes each one on; shared by every engine."""
+
+    def __init__(self, report: Callable[[Result], None] | None = None):
+        self.summary = Summary()
+        self.report = report or (lambda r: None)
+
+    def record(self, result: Result) -> None:
+        if result.error is not None:
+            self.summary.failed += 1
+        elif result.skipped:
+            self.summary.skipped += 1
+        else:
+            self.summary.done += 1
+        self.report(result)
+
+
+def begin(jobs: list[Job], command: "Command", tally: Tally) -> list[Job]:
+    """What every engine does first, on the machine that runs campp: finish or undo the sets a killed
+    run left half-written, report the jobs ``--skip-existing`` skips; return the jobs left to do."""
+    for folder in sorted({job.out_dir for job in jobs}):
+        images.recover(folder)
+    todo = []
+    for job in jobs:
+        skipped = command.is_done(job)
+        if skipped is not None:
+            tally.record(skipped)
+        else:
+            todo.append(job)
+    return todo
+
+
+def guarded(fn, source, *args) -> Result:
+    """Run one image's step; an error it causes becomes its Result, never the run's end."""
+    try:
+        return fn(*args)
+    except (InputError, OutputError) as exc:  # this image or its files; a broken model ends the run
+        return Result.failure(source, exc)
+
+
 def to_batch(squares: list[np.ndarray], clf: Classifier) -> torch.Tensor:
     """RGB batch in [0, 1] at the model's input size, on its device (before normalisation)."""
     return _to_device(np.stack([images.model_input(s, clf.input_size) for s in squares]), clf.device)

@@ -76,12 +76,12 @@ def write_image(path: Path, width: int, height: int, seed: int = 0, fmt: str | N
     return path
 
 
-def fresh_campp(args, cwd, stdin: str = "") -> tuple[int, bool, str]:
-    """``campp ARGS`` in a fresh interpreter: (exit code, whether torch was imported, stderr)."""
+def fresh_campp(args, cwd, stdin: str = "", module: str = "torch") -> tuple[int, bool, str]:
+    """``campp ARGS`` in a fresh interpreter: (exit code, whether ``module`` was imported, stderr)."""
     import subprocess
 
     code = ("import sys\nfrom campp_cli.cli import main\ntry:\n    main(sys.argv[1:])\n"
-            "except SystemExit as e:\n    print('torch' in sys.modules, e.code)\n")
+            f"except SystemExit as e:\n    print({module!r} in sys.modules, e.code)\n")
     proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=cwd,
                           input=stdin)
     loaded, exit_code = proc.stdout.split()[-2:]

@@ -1,0 +1,364 @@
+"""The Ray engine: the stages of :mod:`campp_cli.stages` on a Ray cluster, through Ray Data.
+
+What runs where:
+
+* the driver (the machine that runs ``campp``): planning, ``--skip-existing``,
+  recovery of half-written sets, the progress bar, per-image lines, ``--jsonl``
+  and the summary, with results put back in input order;
+* Ray Data CPU tasks, on any node: :func:`~campp_cli.stages.decode` (read and
+  crop) and :func:`~campp_cli.stages.finish` (render and write, atomically);
+* an actor pool (``actors``, each with ``gpus_per_actor`` GPUs): the model,
+  loaded once per actor with campp's own loader, running
+  :func:`~campp_cli.stages.explain_rows` on batches.
+
+Rows cross processes pickled, as bytes: jobs, decoded images, explained maps
+and results are the stages' own dataclasses.  Paths are the driver's: every
+task works in the driver's working folder, so inputs and the output folder must
+be on a filesystem that every node sees (checked on a multi-node cluster).
+A bad image is a failed row; a worker or actor that dies is retried by Ray;
+an error that ends a local run (a broken model) ends this one too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import ray
+import ray.data
+import torch
+
+from .errors import CamppError, UsageError
+from .inputs import Job
+from .methods import parse_methods
+from .models import Classifier
+from .stages import (
+    ClassifyCommand,
+    Command,
+    Options,
+    Result,
+    Summary,
+    Tally,
+    begin,
+    check_label,
+    decode,
+    default_batch_size,
+    explain_rows,
+    finish,
+    guarded,
+)
+
+#: A test hook: when this names a folder holding a file ``armed``, the first finishing task to rename it to
+#: ``fired`` kills its own worker process, as a crashed node would (tests/test_ray.py).
+DIE_ONCE_ENV = "CAMPP_TEST_RAY_DIE_ONCE"
+
+
+def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
+        on_result: Callable[[Result], None] | None = None, command: Command | None = None, *,
+        ray_address: str | None = None, actors: int | None = None,
+        gpus_per_actor: float | None = None) -> Summary:
+    """Explain every job on Ray; the same results, files and order as :func:`campp_cli.pipeline.run`.
+
+    ``ray_address``: a running cluster (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``); default
+    ``RAY_ADDRESS`` if set, else the Ray this process already joined, else a local Ray started for
+    the run and stopped after it.  ``actors``: model actors (default: one per GPU, or one per node
+    without GPUs).  ``gpus_per_actor``: default 1 when the cluster has GPUs, else 0.
+    """
+    options = options or Options()
+    options.methods = parse_methods(options.methods)
+    command = command or ClassifyCommand(options)
+    check_label(clf, options.label)
+    if actors is not None and actors < 1:
+        raise UsageError(f"--actors {actors}: give at least 1")
+    if gpus_per_actor is not None and gpus_per_actor < 0:
+        raise UsageError(f"--gpus-per-actor {gpus_per_actor}: give 0 or more")
+    tally = Tally(on_result)
+    started = connect(ray_address, actors)
+    try:
+        start = time.perf_counter()
+        todo = begin(jobs, command, tally)
+        if todo:
+            _drive(todo, clf, options, command, tally, actors, gpus_per_actor)
+        tally.summary.seconds = time.perf_counter() - start
+    finally:
+        if started:
+            ray.shutdown()
+    return tally.summary
+
+
+# --- connecting ----------------------------------------------------------------------------------------
+
+def connect(address: str | None, actors: int | None = None) -> bool:
+    """Join the cluster at ``address`` (or start a local Ray); True when this call started Ray.
+
+    An address that cannot be reached is a :class:`UsageError` (``cannot reach Ray at ADDR: ...``).
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    quiet = os.environ.get("CAMPP_DEBUG", "") in ("", "0")
+    if quiet:
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # C++ notes on stderr; must precede init
+        for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    kwargs = dict(include_dashboard=False, log_to_driver=not quiet, logging_level=logging.ERROR,
+                  configure_logging=True)
+    if ray.is_initialized():
+        if address is None:
+            _quiet_data()
+            return False
+        ray.shutdown()  # joined elsewhere before (a notebook): the address given wins
+    if address is None:
+        cores = os.cpu_count() or 1
+        # Logical CPUs: the model actors take one each; decoding and writing tasks get the cores beside them.
+        ray.init(num_cpus=cores + (actors or 1), **kwargs)
+        _quiet_data()
+        return True
+    _check_reachable(address)
+    try:
+        ray.init(address=address, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
+        raise UsageError(f"cannot reach Ray at {address}: {_first_line(exc)}") from None
+    _quiet_data()
+    return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast (seconds, not Ray's minute of retries) when HOST:PORT does not answer."""
+    if address in ("auto", "local"):
+        return
+    where = address.split("://", 1)[-1]
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"cannot reach Ray at {address}: give auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot reach Ray at {address}: {exc.strerror or exc}") from None
+
+
+def _quiet_data() -> None:
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # campp draws its own bar
+    ctx.print_on_execution_start = False
+    ctx.verbose_progress = False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --- the dataset -----------------------------------------------------------------------------------------
+
+def _drive(todo: list[Job], clf: Classifier, options: Options, command: Command, tally: Tally,
+           actors: int | None, gpus_per_actor: float | None) -> None:
+    resources = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    gpus = resources.get("GPU", 0)
+    if gpus_per_actor is None:
+        gpus_per_actor = 1 if gpus > 0 else 0
+    if actors is None:
+        actors = max(1, int(gpus // gpus_per_actor)) if gpus_per_actor > 0 else max(1, len(nodes))
+    if gpus_per_actor > 0 and actors * gpus_per_actor > gpus:
+        raise UsageError(f"--actors {actors} x --gpus-per-actor {gpus_per_actor:g} needs {actors * gpus_per_actor:g} "
+                         f"GPUs; the cluster has {gpus:g}")
+    cwd = os.getcwd()
+    if len(nodes) > 1:
+        check_shared(cwd, todo, nodes)
+    on_passes = options.on_passes
+    shipped = _shippable(options)
+    batch_size = options.batch_size or default_batch_size(torch.device(_device(gpus_per_actor)))
+    threads = max(1, (os.cpu_count() or 1) * max(1, len(nodes)) // actors) if gpus_per_actor == 0 else None
+    model = dict(arch=clf.arch, weights=str(Path(clf.weights_source).absolute()), layer=clf.layer,
+                 device=_device(gpus_per_actor), threads=threads)
+
+    items = [{"i": i, "job": pickle.dumps(job)} for i, job in enumerate(todo)]
+    blocks = max(1, min(len(items), math.ceil(len(items) / batch_size)))
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    # Different resources keep Ray Data from fusing the CPU tasks into the actors.
+    ds = ds.map(_decode, fn_kwargs=dict(cwd=cwd, size=clf.input_size, options=shipped, draws=command.draws),
+                num_cpus=0.5)
+    ds = ds.map_batches(_Explainer, batch_size=batch_size, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=actors),
+                        fn_constructor_kwargs=dict(cwd=cwd, model=model, options=shipped, command=command),
+                        num_cpus=1, num_gpus=gpus_per_actor)  # Ray Data restarts a dead actor, retries its batch
+    ds = ds.map(_finish, fn_kwargs=dict(cwd=cwd, categories=clf.categories, command=command), num_cpus=0.5)
+    # Tasks whose worker dies are retried by Ray; sets are written atomically, so a retry never sees half of one.
+
+    waiting: dict[int, dict] = {}
+    following = 0
+    for row in ds.iter_rows():
+        fatal = row.get("fatal")
+        if fatal is not None and len(fatal):
+            raise pickle.loads(fatal)
+        if on_passes is not None and row["passes"]:
+            on_passes(int(row["passes"]))
+        waiting[int(row["i"])] = row
+        while following in waiting:  # input order: report the longest finished prefix
+            tally.record(pickle.loads(waiting.pop(following)["result"]))
+            following += 1
+
+
+def _device(gpus_per_actor: float) -> str:
+    return "cuda" if gpus_per_actor > 0 else "cpu"
+
+
+def _shippable(options: Options) -> Options:
+    """The options without what cannot leave this process (the progress callback)."""
+    copy = Options(**vars(options))
+    copy.on_passes = None
+    return copy
+
+
+def check_shared(cwd: str, jobs: list[Job], nodes: list[dict]) -> None:
+    """On a multi-node cluster: refuse when a node cannot see the working folder, the first input or the
+    output folder (a marker written here must be visible there)."""
+    folders = sorted({str((job.root or job.out_dir).absolute()) for job in jobs if job.error is None})
+    marker_name = f".campp-shared-{uuid.uuid4().hex}"
+    markers = []
+    try:
+        for folder in folders:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            marker = Path(folder) / marker_name
+            marker.touch()
+            markers.append(str(marker))
+        first = next((str(Path(job.source).absolute()) for job in jobs if job.error is None), None)
+        wanted = [cwd] + ([first] if first else []) + markers
+        missing = missing_on_nodes(wanted, nodes)
+    finally:
+        for marker in markers:
+            Path(marker).unlink(missing_ok=True)
+    for node, paths in missing.items():
+        what = Path(paths[0])
+        shown = what.parent if what.name == marker_name else what
+        raise UsageError(f"Ray node {node} does not see {shown}: on a cluster, inputs and the output folder "
+                         f"must be on a filesystem every node sees (NFS, a shared mount)")
+
+
+def missing_on_nodes(paths: list[str], nodes: list[dict]) -> dict[str, list[str]]:
+    """{node address: the paths it does not see}, asking one task pinned on each node."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0)(_missing)
+    asks = {f'{node.get("NodeManagerAddress", "?")} ({node["NodeID"][:8]})': probe.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(paths)
+        for node in nodes}
+    found = {name: ray.get(ref, timeout=120) for name, ref in asks.items()}
+    return {name: gone for name, gone in found.items() if gone}
+
+
+def _missing(paths: list[str]) -> list[str]:
+    return [p for p in paths if not os.path.exists(p)]
+
+
+# --- the stages, as Ray Data functions -----------------------------------------------------------------
+
+def _enter(cwd: str) -> None:
+    """Work in the driver's folder, so relative paths mean what they meant there."""
+    if os.getcwd() != cwd:
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            raise CamppError(f"Ray node {ray.util.get_node_ip_address()} cannot enter the working folder "
+                             f"{cwd} ({exc.strerror or exc}): use a filesystem every node sees") from None
+
+
+def _decode(row: dict, cwd: str, size: int, options: Options, draws: bool) -> dict:
+    """CPU task: a job -> a DecodedRow, or the image's failed Result."""
+    _enter(cwd)
+    job: Job = pickle.loads(row["job"])
+    out = guarded(decode, job.source, job, size, options, draws)
+    return {"i": row["i"], "row": pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)}
+
+
+class _Explainer:
+    """Actor: the model, loaded once with campp's loader; batches of DecodedRows -> ExplainedRows."""
+
+    def __init__(self, cwd: str, model: dict, options: Options, command: Command):
+        import torch
+
+        from .models import load_classifier
+
+        _enter(cwd)
+        if model["threads"]:
+            torch.set_num_threads(model["threads"])
+        self.options = options
+        self.command = command
+        self.fatal: bytes | None = None
+        self.passes = 0
+        self.options.on_passes = self._count
+        try:
+            self.clf = load_classifier(model["arch"], weights=model["weights"], device=model["device"],
+                                       layer=model["layer"], download=False)
+        except CamppError as exc:  # reported by the driver as the run's one line
+            self.fatal = pickle.dumps(exc)
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def _count(self, n: int) -> None:
+        self.passes += n
+
+    def __call__(self, batch: dict) -> dict:
+        rows = [pickle.loads(b) for b in batch["row"]]
+        n = len(rows)
+        if self.fatal is not None:
+            return _fatal(batch, self.fatal)
+        decoded = [r for r in rows if not isinstance(r, Result)]
+        self.passes = 0
+        try:
+            explained = iter(explain_rows(decoded, self.clf, self.options, self.command)) if decoded else iter(())
+        except CamppError as exc:  # a broken model ends the run, as with the local engine
+            return _fatal(batch, pickle.dumps(exc))
+        out = [r if isinstance(r, Result) else next(explained) for r in rows]
+        for r in out:
+            if not isinstance(r, Result):
+                r.node = self.node
+        passes = [self.passes] + [0] * (n - 1)
+        return {"i": batch["i"], "row": _objects(pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in out),
+                "passes": np.array(passes), "fatal": _objects([b""] * n)}
+
+
+def _fatal(batch: dict, error: bytes) -> dict:
+    """The batch, marked with the error that ends the run (the driver raises it)."""
+    n = len(batch["i"])
+    return {"i": batch["i"], "row": batch["row"], "passes": np.zeros(n, int), "fatal": _objects([error] * n)}
+
+
+def _objects(items) -> np.ndarray:
+    """Bytes as an object array (NumPy's own bytes type would pad them to the longest)."""
+    items = list(items)
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+def _finish(row: dict, cwd: str, categories: list[str], command: Command) -> dict:
+    """CPU task: an ExplainedRow -> its files written and its Result (a failed Result passes through)."""
+    _enter(cwd)
+    item = pickle.loads(row["row"])
+    fatal = row.get("fatal")
+    if isinstance(item, Result) or (fatal is not None and len(fatal)):
+        result = item
+    else:
+        _die_once_for_tests()
+        result = guarded(finish, item.job.source, item, categories, command)
+        result.extra["nodes"] = sorted({getattr(item, "node", ""), ray.get_runtime_context().get_node_id()})
+    return {"i": row["i"], "result": pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL),
+            "passes": row["passes"], "fatal": fatal if fatal is not None else b""}
+
+
+def _die_once_for_tests() -> None:
+    folder = os.environ.get(DIE_ONCE_ENV)
+    if folder:
+        try:
+            os.rename(os.path.join(folder, "armed"), os.path.join(folder, "fired"))
+        except OSError:
+            return
+        os._exit(1)

@@ -1,0 +1,290 @@
+"""The Ray engine: the same files, maps and lines as the local engine, on a local Ray and a two-node cluster.
+
+Without Ray installed the tests that need it are skipped (the engine is an extra: campp[ray]).
+Ray starts once per module (each start costs seconds); the two-node cluster has its own module-scoped fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import IMAGES, fresh_campp, write_image
+
+LITE = ["--arch", "efficientnet_lite0"]
+
+
+def _needs_ray():
+    return pytest.importorskip("ray.data", reason="Ray is not installed (pip install 'campp[ray]')")
+
+
+# --- without Ray running -------------------------------------------------------------------------------------
+
+def test_help_and_setting_errors_import_neither_ray_nor_torch(tmp_path):
+    code, loaded, err = fresh_campp(["classify", "--help"], tmp_path, module="ray")
+    assert (code, loaded) == (0, False)
+    code, loaded, err = fresh_campp(["classify", "-f", "x.jpg", "--actors", "2"], tmp_path, module="ray")
+    assert (code, loaded) == (2, False)
+    assert err.strip() == "campp: error: --actors is a setting of --engine ray, not of --engine local"
+    code, loaded, err = fresh_campp(["evaluate", "-f", "x.jpg", "--engine", "ray", "--actors", "0"], tmp_path,
+                                    module="torch")
+    assert (code, loaded) == (2, False)
+    assert "--actors" in err and len(err.strip().splitlines()) == 1
+    code, loaded, err = fresh_campp(["classify", "-f", "x.jpg", "--engine", "ray", "-gpu", "0"], tmp_path,
+                                    module="ray")
+    assert (code, loaded) == (2, False)
+    assert err.strip() == ("campp: error: -gpu places the model on this machine; --engine ray places its own "
+                           "(see --gpus-per-actor)")
+
+
+def test_engine_choices_come_from_the_registry(run_cli):
+    from campp_cli.engines import list_engines, register_engine, unregister_engine
+
+    register_engine("nowhere", "campp_cli.no_such_module:run", "a test engine", extra="nowhere",
+                    requires="campp_no_such_module")
+    try:
+        from campp_cli.engines import load_engine
+        from campp_cli.errors import UsageError
+
+        assert "nowhere" in list_engines()
+        with pytest.raises(UsageError, match=r"pip install 'campp\[nowhere\]'"):
+            load_engine("nowhere")
+    finally:
+        unregister_engine("nowhere")
+    assert "nowhere" not in list_engines()
+    code, out, _ = run_cli("classify", "--help")
+    assert all(f"{name}," in " ".join(out.split()) for name in list_engines())
+
+
+@pytest.mark.parametrize("address, why", [("127.0.0.1:1", "refused"), ("nonsense", "give auto, HOST:PORT")])
+def test_an_unreachable_cluster_is_one_line(run_cli, tmp_path, address, why):
+    _needs_ray()
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("a Ray of this test session is running")
+    code, out, err = run_cli("classify", *LITE, "-f", IMAGES / "coffee.png", "--output-dir", tmp_path,
+                             "--engine", "ray", "--ray-address", address, "-q")
+    assert code == 2
+    assert err.startswith(f"campp: error: cannot reach Ray at {address}: ")
+    assert why in err and len(err.strip().splitlines()) == 1
+    assert not ray.is_initialized()
+
+
+# --- a local Ray ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def local_ray():
+    _needs_ray()
+    import ray
+
+    from campp_cli import ray_engine
+
+    started = ray_engine.connect(None, actors=2)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """16 photos of varied sizes, one of them corrupt."""
+    folder = tmp_path_factory.mktemp("photos")
+    for k in range(15):
+        write_image(folder / f"p{k:02d}.jpg", 180 + 23 * k, 260 - 7 * k, seed=k)
+    (folder / "p15.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    return folder
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _same_line(a: dict, b: dict, out_a: Path, out_b: Path) -> None:
+    """Equal JSONL lines: the output folder swapped, probabilities within 1e-5 (batches may differ)."""
+    a = json.loads(json.dumps(a).replace(str(out_a), "OUT"))
+    b = json.loads(json.dumps(b).replace(str(out_b), "OUT"))
+    if "top5" in a:
+        assert [t["class"] for t in a["top5"]] == [t["class"] for t in b["top5"]]
+        np.testing.assert_allclose([t["probability"] for t in a["top5"]], [t["probability"] for t in b["top5"]],
+                                   atol=1e-5)
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+        for d in (a, b):
+            d.pop("top5"), d.pop("probability")
+    assert a == b
+
+
+@pytest.mark.slow
+def test_ray_writes_what_the_local_engine_writes(local_ray, photos, tmp_path, run_cli):
+    methods = "gradcam,gradcampp,layercam,eigencam"
+    runs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        code, stdout, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", out, "--save-maps",
+                                    "--methods", methods, "--jsonl", tmp_path / f"{engine}.jsonl",
+                                    "--engine", engine, "--batch-size", "4")
+        assert code == 1, err  # the corrupt photo
+        assert "p15.jpg" in err and "15 done, 0 skipped, 1 failed" in err
+        runs[engine] = (out, stdout, err)
+    local, ray_out = tmp_path / "local", tmp_path / "ray"
+    names = sorted(p.name for p in local.iterdir())
+    assert names == sorted(p.name for p in ray_out.iterdir())
+    assert len(names) == 15 * (1 + 4 * 3)  # comparison, and per method heatmap, overlay, .npy
+    for name in names:
+        if name.endswith(".npy"):
+            np.testing.assert_allclose(np.load(ray_out / name), np.load(local / name), atol=1e-5, err_msg=name)
+    lines = {e: _lines(tmp_path / f"{e}.jsonl") for e in runs}
+    assert [d["input"] for d in lines["ray"]] == sorted(str(p) for p in photos.iterdir())  # input order
+    for a, b in zip(lines["ray"], lines["local"], strict=True):
+        _same_line(a, b, ray_out, local)
+    # The per-image lines on stdout, in the same order.
+    assert runs["ray"][1].replace(str(ray_out), "OUT").splitlines()[0].split(":")[0] == \
+        runs["local"][1].replace(str(local), "OUT").splitlines()[0].split(":")[0]
+
+    # Resume: everything done is skipped, the corrupt photo fails again.
+    code, stdout, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", ray_out, "--save-maps",
+                                "--methods", methods, "--engine", "ray", "--skip-existing")
+    assert code == 1
+    assert "0 done, 15 skipped, 1 failed" in err
+
+
+@pytest.mark.slow
+def test_ray_evaluates_as_the_local_engine_does(local_ray, photos, tmp_path, run_cli):
+    four = [photos / f"p0{k}.jpg" for k in range(4)]
+    docs = {}
+    for engine in ("local", "ray"):
+        args = [a for p in four for a in ("-f", p)]
+        code, out, err = run_cli("evaluate", *LITE, *args, "--steps", "4", "--json", tmp_path / f"{engine}.json",
+                                 "--engine", engine, "-q")
+        assert code == 0, err
+        docs[engine] = json.loads((tmp_path / f"{engine}.json").read_text())
+    for method, stats in docs["local"]["methods"].items():
+        other = docs["ray"]["methods"][method]
+        assert stats["n"] == other["n"] == 4
+        for key in ("average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc"):
+            assert other[key] == pytest.approx(stats[key], abs=1e-4), (method, key)
+
+
+def test_a_broken_model_ends_the_ray_run_in_one_line(local_ray, tmp_path, monkeypatch):
+    """An error that ends a local run (non-finite logits) ends a Ray run too, raised on the driver."""
+    from campp_cli import ray_engine
+    from campp_cli.errors import CamppError
+    from campp_cli.inputs import Job
+    from campp_cli.models import load_classifier
+
+    clf = load_classifier("efficientnet_lite0")
+    jobs = [Job(IMAGES / "coffee.png", tmp_path, "coffee", ".jpeg")]
+    model = tmp_path / "nan.pth"
+    import torch
+
+    state = torch.load(clf.weights_source, weights_only=True)
+    state = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v) for k, v in state.items()}
+    torch.save(state, model)
+    broken = load_classifier("efficientnet_lite0", weights=model)
+    with pytest.raises(CamppError, match="non-finite|NaN|nan"):
+        ray_engine.run(jobs, broken)
+    assert not list(tmp_path.glob("coffee*.jpeg"))
+
+
+# --- two nodes -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    _needs_ray()
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    trap = tmp_path_factory.mktemp("trap")
+    os.environ["CAMPP_TEST_RAY_DIE_ONCE"] = str(trap)  # the nodes' processes inherit it
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    yield ray, trap
+    ray.shutdown()
+    cluster.shutdown()
+    del os.environ["CAMPP_TEST_RAY_DIE_ONCE"]
+
+
+def _jobs(photos: Path, out: Path, count: int):
+    from campp_cli.inputs import Job
+
+    return [Job(p, out, p.stem, ".jpeg") for p in sorted(photos.iterdir())[:count]]
+
+
+@pytest.mark.slow
+def test_two_nodes_share_the_work(two_nodes, photos, tmp_path):
+    from campp_cli import ray_engine
+    from campp_cli.models import load_classifier
+    from campp_cli.stages import Options
+
+    ray, _ = two_nodes
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+    clf = load_classifier("efficientnet_lite0")
+    results = []
+    summary = ray_engine.run(_jobs(photos, tmp_path, 16), clf, Options(batch_size=2), results.append, actors=2)
+    assert (summary.done, summary.failed) == (15, 1)
+    assert [Path(r.input).name for r in results] == [f"p{k:02d}.jpg" for k in range(16)]
+    nodes = {node for r in results for node in r.extra.get("nodes", [])}
+    assert nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    for r in results[:15]:
+        assert all(Path(p).stat().st_size > 0 for p in r.outputs)
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_is_retried_and_nothing_is_lost(two_nodes, photos, tmp_path):
+    from campp_cli import images, ray_engine
+    from campp_cli.models import load_classifier
+    from campp_cli.stages import Options
+
+    ray, trap = two_nodes
+    (trap / "armed").write_text("")
+    clf = load_classifier("efficientnet_lite0")
+    results = []
+    summary = ray_engine.run(_jobs(photos, tmp_path, 8), clf, Options(batch_size=4), results.append, actors=2)
+    assert (trap / "fired").exists(), "the trap did not kill a worker"
+    assert (summary.done, summary.failed) == (8, 0)
+    for r in results:
+        assert len(r.outputs) == 5 and all(images.is_complete(p) for p in r.outputs)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".campp-")]  # no journal, no temporary
+
+
+@pytest.mark.slow
+def test_nodes_that_miss_a_path_are_named(two_nodes, tmp_path):
+    from campp_cli import ray_engine
+
+    ray, _ = two_nodes
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    there = tmp_path / "there.txt"
+    there.write_text("x")
+    missing = ray_engine.missing_on_nodes([str(there), str(tmp_path / "gone")], nodes)
+    assert len(missing) == 2 and all(v == [str(tmp_path / "gone")] for v in missing.values())
+    assert ray_engine.missing_on_nodes([str(there)], nodes) == {}
+
+
+@pytest.mark.slow
+def test_the_output_folder_is_checked_on_every_node(two_nodes, photos, tmp_path, monkeypatch):
+    """A node that does not see the output folder: refused in one line before any work."""
+    from campp_cli import ray_engine
+    from campp_cli.errors import UsageError
+
+    ray, _ = two_nodes
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    real = ray_engine.missing_on_nodes
+
+    def one_node_blind(paths, nodes):  # as if the second node mounted nothing: ask it for paths nobody has
+        found = real(paths, nodes[:1])
+        found.update(real([p + ".elsewhere" for p in paths], nodes[1:]))
+        return found
+
+    monkeypatch.setattr(ray_engine, "missing_on_nodes", one_node_blind)
+    with pytest.raises(UsageError, match="does not see .* filesystem every node sees"):
+        ray_engine.check_shared(os.getcwd(), _jobs(photos, tmp_path / "out", 2), nodes)
+    assert not [p for p in (tmp_path / "out").iterdir()]  # the marker is gone
+    shutil.rmtree(tmp_path / "out")
