@@ -4,8 +4,9 @@ For each model: images/s of the local engine and of the Ray engine with 1 and 2 
 photos (synthetic 500 x 375 JPEGs, the size of an ImageNet validation photo), writing the default figures;
 and the cost of starting (and stopping) a local Ray.  The Ray runs share one Ray started beforehand, so they
 count what a run on a running cluster costs (the actors' start and model load included, Ray's own start
-not).  Runs are interleaved (local, ray 1, ray 2, local, ...) and the median is printed.  VGG16 has random
-weights (speed does not depend on them), saved to a temporary file: nothing is downloaded.  Prints JSON.
+not); "running" figures count from the first result to the last: the throughput once the run is going.
+Runs are interleaved (local, ray 1, ray 2, local, ...) and the median is printed.  VGG16 has random weights
+(speed does not depend on them), saved to a temporary file: nothing is downloaded.  Prints JSON.
 """
 
 from __future__ import annotations
@@ -52,16 +53,19 @@ def model(arch: str, scratch: Path):
     return load_classifier(arch, download=False)
 
 
-def timed_run(engine: str, paths: list[Path], clf, out: Path, **settings) -> float:
+def timed_run(engine: str, paths: list[Path], clf, out: Path, **settings) -> tuple[float, float]:
+    """(seconds of the whole run, images/s once running: from the first result to the last)."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     jobs = [Job(p, out, p.stem, ".jpeg") for p in paths]
     run = pipeline.run if engine == "local" else ray_engine.run
+    stamps: list[float] = []
     start = time.perf_counter()
-    summary = run(jobs, clf, Options(), **settings)
+    summary = run(jobs, clf, Options(), lambda r: stamps.append(time.perf_counter()), **settings)
     seconds = time.perf_counter() - start
     assert summary.done == len(paths), summary
-    return seconds
+    # Results are reported in input order, a batch at a time: the first batch's wait is the start-up.
+    return seconds, (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
 def main() -> None:
@@ -91,17 +95,21 @@ def main() -> None:
         for arch in args.archs.split(","):
             clf = model(arch, scratch)
             timed_run("local", paths[:8], clf, scratch / "warm")  # first-call costs out of the figures
-            times: dict[str, list[float]] = {name: [] for name in contenders}
+            times: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
             for _ in range(args.repeats):
                 for name, (engine, settings) in contenders.items():
                     times[name].append(timed_run(engine, paths, clf, scratch / "out", **settings))
-            local = statistics.median(times["local"])
-            report["models"][arch] = {
-                name: {"seconds": round(statistics.median(t), 2),
-                       "images_per_second": round(args.images / statistics.median(t), 2),
-                       "vs_local": round(local / statistics.median(t), 2),
-                       "runs": [round(x, 2) for x in t]}
-                for name, t in times.items()}
+            local = statistics.median(t for t, _ in times["local"])
+            local_rate = statistics.median(r for _, r in times["local"])
+            report["models"][arch] = {}
+            for name, runs in times.items():
+                seconds = statistics.median(t for t, _ in runs)
+                rate = statistics.median(r for _, r in runs)
+                report["models"][arch][name] = {
+                    "seconds": round(seconds, 2), "images_per_second": round(args.images / seconds, 2),
+                    "vs_local": round(local / seconds, 2),
+                    "running_images_per_second": round(rate, 2), "running_vs_local": round(rate / local_rate, 2),
+                    "runs": [[round(t, 2), round(r, 2)] for t, r in runs]}
             print(json.dumps({arch: report["models"][arch]}), flush=True)
         ray.shutdown()
         print(json.dumps(report, indent=2))

@@ -10,16 +10,20 @@ import csv
 import io
 import json
 import platform
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
-from . import __version__, images, metrics
-from .cam import Explanation
+from . import __version__, images
 from .methods import title
-from .models import Classifier
 from .stages import Command, ExplainedRow, Options, Result, result_of
+
+if TYPE_CHECKING:  # the command is unpickled where rows are written: torch is imported where the model runs
+    import torch
+
+    from .cam import Explanation
+    from .models import Classifier
 
 DEFAULT_STEPS = 16
 
@@ -33,6 +37,8 @@ class EvaluateCommand(Command):
         self.steps = steps
 
     def extras(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
+        from . import metrics
+
         y = expl.probs[np.arange(len(expl.classes)), expl.classes]  # from the explaining pass
         scored = {m: metrics.score_batch(clf.module, clf.preprocessing, rgb01, maps, expl.classes, self.steps, y=y)
                   for m, maps in expl.maps.items()}
@@ -46,12 +52,18 @@ class EvaluateCommand(Command):
 
 def summarise(results: list[Result], methods, resamples: int = 2000) -> dict:
     """{method: n, metrics and 95 % intervals} over the images that were scored."""
+    from . import metrics
+
     scored = [r for r in results if "scores" in r.extra]
     return {m: metrics.summarise([r.extra["scores"][m] for r in scored], resamples) for m in methods}
 
 
 def report(results: list[Result], clf: Classifier, options: Options, steps: int, failed: int) -> dict:
     """The --json document."""
+    import torch
+
+    from . import metrics
+
     return {
         "methods": summarise(results, options.methods),
         "model": clf.arch,

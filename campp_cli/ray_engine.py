@@ -29,17 +29,15 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import ray
 import ray.data
-import torch
 
 from .errors import CamppError, UsageError
 from .inputs import Job
 from .methods import parse_methods
-from .models import Classifier
 from .stages import (
     ClassifyCommand,
     Command,
@@ -55,6 +53,9 @@ from .stages import (
     finish,
     guarded,
 )
+
+if TYPE_CHECKING:
+    from .models import Classifier
 
 #: A test hook: when this names a folder holding a file ``armed``, the first finishing task to rename it to
 #: ``fired`` kills its own worker process, as a crashed node would (tests/test_ray.py).
@@ -175,7 +176,7 @@ def _drive(todo: list[Job], clf: Classifier, options: Options, command: Command,
         check_shared(cwd, todo, nodes)
     on_passes = options.on_passes
     shipped = _shippable(options)
-    batch_size = options.batch_size or default_batch_size(torch.device(_device(gpus_per_actor)))
+    batch_size = options.batch_size or default_batch_size(_device(gpus_per_actor))
     threads = max(1, (os.cpu_count() or 1) * max(1, len(nodes)) // actors) if gpus_per_actor == 0 else None
     model = dict(arch=clf.arch, weights=str(Path(clf.weights_source).absolute()), layer=clf.layer,
                  device=_device(gpus_per_actor), threads=threads)

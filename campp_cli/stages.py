@@ -18,18 +18,21 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 
 from . import images
-from .cam import Explanation, explain, guided_backprop, top_classes
 from .errors import CamppError, InputError, ModelError, OutputError, UsageError
 from .inputs import Job
 from .methods import DEFAULT_METHODS, get_method
-from .models import Classifier
 from .settings import DEFAULT_SCORE_BATCH
+
+if TYPE_CHECKING:  # torch is imported where the model runs, not where rows are decoded or written
+    import torch
+
+    from .cam import Explanation
+    from .models import Classifier
 
 
 @dataclass
@@ -150,12 +153,14 @@ def check_label(clf: Classifier, label: int) -> None:
         raise UsageError(f"-l {label}: out of range; {clf.arch} has classes 0..{len(clf.categories) - 1}")
 
 
-def default_batch_size(device: torch.device) -> int:
+def default_batch_size(device: "torch.device | str") -> int:
     """Big enough to keep the device busy, small enough for memory (VGG16 at 224: ~0.1 GB an image on CUDA)."""
-    return 32 if device.type == "cuda" else 8
+    return 32 if getattr(device, "type", str(device)).startswith("cuda") else 8
 
 
 def _to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    import torch
+
     x = torch.from_numpy(batch)
     if device.type == "cuda":  # pinned host memory lets the copy overlap the GPU's work
         return x.pin_memory().to(device, non_blocking=True)
@@ -187,6 +192,8 @@ class ExplainedRow:
         return float(self.probs[self.class_index])
 
     def top(self, k: int = 5) -> list[tuple[int, float]]:
+        from .cam import top_classes
+
         return top_classes(self.probs, k)
 
 
@@ -203,6 +210,8 @@ def decode(job: Job, size: int, options: Options, display: bool,
 
 def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, command: "Command") -> list[ExplainedRow]:
     """Stage 2: one batch through the model: every requested map, then what the command adds."""
+    from .cam import explain
+
     rgb01 = _to_device(np.stack([r.model_input for r in rows]), clf.device)
     try:
         expl = explain(clf.module, clf.layer, clf.preprocessing(rgb01), classes=options.label,
@@ -265,6 +274,8 @@ class ClassifyCommand(Command):
     def extras(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
         if not self.options.guided:
             return super().extras(clf, rgb01, expl)
+        from .cam import guided_backprop
+
         return list(guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing))
 
     def finish(self, row: ExplainedRow, categories: list[str]) -> "Result":
