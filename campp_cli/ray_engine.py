@@ -117,8 +117,8 @@ def connect(address: str | None, actors: int | None = None) -> bool:
         ray.shutdown()  # joined elsewhere before (a notebook): the address given wins
     if address is None:
         cores = os.cpu_count() or 1
-        # Logical CPUs: the model actors take one each; decoding and writing tasks get the cores beside them.
-        ray.init(num_cpus=cores + (actors or 1), **kwargs)
+        # Logical CPUs: the model actors take one each; decoding and writing tasks (half a CPU each) one per core.
+        ray.init(num_cpus=(actors or 1) + max(1, cores // 2), **kwargs)
         _quiet_data()
         return True
     _check_reachable(address)
@@ -172,14 +172,14 @@ def _drive(todo: list[Job], clf: Classifier, options: Options, command: Command,
         raise UsageError(f"--actors {actors} x --gpus-per-actor {gpus_per_actor:g} needs {actors * gpus_per_actor:g} "
                          f"GPUs; the cluster has {gpus:g}")
     cwd = os.getcwd()
+    weights = str(Path(clf.weights_source).absolute())
     if len(nodes) > 1:
-        check_shared(cwd, todo, nodes)
+        check_shared(cwd, todo, nodes, also=[weights])
     on_passes = options.on_passes
     shipped = _shippable(options)
     batch_size = options.batch_size or default_batch_size(_device(gpus_per_actor))
     threads = max(1, (os.cpu_count() or 1) * max(1, len(nodes)) // actors) if gpus_per_actor == 0 else None
-    model = dict(arch=clf.arch, weights=str(Path(clf.weights_source).absolute()), layer=clf.layer,
-                 device=_device(gpus_per_actor), threads=threads)
+    model = dict(arch=clf.arch, weights=weights, layer=clf.layer, device=_device(gpus_per_actor), threads=threads)
 
     items = [{"i": i, "job": pickle.dumps(job)} for i, job in enumerate(todo)]
     blocks = max(1, min(len(items), math.ceil(len(items) / batch_size)))
@@ -219,9 +219,9 @@ def _shippable(options: Options) -> Options:
     return copy
 
 
-def check_shared(cwd: str, jobs: list[Job], nodes: list[dict]) -> None:
-    """On a multi-node cluster: refuse when a node cannot see the working folder, the first input or the
-    output folder (a marker written here must be visible there)."""
+def check_shared(cwd: str, jobs: list[Job], nodes: list[dict], also: list[str] = ()) -> None:
+    """On a multi-node cluster: refuse when a node cannot see the working folder, the first input, the
+    output folder (a marker written here must be visible there) or ``also`` (the weights)."""
     folders = sorted({str((job.root or job.out_dir).absolute()) for job in jobs if job.error is None})
     marker_name = f".campp-shared-{uuid.uuid4().hex}"
     markers = []
@@ -232,7 +232,7 @@ def check_shared(cwd: str, jobs: list[Job], nodes: list[dict]) -> None:
             marker.touch()
             markers.append(str(marker))
         first = next((str(Path(job.source).absolute()) for job in jobs if job.error is None), None)
-        wanted = [cwd] + ([first] if first else []) + markers
+        wanted = [cwd] + ([first] if first else []) + list(also) + markers
         missing = missing_on_nodes(wanted, nodes)
     finally:
         for marker in markers:
