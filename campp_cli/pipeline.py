@@ -14,7 +14,6 @@ from typing import Callable
 
 from . import images
 from .inputs import Job, output_stem, prepare_output_dir  # noqa: F401 (re-exported)
-from .methods import parse_methods
 from .models import Classifier
 from .settings import DEFAULT_OUTPUT
 from .stages import (  # noqa: F401 (re-exported)
@@ -31,6 +30,7 @@ from .stages import (  # noqa: F401 (re-exported)
     explain_rows,
     finish,
     guarded,
+    prepare,
     render,
     to_batch,
     write_outputs,
@@ -49,10 +49,7 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
     and a broken model (non-finite logits) end it.  Results are reported in
     input order.  ``command`` says what to add (default: classify); the stages are in :mod:`campp_cli.stages`.
     """
-    options = options or Options()
-    options.methods = parse_methods(options.methods)
-    command = command or ClassifyCommand(options)
-    check_label(clf, options.label)
+    options, command = prepare(clf, options, command)
     batch_size = options.batch_size or default_batch_size(clf.device)
     tally = Tally(on_result)
     record = tally.record

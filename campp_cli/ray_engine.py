@@ -35,24 +35,9 @@ import numpy as np
 import ray
 import ray.data
 
+from . import stages
 from .errors import CamppError, UsageError
 from .inputs import Job
-from .methods import parse_methods
-from .stages import (
-    ClassifyCommand,
-    Command,
-    Options,
-    Result,
-    Summary,
-    Tally,
-    begin,
-    check_label,
-    decode,
-    default_batch_size,
-    explain_rows,
-    finish,
-    guarded,
-)
 
 if TYPE_CHECKING:
     from .models import Classifier
@@ -62,10 +47,10 @@ if TYPE_CHECKING:
 DIE_ONCE_ENV = "CAMPP_TEST_RAY_DIE_ONCE"
 
 
-def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
-        on_result: Callable[[Result], None] | None = None, command: Command | None = None, *,
+def run(jobs: list[Job], clf: Classifier, options: stages.Options | None = None,
+        on_result: Callable[[stages.Result], None] | None = None, command: stages.Command | None = None, *,
         ray_address: str | None = None, actors: int | None = None,
-        gpus_per_actor: float | None = None) -> Summary:
+        gpus_per_actor: float | None = None) -> stages.Summary:
     """Explain every job on Ray; the same results, files and order as :func:`campp_cli.pipeline.run`.
 
     ``ray_address``: a running cluster (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``); default
@@ -73,19 +58,16 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
     the run and stopped after it.  ``actors``: model actors (default: one per GPU, or one per node
     without GPUs).  ``gpus_per_actor``: default 1 when the cluster has GPUs, else 0.
     """
-    options = options or Options()
-    options.methods = parse_methods(options.methods)
-    command = command or ClassifyCommand(options)
-    check_label(clf, options.label)
+    options, command = stages.prepare(clf, options, command)
     if actors is not None and actors < 1:
         raise UsageError(f"--actors {actors}: give at least 1")
     if gpus_per_actor is not None and gpus_per_actor < 0:
         raise UsageError(f"--gpus-per-actor {gpus_per_actor}: give 0 or more")
-    tally = Tally(on_result)
+    tally = stages.Tally(on_result)
     started = connect(ray_address, actors)
     try:
         start = time.perf_counter()
-        todo = begin(jobs, command, tally)
+        todo = stages.begin(jobs, command, tally)
         if todo:
             _drive(todo, clf, options, command, tally, actors, gpus_per_actor)
         tally.summary.seconds = time.perf_counter() - start
@@ -159,8 +141,8 @@ def _first_line(exc: BaseException) -> str:
 
 # --- the dataset -----------------------------------------------------------------------------------------
 
-def _drive(todo: list[Job], clf: Classifier, options: Options, command: Command, tally: Tally,
-           actors: int | None, gpus_per_actor: float | None) -> None:
+def _drive(todo: list[Job], clf: Classifier, options: stages.Options, command: stages.Command,
+           tally: stages.Tally, actors: int | None, gpus_per_actor: float | None) -> None:
     resources = ray.cluster_resources()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     gpus = resources.get("GPU", 0)
@@ -177,7 +159,7 @@ def _drive(todo: list[Job], clf: Classifier, options: Options, command: Command,
         check_shared(cwd, todo, nodes, also=[weights])
     on_passes = options.on_passes
     shipped = _shippable(options)
-    batch_size = options.batch_size or default_batch_size(_device(gpus_per_actor))
+    batch_size = options.batch_size or stages.default_batch_size(_device(gpus_per_actor))
     threads = max(1, (os.cpu_count() or 1) * max(1, len(nodes)) // actors) if gpus_per_actor == 0 else None
     model = dict(arch=clf.arch, weights=weights, layer=clf.layer, device=_device(gpus_per_actor), threads=threads)
 
@@ -212,9 +194,9 @@ def _device(gpus_per_actor: float) -> str:
     return "cuda" if gpus_per_actor > 0 else "cpu"
 
 
-def _shippable(options: Options) -> Options:
+def _shippable(options: stages.Options) -> stages.Options:
     """The options without what cannot leave this process (the progress callback)."""
-    copy = Options(**vars(options))
+    copy = stages.Options(**vars(options))
     copy.on_passes = None
     return copy
 
@@ -272,18 +254,18 @@ def _enter(cwd: str) -> None:
                              f"{cwd} ({exc.strerror or exc}): use a filesystem every node sees") from None
 
 
-def _decode(row: dict, cwd: str, size: int, options: Options, draws: bool) -> dict:
+def _decode(row: dict, cwd: str, size: int, options: stages.Options, draws: bool) -> dict:
     """CPU task: a job -> a DecodedRow, or the image's failed Result."""
     _enter(cwd)
     job: Job = pickle.loads(row["job"])
-    out = guarded(decode, job.source, job, size, options, draws)
+    out = stages.guarded(stages.decode, job.source, job, size, options, draws)
     return {"i": row["i"], "row": pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)}
 
 
 class _Explainer:
     """Actor: the model, loaded once with campp's loader; batches of DecodedRows -> ExplainedRows."""
 
-    def __init__(self, cwd: str, model: dict, options: Options, command: Command):
+    def __init__(self, cwd: str, model: dict, options: stages.Options, command: stages.Command):
         import torch
 
         from .models import load_classifier
@@ -311,15 +293,15 @@ class _Explainer:
         n = len(rows)
         if self.fatal is not None:
             return _fatal(batch, self.fatal)
-        decoded = [r for r in rows if not isinstance(r, Result)]
+        decoded = [r for r in rows if not isinstance(r, stages.Result)]
         self.passes = 0
         try:
-            explained = iter(explain_rows(decoded, self.clf, self.options, self.command)) if decoded else iter(())
+            explained = iter(stages.explain_rows(decoded, self.clf, self.options, self.command) if decoded else ())
         except CamppError as exc:  # a broken model ends the run, as with the local engine
             return _fatal(batch, pickle.dumps(exc))
-        out = [r if isinstance(r, Result) else next(explained) for r in rows]
+        out = [r if isinstance(r, stages.Result) else next(explained) for r in rows]
         for r in out:
-            if not isinstance(r, Result):
+            if not isinstance(r, stages.Result):
                 r.node = self.node
         passes = [self.passes] + [0] * (n - 1)
         return {"i": batch["i"], "row": _objects(pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in out),
@@ -340,16 +322,16 @@ def _objects(items) -> np.ndarray:
     return out
 
 
-def _finish(row: dict, cwd: str, categories: list[str], command: Command) -> dict:
+def _finish(row: dict, cwd: str, categories: list[str], command: stages.Command) -> dict:
     """CPU task: an ExplainedRow -> its files written and its Result (a failed Result passes through)."""
     _enter(cwd)
     item = pickle.loads(row["row"])
     fatal = row.get("fatal")
-    if isinstance(item, Result) or (fatal is not None and len(fatal)):
+    if isinstance(item, stages.Result) or (fatal is not None and len(fatal)):
         result = item
     else:
         _die_once_for_tests()
-        result = guarded(finish, item.job.source, item, categories, command)
+        result = stages.guarded(stages.finish, item.job.source, item, categories, command)
         result.extra["nodes"] = sorted({getattr(item, "node", ""), ray.get_runtime_context().get_node_id()})
     return {"i": row["i"], "result": pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL),
             "passes": row["passes"], "fatal": fatal if fatal is not None else b""}

@@ -25,7 +25,7 @@ import numpy as np
 from . import images
 from .errors import CamppError, InputError, ModelError, OutputError, UsageError
 from .inputs import Job
-from .methods import DEFAULT_METHODS, get_method
+from .methods import DEFAULT_METHODS, get_method, parse_methods
 from .settings import DEFAULT_SCORE_BATCH
 
 if TYPE_CHECKING:  # torch is imported where the model runs, not where rows are decoded or written
@@ -101,6 +101,15 @@ class Summary:
     def line(self) -> str:
         return (f"campp: {self.done} done, {self.skipped} skipped, {self.failed} failed in {self.seconds:.1f} s "
                 f"({self.images_per_second:.2f} images/s)")
+
+
+def prepare(clf: Classifier, options: Options | None, command: "Command | None") -> tuple[Options, "Command"]:
+    """What every engine checks first: the methods named, the command (default: classify), the label."""
+    options = options or Options()
+    options.methods = parse_methods(options.methods)
+    command = command or ClassifyCommand(options)
+    check_label(clf, options.label)
+    return options, command
 
 
 class Tally:
