@@ -334,6 +334,9 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
 @model_options
 @click.option("--steps", type=click.IntRange(2, 4096), default=16, show_default=True,
               help="Deletion/insertion steps (each costs a forward pass per image and method).")
+@click.option("--eval-batch", type=click.IntRange(1, 65536), default=None, metavar="N",
+              help="Perturbed images per forward pass, across images, steps and methods. Default: 32 on the "
+                   "CPU, 256 on CUDA.")
 @click.option("--json", "json_path", default=None, metavar="FILE", help="Write the summary as JSON.")
 @click.option("--csv", "csv_path", default=None, metavar="FILE", help="Write one row per image and method.")
 @click.option("--plot", "plot_path", default=None, metavar="FILE.png",
@@ -341,7 +344,8 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
 @run_options
 @engine_options
 def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, methods, score_batch, offline, steps,
-             json_path, csv_path, plot_path, batch_size, workers, quiet, max_pixels, engine, **settings) -> None:
+             eval_batch, json_path, csv_path, plot_path, batch_size, workers, quiet, max_pixels, engine,
+             **settings) -> None:
     """Faithfulness of each method (default Grad-CAM and Grad-CAM++) on your model and images.
 
     \b
@@ -388,9 +392,12 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, method
         results.append(result)
 
     summary = _run_with_progress((run, settings), jobs, clf, options, on_result, bar,
-                                 command=ev.EvaluateCommand(steps))
+                                 command=ev.EvaluateCommand(steps, eval_batch))
     document = ev.report(results, clf, options, steps, summary.failed)
     _echo(ev.format_table(document["methods"]), block=True)
+    wins = ev.format_wins(document["win_percent"])
+    if wins:
+        _echo("\n" + wins, block=True)
     if json_path:
         write_atomic(json_path, ev.json_bytes(document))
     if csv_path:
@@ -398,6 +405,8 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, method
     if plot_path:
         write_atomic(plot_path, ev.plot_png(results))
     if not quiet:
+        _say(f"campp: {document['forward_passes_per_image']} forward passes per image for the metrics "
+             f"(O, and deletion and insertion steps, of {len(methods)} methods)")
         _say(summary.line())
     if summary.failed:
         sys.exit(EXIT_FAILURE)

@@ -33,21 +33,27 @@ class EvaluateCommand(Command):
 
     draws = False
 
-    def __init__(self, steps: int = DEFAULT_STEPS):
+    def __init__(self, steps: int = DEFAULT_STEPS, eval_batch: int | None = None):
         self.steps = steps
+        self.eval_batch = eval_batch  # None: default_eval_batch(device)
 
     def extras(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
         from . import metrics
 
         y = expl.probs[np.arange(len(expl.classes)), expl.classes]  # from the explaining pass
-        scored = {m: metrics.score_batch(clf.module, clf.preprocessing, rgb01, maps, expl.classes, self.steps, y=y)
-                  for m, maps in expl.maps.items()}
+        scored = metrics.score_all(clf.module, clf.preprocessing, rgb01, expl.maps, expl.classes, self.steps, y,
+                                   self.eval_batch or default_eval_batch(rgb01.device))
         return [{m: s[i] for m, s in scored.items()} for i in range(len(expl.classes))]
 
     def finish(self, row: ExplainedRow, categories: list[str]) -> Result:
         result = result_of(row, categories, [])
         result.extra["scores"] = row.extra
         return result
+
+
+def default_eval_batch(device) -> int:
+    """Perturbed images per forward pass: a GPU wants hundreds; on a CPU more than a few dozen gains nothing."""
+    return 256 if getattr(device, "type", str(device)).startswith("cuda") else 32
 
 
 def summarise(results: list[Result], methods, resamples: int = 2000) -> dict:
@@ -58,6 +64,16 @@ def summarise(results: list[Result], methods, resamples: int = 2000) -> dict:
     return {m: metrics.summarise([r.extra["scores"][m] for r in scored], resamples) for m in methods}
 
 
+def win_matrix(results: list[Result], methods) -> dict[str, dict[str, float]]:
+    """Win % of every method against every other, over the images that were scored."""
+    from . import metrics
+
+    scored = [r for r in results if "scores" in r.extra]
+    drops = {m: [max(0.0, r.extra["scores"][m].y - r.extra["scores"][m].o) / r.extra["scores"][m].y
+                 for r in scored] for m in methods}
+    return metrics.win_percent(drops)
+
+
 def report(results: list[Result], clf: Classifier, options: Options, steps: int, failed: int) -> dict:
     """The --json document."""
     import torch
@@ -66,11 +82,13 @@ def report(results: list[Result], clf: Classifier, options: Options, steps: int,
 
     return {
         "methods": summarise(results, options.methods),
+        "win_percent": win_matrix(results, options.methods),
         "model": clf.arch,
         "layer": clf.layer,
         "variant": options.variant,
         "label": options.label,
         "steps": steps,
+        "forward_passes_per_image": metrics.passes_per_image(len(options.methods), steps),
         "deletion_baseline": "black (0 in RGB [0,1])",
         "insertion_baseline": f"Gaussian blur, kernel {metrics.BLUR_KERNEL}, sigma {metrics.BLUR_SIGMA} at 224 px",
         "images": sum(1 for r in results if "scores" in r.extra),
@@ -98,6 +116,17 @@ def format_table(summary: dict) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines) + "\n(95 % bootstrap intervals over images in brackets)"
+
+
+def format_wins(wins: dict[str, dict[str, float]]) -> str:
+    """The Win % matrix: row X, column Z = % of images where X's drop in confidence is lower than Z's."""
+    methods = list(wins)
+    if len(methods) < 2:
+        return ""
+    head = ["Win % (row beats column)"] + [title(m) for m in methods]
+    rows = [head] + [[title(x)] + ["-" if x == z else f"{wins[x][z]:.1f}" for z in methods] for x in methods]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def csv_bytes(results: list[Result]) -> bytes:

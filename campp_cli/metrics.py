@@ -5,6 +5,9 @@
   normalisation) is shown to the model; Y is the probability of the explained
   class on the image, O on E.  Average Drop % = 100 mean(max(0, Y - O) / Y);
   Increase in Confidence % = 100 x share of images with O > Y.
+* Win % (the paper's Section 4.1 (iii)): for methods X and Z, 100 x the share of
+  images where X's drop in confidence max(0, Y - O) / Y is lower than Z's,
+  ties counting half to each (so win[X][Z] + win[Z][X] = 100).
 * Deletion and insertion (RISE, Petsiuk et al. 2018): pixels are removed (set
   to a baseline, black) or inserted (into a blurred copy) in decreasing order of
   the map, in ``steps`` equal steps; the probability of the class after each
@@ -57,6 +60,23 @@ def increase_in_confidence(y: np.ndarray, o: np.ndarray) -> float:
     return float(100.0 * np.mean(np.asarray(o) > np.asarray(y)))
 
 
+def win_percent(drops: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Pairwise Win %: ``{X: {Z: 100 x share of images where X's drop < Z's, ties half}}`` for X != Z.
+
+    ``drops[m]``: each image's drop in confidence max(0, Y - O) / Y for method m, the images in one order.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for x, dx in drops.items():
+        out[x] = {}
+        for z, dz in drops.items():
+            if x == z:
+                continue
+            dx_, dz_ = np.asarray(dx, np.float64), np.asarray(dz, np.float64)
+            wins = np.sum(dx_ < dz_) + 0.5 * np.sum(dx_ == dz_)
+            out[x][z] = float(100.0 * wins / len(dx_)) if len(dx_) else float("nan")
+    return out
+
+
 def auc(curve: np.ndarray) -> np.ndarray:
     """Area under curves sampled at 0, 1/steps, ..., 1 (trapezoids); (..., steps + 1) -> (...)."""
     curve = np.asarray(curve, np.float64)
@@ -78,26 +98,6 @@ def _orders(maps_up: np.ndarray) -> np.ndarray:
     """Pixel indices per image, most important first (ties: lower index first, deterministic)."""
     flat = maps_up.reshape(maps_up.shape[0], -1)
     return np.argsort(-flat, axis=1, kind="stable")
-
-
-def perturbation_curves(model: torch.nn.Module, preprocess, rgb01: torch.Tensor, maps_up: np.ndarray,
-                        classes: torch.Tensor, steps: int, start: torch.Tensor, end: torch.Tensor) -> np.ndarray:
-    """Probability of each image's class as its pixels go from ``start`` to ``end`` in map order.
-
-    Step k shows ``end`` at the round(k/steps x H x W) most important pixels and
-    ``start`` elsewhere.  Returns (N, steps + 1).
-    """
-    n, _, h, w = rgb01.shape
-    orders = torch.from_numpy(_orders(maps_up)).to(rgb01.device)
-    ranks = torch.empty_like(orders)  # rank of each pixel in the map's order
-    ranks.scatter_(1, orders, torch.arange(h * w, device=rgb01.device).expand(n, -1))
-    counts = torch.tensor([round(k * h * w / steps) for k in range(steps + 1)], device=rgb01.device)
-    curves = np.zeros((n, steps + 1))
-    for i in range(n):
-        masks = (ranks[i][None, :] < counts[:, None]).to(rgb01.dtype).view(steps + 1, 1, h, w)
-        frames = start[i][None] * (1 - masks) + end[i][None] * masks
-        curves[i] = class_probability(model, preprocess, frames, classes[i].repeat(steps + 1))
-    return curves
 
 
 @dataclass
@@ -122,27 +122,90 @@ class ImageScores:
         return float(auc(self.insertion))
 
 
+def passes_per_image(methods: int, steps: int) -> int:
+    """Forward passes :func:`score_all` runs per image: the black and the blurred image (shared by every
+    method), and per method O and the deletion and insertion steps 1..steps-1 (step 0 of deletion and the
+    last of insertion are the image itself, whose probability the explaining pass gave)."""
+    return 2 + methods * (2 * steps - 1)
+
+
+def score_all(model: torch.nn.Module, preprocess: Callable, rgb01: torch.Tensor, maps: dict[str, np.ndarray],
+              classes: np.ndarray, steps: int, y: np.ndarray, eval_batch: int = 32,
+              deletion_baseline: Callable[[torch.Tensor], torch.Tensor] = torch.zeros_like,
+              insertion_baseline: Callable[[torch.Tensor], torch.Tensor] = blurred) -> dict[str, list[ImageScores]]:
+    """Every metric of every method's low-resolution maps for one batch of images.
+
+    All the perturbed images (O, deletion and insertion steps, across images and methods) go through the
+    model in batches of ``eval_batch`` under ``torch.inference_mode``; see :func:`passes_per_image`.
+    ``y``: the class probabilities on the images, from the explaining pass.
+    """
+    n, _, h, w = rgb01.shape
+    names = list(maps)
+    cls = torch.as_tensor(classes, dtype=torch.long, device=rgb01.device)
+    black, blur = deletion_baseline(rgb01), insertion_baseline(rgb01)
+    ups = {m: upsample_maps(maps[m], h) for m in names}
+    ranks = {}
+    for m in names:
+        orders = torch.from_numpy(_orders(ups[m])).to(rgb01.device)
+        r = torch.empty_like(orders)
+        r.scatter_(1, orders, torch.arange(h * w, device=rgb01.device).expand(n, -1))
+        ranks[m] = r
+    counts = [round(k * h * w / steps) for k in range(steps + 1)]
+
+    # Every frame as (key, image, builder); keys: ("black",), ("blur",), (m, "o"), (m, "del", k), (m, "ins", k).
+    def frame(spec) -> torch.Tensor:
+        key, i = spec
+        if key == ("black",):
+            return black[i]
+        if key == ("blur",):
+            return blur[i]
+        m = key[0]
+        if key[1] == "o":
+            return rgb01[i] * torch.from_numpy(ups[m][i]).to(rgb01.device, rgb01.dtype)[None]
+        mask = (ranks[m][i] < counts[key[2]]).to(rgb01.dtype).view(1, h, w)
+        if key[1] == "del":
+            return rgb01[i] * (1 - mask) + black[i] * mask
+        return blur[i] * (1 - mask) + rgb01[i] * mask
+
+    specs = [(("black",), i) for i in range(n)] + [(("blur",), i) for i in range(n)]
+    for m in names:
+        specs += [((m, "o"), i) for i in range(n)]
+        specs += [((m, kind, k), i) for kind in ("del", "ins") for k in range(1, steps) for i in range(n)]
+    probs: dict = {}
+    with torch.inference_mode():
+        for start in range(0, len(specs), eval_batch):
+            chunk = specs[start:start + eval_batch]
+            frames = torch.stack([frame(spec) for spec in chunk])
+            logits = model(preprocess(frames)).float()
+            idx = torch.tensor([i for _, i in chunk], device=rgb01.device)
+            p = torch.softmax(logits, dim=1).gather(1, cls[idx][:, None]).squeeze(1).cpu().numpy()
+            probs.update({spec: float(v) for spec, v in zip(chunk, p)})
+    out = {}
+    for m in names:
+        scores = []
+        for i in range(n):
+            yi = float(y[i])
+            deletion = [yi] + [probs[((m, "del", k), i)] for k in range(1, steps)] + [probs[(("black",), i)]]
+            insertion = [probs[(("blur",), i)]] + [probs[((m, "ins", k), i)] for k in range(1, steps)] + [yi]
+            scores.append(ImageScores(yi, probs[((m, "o"), i)], np.array(deletion), np.array(insertion)))
+        out[m] = scores
+    return out
+
+
 def score_batch(model: torch.nn.Module, preprocess: Callable, rgb01: torch.Tensor, maps: np.ndarray,
                 classes: np.ndarray, steps: int,
                 deletion_baseline: Callable[[torch.Tensor], torch.Tensor] = torch.zeros_like,
                 insertion_baseline: Callable[[torch.Tensor], torch.Tensor] = blurred,
-                y: np.ndarray | None = None) -> list[ImageScores]:
-    """Every metric for one method's low-resolution ``maps`` of a batch.
+                y: np.ndarray | None = None, eval_batch: int = 32) -> list[ImageScores]:
+    """Every metric for one method's low-resolution ``maps`` of a batch (see :func:`score_all`).
 
     ``y``: the class probabilities on the images, when the explaining pass has them already.
     """
-    size = rgb01.shape[-1]
-    maps_up = upsample_maps(maps, size)
     cls = torch.as_tensor(classes, dtype=torch.long, device=rgb01.device)
     if y is None:
         y = class_probability(model, preprocess, rgb01, cls)
-    explained = rgb01 * torch.from_numpy(maps_up).to(rgb01.device, rgb01.dtype)[:, None]
-    o = class_probability(model, preprocess, explained, cls)
-    deletion = perturbation_curves(model, preprocess, rgb01, maps_up, cls, steps,
-                                   start=rgb01, end=deletion_baseline(rgb01))
-    insertion = perturbation_curves(model, preprocess, rgb01, maps_up, cls, steps,
-                                    start=insertion_baseline(rgb01), end=rgb01)
-    return [ImageScores(float(y[i]), float(o[i]), deletion[i], insertion[i]) for i in range(len(classes))]
+    return score_all(model, preprocess, rgb01, {"m": maps}, classes, steps, y, eval_batch,
+                     deletion_baseline, insertion_baseline)["m"]
 
 
 def bootstrap_ci(values: np.ndarray, statistic: Callable[[np.ndarray], float], resamples: int = 2000,

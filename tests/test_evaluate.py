@@ -92,6 +92,85 @@ def test_blurred_baseline_keeps_a_flat_image_flat_and_blurs_an_edge():
     assert float(out[0, 0, 100, 10]) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_win_percent_closed_form_with_ties():
+    """Paper Sec. 4.1 (iii): X wins an image when its drop in confidence is lower; a tie is half a win each."""
+    y = np.array([0.8, 0.5, 0.4, 0.9, 0.6])
+    o_x = np.array([0.4, 0.5, 0.5, 0.3, 0.1])  # drops 0.5, 0, 0 (O > Y), 2/3, 5/6
+    o_z = np.array([0.6, 0.1, 0.4, 0.3, 0.1])  # drops 0.25, 0.8, 0, 2/3, 5/6
+    drop = {k: np.maximum(0, y - o) / y for k, o in (("x", o_x), ("z", o_z))}
+    wins = metrics.win_percent(drop)
+    # x loses image 0, wins image 1, ties images 2, 3, 4: (1 + 3 / 2) / 5
+    assert wins["x"]["z"] == pytest.approx(50.0)
+    assert wins["z"]["x"] == pytest.approx(50.0)
+    drop["w"] = np.zeros(5)  # never drops: wins wherever the other drops, ties where it does not
+    wins = metrics.win_percent(drop)
+    assert wins["w"]["x"] == pytest.approx(100 * (3 + 2 * 0.5) / 5)
+    assert wins["w"]["z"] == pytest.approx(100 * (4 + 1 * 0.5) / 5)
+    for a in wins:
+        assert a not in wins[a]
+        for b in wins[a]:
+            assert wins[a][b] + wins[b][a] == pytest.approx(100.0)
+
+
+def _reference_curves(model, image, cam, cls, steps, start, end):
+    """RISE's curve for one image, one frame at a time: step k shows ``end`` at the k/steps most important
+    pixels of the bilinearly upsampled map (ties: lower index first) and ``start`` elsewhere."""
+    import cv2
+
+    size = image.shape[-1]
+    up = np.clip(cv2.resize(cam.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR), 0, 1)
+    order = np.argsort(-up.ravel(), kind="stable")
+    curve = []
+    for k in range(steps + 1):
+        mask = np.zeros(size * size, np.float32)
+        mask[order[:round(k * size * size / steps)]] = 1
+        mask = torch.from_numpy(mask.reshape(1, size, size))
+        frame = start * (1 - mask) + end * mask
+        with torch.no_grad():
+            curve.append(torch.softmax(model(frame[None]), 1)[0, cls].item())
+    return np.array(curve), up
+
+
+def test_batched_scores_equal_one_frame_at_a_time_and_count_their_passes():
+    """score_all batches frames across images, steps and methods; every number equals a plain loop, whatever
+    the batch size, and the model sees exactly passes_per_image frames per image, never more than asked."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(16, 5)).eval()
+    rng = np.random.default_rng(1)
+    images = torch.from_numpy(rng.random((3, 3, 12, 12)).astype(np.float32))
+    maps = {"a": rng.random((3, 3, 3)).astype(np.float32), "b": rng.random((3, 3, 3)).astype(np.float32)}
+    classes = np.array([0, 3, 4])
+    with torch.no_grad():
+        y = torch.softmax(model(images), 1)[torch.arange(3), torch.as_tensor(classes)].numpy()
+    steps = 5
+    seen: list[int] = []
+    hook = model[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    results = {}
+    try:
+        for b in (1, 7, 1000):
+            seen.clear()
+            results[b] = metrics.score_all(model, identity, images, maps, classes, steps, y, eval_batch=b)
+            # black and blurred images, then per method O and steps 1..steps-1 of deletion and insertion
+            assert sum(seen) == 3 * metrics.passes_per_image(2, steps) == 3 * (2 + 2 * (1 + 2 * (steps - 1)))
+            assert max(seen) == min(b, sum(seen))
+    finally:
+        hook.remove()
+    blurred = metrics.blurred(images)
+    for m in maps:
+        for i in range(3):
+            deletion, up = _reference_curves(model, images[i], maps[m][i], classes[i], steps, images[i],
+                                             torch.zeros_like(images[i]))
+            insertion, _ = _reference_curves(model, images[i], maps[m][i], classes[i], steps, blurred[i], images[i])
+            with torch.no_grad():
+                o = torch.softmax(model((images[i] * torch.from_numpy(up))[None]), 1)[0, classes[i]].item()
+            for b, scored in results.items():
+                s = scored[m][i]
+                np.testing.assert_allclose(s.deletion, deletion, atol=1e-5, err_msg=f"{m} {i} batch {b}")
+                np.testing.assert_allclose(s.insertion, insertion, atol=1e-5, err_msg=f"{m} {i} batch {b}")
+                assert s.o == pytest.approx(o, abs=1e-5) and s.y == pytest.approx(y[i])
+
+
 def test_bootstrap_interval_brackets_the_statistic():
     values = np.arange(20, dtype=float)
     lo, hi = metrics.bootstrap_ci(values, np.mean)
@@ -110,7 +189,7 @@ def test_evaluate_command_end_to_end(run_cli, tmp_path):
                              "--json", js, "--csv", cs, "--plot", png)
     assert code == 1  # one image failed
     assert "broken.jpg" in err and "2 done, 0 skipped, 1 failed" in err
-    table = [l for l in out.splitlines() if l.startswith(("Grad-CAM ", "Grad-CAM++"))]
+    table = [l for l in out.split("Win %")[0].splitlines() if l.startswith(("Grad-CAM ", "Grad-CAM++"))]
     assert len(table) == 2
     doc = json.loads(js.read_text())
     assert set(doc["methods"]) == {"gradcam", "gradcampp"}
@@ -128,5 +207,12 @@ def test_evaluate_command_end_to_end(run_cli, tmp_path):
         assert 0 <= stats["insertion_auc"] <= 1 and 0 <= stats["deletion_auc"] <= 1
         lo, hi = stats["average_drop_ci95"]
         assert lo <= stats["average_drop"] <= hi
+    drops = {m: [max(0.0, float(r["probability"]) - float(r["explanation_probability"])) / float(r["probability"])
+                 for r in rows if r["method"] == m] for m in ("gradcam", "gradcampp")}
+    a, b = drops["gradcam"], drops["gradcampp"]
+    expected = 100 * sum(1.0 if p < q else 0.5 if p == q else 0.0 for p, q in zip(a, b)) / len(a)
+    assert doc["win_percent"]["gradcam"]["gradcampp"] == pytest.approx(expected)
+    assert doc["win_percent"]["gradcampp"]["gradcam"] == pytest.approx(100 - expected)
+    assert "Win % (row beats column)" in out
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size[0] > im.size[1]
