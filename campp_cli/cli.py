@@ -337,6 +337,11 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
 @click.option("--eval-batch", type=click.IntRange(1, 65536), default=None, metavar="N",
               help="Perturbed images per forward pass, across images, steps and methods. Default: 32 on the "
                    "CPU, 256 on CUDA.")
+@click.option("--boxes", "boxes_dir", default=None, metavar="DIR",
+              help="Pascal VOC XML bounding boxes (ImageNet's or VOC's), one file per image matched by file "
+                   "stem: also scores localisation (the paper's Loc, pointing game, energy pointing game).")
+@click.option("--delta", "deltas", default="0,0.25,0.5", show_default=True, metavar="LIST",
+              help="Thresholds of the paper's Loc (eq. 26) with --boxes.")
 @click.option("--json", "json_path", default=None, metavar="FILE", help="Write the summary as JSON.")
 @click.option("--csv", "csv_path", default=None, metavar="FILE", help="Write one row per image and method.")
 @click.option("--plot", "plot_path", default=None, metavar="FILE.png",
@@ -344,8 +349,8 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
 @run_options
 @engine_options
 def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, methods, score_batch, offline, steps,
-             eval_batch, json_path, csv_path, plot_path, batch_size, workers, quiet, max_pixels, engine,
-             **settings) -> None:
+             eval_batch, boxes_dir, deltas, json_path, csv_path, plot_path, batch_size, workers, quiet, max_pixels,
+             engine, **settings) -> None:
     """Faithfulness of each method (default Grad-CAM and Grad-CAM++) on your model and images.
 
     \b
@@ -357,12 +362,15 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, method
     \b
       campp evaluate --arch efficientnet_lite0 -f images/ --json eval.json --plot eval.png
     """
+    from . import boxes
     from .inputs import check_no_overwrite, plan
     from .jsonl import check_writable
     from .methods import parse_methods
 
     settings = _engine_settings(engine, settings, gpu)
     methods = parse_methods(methods)
+    deltas = boxes.parse_deltas(deltas)
+    annotations = boxes.load_folder(boxes_dir) if boxes_dir is not None else None
     if plot_path is not None and not plot_path.lower().endswith(".png"):
         raise UsageError(f"--plot {plot_path}: give a .png file name")
     jobs = plan(list(files), Path("."), None, recursive, writes=False)
@@ -391,25 +399,46 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, method
             _say(f"campp: error: {result.error}")
         results.append(result)
 
-    summary = _run_with_progress((run, settings), jobs, clf, options, on_result, bar,
-                                 command=ev.EvaluateCommand(steps, eval_batch))
-    document = ev.report(results, clf, options, steps, summary.failed)
+    if annotations is not None:
+        _check_annotations(annotations, clf.categories)
+    command = ev.EvaluateCommand(steps, eval_batch, annotations, deltas, clf.input_size)
+    summary = _run_with_progress((run, settings), jobs, clf, options, on_result, bar, command=command)
+    document = ev.report(results, clf, options, steps, summary.failed, command)
     _echo(ev.format_table(document["methods"]), block=True)
     wins = ev.format_wins(document["win_percent"])
     if wins:
         _echo("\n" + wins, block=True)
+    if annotations is not None:
+        _echo("\n" + ev.format_localisation({m: document["methods"][m] for m in methods}), block=True)
     if json_path:
         write_atomic(json_path, ev.json_bytes(document))
     if csv_path:
-        write_atomic(csv_path, ev.csv_bytes(results))
+        write_atomic(csv_path, ev.csv_bytes(results, deltas if annotations is not None else None))
     if plot_path:
         write_atomic(plot_path, ev.plot_png(results))
     if not quiet:
         _say(f"campp: {document['forward_passes_per_image']} forward passes per image for the metrics "
              f"(O, and deletion and insertion steps, of {len(methods)} methods)")
+        if annotations is not None:
+            counts = document["boxes"]["images"]
+            _say("campp: boxes: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
         _say(summary.line())
     if summary.failed:
         sys.exit(EXIT_FAILURE)
+
+
+def _check_annotations(annotations: dict, categories: list[str]) -> None:
+    """One warning per annotation file that cannot be used, and per object name that is no class."""
+    from .boxes import class_of, closest_names
+
+    for annotation in annotations.values():
+        if annotation.problem is not None:
+            _say(f"campp: warning: {annotation.problem}")
+            continue
+        for name in sorted({b.name for b in annotation.boxes if class_of(b.name, categories) is None}):
+            near = closest_names(name, categories)
+            hint = f" (closest: {', '.join(near)})" if near else ""
+            _say(f"campp: warning: {annotation.path}: object name {name!r} is no class of the model{hint}")
 
 
 @cli.command()

@@ -10,12 +10,14 @@ import csv
 import io
 import json
 import platform
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from . import __version__, images
+from . import boxes as boxes_
 from .methods import title
 from .stages import Command, ExplainedRow, Options, Result, result_of
 
@@ -33,9 +35,13 @@ class EvaluateCommand(Command):
 
     draws = False
 
-    def __init__(self, steps: int = DEFAULT_STEPS, eval_batch: int | None = None):
+    def __init__(self, steps: int = DEFAULT_STEPS, eval_batch: int | None = None,
+                 boxes: dict | None = None, deltas=boxes_.DEFAULT_DELTAS, input_size: int = 224):
         self.steps = steps
         self.eval_batch = eval_batch  # None: default_eval_batch(device)
+        self.boxes = boxes  # {file stem: boxes.Annotation} from --boxes, or None
+        self.deltas = tuple(deltas)
+        self.input_size = input_size
 
     def extras(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
         from . import metrics
@@ -48,7 +54,27 @@ class EvaluateCommand(Command):
     def finish(self, row: ExplainedRow, categories: list[str]) -> Result:
         result = result_of(row, categories, [])
         result.extra["scores"] = row.extra
+        if self.boxes is not None:
+            result.extra["boxes"] = self.localise(row, categories)
         return result
+
+    def localise(self, row: ExplainedRow, categories: list[str]) -> dict:
+        """{"status": ...} and, for an image with a box of its explained class, each method's scores."""
+        annotation = self.boxes.get(Path(str(row.job.source)).stem)
+        if annotation is None:
+            return {"status": "no annotation"}
+        if annotation.problem is not None:
+            return {"status": "bad annotation"}
+        mine = [b for b in annotation.boxes if boxes_.class_of(b.name, categories) == row.class_index]
+        if not mine:
+            return {"status": "no box of the class"}
+        width, height = boxes_.image_size(row.job.source)
+        size = self.input_size
+        framed = [f for f in (boxes_.to_input_frame(b, width, height, size) for b in mine) if f is not None]
+        if not framed:
+            return {"status": "boxes outside the crop"}
+        return {"status": "boxed", "scores": {m: boxes_.score(images.upsample(cam, size), framed, self.deltas)
+                                               for m, cam in row.maps.items()}}
 
 
 def default_eval_batch(device) -> int:
@@ -64,6 +90,55 @@ def summarise(results: list[Result], methods, resamples: int = 2000) -> dict:
     return {m: metrics.summarise([r.extra["scores"][m] for r in scored], resamples) for m in methods}
 
 
+def localisation(results: list[Result], methods, deltas, resamples: int = 2000) -> tuple[dict, dict]:
+    """({method: Loc per delta, pointing game, energy pointing game, n_boxed, with 95 % intervals},
+    {status: images}) over the images evaluated against boxes."""
+    from . import metrics
+
+    counts: dict[str, int] = {}
+    for r in results:
+        status = r.extra.get("boxes", {}).get("status")
+        if status is not None:
+            counts[status] = counts.get(status, 0) + 1
+    boxed = [r.extra["boxes"]["scores"] for r in results if r.extra.get("boxes", {}).get("status") == "boxed"]
+    mean = lambda v: float(np.mean(v))  # noqa: E731
+    out = {}
+    for m in methods:
+        entry: dict = {"n_boxed": len(boxed), "loc": {}, "loc_ci95": {}}
+        for d in deltas:
+            key = boxes_.key(d)
+            values = np.array([b[m]["loc"][key] for b in boxed])
+            entry["loc"][key] = mean(values) if len(values) else float("nan")
+            entry["loc_ci95"][key] = list(metrics.bootstrap_ci(values, mean, resamples)) if len(values) else [
+                float("nan")] * 2
+        for name, field_ in (("pointing_game", "pointing_hit"), ("energy_pointing_game", "energy")):
+            values = np.array([float(b[m][field_]) for b in boxed])
+            entry[name] = mean(values) if len(values) else float("nan")
+            entry[f"{name}_ci95"] = list(metrics.bootstrap_ci(values, mean, resamples)) if len(values) else [
+                float("nan")] * 2
+        out[m] = entry
+    return out, counts
+
+
+def format_localisation(summary: dict) -> str:
+    """The localisation table: Loc per delta, pointing game, energy pointing game, with intervals."""
+    def cell(v, ci):
+        return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+    first = next(iter(summary.values()))
+    deltas = list(first["loc"])
+    header = ["method", "n boxed"] + [f"Loc (delta {d})" for d in deltas] + ["Pointing game", "Energy PG"]
+    rows = [header]
+    for m, s in summary.items():
+        rows.append([title(m), str(s["n_boxed"])] + [cell(s["loc"][d], s["loc_ci95"][d]) for d in deltas]
+                    + [cell(s["pointing_game"], s["pointing_game_ci95"]),
+                       cell(s["energy_pointing_game"], s["energy_pointing_game_ci95"])])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def win_matrix(results: list[Result], methods) -> dict[str, dict[str, float]]:
     """Win % of every method against every other, over the images that were scored."""
     from . import metrics
@@ -74,13 +149,14 @@ def win_matrix(results: list[Result], methods) -> dict[str, dict[str, float]]:
     return metrics.win_percent(drops)
 
 
-def report(results: list[Result], clf: Classifier, options: Options, steps: int, failed: int) -> dict:
+def report(results: list[Result], clf: Classifier, options: Options, steps: int, failed: int,
+           command: "EvaluateCommand | None" = None) -> dict:
     """The --json document."""
     import torch
 
     from . import metrics
 
-    return {
+    document = {
         "methods": summarise(results, options.methods),
         "win_percent": win_matrix(results, options.methods),
         "model": clf.arch,
@@ -96,6 +172,13 @@ def report(results: list[Result], clf: Classifier, options: Options, steps: int,
         "weights": clf.weights_source,
         "versions": {"campp": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
+    if command is not None and command.boxes is not None:
+        located, counts = localisation(results, options.methods, command.deltas)
+        for m, entry in located.items():
+            document["methods"][m].update(entry)
+        document["boxes"] = {"annotations": len(command.boxes), "deltas": list(command.deltas),
+                             "pointing_tolerance_px": boxes_.POINTING_TOLERANCE, "images": counts}
+    return document
 
 
 def format_table(summary: dict) -> str:
@@ -129,16 +212,27 @@ def format_wins(wins: dict[str, dict[str, float]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def csv_bytes(results: list[Result]) -> bytes:
-    """One row per image and method."""
+def csv_bytes(results: list[Result], deltas=None) -> bytes:
+    """One row per image and method; with boxes (``deltas`` given), the localisation scores too (empty
+    where the image had no box of its explained class, and ``boxes`` saying why)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["input", "method", "class", "name", "probability", "explanation_probability",
-                     "drop_percent", "increase", "deletion_auc", "insertion_auc"])
+    header = ["input", "method", "class", "name", "probability", "explanation_probability",
+              "drop_percent", "increase", "deletion_auc", "insertion_auc"]
+    if deltas is not None:
+        header += ["boxes"] + [f"loc_{boxes_.key(d)}" for d in deltas] + ["pointing_hit", "energy_pointing"]
+    writer.writerow(header)
     for r in results:
+        located = r.extra.get("boxes", {})
         for m, s in r.extra.get("scores", {}).items():
-            writer.writerow([r.input, m, r.class_index, r.class_name, f"{s.y:.6f}", f"{s.o:.6f}",
-                             f"{s.drop:.4f}", int(s.o > s.y), f"{s.deletion_auc:.6f}", f"{s.insertion_auc:.6f}"])
+            row = [r.input, m, r.class_index, r.class_name, f"{s.y:.6f}", f"{s.o:.6f}",
+                   f"{s.drop:.4f}", int(s.o > s.y), f"{s.deletion_auc:.6f}", f"{s.insertion_auc:.6f}"]
+            if deltas is not None:
+                b = located.get("scores", {}).get(m)
+                row += [located.get("status", "")]
+                row += ([f"{b['loc'][boxes_.key(d)]:.6f}" for d in deltas] + [int(b["pointing_hit"]),
+                        f"{b['energy']:.6f}"]) if b else [""] * (len(deltas) + 2)
+            writer.writerow(row)
     return buf.getvalue().encode("utf-8")
 
 

@@ -1,0 +1,86 @@
+"""evaluate's metric passes against their floor: ``python benchmarks/evaluate.py [--images 4] [--methods 8]``.
+
+The floor is "number of forward passes x one bare forward pass at the same batch size": the prepared model
+(as campp loads it) run under ``torch.inference_mode`` on batches of ``--eval-batch`` images, timed per
+image.  campp's metric phase (``metrics.score_all``: building every perturbed image, the passes, the
+softmax) is timed on the same images with one map per method (their content does not change the cost).
+VGG16 has random weights (saved to a temporary file), nothing is downloaded.  Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from campp_cli import metrics
+from campp_cli.models import load_classifier
+
+
+def classifier(arch: str, scratch: Path):
+    if arch == "vgg16":
+        import torchvision
+
+        torch.manual_seed(0)
+        path = scratch / "vgg16-random.pth"
+        torch.save(torchvision.models.vgg16().state_dict(), path)
+        return load_classifier("vgg16", weights=path)
+    return load_classifier(arch, download=False)
+
+
+def measure(clf, args) -> dict:
+    s = clf.input_size
+    rng = np.random.default_rng(0)
+    rgb01 = torch.from_numpy(rng.random((args.images, 3, s, s), dtype=np.float32))
+    maps = {f"m{k}": rng.random((args.images, 7, 7)).astype(np.float32) for k in range(args.methods)}
+    classes = np.arange(args.images)
+    y = np.full(args.images, 0.5)
+    frames = args.images * metrics.passes_per_image(args.methods, args.steps)
+    batch = torch.from_numpy(rng.random((args.eval_batch, 3, s, s), dtype=np.float32))
+
+    def bare():
+        with torch.inference_mode():
+            clf.module(clf.preprocessing(batch))
+
+    bare()  # first-call costs out of the figures
+    floors, runs = [], []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for _ in range(3):
+            bare()
+        floors.append((time.perf_counter() - start) / (3 * args.eval_batch) * frames)
+        start = time.perf_counter()
+        metrics.score_all(clf.module, clf.preprocessing, rgb01, maps, classes, args.steps, y, args.eval_batch)
+        runs.append(time.perf_counter() - start)
+    floor, run = statistics.median(floors), statistics.median(runs)
+    return {"forward_passes": frames, "floor_seconds": round(floor, 2), "campp_seconds": round(run, 2),
+            "vs_floor": round(run / floor, 3), "passes_per_second": round(frames / run, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", default="efficientnet_lite0,vgg16")
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--methods", type=int, default=8, help="maps per image (campp has 8 methods)")
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--eval-batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    report = {"cpu_cores": os.cpu_count(), "torch": torch.__version__, "images": args.images,
+              "methods": args.methods, "steps": args.steps, "eval_batch": args.eval_batch, "models": {}}
+    with tempfile.TemporaryDirectory() as scratch:
+        for arch in args.archs.split(","):
+            report["models"][arch] = measure(classifier(arch, Path(scratch)), args)
+            print(json.dumps({arch: report["models"][arch]}), flush=True)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
