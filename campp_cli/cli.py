@@ -356,11 +356,12 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, method
     \b
     Per method: Average Drop % and Increase in Confidence % (the paper's
     Table 1: how much of the model's confidence the explained region alone
-    keeps), and RISE's deletion and insertion AUC, each with a 95 % bootstrap
-    interval over images.
+    keeps), Win % of every pair, and RISE's deletion and insertion AUC, each
+    with a 95 % bootstrap interval over images. With --boxes: the paper's
+    Loc (eq. 26), the pointing game and the energy pointing game.
 
     \b
-      campp evaluate --arch efficientnet_lite0 -f images/ --json eval.json --plot eval.png
+      campp evaluate --arch efficientnet_lite0 -f images/ --boxes images/boxes --json eval.json
     """
     from . import boxes
     from .inputs import check_no_overwrite, plan
