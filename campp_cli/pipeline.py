@@ -89,6 +89,11 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
             outcomes = [fut.result() for fut in current]
             decoded = [o for o in outcomes if not isinstance(o, Result)]
             finished = iter(())
+            # Report what is done before the next (long) model pass, so the bar and its ETA move with the
+            # model's batches; a command that draws nothing (evaluate) has finished its previous batch by now.
+            drain(0 if not command.draws else 2 * batch_size)
+            while pending and pending[0].done():
+                record(pending.popleft().result())
             if decoded:
                 rows = explain_rows(decoded, clf, options, command)
                 finished = iter([finishers.submit(guarded, finish, row.job.source, row, clf.categories, command)
