@@ -19,6 +19,7 @@ import click
 from . import __version__
 from .engines import all_settings, check_settings, get_engine, list_engines, users_of
 from .errors import CamppError, OutputError, UsageError
+from .labels import check_label_text, read_labels, resolve_label
 from .methods import DEFAULT_METHODS
 from .settings import (
     DEFAULT_MAX_PIXELS,
@@ -115,8 +116,9 @@ input_options = _options(
 )
 
 model_options = _options(
-    click.option("-l", "--label", type=click.IntRange(-1, 999), default=-1, show_default=True,
-                 help="ImageNet class index 0..999 to explain; -1 explains the predicted class."),
+    click.option("-l", "--label", default="-1", show_default=True, metavar="CLASS",
+                 help="Class to explain: an index (ImageNet: 0..999) or a class name ('tiger cat', or one of "
+                      "--labels); -1 explains the predicted class."),
     click.option("-gpu", "--gpu", "gpu", type=int, default=None, metavar="ID",
                  help="CUDA device index; -1 forces the CPU. Default: GPU 0 if CUDA is available, else the CPU."),
     click.option("--arch", default="vgg16", show_default=True, metavar="NAME",
@@ -128,6 +130,10 @@ model_options = _options(
     click.option("--weights", default=None, metavar="PATH",
                  help="Weights: a state_dict .pth, or for vgg16 the paper's vgg16.npy. Default: models/, "
                       "then the torch cache (or the package, for efficientnet_liteN), then a download."),
+    click.option("--num-classes", type=click.IntRange(1, 10**6), default=None, metavar="N",
+                 help="The architecture with a head of N classes (your fine-tuned model; needs --weights)."),
+    click.option("--labels", "labels_path", default=None, metavar="FILE",
+                 help="Class names, one a line or a JSON list, one per output of the model."),
     click.option("--variant", type=click.Choice(VARIANTS), default="official", show_default=True,
                  help="Grad-CAM++ alphas: 'official' as the authors' code (renormalised), 'paper' as eq. 19."),
     click.option("--methods", "methods", default=",".join(DEFAULT_METHODS), show_default=True, metavar="LIST",
@@ -178,18 +184,22 @@ def _engine_settings(engine: str, given: dict, gpu: int | None) -> dict:
     return check_settings(engine, {s.name: given.get(s.name) for s in all_settings()})
 
 
-def _load_model(gpu, arch, weights, layer, offline, quiet, engine="local"):
-    """The model, on -gpu's device; for an engine that places its own models, on this CPU (for its classes,
-    input size and layer, and to check the weights before any work is sent out)."""
+def _load_model(gpu, arch, weights, layer, offline, quiet, engine="local", num_classes=None, labels=None,
+                label="-1"):
+    """(The model, -l as a class index): the model on -gpu's device; for an engine that places its own
+    models, on this CPU (for its classes, input size and layer, and to check the weights before any work
+    is sent out)."""
     from .models import describe_device, load_classifier, resolve_device
 
     here = get_engine(engine).on_this_machine
     device = resolve_device(gpu if here else -1)
-    clf = load_classifier(arch, weights=weights, device=device, layer=layer, download=not offline)
+    clf = load_classifier(arch, weights=weights, device=device, layer=layer, download=not offline,
+                          num_classes=num_classes, labels=labels)
+    label = resolve_label(label, clf.categories)
     if not quiet:
         where = describe_device(device) if here else f"--engine {engine}"
         _say(f"campp: {clf.arch} on {where}, layer {clf.layer}, weights {clf.weights_source}")
-    return clf
+    return clf, label
 
 
 def _progress(count: int, quiet: bool):
@@ -251,9 +261,9 @@ def _run_with_progress(engine, jobs, clf, options, on_result, bar, command=None)
 @engine_options
 @click.option("--max-side", type=click.IntRange(16, 16384), default=DEFAULT_MAX_SIDE, show_default=True,
               help="Largest side of the output panels; bigger photos are shrunk.")
-def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weights, variant, methods, score_batch,
-             offline, save_maps, guided, skip_existing, jsonl, batch_size, workers, quiet, max_pixels,
-             engine, max_side, **settings) -> None:
+def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weights, num_classes, labels_path,
+             variant, methods, score_batch, offline, save_maps, guided, skip_existing, jsonl, batch_size, workers,
+             quiet, max_pixels, engine, max_side, **settings) -> None:
     """Explain photos: top-5 classes on stdout, figures per photo in the output folder.
 
     \b
@@ -276,6 +286,8 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
     # Argument checks that need no model come first: they must be instant.
     settings = _engine_settings(engine, settings, gpu)
     methods = parse_methods(methods)
+    check_label_text(label)
+    labels = read_labels(labels_path) if labels_path is not None else None
     single = is_single(list(files))
     keys = output_keys(methods, save_maps, guided)
     jobs = plan(list(files), Path(output_dir), output, recursive, keys=keys)
@@ -290,7 +302,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
     from .pipeline import Options
 
     run = load_engine(engine)
-    clf = _load_model(gpu, arch, weights, layer, offline, quiet, engine)
+    clf, label = _load_model(gpu, arch, weights, layer, offline, quiet, engine, num_classes, labels, label)
     options = Options(label=label, variant=variant, methods=methods, score_batch=score_batch, max_side=max_side,
                       max_pixels=max_pixels, save_maps=save_maps, guided=guided, batch_size=batch_size,
                       skip_existing=skip_existing)
@@ -348,7 +360,8 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
               help="Write a PNG of the mean deletion and insertion curves of every method.")
 @run_options
 @engine_options
-def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, methods, score_batch, offline, steps,
+def evaluate(files, recursive, label, gpu, arch, layer, weights, num_classes, labels_path, variant, methods,
+             score_batch, offline, steps,
              eval_batch, boxes_dir, deltas, json_path, csv_path, plot_path, batch_size, workers, quiet, max_pixels,
              engine, **settings) -> None:
     """Faithfulness of each method (default Grad-CAM and Grad-CAM++) on your model and images.
@@ -370,6 +383,8 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, method
 
     settings = _engine_settings(engine, settings, gpu)
     methods = parse_methods(methods)
+    check_label_text(label)
+    labels = read_labels(labels_path) if labels_path is not None else None
     deltas = boxes.parse_deltas(deltas)
     annotations = boxes.load_folder(boxes_dir) if boxes_dir is not None else None
     if plot_path is not None and not plot_path.lower().endswith(".png"):
@@ -386,7 +401,7 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, variant, method
     from .pipeline import Options
 
     run = load_engine(engine)
-    clf = _load_model(gpu, arch, weights, layer, offline, quiet, engine)
+    clf, label = _load_model(gpu, arch, weights, layer, offline, quiet, engine, num_classes, labels, label)
     options = Options(label=label, variant=variant, methods=methods, score_batch=score_batch, max_pixels=max_pixels,
                       batch_size=batch_size)
     if workers:

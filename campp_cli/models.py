@@ -114,10 +114,10 @@ def _imagenet_categories() -> tuple[str, ...]:
     return tuple(torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def _build_torchvision(name: str) -> torch.nn.Module:
+def _build_torchvision(name: str, **kwargs) -> torch.nn.Module:
     with warnings.catch_warnings():  # initialisation notices, irrelevant once weights load
         warnings.simplefilter("ignore", FutureWarning)
-        return torchvision.models.get_model(name, weights=None)
+        return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
 def _torchvision_spec(name: str, default_layer: str | None = None) -> ArchSpec:
@@ -285,6 +285,7 @@ class Classifier:
     device: torch.device
     input_size: int = 224
     weights_source: str = ""
+    num_classes: int | None = None  # the head it was built with, when not the architecture's own
 
 
 # --------------------------------------------------------------------------- devices
@@ -450,8 +451,8 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, arch: str = 
     return dst
 
 
-def check_fits(module: torch.nn.Module, state: dict, arch: str, path: Path) -> None:
-    """Name the first keys that do not fit instead of torch's wall of text."""
+def check_fits(module: torch.nn.Module, state: dict, arch: str, path: Path, num_classes: int | None = None) -> None:
+    """Name the first keys that do not fit instead of torch's wall of text (and a head of another size)."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -468,7 +469,11 @@ def check_fits(module: torch.nn.Module, state: dict, arch: str, path: Path) -> N
     if wrong:
         problems.append(f"wrong shape {', '.join(wrong[:3])}")
     if problems:
-        raise WeightsError(f"{path}: these weights do not fit {arch}: " + "; ".join(problems))
+        hint = ""
+        last = [k for k in expected if expected[k].dim() == 2][-1:]  # the classifier's weight, usually
+        if wrong and last and last[0] in state and num_classes is None and state[last[0]].dim() == 2:
+            hint = f" (a head of {state[last[0]].shape[0]} classes? add --num-classes {state[last[0]].shape[0]})"
+        raise WeightsError(f"{path}: these weights do not fit {arch}: " + "; ".join(problems) + hint)
 
 
 def prepare_module(module: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
@@ -490,25 +495,54 @@ def prepare_module(module: torch.nn.Module, device: torch.device | str) -> torch
 _CACHE: dict[tuple, Classifier] = {}
 
 
+def with_head(spec: ArchSpec, num_classes: int | None, labels: list[str] | None) -> ArchSpec:
+    """``spec`` with another classifier head (``num_classes``) and/or class names (``labels``)."""
+    import dataclasses
+
+    if num_classes is not None:
+        if num_classes < 1:
+            raise UsageError(f"--num-classes {num_classes}: give at least 1")
+        if spec.name in EFFICIENTNET_LITE:
+            raise UsageError(f"--num-classes: works with torchvision architectures, not {spec.name}")
+        spec = dataclasses.replace(spec, builder=functools.partial(_build_torchvision, spec.name,
+                                                                   num_classes=num_classes),
+                                   categories=tuple(f"class {k}" for k in range(num_classes)),
+                                   weights_url=None, weights_filename="")
+    if labels is not None:
+        if len(labels) != len(spec.categories):
+            raise UsageError(f"--labels: {len(labels)} names, but {spec.name} has {len(spec.categories)} "
+                             f"outputs" + ("" if num_classes is not None else " (a head of your own? "
+                                                                               "give --num-classes)"))
+        spec = dataclasses.replace(spec, categories=tuple(labels))
+    return spec
+
+
 def load_classifier(
     arch: str = "vgg16",
     weights: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
     layer: str | None = None,
     download: bool | None = None,
+    num_classes: int | None = None,
+    labels: list[str] | None = None,
 ) -> Classifier:
     """Build ``arch``, load its weights (see :func:`find_weights`), move it to ``device``.
 
+    ``num_classes``: a torchvision architecture built with another head (then ``weights`` is needed);
+    ``labels``: the class names, one per output (default: ImageNet's, or "class k").
     The last model loaded is kept, so repeated calls from a notebook or a test
     do not re-read hundreds of megabytes.
     """
-    spec = get_arch(arch)
+    if num_classes is not None and weights is None:
+        raise UsageError(f"--num-classes {num_classes}: give the weights of that head with --weights")
+    spec = with_head(get_arch(arch), num_classes, labels)
     device = torch.device(device)
     if download is None:
         download = os.environ.get("CAMPP_OFFLINE", "") in ("", "0")
     path = find_weights(spec, weights, download=download)
     stat = path.stat()
-    key = (arch, str(path.absolute()), stat.st_size, stat.st_mtime_ns, str(device), layer)
+    key = (arch, str(path.absolute()), stat.st_size, stat.st_mtime_ns, str(device), layer, num_classes,
+           spec.categories)
     if key in _CACHE:
         return _CACHE[key]
     module = spec.build().eval()
@@ -520,7 +554,7 @@ def load_classifier(
         target = layer
     expected = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     state, meta = read_weights(path, expected)
-    check_fits(module, state, arch, path)
+    check_fits(module, state, arch, path, num_classes)
     try:
         module.load_state_dict(state)
     except (RuntimeError, ValueError, TypeError) as exc:
@@ -540,6 +574,7 @@ def load_classifier(
         device=device,
         input_size=spec.input_size,
         weights_source=str(path),
+        num_classes=num_classes,
     )
     _CACHE.clear()
     _CACHE[key] = clf

@@ -161,7 +161,8 @@ def _drive(todo: list[Job], clf: Classifier, options: stages.Options, command: s
     shipped = _shippable(options)
     batch_size = options.batch_size or stages.default_batch_size(_device(gpus_per_actor))
     threads = max(1, (os.cpu_count() or 1) * max(1, len(nodes)) // actors) if gpus_per_actor == 0 else None
-    model = dict(arch=clf.arch, weights=weights, layer=clf.layer, device=_device(gpus_per_actor), threads=threads)
+    model = dict(arch=clf.arch, weights=weights, layer=clf.layer, device=_device(gpus_per_actor), threads=threads,
+                 num_classes=clf.num_classes, labels=list(clf.categories))
 
     items = [{"i": i, "job": pickle.dumps(job)} for i, job in enumerate(todo)]
     blocks = max(1, min(len(items), math.ceil(len(items) / batch_size)))
@@ -280,7 +281,8 @@ class _Explainer:
         self.options.on_passes = self._count
         try:
             self.clf = load_classifier(model["arch"], weights=model["weights"], device=model["device"],
-                                       layer=model["layer"], download=False)
+                                       layer=model["layer"], download=False, num_classes=model["num_classes"],
+                                       labels=model["labels"])
         except CamppError as exc:  # reported by the driver as the run's one line
             self.fatal = pickle.dumps(exc)
         self.node = ray.get_runtime_context().get_node_id()

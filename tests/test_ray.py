@@ -190,6 +190,26 @@ def test_a_broken_model_ends_the_ray_run_in_one_line(local_ray, tmp_path, monkey
     assert not list(tmp_path.glob("coffee*.jpeg"))
 
 
+def test_a_head_and_classes_of_ones_own_reach_the_actors(local_ray, tmp_path):
+    """The actors load the model as the driver did: --num-classes and --labels included."""
+    import torch
+    import torchvision
+
+    from campp_cli import ray_engine
+    from campp_cli.inputs import Job
+    from campp_cli.models import load_classifier
+    from campp_cli.stages import Options
+
+    torch.manual_seed(3)
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "three.pth")
+    clf = load_classifier("resnet18", weights=tmp_path / "three.pth", num_classes=3, labels=["a", "b", "c"])
+    results = []
+    ray_engine.run([Job(IMAGES / "coffee.png", tmp_path, "coffee", ".jpeg")], clf, Options(label=1), results.append)
+    assert results[0].error is None, results[0].error
+    assert (results[0].class_index, results[0].class_name) == (1, "b")
+    assert {name for _, name, _ in results[0].top5} == {"a", "b", "c"}
+
+
 # --- two nodes -----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,88 @@
+"""Class names: a labels file (one name a line, or a JSON list) and ``-l`` given as an index or a name.
+
+Nothing here imports torch: the file is read and checked before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+
+from .errors import UsageError
+
+#: Largest labels file read (a million names of 100 bytes).
+MAX_LABELS_BYTES = 100 * 1024 * 1024
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """The class names in ``path``, in class order: a JSON list of strings, or one name a line (a final
+    empty line is no class; an empty line inside is)."""
+    where = f"--labels {path}"
+    try:
+        p = Path(path)
+        if p.stat().st_size > MAX_LABELS_BYTES:
+            raise UsageError(f"{where}: larger than {MAX_LABELS_BYTES // 2**20} MB; is it a labels file?")
+        text = p.read_text(encoding="utf-8-sig")
+    except UsageError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{where}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    if text.lstrip().startswith("["):
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{where}: not a JSON list ({exc})") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise UsageError(f"{where}: give a JSON list of strings, or one name a line")
+    else:
+        names = text.splitlines()
+        while names and not names[-1].strip():
+            names.pop()
+        names = [n.strip() for n in names]
+    if not names:
+        raise UsageError(f"{where}: no class names in it")
+    return names
+
+
+def numbered(count: int) -> list[str]:
+    """Names for classes that have none: "class 0", "class 1", ..."""
+    return [f"class {k}" for k in range(count)]
+
+
+def check_label_text(text: str) -> None:
+    """What can be said of ``-l`` before the model is loaded: a negative index other than -1 is wrong."""
+    try:
+        index = int(str(text).strip())
+    except ValueError:
+        return
+    if index < -1:
+        raise UsageError(f"-l {text}: give a class index (0, 1, ...), a class name, or -1 for the predicted class")
+
+
+def resolve_label(text: str | int, categories: list[str]) -> int:
+    """``-l`` as a class index: -1 (the predicted class), an index, or a class name (exact, then
+    case-insensitive); anything else is a usage error naming the closest classes."""
+    value = str(text).strip()
+    try:
+        index = int(value)
+    except ValueError:
+        index = None
+    if index is not None and value not in categories:
+        if -1 <= index < len(categories):
+            return index
+        raise UsageError(f"-l {value}: out of range; the model has classes 0..{len(categories) - 1} "
+                         f"(or give a class name)")
+    if value in categories:
+        hits = [k for k, c in enumerate(categories) if c == value]
+    else:
+        hits = [k for k, c in enumerate(categories) if c.lower() == value.lower()]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        listed = ", ".join(f"{k} {categories[k]!r}" for k in hits[:5])
+        raise UsageError(f"-l {value!r}: several classes have that name ({listed}); give the index")
+    near = difflib.get_close_matches(value, categories, n=3, cutoff=0.5)
+    hint = f"; closest: {', '.join(repr(n) for n in near)}" if near else ""
+    raise UsageError(f"-l {value!r}: no class of that name{hint}")
