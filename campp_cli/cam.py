@@ -57,6 +57,18 @@ def split_layer(spec: str) -> tuple[str, int | None]:
     return name, int(call)
 
 
+def layer_name(model: torch.nn.Module, layer: "str | torch.nn.Module") -> str:
+    """``layer`` as a dotted name: a name is kept, a module of ``model`` is looked up by identity."""
+    if isinstance(layer, str):
+        return layer
+    if isinstance(layer, torch.nn.Module):
+        for name, module in model.named_modules():
+            if module is layer and name:
+                return name
+        raise UsageError(f"layer {type(layer).__name__}: this module is not a submodule of the model")
+    raise UsageError(f"layer {layer!r}: give a dotted module name or the module itself")
+
+
 class FeatureTap:
     """Context manager that exposes one layer's output as a gradient leaf.
 
@@ -66,10 +78,11 @@ class FeatureTap:
     autograd records only what comes after it.  The hook is always removed.
 
     ``layer`` is a dotted module name, or ``name@k`` for the k-th call (from 0)
-    of a module the forward pass runs several times.
+    of a module the forward pass runs several times, or the module object itself.
     """
 
-    def __init__(self, model: torch.nn.Module, layer: str):
+    def __init__(self, model: torch.nn.Module, layer: "str | torch.nn.Module"):
+        layer = layer_name(model, layer)
         name, self.call = split_layer(layer)
         modules = dict(model.named_modules())
         if name not in modules:
@@ -178,7 +191,7 @@ def _class_tensor(classes, logits: torch.Tensor) -> torch.Tensor:
     return idx
 
 
-def explain(model: torch.nn.Module, layer: str, x: torch.Tensor, classes=None,
+def explain(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch.Tensor, classes=None,
             variant: str = "official", methods=DEFAULT_METHODS, *, image: torch.Tensor | None = None,
             preprocess=None, score_batch: int = DEFAULT_SCORE_BATCH, progress=None) -> Explanation:
     """Explain a preprocessed batch ``x`` (N, 3, H, W): every method in ``methods`` from one pass.
@@ -200,7 +213,7 @@ def explain(model: torch.nn.Module, layer: str, x: torch.Tensor, classes=None,
         logits = model(x)
         acts = tap.activation
         if acts is None:
-            raise UsageError(f"--layer {layer}: this module ran {tap.calls} times in the forward pass")
+            raise UsageError(f"--layer {tap.layer}: this module ran {tap.calls} times in the forward pass")
         if not torch.isfinite(logits).all():
             raise ModelError("the model produced non-finite logits (NaN or inf); are the weights broken?")
         idx = _class_tensor(classes, logits.detach())

@@ -534,3 +534,18 @@ def test_scorecam_progress_is_visible_for_one_photo(run_cli, tmp_path, monkeypat
     code, _, err = run_cli("classify", *["--arch", "efficientnet_lite0"], "-f", IMAGES / "coffee.png",
                            "--output-dir", tmp_path / "plain")
     assert code == 0 and "explaining" not in err
+
+
+def test_the_layer_can_be_given_as_the_module_itself():
+    """explain(model, model.features[3], ...) is explain(model, "features.3", ...); a foreign module or
+    another type is one usage error, never an AttributeError."""
+    model = GapLinear(0)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    by_name = explain(model, "features.3", x, methods="gradcam,gradcampp").maps
+    by_module = explain(model, model.features[3], x, methods="gradcam,gradcampp").maps
+    for m in by_name:
+        np.testing.assert_array_equal(by_name[m], by_module[m])
+    with pytest.raises(UsageError, match="not a submodule of the model"):
+        explain(model, torch.nn.ReLU(), x)
+    with pytest.raises(UsageError, match="give a dotted module name or the module itself"):
+        explain(model, 3, x)
