@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import classifier
 from PIL import Image
 
 from campp_cli import pipeline, ray_engine
 from campp_cli.inputs import Job
-from campp_cli.models import load_classifier
 from campp_cli.stages import Options
 
 
@@ -41,17 +41,6 @@ def photos(folder: Path, count: int) -> list[Path]:
         Image.fromarray(small).resize((500, 375), Image.BILINEAR).save(path, quality=90)
         paths.append(path)
     return paths
-
-
-def model(arch: str, scratch: Path):
-    if arch == "vgg16":
-        import torchvision
-
-        torch.manual_seed(0)
-        path = scratch / "vgg16-random.pth"
-        torch.save(torchvision.models.vgg16().state_dict(), path)
-        return load_classifier("vgg16", weights=path)
-    return load_classifier(arch, download=False)
 
 
 def timed_run(engine: str, paths: list[Path], clf, out: Path, **settings) -> float:
@@ -92,7 +81,7 @@ def main() -> None:
         contenders = {"local": ("local", {}), "ray, 1 actor": ("ray", {"actors": 1}),
                       "ray, 2 actors": ("ray", {"actors": 2})}
         for arch in args.archs.split(","):
-            clf = model(arch, scratch)
+            clf = classifier(arch, scratch)
             for engine, settings in contenders.values():  # first-call costs (Ray workers) out of the figures
                 timed_run(engine, paths[:8], clf, scratch / "warm", **settings)
             times: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}

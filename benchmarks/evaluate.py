@@ -19,20 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import classifier
 
 from campp_cli import metrics
-from campp_cli.models import load_classifier
-
-
-def classifier(arch: str, scratch: Path):
-    if arch == "vgg16":
-        import torchvision
-
-        torch.manual_seed(0)
-        path = scratch / "vgg16-random.pth"
-        torch.save(torchvision.models.vgg16().state_dict(), path)
-        return load_classifier("vgg16", weights=path)
-    return load_classifier(arch, download=False)
 
 
 def measure(clf, args) -> dict:
