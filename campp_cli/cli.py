@@ -413,6 +413,13 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, num_classes, la
     def on_result(result) -> None:
         if result.error is not None:
             _say(f"campp: error: {result.error}")
+        elif annotations is not None:
+            status = result.extra.get("boxes", {}).get("status")
+            if status == "no annotation":
+                _say(f"campp: warning: {result.input}: no annotation in --boxes {boxes_dir} (localisation skipped)")
+            elif status == "boxes outside the crop":
+                _say(f"campp: warning: {result.input}: its boxes of {result.class_name!r} lie outside the "
+                     f"centre crop the model sees (localisation skipped)")
         results.append(result)
 
     if annotations is not None:

@@ -156,8 +156,21 @@ def test_bad_annotations_are_reported_once_and_the_images_still_evaluated(run_cl
     lines = err.strip().splitlines()
     assert len([l for l in lines if "coffee.xml" in l]) == 1
     assert len([l for l in lines if "'flying saucer' is no class" in l]) == 1
-    assert all(l.startswith("campp: warning: ") for l in lines)
+    assert [l for l in lines if "no annotation" in l] == [
+        f"campp: warning: {IMAGES / 'astronaut.png'}: no annotation in --boxes {folder} (localisation skipped)"]
+    assert all(l.startswith("campp: warning: ") for l in lines) and len(lines) == 3
     assert "Grad-CAM" in out  # every image was evaluated for the other metrics
+
+
+def test_boxes_outside_the_crop_are_reported(run_cli, tmp_path):
+    folder = tmp_path / "boxes"
+    folder.mkdir()
+    voc(folder / "rocket.xml", [("n03773504", 1, 1, 80, 400)], 640, 427)  # the crop keeps columns 106..532
+    code, out, err = run_cli("evaluate", "--arch", "efficientnet_lite0", "-f", IMAGES / "rocket.jpg", "--steps",
+                             "2", "--boxes", folder, "-q")
+    assert code == 0
+    assert err.strip() == (f"campp: warning: {IMAGES / 'rocket.jpg'}: its boxes of 'missile' lie outside the "
+                           f"centre crop the model sees (localisation skipped)")
 
 
 @pytest.mark.parametrize("args, why", [
