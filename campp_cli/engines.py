@@ -97,10 +97,10 @@ def check_settings(name: str, given: dict[str, object]) -> dict[str, object]:
     engine = get_engine(name)
     chosen = {k: v for k, v in given.items() if v is not None}
     taken = {s.name for s in engine.settings}
+    flags = {s.name: s.flag for s in all_settings()}
     for key in chosen:
         if key not in taken:
-            flag = "--" + key.replace("_", "-")
-            raise UsageError(f"{flag} is a setting of --engine {' or '.join(users_of(key)) or '?'}, "
+            raise UsageError(f"{flags.get(key, key)} is a setting of --engine {' or '.join(users_of(key)) or '?'}, "
                              f"not of --engine {name}")
     return chosen
 

@@ -101,21 +101,16 @@ def localisation(results: list[Result], methods, deltas, resamples: int = 2000) 
         if status is not None:
             counts[status] = counts.get(status, 0) + 1
     boxed = [r.extra["boxes"]["scores"] for r in results if r.extra.get("boxes", {}).get("status") == "boxed"]
-    mean = lambda v: float(np.mean(v))  # noqa: E731
     out = {}
     for m in methods:
         entry: dict = {"n_boxed": len(boxed), "loc": {}, "loc_ci95": {}}
         for d in deltas:
             key = boxes_.key(d)
             values = np.array([b[m]["loc"][key] for b in boxed])
-            entry["loc"][key] = mean(values) if len(values) else float("nan")
-            entry["loc_ci95"][key] = list(metrics.bootstrap_ci(values, mean, resamples)) if len(values) else [
-                float("nan")] * 2
+            entry["loc"][key], entry["loc_ci95"][key] = metrics.with_interval(values, resamples=resamples)
         for name, field_ in (("pointing_game", "pointing_hit"), ("energy_pointing_game", "energy")):
             values = np.array([float(b[m][field_]) for b in boxed])
-            entry[name] = mean(values) if len(values) else float("nan")
-            entry[f"{name}_ci95"] = list(metrics.bootstrap_ci(values, mean, resamples)) if len(values) else [
-                float("nan")] * 2
+            entry[name], entry[f"{name}_ci95"] = metrics.with_interval(values, resamples=resamples)
         out[m] = entry
     return out, counts
 
@@ -133,10 +128,7 @@ def format_localisation(summary: dict) -> str:
         rows.append([title(m), str(s["n_boxed"])] + [cell(s["loc"][d], s["loc_ci95"][d]) for d in deltas]
                     + [cell(s["pointing_game"], s["pointing_game_ci95"]),
                        cell(s["energy_pointing_game"], s["energy_pointing_game_ci95"])])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return _table(rows)
 
 
 def win_matrix(results: list[Result], methods) -> dict[str, dict[str, float]]:
@@ -144,9 +136,7 @@ def win_matrix(results: list[Result], methods) -> dict[str, dict[str, float]]:
     from . import metrics
 
     scored = [r for r in results if "scores" in r.extra]
-    drops = {m: [max(0.0, r.extra["scores"][m].y - r.extra["scores"][m].o) / r.extra["scores"][m].y
-                 for r in scored] for m in methods}
-    return metrics.win_percent(drops)
+    return metrics.win_percent({m: [r.extra["scores"][m].drop for r in scored] for m in methods})
 
 
 def report(results: list[Result], clf: Classifier, options: Options, steps: int, failed: int,
@@ -181,6 +171,15 @@ def report(results: list[Result], clf: Classifier, options: Options, steps: int,
     return document
 
 
+def _table(rows: list, rule: bool = True) -> str:
+    """Rows of cells as aligned columns; ``rule``: a line of dashes under the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    if rule:
+        lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def format_table(summary: dict) -> str:
     """The stdout table: one row per method, values with their 95 % intervals."""
     def cell(stats, key, pct):
@@ -195,10 +194,7 @@ def format_table(summary: dict) -> str:
         rows.append((title(m), str(s["n"]), cell(s, "average_drop", True),
                      cell(s, "increase_in_confidence", True), cell(s, "deletion_auc", False),
                      cell(s, "insertion_auc", False)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines) + "\n(95 % bootstrap intervals over images in brackets)"
+    return _table(rows) + "\n(95 % bootstrap intervals over images in brackets)"
 
 
 def format_wins(wins: dict[str, dict[str, float]]) -> str:
@@ -208,8 +204,7 @@ def format_wins(wins: dict[str, dict[str, float]]) -> str:
         return ""
     head = ["Win % (row beats column)"] + [title(m) for m in methods]
     rows = [head] + [[title(x)] + ["-" if x == z else f"{wins[x][z]:.1f}" for z in methods] for x in methods]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return _table(rows, rule=False)
 
 
 def csv_bytes(results: list[Result], deltas=None) -> bytes:

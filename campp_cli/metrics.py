@@ -230,10 +230,21 @@ def summarise(scores: list[ImageScores], resamples: int = 2000) -> dict:
     stats = {
         "average_drop": (yo, lambda v: average_drop(v[:, 0], v[:, 1])),
         "increase_in_confidence": (yo, lambda v: increase_in_confidence(v[:, 0], v[:, 1])),
-        "deletion_auc": (dele, lambda v: float(np.mean(v))),
-        "insertion_auc": (ins, lambda v: float(np.mean(v))),
+        "deletion_auc": (dele, mean),
+        "insertion_auc": (ins, mean),
     }
     for name, (values, fn) in stats.items():
-        out[name] = fn(values) if len(values) else float("nan")
-        out[f"{name}_ci95"] = list(bootstrap_ci(values, fn, resamples)) if len(values) else [float("nan")] * 2
+        out[name], out[f"{name}_ci95"] = with_interval(values, fn, resamples)
     return out
+
+
+def mean(values: np.ndarray) -> float:
+    return float(np.mean(values))
+
+
+def with_interval(values: np.ndarray, statistic: Callable[[np.ndarray], float] = mean,
+                  resamples: int = 2000) -> tuple[float, list[float]]:
+    """``statistic`` of ``values`` and its 95 % bootstrap interval; NaN for no values."""
+    if not len(values):
+        return float("nan"), [float("nan")] * 2
+    return statistic(values), list(bootstrap_ci(values, statistic, resamples))

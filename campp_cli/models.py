@@ -24,6 +24,7 @@ import torchvision
 
 from .cam import split_layer
 from .errors import UsageError, WeightsError
+from .labels import numbered
 from .packing import pack_convolutions
 from .sparse_linear import sparse_linear_backward
 
@@ -506,7 +507,7 @@ def with_head(spec: ArchSpec, num_classes: int | None, labels: list[str] | None)
             raise UsageError(f"--num-classes: works with torchvision architectures, not {spec.name}")
         spec = dataclasses.replace(spec, builder=functools.partial(_build_torchvision, spec.name,
                                                                    num_classes=num_classes),
-                                   categories=tuple(f"class {k}" for k in range(num_classes)),
+                                   categories=tuple(numbered(num_classes)),
                                    weights_url=None, weights_filename="")
     if labels is not None:
         if len(labels) != len(spec.categories):
