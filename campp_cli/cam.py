@@ -18,6 +18,7 @@ of gradient methods; with no gradient method requested there is no backward.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,52 @@ def layer_name(model: torch.nn.Module, layer: "str | torch.nn.Module") -> str:
     raise UsageError(f"layer {layer!r}: give a dotted module name or the module itself")
 
 
+#: At most this many class, distillation or register tokens before the patch tokens of a transformer.
+MAX_PREFIX_TOKENS = 16
+
+
+def grid_layout(shape: tuple[int, ...]) -> tuple[str, int] | None:
+    """How a layer output of ``shape`` lays out a square grid of positions, or None.
+
+    ``("nchw", 0)``: a CNN feature map; ``("nhwc", 0)``: channels last (Swin's
+    blocks); ``("tokens", P)``: a transformer's (N, T, C) tokens, P prefix
+    tokens (class, distillation, registers) then a square grid of patches.
+    """
+    if len(shape) == 4:
+        _, a, b, c = shape
+        return ("nhwc", 0) if a == b and b != c else ("nchw", 0)
+    if len(shape) == 3:
+        side = math.isqrt(shape[1])
+        prefix = shape[1] - side * side
+        if side >= 2 and prefix <= min(MAX_PREFIX_TOKENS, 2 * side):
+            return ("tokens", prefix)
+    return None
+
+
+def to_grid(output: torch.Tensor, layout: tuple[str, int]) -> torch.Tensor:
+    """A layer output as an (N, C, H, W) grid (prefix tokens dropped)."""
+    kind, prefix = layout
+    if kind == "nhwc":
+        return output.permute(0, 3, 1, 2)
+    if kind == "tokens":
+        n, t, c = output.shape
+        side = math.isqrt(t - prefix)
+        return output[:, prefix:, :].reshape(n, side, side, c).permute(0, 3, 1, 2)
+    return output
+
+
+def from_grid(grid: torch.Tensor, layout: tuple[str, int], output: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`to_grid`: ``grid`` in the layout of ``output`` (whose prefix tokens it takes)."""
+    kind, prefix = layout
+    if kind == "nhwc":
+        return grid.permute(0, 2, 3, 1)
+    if kind == "tokens":
+        n, c = grid.shape[:2]
+        patches = grid.permute(0, 2, 3, 1).reshape(n, -1, c)
+        return torch.cat([output[:, :prefix, :].detach(), patches], dim=1) if prefix else patches
+    return grid
+
+
 class FeatureTap:
     """Context manager that exposes one layer's output as a gradient leaf.
 
@@ -79,6 +126,9 @@ class FeatureTap:
 
     ``layer`` is a dotted module name, or ``name@k`` for the k-th call (from 0)
     of a module the forward pass runs several times, or the module object itself.
+    A transformer's tokens (or Swin's channels-last map) are seen as the
+    (N, C, H, W) grid :func:`to_grid` makes of them; the model goes on with
+    the same values in its own layout.
     """
 
     def __init__(self, model: torch.nn.Module, layer: "str | torch.nn.Module"):
@@ -90,7 +140,8 @@ class FeatureTap:
         self.model = model
         self.layer = layer
         self.module = modules[name]
-        self.activation: torch.Tensor | None = None
+        self.activation: torch.Tensor | None = None  # (N, C, H, W) whatever the layer's layout
+        self.layout: tuple[str, int] | None = None
         self.calls = 0
         self._handle = None
         self._frozen = FrozenParameters(model)
@@ -104,9 +155,13 @@ class FeatureTap:
             return None
         if not isinstance(output, torch.Tensor):
             raise UsageError(f"--layer {self.layer}: its output is not a single tensor")
+        self.layout = grid_layout(tuple(output.shape))
+        if self.layout is None:
+            raise UsageError(f"--layer {self.layer}: its output {tuple(output.shape)} is neither a feature map "
+                             f"(N, C, H, W) nor transformer tokens (N, T, C) on a square grid")
         # A copy: the next module may work in place, which a leaf cannot allow.
-        self.activation = output.detach().clone().requires_grad_(True)
-        return self.activation
+        self.activation = to_grid(output.detach(), self.layout).clone().requires_grad_(True)
+        return from_grid(self.activation, self.layout, output)
 
     def __enter__(self) -> "FeatureTap":
         self._frozen.__enter__()

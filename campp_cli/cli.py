@@ -21,6 +21,7 @@ from .engines import all_settings, check_settings, get_engine, list_engines, use
 from .errors import CamppError, OutputError, UsageError
 from .labels import check_label_text, read_labels, resolve_label
 from .methods import DEFAULT_METHODS
+from .preprocessing import PRESETS, RESIZE_MODES, parse_overrides
 from .settings import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
@@ -121,19 +122,34 @@ model_options = _options(
                       "--labels); -1 explains the predicted class."),
     click.option("-gpu", "--gpu", "gpu", type=int, default=None, metavar="ID",
                  help="CUDA device index; -1 forces the CPU. Default: GPU 0 if CUDA is available, else the CPU."),
-    click.option("--arch", default="vgg16", show_default=True, metavar="NAME",
-                 help="vgg16 (the paper's), efficientnet_lite0, _lite1, _lite2 (offline), or any torchvision CNN "
-                      "classifier by name: resnet50, densenet121, convnext_tiny..."),
+    click.option("--arch", default=None, metavar="NAME",
+                 help="vgg16 (the paper's, the default), efficientnet_lite0, _lite1, _lite2 (offline), any "
+                      "torchvision classifier by name (resnet50, convnext_tiny, vit_b_16, swin_t...), or "
+                      "timm:NAME (pip install 'campp[timm]')."),
+    click.option("--model", "model_ref", default=None, metavar="FILE.py:FUNCTION",
+                 help="Your own model instead: a function (in a file, or package.module:FUNCTION) that returns "
+                      "a torch.nn.Module; campp imports and runs that code."),
     click.option("--layer", default=None, metavar="DOTTED.NAME",
                  help="Feature map to explain (see 'campp layers'). Default: vgg16 features.29 as in the "
-                      "paper, else the last spatial feature map before global pooling."),
+                      "paper; a transformer's last block's first norm; else the last spatial feature map "
+                      "before global pooling."),
     click.option("--weights", default=None, metavar="PATH",
-                 help="Weights: a state_dict .pth, or for vgg16 the paper's vgg16.npy. Default: models/, "
-                      "then the torch cache (or the package, for efficientnet_liteN), then a download."),
+                 help="Weights: a state_dict .pth or .safetensors, or for vgg16 the paper's vgg16.npy. Default: "
+                      "models/, then the torch or timm cache (or the package, for efficientnet_liteN), then a "
+                      "download; with --model, the model as the function built it."),
     click.option("--num-classes", type=click.IntRange(1, 10**6), default=None, metavar="N",
                  help="The architecture with a head of N classes (your fine-tuned model; needs --weights)."),
     click.option("--labels", "labels_path", default=None, metavar="FILE",
                  help="Class names, one a line or a JSON list, one per output of the model."),
+    click.option("--input-size", type=int, default=None, metavar="N",
+                 help="Side of the model's square input. Default: the model's own (224 for --model)."),
+    click.option("--mean", default=None, metavar="R,G,B|PRESET",
+                 help="Normalisation mean, or a preset: " + ", ".join(PRESETS) + " (caffe: BGR, 0..255, minus "
+                      "the mean). Default: the model's own (imagenet for --model)."),
+    click.option("--std", default=None, metavar="R,G,B", help="Normalisation standard deviation."),
+    click.option("--resize", type=click.Choice(list(RESIZE_MODES)), default=None,
+                 help="How a photo becomes the square input: " + "; ".join(
+                     f"{k}: {v}" for k, v in RESIZE_MODES.items()) + ". Default: crop."),
     click.option("--variant", type=click.Choice(VARIANTS), default="official", show_default=True,
                  help="Grad-CAM++ alphas: 'official' as the authors' code (renormalised), 'paper' as eq. 19."),
     click.option("--methods", "methods", default=",".join(DEFAULT_METHODS), show_default=True, metavar="LIST",
@@ -184,8 +200,18 @@ def _engine_settings(engine: str, given: dict, gpu: int | None) -> dict:
     return check_settings(engine, {s.name: given.get(s.name) for s in all_settings()})
 
 
-def _load_model(gpu, arch, weights, layer, offline, quiet, engine="local", num_classes=None, labels=None,
-                label="-1"):
+def _model_request(arch, model_ref, num_classes, labels_path, input_size, mean, std, resize) -> dict:
+    """load_classifier's model arguments from the command line, checked before any slow import."""
+    if model_ref is not None and arch is not None:
+        raise UsageError("give --arch or --model, not both")
+    if model_ref is not None and num_classes is not None:
+        raise UsageError("--num-classes: your --model function builds its own head; give --labels for names")
+    return dict(arch=arch or "vgg16", model=model_ref, num_classes=num_classes,
+                labels=read_labels(labels_path) if labels_path is not None else None,
+                preprocessing=parse_overrides(input_size, mean, std, resize) or None)
+
+
+def _load_model(gpu, weights, layer, offline, quiet, engine="local", label="-1", **request):
     """(The model, -l as a class index): the model on -gpu's device; for an engine that places its own
     models, on this CPU (for its classes, input size and layer, and to check the weights before any work
     is sent out)."""
@@ -193,8 +219,7 @@ def _load_model(gpu, arch, weights, layer, offline, quiet, engine="local", num_c
 
     here = get_engine(engine).on_this_machine
     device = resolve_device(gpu if here else -1)
-    clf = load_classifier(arch, weights=weights, device=device, layer=layer, download=not offline,
-                          num_classes=num_classes, labels=labels)
+    clf = load_classifier(weights=weights, device=device, layer=layer, download=not offline, **request)
     label = resolve_label(label, clf.categories)
     if not quiet:
         where = describe_device(device) if here else f"--engine {engine}"
@@ -261,9 +286,9 @@ def _run_with_progress(engine, jobs, clf, options, on_result, bar, command=None)
 @engine_options
 @click.option("--max-side", type=click.IntRange(16, 16384), default=DEFAULT_MAX_SIDE, show_default=True,
               help="Largest side of the output panels; bigger photos are shrunk.")
-def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weights, num_classes, labels_path,
-             variant, methods, score_batch, offline, save_maps, guided, skip_existing, jsonl, batch_size, workers,
-             quiet, max_pixels, engine, max_side, **settings) -> None:
+def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, layer, weights, num_classes,
+             labels_path, input_size, mean, std, resize, variant, methods, score_batch, offline, save_maps, guided,
+             skip_existing, jsonl, batch_size, workers, quiet, max_pixels, engine, max_side, **settings) -> None:
     """Explain photos: top-5 classes on stdout, figures per photo in the output folder.
 
     \b
@@ -287,7 +312,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
     settings = _engine_settings(engine, settings, gpu)
     methods = parse_methods(methods)
     check_label_text(label)
-    labels = read_labels(labels_path) if labels_path is not None else None
+    request = _model_request(arch, model_ref, num_classes, labels_path, input_size, mean, std, resize)
     single = is_single(list(files))
     keys = output_keys(methods, save_maps, guided)
     jobs = plan(list(files), Path(output_dir), output, recursive, keys=keys)
@@ -302,7 +327,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
     from .pipeline import Options
 
     run = load_engine(engine)
-    clf, label = _load_model(gpu, arch, weights, layer, offline, quiet, engine, num_classes, labels, label)
+    clf, label = _load_model(gpu, weights, layer, offline, quiet, engine, label, **request)
     options = Options(label=label, variant=variant, methods=methods, score_batch=score_batch, max_side=max_side,
                       max_pixels=max_pixels, save_maps=save_maps, guided=guided, batch_size=batch_size,
                       skip_existing=skip_existing)
@@ -360,9 +385,9 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, layer, weig
               help="Write a PNG of the mean deletion and insertion curves of every method.")
 @run_options
 @engine_options
-def evaluate(files, recursive, label, gpu, arch, layer, weights, num_classes, labels_path, variant, methods,
-             score_batch, offline, steps,
-             eval_batch, boxes_dir, deltas, json_path, csv_path, plot_path, batch_size, workers, quiet, max_pixels,
+def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_classes, labels_path, input_size,
+             mean, std, resize, variant, methods, score_batch, offline, steps, eval_batch, boxes_dir, deltas,
+             json_path, csv_path, plot_path, batch_size, workers, quiet, max_pixels,
              engine, **settings) -> None:
     """Faithfulness of each method (default Grad-CAM and Grad-CAM++) on your model and images.
 
@@ -384,7 +409,7 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, num_classes, la
     settings = _engine_settings(engine, settings, gpu)
     methods = parse_methods(methods)
     check_label_text(label)
-    labels = read_labels(labels_path) if labels_path is not None else None
+    request = _model_request(arch, model_ref, num_classes, labels_path, input_size, mean, std, resize)
     deltas = boxes.parse_deltas(deltas)
     annotations = boxes.load_folder(boxes_dir) if boxes_dir is not None else None
     if plot_path is not None and not plot_path.lower().endswith(".png"):
@@ -401,7 +426,7 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, num_classes, la
     from .pipeline import Options
 
     run = load_engine(engine)
-    clf, label = _load_model(gpu, arch, weights, layer, offline, quiet, engine, num_classes, labels, label)
+    clf, label = _load_model(gpu, weights, layer, offline, quiet, engine, label, **request)
     options = Options(label=label, variant=variant, methods=methods, score_batch=score_batch, max_pixels=max_pixels,
                       batch_size=batch_size)
     if workers:
@@ -424,7 +449,7 @@ def evaluate(files, recursive, label, gpu, arch, layer, weights, num_classes, la
 
     if annotations is not None:
         _check_annotations(annotations, clf.categories)
-    command = ev.EvaluateCommand(steps, eval_batch, annotations, deltas, clf.input_size)
+    command = ev.EvaluateCommand(steps, eval_batch, annotations, deltas, clf.input_size, clf.preprocessing.resize)
     summary = _run_with_progress((run, settings), jobs, clf, options, on_result, bar, command=command)
     document = ev.report(results, clf, options, steps, summary.failed, command)
     _echo(ev.format_table(document["methods"]), block=True)
@@ -484,48 +509,63 @@ def methods() -> None:
 
 
 @cli.command()
-@click.option("--arch", default="vgg16", show_default=True, metavar="NAME", help="Architecture to list.")
-@click.option("--size", type=click.IntRange(32, 4096), default=None, metavar="PIXELS",
+@click.option("--arch", default=None, metavar="NAME", help="Architecture to list (default vgg16; timm:NAME).")
+@click.option("--model", "model_ref", default=None, metavar="FILE.py:FUNCTION", help="Your own model instead.")
+@click.option("--size", type=click.IntRange(8, 8192), default=None, metavar="PIXELS",
               help="Input side for the shapes. Default: the architecture's own (224 for most).")
-def layers(arch, size) -> None:
+def layers(arch, model_ref, size) -> None:
     """List the feature maps --layer accepts, with their shapes; '*' marks the default.
 
     Needs no weights: the shapes come from one forward pass of an untrained model.
     A module that runs several times per pass is listed once per call as NAME@K.
+    A transformer's tokens are listed as the grid they form (prefix tokens dropped;
+    'tokens+1': one class token), Swin's channels-last maps as 'nhwc'.
     """
-    from .models import default_layer, feature_maps, get_arch
+    from .models import default_layer, feature_maps, model_spec
+    from .preprocessing import Overrides
 
-    spec = get_arch(arch)
+    request = _model_request(arch, model_ref, None, None, size, None, None, None)
+    spec = model_spec(request["arch"], request["model"], Overrides(size=size))
     module = spec.build().eval()
-    chosen = default_layer(spec, module)
     side = size or spec.input_size
-    click.echo(f"{arch}: feature maps for a {side}x{side} input (C x H x W)")
+    chosen = default_layer(spec, module, size=side)
+    click.echo(f"{spec.name}: feature maps for a {side}x{side} input (C x H x W)")
     for fm in feature_maps(module, side):
         mark = "*" if fm.layer == chosen else " "
         c, h, w = fm.shape
-        click.echo(f"{mark} {fm.layer:<40s} {c:5d} x {h:3d} x {w:3d}")
+        layout = "" if fm.layout == "nchw" else f"  ({fm.layout})"
+        click.echo(f"{mark} {fm.layer:<40s} {c:5d} x {h:3d} x {w:3d}{layout}")
 
 
 @cli.command()
 @click.argument("source", metavar="SOURCE")
 @click.argument("target", metavar="TARGET.pth")
-@click.option("--arch", default="vgg16", show_default=True, metavar="NAME",
-              help="Architecture the weights must fit.")
-def convert(source, target, arch) -> None:
-    """Convert the paper's vgg16.npy (or any VGG16 weights) to a plain state_dict.
+@click.option("--arch", default=None, metavar="NAME", help="Architecture the weights must fit (default vgg16).")
+@click.option("--model", "model_ref", default=None, metavar="FILE.py:FUNCTION",
+              help="Or your own model (a function returning an nn.Module) they must fit.")
+@click.option("--input-size", type=int, default=None, metavar="N", help="Input side to store.")
+@click.option("--mean", default=None, metavar="R,G,B|PRESET", help="Mean to store, or a preset: " + ", ".join(PRESETS))
+@click.option("--std", default=None, metavar="R,G,B", help="Standard deviation to store.")
+@click.option("--resize", type=click.Choice(list(RESIZE_MODES)), default=None, help="Resize mode to store.")
+def convert(source, target, arch, model_ref, input_size, mean, std, resize) -> None:
+    """Convert weights to a plain state_dict that carries its preprocessing.
 
-    The .npy is a pickle, read with an unpickler that admits only arrays; the
-    .pth written holds tensors and the model's preprocessing (Caffe: BGR, 0..255,
-    mean subtraction), so later runs load it with weights_only=True and never
-    touch pickle again:
+    SOURCE: the paper's vgg16.npy (a pickle, read with an unpickler that admits
+    only arrays), a .pth or a .safetensors file. The .pth written holds tensors
+    and the model's preprocessing (for vgg16.npy the Caffe one: BGR, 0..255,
+    mean subtraction; else the architecture's, changed by --input-size, --mean,
+    --std, --resize), so later runs read it with weights_only=True and need no
+    preprocessing options:
 
-    
+    \b
       campp convert models/vgg16.npy models/vgg16_caffe.pth
       campp classify -f images/chelsea.png --weights models/vgg16_caffe.pth
+      campp convert w.pth mine.pth --model net.py:build --input-size 64 --mean none
     """
     from .models import convert_weights
 
-    path = convert_weights(source, target, arch)
+    request = _model_request(arch, model_ref, None, None, input_size, mean, std, resize)
+    path = convert_weights(source, target, request["arch"], request["preprocessing"], request["model"])
     click.echo(f"wrote {path}")
 
 

@@ -36,12 +36,14 @@ class EvaluateCommand(Command):
     draws = False
 
     def __init__(self, steps: int = DEFAULT_STEPS, eval_batch: int | None = None,
-                 boxes: dict | None = None, deltas=boxes_.DEFAULT_DELTAS, input_size: int = 224):
+                 boxes: dict | None = None, deltas=boxes_.DEFAULT_DELTAS, input_size: int = 224,
+                 resize: str = "crop"):
         self.steps = steps
         self.eval_batch = eval_batch  # None: default_eval_batch(device)
         self.boxes = boxes  # {file stem: boxes.Annotation} from --boxes, or None
         self.deltas = tuple(deltas)
         self.input_size = input_size
+        self.resize = resize  # how the model's square is framed, for the boxes
 
     def extras(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
         from . import metrics
@@ -70,7 +72,8 @@ class EvaluateCommand(Command):
             return {"status": "no box of the class"}
         width, height = boxes_.image_size(row.job.source)
         size = self.input_size
-        framed = [f for f in (boxes_.to_input_frame(b, width, height, size) for b in mine) if f is not None]
+        framed = [f for f in (boxes_.to_input_frame(b, width, height, size, self.resize)
+                                   for b in mine) if f is not None]
         if not framed:
             return {"status": "boxes outside the crop"}
         return {"status": "boxed", "scores": {m: boxes_.score(images.upsample(cam, size), framed, self.deltas)

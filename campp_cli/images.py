@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from .errors import InputError, OutputError
+from .preprocessing import square_region
 from .settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, MIN_PANEL_SIDE
 
 # Pillow allocates a large image in 16 MB blocks, which glibc serves from per-thread heaps that keep
@@ -231,6 +232,23 @@ def center_square(rgb: np.ndarray) -> np.ndarray:
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     return rgb[top:top + side, left:left + side]
+
+
+def to_square(rgb: np.ndarray, resize_mode: str = "crop") -> np.ndarray:
+    """The square the model sees (see :data:`campp_cli.preprocessing.RESIZE_MODES`): the central square,
+    the whole photo squashed (to its short side), or the whole photo padded with black."""
+    if resize_mode == "crop":
+        return center_square(rgb)
+    h, w = rgb.shape[:2]
+    if h == w:
+        return rgb
+    left, top, rw, rh = square_region(w, h, resize_mode)
+    if resize_mode == "squash":
+        side = min(h, w)
+        return cv2.resize(rgb, (side, side), interpolation=cv2.INTER_AREA)
+    canvas = np.zeros((rh, rw, 3), np.uint8)
+    canvas[-top:-top + h, -left:-left + w] = rgb
+    return canvas
 
 
 def resize(rgb: np.ndarray, side: int) -> np.ndarray:

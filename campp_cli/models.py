@@ -11,7 +11,6 @@ import difflib
 import functools
 import importlib
 import io
-import math
 import os
 import warnings
 import zipfile
@@ -22,75 +21,16 @@ from typing import Callable
 import torch
 import torchvision
 
-from .cam import split_layer
-from .errors import UsageError, WeightsError
+from .cam import grid_layout, split_layer, to_grid
+from .errors import ModelError, UsageError, WeightsError
 from .labels import numbered
 from .packing import pack_convolutions
+from .preprocessing import TF_LITE_PREPROCESSING, Overrides, Preprocessing
 from .sparse_linear import sparse_linear_backward
 
 #: Folder searched for weight files before torchvision's cache (relative to
 #: the working directory unless absolute); override with ``CAMPP_MODELS``.
 DEFAULT_MODELS_DIR = "models"
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an RGB image in [0, 1] becomes the model's input tensor.
-
-    ``x' = (x * scale)[channels] - mean) / std``; torchvision models use
-    scale 1 and RGB, the paper's Caffe VGG16 uses scale 255, BGR and no std.
-    """
-
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    scale: float = 1.0
-    bgr: bool = False
-
-    def __call__(self, rgb01: torch.Tensor) -> torch.Tensor:
-        """Normalise an ``(N, 3, H, W)`` RGB batch in [0, 1]."""
-        x = rgb01 * self.scale if self.scale != 1.0 else rgb01
-        if self.bgr:
-            x = x.flip(1)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
-
-    def as_dict(self) -> dict:
-        return {"mean": list(self.mean), "std": list(self.std), "scale": self.scale, "bgr": self.bgr}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
-        try:
-            out = cls(
-                mean=tuple(float(v) for v in d["mean"]),
-                std=tuple(float(v) for v in d["std"]),
-                scale=float(d["scale"]),
-                bgr=bool(d["bgr"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise WeightsError(f"the weights file's preprocessing entry is malformed ({exc})") from None
-        problem = out.problem()
-        if problem:
-            raise WeightsError(f"the weights file's preprocessing entry is malformed: {problem}")
-        return out
-
-    def problem(self) -> str | None:
-        """What is wrong with these statistics, or None."""
-        if len(self.mean) != 3 or len(self.std) != 3:
-            return f"mean and std need 3 values each (R, G, B), not {len(self.mean)} and {len(self.std)}"
-        values = [*self.mean, *self.std, self.scale]
-        if not all(math.isfinite(v) for v in values):
-            return "mean, std and scale must be finite numbers"
-        if any(s == 0 for s in self.std) or self.scale == 0:
-            return "std and scale must not be 0"
-        return None
-
-
-#: TensorFlow EfficientNet-Lite's normalisation: (x * 255 - 127) / 128.
-TF_LITE_PREPROCESSING = Preprocessing(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
-
-#: Transformers have no spatial NCHW feature map for Grad-CAM to weight.
-UNSUPPORTED_PREFIXES = ("vit_", "swin_")
 
 
 @dataclass(frozen=True)
@@ -105,7 +45,9 @@ class ArchSpec:
     weights_filename: str
     weights_url: str | None = None  # torchvision's download, when there is one
     bundled_weights: Callable[[], Path] | None = None  # weights shipped inside a package
-    default_layer: str | None = None  # None: the last spatial feature map (found by a dry run)
+    default_layer: str | None = None  # None: found by a dry run (see default_layer)
+    cached_weights: Callable[[], Path | None] | None = None  # another library's cache (timm's)
+    weights_optional: bool = False  # the builder returns a ready model (your own --model)
 
     def build(self) -> torch.nn.Module:
         return self.builder()
@@ -180,9 +122,8 @@ def _efficientnet_lite_spec(name: str) -> ArchSpec:
 
 
 def arch_names() -> list[str]:
-    names = [n for n in torchvision.models.list_models(module=torchvision.models)
-             if not n.startswith(UNSUPPORTED_PREFIXES)]
-    return sorted({*names, *EFFICIENTNET_LITE})
+    """The architectures --arch takes by bare name (the other sources take PREFIX:NAME)."""
+    return sorted({*torchvision.models.list_models(module=torchvision.models), *EFFICIENTNET_LITE})
 
 
 def _closest(name: str, choices: list[str]) -> str:
@@ -192,20 +133,200 @@ def _closest(name: str, choices: list[str]) -> str:
     return f"; did you mean {', '.join(close[:-1]) + ' or ' if len(close) > 1 else ''}{close[-1]}?"
 
 
+# --------------------------------------------------------------------------- model sources
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where ``--arch PREFIX:NAME`` architectures come from."""
+
+    prefix: str
+    resolve: Callable[[str], ArchSpec]
+    help: str
+    extra: str | None = None  # the pip extra it needs
+
+
+_SOURCES: dict[str, ModelSource] = {}
+
+
+def register_source(prefix: str, resolve: Callable[[str], ArchSpec], help: str, extra: str | None = None) -> None:
+    """Make ``--arch PREFIX:NAME`` (and ``load_classifier("PREFIX:NAME")``) build ``resolve(NAME)``."""
+    if not prefix.isidentifier():
+        raise ValueError(f"model source prefix {prefix!r}: use letters, digits and _")
+    _SOURCES[prefix] = ModelSource(prefix, resolve, help, extra)
+    get_arch.cache_clear()
+
+
+def list_sources() -> list[str]:
+    return sorted(_SOURCES)
+
+
 @functools.lru_cache(maxsize=None)
 def get_arch(name: str) -> ArchSpec:
+    prefix, sep, rest = name.partition(":")
+    if sep:
+        if prefix not in _SOURCES:
+            raise UsageError(f"--arch {name}: no model source {prefix!r}; sources: {', '.join(list_sources())} "
+                             f"(or a bare torchvision name; your own code: --model FILE.py:FUNCTION)")
+        return _SOURCES[prefix].resolve(rest)
     if name in EFFICIENTNET_LITE:
         return _efficientnet_lite_spec(name)
     if name == "vgg16":
         # The paper explains the ReLU after conv5_3 (14x14 at 224): features.29.
         return _torchvision_spec("vgg16", default_layer="features.29")
-    if name.startswith(UNSUPPORTED_PREFIXES) and name in torchvision.models.list_models(module=torchvision.models):
-        raise UsageError(f"--arch {name}: transformers have no spatial feature map for Grad-CAM; pick a CNN")
     names = arch_names()
     if name not in names:
         raise UsageError(f"--arch {name}: unknown architecture{_closest(name, names)} "
-                         f"(see 'campp layers --help'; any torchvision CNN classifier works)")
+                         f"(any torchvision classifier; timm:NAME for timm; your own: --model FILE.py:FUNCTION)")
     return _torchvision_spec(name)
+
+
+def _timm_spec(name: str) -> ArchSpec:
+    """A timm architecture, built offline (``pretrained=False``); its weights from --weights or timm's cache."""
+    try:
+        import timm
+        from timm.models import get_pretrained_cfg
+    except ImportError:
+        raise UsageError(f"--arch timm:{name} needs timm: pip install 'campp[timm]'") from None
+    if not name or not timm.is_model(name):
+        raise UsageError(f"--arch timm:{name}: timm has no such architecture"
+                         f"{_closest(name, timm.list_models())}")
+    cfg = get_pretrained_cfg(name)
+    size = int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else 224
+    mean = tuple(cfg.mean) if cfg is not None and cfg.mean else Preprocessing().mean
+    std = tuple(cfg.std) if cfg is not None and cfg.std else Preprocessing().std
+    classes = int(cfg.num_classes) if cfg is not None and cfg.num_classes else 1000
+    categories = _imagenet_categories() if classes == 1000 else tuple(numbered(classes))
+    hub = cfg.hf_hub_id if cfg is not None else None
+
+    def build(**kwargs) -> torch.nn.Module:
+        return timm.create_model(name, pretrained=False, **kwargs)
+
+    def cached() -> Path | None:
+        if not hub:
+            return None
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(hub, filename)
+            if isinstance(found, str) and os.path.isfile(found):
+                return Path(found)
+        return None
+
+    return ArchSpec(name=f"timm:{name}", builder=build, categories=categories,
+                    preprocessing=Preprocessing(mean=mean, std=std), input_size=size,
+                    weights_filename=f"timm_{name.replace('/', '_')}.pth", cached_weights=cached)
+
+
+register_source("timm", _timm_spec, "timm's architectures: timm:resnet50, timm:vit_base_patch16_224...", "timm")
+
+
+# --------------------------------------------------------------------------- your own model
+
+
+def _import_user_code(ref: str):
+    """``FILE.py:FUNCTION`` or ``package.module:FUNCTION`` -> the function (imported as Python would)."""
+    import importlib.util
+    import sys
+
+    where, sep, attr = ref.rpartition(":")
+    if not sep or not where or not attr:
+        raise UsageError(f"--model {ref}: give FILE.py:FUNCTION or package.module:FUNCTION")
+    is_file = where.endswith(".py") or os.sep in where or "/" in where
+    if is_file:
+        path = Path(where)
+        if not path.is_file():
+            raise UsageError(f"--model {ref}: {where}: no such file")
+        name = f"campp_user_{abs(hash(str(path.absolute())))}"
+        folder = str(path.absolute().parent)
+    else:
+        name, folder = where, os.getcwd()  # python -m and python -c see the working folder too
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        if is_file:
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ModuleNotFoundError as exc:
+        if not is_file and exc.name and where.startswith(exc.name):
+            raise UsageError(f"--model {ref}: no module {exc.name!r} (run from the folder that holds it, "
+                             f"or install it)") from exc
+        raise ModelError(f"--model {ref}: importing {where} failed: {_one_line(exc)}") from exc
+    except Exception as exc:  # the user's code: one line; --debug shows the traceback
+        raise ModelError(f"--model {ref}: importing {where} failed: {_one_line(exc)}") from exc
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+    function = getattr(module, attr, None)
+    if not callable(function):
+        names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        raise UsageError(f"--model {ref}: {where} has no function {attr!r}{_closest(attr, names)}")
+    return function
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message (file, line N)`` of the innermost frame of the user's code."""
+    import traceback
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = ""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f" ({exc.filename}, line {exc.lineno})"
+    elif frames:
+        where = f" ({frames[-1].filename}, line {frames[-1].lineno})"
+    return f"{type(exc).__name__}: {text}{where}" if text else f"{type(exc).__name__}{where}"
+
+
+def _user_spec(model: "str | torch.nn.Module", input_size: int) -> ArchSpec:
+    """An :class:`ArchSpec` for ``--model REF`` (a function returning an ``nn.Module``) or a module object."""
+    if isinstance(model, torch.nn.Module):
+        name, built = type(model).__name__, model
+
+        def build():
+            return built
+    else:
+        name, function = model, _import_user_code(model)
+
+        def build():
+            try:
+                out = function()
+            except Exception as exc:
+                raise ModelError(f"--model {model}: the function raised {_one_line(exc)}") from exc
+            if not isinstance(out, torch.nn.Module):
+                raise UsageError(f"--model {model}: the function returned a {type(out).__name__}, "
+                                 f"not a torch.nn.Module")
+            return out
+    probe = build().eval()
+    classes = _output_classes(probe, input_size, name)
+    memo = [probe]  # the module built to count the outputs serves the first load
+
+    def once():
+        return memo.pop() if memo else build()
+
+    return ArchSpec(name=name, builder=once, categories=tuple(numbered(classes)),
+                    preprocessing=Preprocessing(), input_size=input_size, weights_filename="",
+                    weights_optional=True)
+
+
+def _output_classes(module: torch.nn.Module, size: int, name: str) -> int:
+    """The number of classes of a model whose output is (N, classes), from a dry run."""
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, 3, size, size))
+    except Exception as exc:
+        raise ModelError(f"model {name}: a {size}x{size} input fails: {_one_line(exc)} "
+                         f"(its input size? give --input-size)") from exc
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"model {name}: its output is {shape}, not (N, classes): campp explains classifiers "
+                         f"(return the logits)")
+    return int(out.shape[1])
 
 
 # --------------------------------------------------------------------------- layers
@@ -213,52 +334,76 @@ def get_arch(name: str) -> ArchSpec:
 
 @dataclass(frozen=True)
 class FeatureMap:
-    """One module output seen in a dry run: its layer spec and shape (C, H, W)."""
+    """One module output seen in a dry run: its layer spec, its grid's shape (C, H, W) and layout."""
 
     layer: str  # "name", or "name@k" for the k-th call of a module that runs several times
     shape: tuple[int, int, int]
+    layout: str = "nchw"  # or "nhwc" (channels last), "tokens", "tokens+P" (P prefix tokens dropped)
 
 
 def feature_maps(module: torch.nn.Module, size: int, device: torch.device | str = "cpu") -> list[FeatureMap]:
-    """Every 4-D module output of a forward pass at ``size``, in the order they finish."""
-    seen: list[tuple[str, tuple[int, ...]]] = []
+    """Every module output of a forward pass at ``size`` that is a grid (a CNN's feature maps, a
+    transformer's tokens: see :func:`campp_cli.cam.grid_layout`), in the order they finish."""
+    seen: list[tuple[str, tuple[int, ...], str]] = []
     names = {m: n for n, m in module.named_modules() if n}
     calls: dict[str, int] = {}
 
     def hook(mod, inputs, output):
-        if isinstance(output, torch.Tensor) and output.dim() == 4:
-            seen.append((names[mod], tuple(output.shape[1:])))
+        if isinstance(output, torch.Tensor):
+            layout = grid_layout(tuple(output.shape))
+            if layout is not None:
+                kind, prefix = layout
+                label = kind if kind != "tokens" or not prefix else f"tokens+{prefix}"
+                seen.append((names[mod], tuple(to_grid(output, layout).shape[1:]), label))
         calls[names[mod]] = calls.get(names[mod], 0) + 1
 
     handles = [m.register_forward_hook(hook) for m in names]
     try:
         with torch.no_grad():
             module(torch.zeros(1, 3, size, size, device=device))
+    except Exception as exc:
+        raise ModelError(f"a {size}x{size} input fails in the model: {type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
+                         f"(its input size? give --input-size)") from exc
     finally:
         for h in handles:
             h.remove()
     counter: dict[str, int] = {}
     result = []
-    for name, shape in seen:
+    for name, shape, layout in seen:
         k = counter.get(name, 0)
         counter[name] = k + 1
-        result.append(FeatureMap(f"{name}@{k}" if calls[name] > 1 else name, shape))
+        result.append(FeatureMap(f"{name}@{k}" if calls[name] > 1 else name, shape, layout))
     return result
 
 
-def default_layer(spec: ArchSpec, module: torch.nn.Module, device: torch.device | str = "cpu") -> str:
-    """The arch's own choice, else the last feature map that is still spatial (before global pooling)."""
+#: A transformer's default layer: the first norm of its last block (what pytorch-grad-cam recommends; the
+#: tokens after it still mix in the attention that follows, the class token's only way to see them).
+TRANSFORMER_LAYER_SUFFIXES = ("norm1", "ln_1", "layernorm_before")
+
+
+def default_layer(spec: ArchSpec, module: torch.nn.Module, device: torch.device | str = "cpu",
+                  size: int | None = None) -> str:
+    """The arch's own choice; for a transformer the first norm of its last block; else the last feature
+    map that is still spatial (before global pooling)."""
     if spec.default_layer:
         return spec.default_layer
-    spatial = [f for f in feature_maps(module, spec.input_size, device) if f.shape[1] * f.shape[2] > 1]
+    maps = feature_maps(module, size or spec.input_size, device)
+    spatial = [f for f in maps if f.shape[1] * f.shape[2] > 1]
+    if any(f.layout != "nchw" for f in spatial):
+        norms = [f for f in spatial if f.layer.split("@")[0].endswith(TRANSFORMER_LAYER_SUFFIXES)]
+        if norms:
+            return norms[-1].layer
+    spatial = [f for f in spatial if f.layout == "nchw"] or spatial
     if not spatial:
-        raise UsageError(f"--arch {spec.name}: no spatial feature map found; give one with --layer")
+        raise UsageError(f"{spec.name}: no spatial feature map found; give one with --layer")
     return spatial[-1].layer
 
 
-def check_layer(module: torch.nn.Module, layer: str, spec: ArchSpec, device: torch.device | str = "cpu") -> None:
-    """A usage error, with the closest names, unless ``layer`` is a 4-D feature map of the model."""
-    maps = feature_maps(module, spec.input_size, device)
+def check_layer(module: torch.nn.Module, layer: str, spec: ArchSpec, device: torch.device | str = "cpu",
+                size: int | None = None) -> None:
+    """A usage error, with the closest names, unless ``layer`` is a feature map (or tokens) of the model."""
+    maps = feature_maps(module, size or spec.input_size, device)
     valid = [f.layer for f in maps]
     if layer in valid:
         return
@@ -269,9 +414,11 @@ def check_layer(module: torch.nn.Module, layer: str, spec: ArchSpec, device: tor
                          f"pick one call: {', '.join(several)}")
     names = dict(module.named_modules())
     if name in names and not several and call is None:
-        raise UsageError(f"--layer {layer}: its output is not a 4-D feature map (N, C, H, W)")
+        raise UsageError(f"--layer {layer}: its output is neither a feature map (N, C, H, W) nor tokens (N, T, C) "
+                         f"on a square grid")
+    hint = f"campp layers --arch {spec.name}" if not spec.weights_optional else f"campp layers --model {spec.name}"
     raise UsageError(f"--layer {layer}: {spec.name} has no such feature map{_closest(layer, valid)} "
-                     f"(see 'campp layers --arch {spec.name}')")
+                     f"(see '{hint}')")
 
 
 @dataclass
@@ -287,6 +434,7 @@ class Classifier:
     input_size: int = 224
     weights_source: str = ""
     num_classes: int | None = None  # the head it was built with, when not the architecture's own
+    recipe: dict | None = None  # load_classifier's arguments that rebuild it elsewhere (a Ray actor)
 
 
 # --------------------------------------------------------------------------- devices
@@ -325,10 +473,16 @@ def models_dir() -> Path:
 def weight_candidates(spec: ArchSpec) -> list[Path]:
     """Files tried, in order, when no ``--weights`` is given (before any download)."""
     folder = models_dir()
-    found = [folder / spec.weights_filename, folder / f"{spec.name}.pth"]
+    found = [folder / spec.weights_filename] if spec.weights_filename else []
+    if ":" not in spec.name and not spec.weights_optional:
+        found.append(folder / f"{spec.name}.pth")
     if spec.bundled_weights is not None:
         found.append(spec.bundled_weights())
-    else:
+    elif spec.cached_weights is not None:
+        cached = spec.cached_weights()
+        if cached is not None:
+            found.append(cached)
+    elif spec.weights_filename:
         found.append(Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_filename)
     return found
 
@@ -339,19 +493,26 @@ def _download(spec: ArchSpec) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_filename
 
 
-def find_weights(spec: ArchSpec, weights: str | os.PathLike | None, download: bool = True) -> Path:
-    """The weight file to use: ``weights``, then ``models/``, then the torch cache, then a download."""
+def find_weights(spec: ArchSpec, weights: str | os.PathLike | None, download: bool = True) -> Path | None:
+    """The weight file to use: ``weights``, then ``models/``, then the torch (or timm) cache, then a download.
+
+    None for a model of your own given without ``--weights``: it comes as its function built it.
+    """
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
             raise UsageError(f"--weights {path}: no such file")
         return path
+    if spec.weights_optional:
+        return None
     candidates = weight_candidates(spec)
     for path in candidates:
         if path.is_file():
             return path
-    looked = ", ".join(str(p) for p in candidates)
-    if spec.weights_url is None:
+    looked = ", ".join(str(p) for p in candidates) or "nowhere"
+    if spec.cached_weights is not None:
+        reason = "timm's cache (Hugging Face hub) has none and campp never downloads them"
+    elif spec.weights_url is None:
         reason = "this architecture has no download"
     elif download:
         try:
@@ -360,10 +521,10 @@ def find_weights(spec: ArchSpec, weights: str | os.PathLike | None, download: bo
             reason = f"download from {spec.weights_url} failed ({type(exc).__name__}: {exc})"
     else:
         reason = "downloads are off (--offline or CAMPP_OFFLINE=1)"
+    where = f"copy {spec.weights_filename} into {models_dir()}/ or " if spec.weights_filename else ""
     raise WeightsError(
         f"no {spec.name} weights found: looked for {looked}; {reason}. "
-        f"Fix: copy {spec.weights_filename} into {models_dir()}/ or pass --weights PATH, "
-        f"or run once with network access to fill the torch cache"
+        f"Fix: {where}pass --weights PATH, or run once with network access to fill the cache"
     )
 
 
@@ -422,34 +583,74 @@ def read_checkpoint(path: Path, expected_bytes: int | None = None) -> tuple[dict
 
 
 def read_weights(path: Path, expected_bytes: int | None = None) -> tuple[dict, dict]:
-    """A ``.pth`` state_dict, or the paper's ``vgg16.npy`` through a restricted unpickler."""
-    if path.suffix.lower() == ".npy":
+    """A ``.pth`` state_dict, a ``.safetensors`` file, or the paper's ``vgg16.npy`` through a restricted
+    unpickler."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
         from .npy_weights import load_npy_weights
 
         return load_npy_weights(path)
+    if suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise WeightsError(f"{path}: reading .safetensors needs: pip install safetensors") from None
+        try:
+            state = load_file(str(path))
+        except Exception as exc:
+            raise WeightsError(f"{path}: not a readable safetensors file: {str(exc).strip()[:200]}") from None
+        if not state:
+            raise WeightsError(f"{path}: holds no tensors")
+        return state, {}
     return read_checkpoint(path, expected_bytes)
 
 
-def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, arch: str = "vgg16") -> Path:
-    """Write ``src`` (``.npy`` or ``.pth``) as a plain state_dict plus the preprocessing it needs."""
+def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, arch: str = "vgg16",
+                    preprocessing: "Preprocessing | Overrides | None" = None,
+                    model: "str | torch.nn.Module | None" = None) -> Path:
+    """Write ``src`` (``.npy``, ``.pth`` or ``.safetensors``) as a plain state_dict plus the preprocessing
+    it needs: the source's own (the paper's Caffe one for ``vgg16.npy``), else the architecture's, changed
+    by ``preprocessing``; later loads use it unless told otherwise."""
     from .images import write_atomic  # atomic: a failed conversion leaves no partial file
 
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise UsageError(f"{src}: no such file")
+    spec = model_spec(arch, model, preprocessing)
     state, meta = read_weights(src)
-    spec = get_arch(arch)
-    check_fits(spec.build(), state, arch, src)
+    check_fits(spec.build(), state, spec.name, src)
+    base = Preprocessing.from_dict(meta["preprocessing"]) if "preprocessing" in meta else spec.preprocessing
     payload = {
         "state_dict": state,
-        "arch": arch,
-        "preprocessing": meta.get("preprocessing", Preprocessing().as_dict()),
+        "arch": spec.name,
+        "preprocessing": _final_preprocessing(base, preprocessing).as_dict(),
         "source": src.name,
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
     write_atomic(dst, buf.getvalue())
     return dst
+
+
+def _final_preprocessing(base: Preprocessing, given: "Preprocessing | Overrides | None") -> Preprocessing:
+    if isinstance(given, Preprocessing):
+        problem = given.problem()
+        if problem:
+            raise UsageError(f"preprocessing: {problem}")
+        return given
+    if isinstance(given, Overrides):
+        return given.apply(base)
+    if given is not None:
+        raise UsageError(f"preprocessing: give a Preprocessing, Overrides or None, not {type(given).__name__}")
+    return base
+
+
+def model_spec(arch: str, model: "str | torch.nn.Module | None", preprocessing) -> ArchSpec:
+    """The architecture of ``arch``, or of ``model`` (your own) at the input size ``preprocessing`` asks."""
+    if model is None:
+        return get_arch(arch)
+    size = getattr(preprocessing, "size", None) or 224
+    return _user_spec(model, size)
 
 
 def check_fits(module: torch.nn.Module, state: dict, arch: str, path: Path, num_classes: int | None = None) -> None:
@@ -503,17 +704,19 @@ def with_head(spec: ArchSpec, num_classes: int | None, labels: list[str] | None)
     if num_classes is not None:
         if num_classes < 1:
             raise UsageError(f"--num-classes {num_classes}: give at least 1")
+        if spec.weights_optional:
+            raise UsageError("--num-classes: your --model function builds its own head; give --labels for names")
         if spec.name in EFFICIENTNET_LITE:
-            raise UsageError(f"--num-classes: works with torchvision architectures, not {spec.name}")
-        spec = dataclasses.replace(spec, builder=functools.partial(_build_torchvision, spec.name,
-                                                                   num_classes=num_classes),
-                                   categories=tuple(numbered(num_classes)),
-                                   weights_url=None, weights_filename="")
+            raise UsageError(f"--num-classes: works with torchvision and timm architectures, not {spec.name}")
+        spec = dataclasses.replace(spec, builder=functools.partial(spec.builder, num_classes=num_classes),
+                                   categories=tuple(numbered(num_classes)), weights_url=None,
+                                   weights_filename="", bundled_weights=None, cached_weights=None)
     if labels is not None:
         if len(labels) != len(spec.categories):
+            hint = "" if num_classes is not None or spec.weights_optional else \
+                " (a head of your own? give --num-classes)"
             raise UsageError(f"--labels: {len(labels)} names, but {spec.name} has {len(spec.categories)} "
-                             f"outputs" + ("" if num_classes is not None else " (a head of your own? "
-                                                                               "give --num-classes)"))
+                             f"outputs{hint}")
         spec = dataclasses.replace(spec, categories=tuple(labels))
     return spec
 
@@ -522,60 +725,85 @@ def load_classifier(
     arch: str = "vgg16",
     weights: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
-    layer: str | None = None,
+    layer: "str | torch.nn.Module | None" = None,
     download: bool | None = None,
     num_classes: int | None = None,
     labels: list[str] | None = None,
+    *,
+    model: "str | torch.nn.Module | None" = None,
+    preprocessing: "Preprocessing | Overrides | None" = None,
 ) -> Classifier:
-    """Build ``arch``, load its weights (see :func:`find_weights`), move it to ``device``.
+    """Build a classifier, load its weights (see :func:`find_weights`), move it to ``device``.
 
-    ``num_classes``: a torchvision architecture built with another head (then ``weights`` is needed);
-    ``labels``: the class names, one per output (default: ImageNet's, or "class k").
+    ``arch``: a torchvision name, ``efficientnet_liteN``, or ``PREFIX:NAME`` of a model source
+    (``timm:NAME``; see :func:`register_source`).  ``model``: your own instead, an ``nn.Module`` or
+    ``"FILE.py:FUNCTION"`` / ``"package.module:FUNCTION"`` (a function returning one; ``weights``
+    optional).  ``num_classes``: a torchvision or timm architecture built with another head (then
+    ``weights`` is needed); ``labels``: the class names, one per output (default: ImageNet's, or
+    "class k").  ``preprocessing``: a :class:`Preprocessing` to use, or :class:`Overrides` of the
+    model's own (input size, mean, std, resize mode).  ``layer``: a name or the module itself.
     The last model loaded is kept, so repeated calls from a notebook or a test
     do not re-read hundreds of megabytes.
     """
     if num_classes is not None and weights is None:
         raise UsageError(f"--num-classes {num_classes}: give the weights of that head with --weights")
-    spec = with_head(get_arch(arch), num_classes, labels)
+    if isinstance(preprocessing, Preprocessing):
+        problem = preprocessing.problem()
+        if problem:
+            raise UsageError(f"preprocessing: {problem}")
     device = torch.device(device)
     if download is None:
         download = os.environ.get("CAMPP_OFFLINE", "") in ("", "0")
-    path = find_weights(spec, weights, download=download)
-    stat = path.stat()
-    key = (arch, str(path.absolute()), stat.st_size, stat.st_mtime_ns, str(device), layer, num_classes,
-           spec.categories)
-    if key in _CACHE:
+    if weights is not None and not Path(weights).is_file():
+        raise UsageError(f"--weights {weights}: no such file")
+    identity = id(model) if isinstance(model, torch.nn.Module) else model
+    stat = Path(weights).stat() if weights is not None else None
+    key = (arch, identity, str(Path(weights).absolute()) if weights else None,
+           stat and (stat.st_size, stat.st_mtime_ns), str(device), layer if isinstance(layer, str) else id(layer),
+           num_classes, tuple(labels) if labels else None, repr(preprocessing))
+    if key in _CACHE and not isinstance(model, str):
         return _CACHE[key]
+    spec = with_head(model_spec(arch, model, preprocessing), num_classes, labels)
+    path = find_weights(spec, weights, download=download)
     module = spec.build().eval()
-    # Layer errors before the (large) weights are read: shapes need no trained weights.
+    state, meta = None, {}
+    if path is not None:
+        expected = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+        state, meta = read_weights(path, expected)
+    base = Preprocessing.from_dict(meta["preprocessing"]) if "preprocessing" in meta else spec.preprocessing
+    final = _final_preprocessing(base, preprocessing)
+    size = final.size or spec.input_size
+    if isinstance(layer, torch.nn.Module):
+        from .cam import layer_name
+
+        layer = layer_name(module, layer)
+    # Layer errors before the (large) weights are loaded: shapes need no trained weights.
     if layer is None:
-        target = default_layer(spec, module)
+        target = default_layer(spec, module, size=size)
     else:
-        check_layer(module, layer, spec)
+        check_layer(module, layer, spec, size=size)
         target = layer
-    expected = sum(t.numel() * t.element_size() for t in module.state_dict().values())
-    state, meta = read_weights(path, expected)
-    check_fits(module, state, arch, path, num_classes)
-    try:
-        module.load_state_dict(state)
-    except (RuntimeError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: these weights do not load into {arch}: {first}") from None
+    if state is not None:
+        check_fits(module, state, spec.name, path, num_classes)
+        try:
+            module.load_state_dict(state)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise WeightsError(f"{path}: these weights do not load into {spec.name}: {first}") from None
     prepare_module(module, device)
-    if "preprocessing" in meta:
-        preprocessing = Preprocessing.from_dict(meta["preprocessing"])
-    else:
-        preprocessing = spec.preprocessing
+    recipe = dict(arch=arch, model=model, weights=str(path.absolute()) if path is not None else None, layer=target,
+                  num_classes=num_classes, labels=list(spec.categories), preprocessing=final)
     clf = Classifier(
-        arch=arch,
+        arch=spec.name,
         module=module,
         layer=target,
-        preprocessing=preprocessing,
+        preprocessing=final,
         categories=list(spec.categories),
         device=device,
-        input_size=spec.input_size,
-        weights_source=str(path),
+        input_size=size,
+        weights_source=str(path) if path is not None else f"as built by {spec.name}",
         num_classes=num_classes,
+        recipe=recipe,
     )
     _CACHE.clear()
     _CACHE[key] = clf

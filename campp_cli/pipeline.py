@@ -63,7 +63,8 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
     budget = images.PixelBudget(options.max_pixels)  # pixels decoded at once, across the threads
 
     def submit_decodes(chunk):
-        return [decoders.submit(guarded, decode, job.source, job, clf.input_size, options, command.draws, budget)
+        return [decoders.submit(guarded, decode, job.source, job, clf.input_size, options, command.draws, budget,
+                                 clf.preprocessing.resize)
                 for job in chunk]
 
     def drain(limit: int) -> None:

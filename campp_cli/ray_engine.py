@@ -154,21 +154,26 @@ def _drive(todo: list[Job], clf: Classifier, options: stages.Options, command: s
         raise UsageError(f"--actors {actors} x --gpus-per-actor {gpus_per_actor:g} needs {actors * gpus_per_actor:g} "
                          f"GPUs; the cluster has {gpus:g}")
     cwd = os.getcwd()
-    weights = str(Path(clf.weights_source).absolute())
+    if clf.recipe is None:
+        raise UsageError("--engine ray rebuilds the model on its workers from load_classifier's arguments; "
+                         "this classifier was not made by load_classifier")
+    recipe = dict(clf.recipe)
     if len(nodes) > 1:
-        check_shared(cwd, todo, nodes, also=[weights])
+        code = [recipe["model"].rpartition(":")[0]] if isinstance(recipe["model"], str) else []
+        code = [str(Path(c).absolute()) for c in code if c.endswith(".py")]
+        check_shared(cwd, todo, nodes, also=[w for w in [recipe["weights"]] if w] + code)
     on_passes = options.on_passes
     shipped = _shippable(options)
     batch_size = options.batch_size or stages.default_batch_size(_device(gpus_per_actor))
     threads = max(1, (os.cpu_count() or 1) * max(1, len(nodes)) // actors) if gpus_per_actor == 0 else None
-    model = dict(arch=clf.arch, weights=weights, layer=clf.layer, device=_device(gpus_per_actor), threads=threads,
-                 num_classes=clf.num_classes, labels=list(clf.categories))
+    model = dict(recipe=recipe, device=_device(gpus_per_actor), threads=threads)
 
     items = [{"i": i, "job": pickle.dumps(job)} for i, job in enumerate(todo)]
     blocks = max(1, min(len(items), math.ceil(len(items) / batch_size)))
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     # Different resources keep Ray Data from fusing the CPU tasks into the actors.
-    ds = ds.map(_decode, fn_kwargs=dict(cwd=cwd, size=clf.input_size, options=shipped, draws=command.draws),
+    ds = ds.map(_decode, fn_kwargs=dict(cwd=cwd, size=clf.input_size, options=shipped, draws=command.draws,
+                                   resize=clf.preprocessing.resize),
                 num_cpus=0.5)
     ds = ds.map_batches(_Explainer, batch_size=batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -255,11 +260,11 @@ def _enter(cwd: str) -> None:
                              f"{cwd} ({exc.strerror or exc}): use a filesystem every node sees") from None
 
 
-def _decode(row: dict, cwd: str, size: int, options: stages.Options, draws: bool) -> dict:
+def _decode(row: dict, cwd: str, size: int, options: stages.Options, draws: bool, resize: str) -> dict:
     """CPU task: a job -> a DecodedRow, or the image's failed Result."""
     _enter(cwd)
     job: Job = pickle.loads(row["job"])
-    out = stages.guarded(stages.decode, job.source, job, size, options, draws)
+    out = stages.guarded(stages.decode, job.source, job, size, options, draws, None, resize)
     return {"i": row["i"], "row": pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)}
 
 
@@ -280,9 +285,7 @@ class _Explainer:
         self.passes = 0
         self.options.on_passes = self._count
         try:
-            self.clf = load_classifier(model["arch"], weights=model["weights"], device=model["device"],
-                                       layer=model["layer"], download=False, num_classes=model["num_classes"],
-                                       labels=model["labels"])
+            self.clf = load_classifier(**model["recipe"], device=model["device"], download=False)
         except CamppError as exc:  # reported by the driver as the run's one line
             self.fatal = pickle.dumps(exc)
         self.node = ray.get_runtime_context().get_node_id()

@@ -207,12 +207,13 @@ class ExplainedRow:
 
 
 def decode(job: Job, size: int, options: Options, display: bool,
-           budget: images.PixelBudget | None = None) -> DecodedRow:
-    """Stage 1: read and crop one image; an :class:`InputError` names it if it cannot be read."""
+           budget: images.PixelBudget | None = None, resize: str = "crop") -> DecodedRow:
+    """Stage 1: read one image and frame it as the model's square (``resize``: see
+    :data:`campp_cli.preprocessing.RESIZE_MODES`); an :class:`InputError` names it if it cannot be read."""
     if job.error is not None:
         raise InputError(job.error)
     need = max(size, options.max_side) if display else size  # larger photos are decoded reduced
-    square = images.center_square(images.load_rgb(job.source, options.max_pixels, need, budget))
+    square = images.to_square(images.load_rgb(job.source, options.max_pixels, need, budget), resize)
     shown = images.display_square(square, options.max_side) if display else None
     return DecodedRow(job, images.model_input(square, size), shown)
 

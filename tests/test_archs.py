@@ -179,10 +179,9 @@ def test_layers_command_marks_the_default(run_cli):
 
 @pytest.mark.parametrize("args,needles", [
     (["--arch", "resnet5"], ["unknown architecture", "resnet50"]),
-    (["--arch", "vit_b_16"], ["transformers"]),
     (["--arch", "resnet18", "--layer", "layer5"], ["no such feature map", "layer4"]),
     (["--arch", "efficientnet_lite0", "--layer", "_swish"], ["runs 2 times", "_swish@1"]),
-    (["--arch", "resnet18", "--layer", "fc"], ["not a 4-D feature map"]),
+    (["--arch", "resnet18", "--layer", "fc"], ["neither a feature map (N, C, H, W) nor tokens"]),
 ])
 def test_unknown_arch_or_layer_suggests_names(resnet18_weights, run_cli, tmp_path, args, needles):
     code, out, err = run_cli("classify", "-f", IMAGES / "coffee.png", "--weights", resnet18_weights, *args,

@@ -210,6 +210,34 @@ def test_a_head_and_classes_of_ones_own_reach_the_actors(local_ray, tmp_path):
     assert {name for _, name, _ in results[0].top5} == {"a", "b", "c"}
 
 
+@pytest.mark.slow
+def test_a_model_of_ones_own_and_its_preprocessing_reach_the_actors(local_ray, tmp_path, monkeypatch):
+    """--model FILE.py:FUNCTION, --input-size and --resize: the actors' results equal the local engine's."""
+    from campp_cli import pipeline, ray_engine
+    from campp_cli.inputs import Job
+    from campp_cli.models import load_classifier
+    from campp_cli.preprocessing import Overrides
+    from campp_cli.stages import Options
+
+    (tmp_path / "net.py").write_text(
+        "import torch\nfrom torch import nn\n\ndef build():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),"
+        " nn.Linear(4, 5))\n")
+    monkeypatch.chdir(tmp_path)
+    clf = load_classifier(model="net.py:build", preprocessing=Overrides(size=40, resize="pad"))
+    got = {}
+    for name, run in (("local", pipeline.run), ("ray", ray_engine.run)):
+        out = tmp_path / name
+        out.mkdir()
+        results = []
+        run([Job(IMAGES / "chelsea.png", out, "chelsea", ".jpeg")], clf, Options(save_maps=True), results.append)
+        assert results[0].error is None, results[0].error
+        got[name] = (results[0].probability, np.load(out / "chelsea_gradcampp.npy"))
+    assert got["ray"][0] == pytest.approx(got["local"][0], abs=1e-6)
+    assert got["ray"][1].shape == (38, 38)  # 40 px in, a 3x3 convolution without padding
+    np.testing.assert_allclose(got["ray"][1], got["local"][1], atol=1e-5)
+
+
 # --- two nodes -----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,182 @@
+"""How a photo becomes the model's input: the square it is framed to, its size, its normalisation.
+
+Nothing here imports torch at module level: the command line parses and
+checks ``--input-size``, ``--mean``, ``--std`` and ``--resize`` before the
+slow imports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .errors import UsageError, WeightsError
+
+#: How a photo that is not square becomes the model's square input.
+RESIZE_MODES = {
+    "crop": "the central square, as the paper (the rest is not seen)",
+    "squash": "the whole photo, resized to a square (shapes are stretched)",
+    "pad": "the whole photo, centred on a black square",
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB image in [0, 1] becomes the model's input tensor.
+
+    ``x' = ((x * scale)[channels] - mean) / std``; torchvision models use
+    scale 1 and RGB, the paper's Caffe VGG16 uses scale 255, BGR and no std.
+    ``size`` (None: the architecture's own) and ``resize`` (see
+    :data:`RESIZE_MODES`) say how the photo is framed before that.
+    """
+
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    scale: float = 1.0
+    bgr: bool = False
+    size: int | None = None
+    resize: str = "crop"
+
+    def __call__(self, rgb01):
+        """Normalise an ``(N, 3, H, W)`` RGB batch in [0, 1] (a torch tensor)."""
+        import torch
+
+        x = rgb01 * self.scale if self.scale != 1.0 else rgb01
+        if self.bgr:
+            x = x.flip(1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def as_dict(self) -> dict:
+        out = {"mean": list(self.mean), "std": list(self.std), "scale": self.scale, "bgr": self.bgr,
+               "resize": self.resize}
+        if self.size is not None:
+            out["size"] = self.size
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        """What ``campp convert`` stored (older files have no size or resize)."""
+        try:
+            out = cls(
+                mean=tuple(float(v) for v in d["mean"]),
+                std=tuple(float(v) for v in d["std"]),
+                scale=float(d["scale"]),
+                bgr=bool(d["bgr"]),
+                size=None if d.get("size") is None else int(d["size"]),
+                resize=str(d.get("resize", "crop")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WeightsError(f"the weights file's preprocessing entry is malformed ({exc})") from None
+        problem = out.problem()
+        if problem:
+            raise WeightsError(f"the weights file's preprocessing entry is malformed: {problem}")
+        return out
+
+    def problem(self) -> str | None:
+        """What is wrong with these settings, or None."""
+        if len(self.mean) != 3 or len(self.std) != 3:
+            return f"mean and std need 3 values each (R, G, B), not {len(self.mean)} and {len(self.std)}"
+        values = [*self.mean, *self.std, self.scale]
+        if not all(math.isfinite(v) for v in values):
+            return "mean, std and scale must be finite numbers"
+        if any(s == 0 for s in self.std) or self.scale == 0:
+            return "std and scale must not be 0"
+        if self.resize not in RESIZE_MODES:
+            return f"resize {self.resize!r} is not one of {', '.join(RESIZE_MODES)}"
+        if self.size is not None and not 8 <= self.size <= 8192:
+            return f"input size {self.size} is not between 8 and 8192"
+        return None
+
+    def replace(self, **changes) -> "Preprocessing":
+        return dataclasses.replace(self, **changes)
+
+
+#: Named normalisations --mean accepts.
+PRESETS = {
+    "imagenet": Preprocessing(),
+    "inception": Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3),
+    # The paper's Caffe VGG16: RGB [0, 1] * 255, to BGR, minus the BGR mean, no std.
+    "caffe": Preprocessing(mean=(103.939, 116.779, 123.68), std=(1.0,) * 3, scale=255.0, bgr=True),
+    "none": Preprocessing(mean=(0.0,) * 3, std=(1.0,) * 3),
+}
+
+#: TensorFlow EfficientNet-Lite's normalisation: (x * 255 - 127) / 128.
+TF_LITE_PREPROCESSING = Preprocessing(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+
+
+def _triple(option: str, text: str) -> tuple[float, float, float]:
+    parts = [p.strip() for p in text.replace(";", ",").split(",")]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"{option} {text}: give three numbers R,G,B (e.g. 0.485,0.456,0.406) or a preset: "
+                         f"{', '.join(PRESETS)}") from None
+    if len(values) != 3:
+        raise UsageError(f"{option} {text}: give three numbers R,G,B, not {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{option} {text}: the numbers must be finite")
+    return values  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the command line changes in a model's own preprocessing (None: keep the model's)."""
+
+    size: int | None = None
+    resize: str | None = None
+    preset: str | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    def apply(self, base: Preprocessing) -> Preprocessing:
+        out = PRESETS[self.preset] if self.preset is not None else base
+        out = out.replace(size=base.size, resize=base.resize)
+        if self.mean is not None:
+            out = out.replace(mean=self.mean)
+        if self.std is not None:
+            out = out.replace(std=self.std)
+        if self.size is not None:
+            out = out.replace(size=self.size)
+        if self.resize is not None:
+            out = out.replace(resize=self.resize)
+        return out
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in dataclasses.astuple(self))
+
+
+def parse_overrides(input_size: int | None = None, mean: str | None = None, std: str | None = None,
+                    resize: str | None = None) -> Overrides:
+    """``--input-size``, ``--mean R,G,B|PRESET``, ``--std R,G,B``, ``--resize MODE`` checked, before any import."""
+    if input_size is not None and not 8 <= input_size <= 8192:
+        raise UsageError(f"--input-size {input_size}: give a side between 8 and 8192 pixels")
+    if resize is not None and resize not in RESIZE_MODES:
+        raise UsageError(f"--resize {resize}: use one of {', '.join(RESIZE_MODES)}")
+    preset = None
+    mean_values = None
+    if mean is not None:
+        if mean.strip().lower() in PRESETS:
+            preset = mean.strip().lower()
+        else:
+            mean_values = _triple("--mean", mean)
+    std_values = _triple("--std", std) if std is not None else None
+    if std_values is not None and any(v == 0 for v in std_values):
+        raise UsageError(f"--std {std}: a standard deviation of 0 would divide by zero")
+    return Overrides(input_size, resize, preset, mean_values, std_values)
+
+
+def square_region(width: int, height: int, resize: str = "crop") -> tuple[int, int, int, int]:
+    """``(left, top, region_width, region_height)``: the part of a ``width`` x ``height`` photo that
+    becomes the model's square input (it reaches past the photo, on black, for ``pad``)."""
+    if resize == "crop":
+        side = min(width, height)
+        return (width - side) // 2, (height - side) // 2, side, side
+    if resize == "squash":
+        return 0, 0, width, height
+    if resize == "pad":
+        side = max(width, height)
+        return -((side - width) // 2), -((side - height) // 2), side, side
+    raise UsageError(f"resize {resize!r}: use one of {', '.join(RESIZE_MODES)}")
