@@ -267,9 +267,16 @@ def display_square(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE) -> np.ndar
     return resize(square, target)
 
 
-def model_input(square: np.ndarray, size: int) -> np.ndarray:
-    """The square as float32 RGB in [0, 1], ``(3, size, size)``."""
-    small = resize(square, size)
+#: cv2 flags of the interpolations a model's preprocessing may ask for ("area": see :func:`resize`).
+INTERPOLATIONS = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
+
+
+def model_input(square: np.ndarray, size: int, interpolation: str = "area") -> np.ndarray:
+    """The square as float32 RGB in [0, 1], ``(3, size, size)``, resized with ``interpolation``."""
+    if interpolation in INTERPOLATIONS and square.shape[0] != size:
+        small = cv2.resize(square, (size, size), interpolation=INTERPOLATIONS[interpolation])
+    else:
+        small = resize(square, size)
     return np.ascontiguousarray(small.transpose(2, 0, 1), dtype=np.float32) / 255.0
 
 

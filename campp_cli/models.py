@@ -25,7 +25,7 @@ from .cam import grid_layout, split_layer, to_grid
 from .errors import ModelError, UsageError, WeightsError
 from .labels import numbered
 from .packing import pack_convolutions
-from .preprocessing import TF_LITE_PREPROCESSING, Overrides, Preprocessing
+from .preprocessing import INTERPOLATIONS, TF_LITE_PREPROCESSING, Overrides, Preprocessing
 from .sparse_linear import sparse_linear_backward
 
 #: Folder searched for weight files before torchvision's cache (relative to
@@ -213,8 +213,9 @@ def _timm_spec(name: str) -> ArchSpec:
                 return Path(found)
         return None
 
+    interpolation = cfg.interpolation if cfg is not None and cfg.interpolation in INTERPOLATIONS else "area"
     return ArchSpec(name=f"timm:{name}", builder=build, categories=categories,
-                    preprocessing=Preprocessing(mean=mean, std=std), input_size=size,
+                    preprocessing=Preprocessing(mean=mean, std=std, interpolation=interpolation), input_size=size,
                     weights_filename=f"timm_{name.replace('/', '_')}.pth", cached_weights=cached)
 
 

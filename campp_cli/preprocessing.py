@@ -21,6 +21,10 @@ RESIZE_MODES = {
 }
 
 
+#: How the square is resized to the input size ("area": area averaging to shrink, bilinear to enlarge).
+INTERPOLATIONS = ("area", "bilinear", "bicubic", "nearest")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How an RGB image in [0, 1] becomes the model's input tensor.
@@ -37,6 +41,7 @@ class Preprocessing:
     bgr: bool = False
     size: int | None = None
     resize: str = "crop"
+    interpolation: str = "area"  # or bilinear, bicubic, nearest (timm's configurations name one)
 
     def __call__(self, rgb01):
         """Normalise an ``(N, 3, H, W)`` RGB batch in [0, 1] (a torch tensor)."""
@@ -51,7 +56,7 @@ class Preprocessing:
 
     def as_dict(self) -> dict:
         out = {"mean": list(self.mean), "std": list(self.std), "scale": self.scale, "bgr": self.bgr,
-               "resize": self.resize}
+               "resize": self.resize, "interpolation": self.interpolation}
         if self.size is not None:
             out["size"] = self.size
         return out
@@ -67,6 +72,7 @@ class Preprocessing:
                 bgr=bool(d["bgr"]),
                 size=None if d.get("size") is None else int(d["size"]),
                 resize=str(d.get("resize", "crop")),
+                interpolation=str(d.get("interpolation", "area")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"the weights file's preprocessing entry is malformed ({exc})") from None
@@ -84,6 +90,8 @@ class Preprocessing:
             return "mean, std and scale must be finite numbers"
         if any(s == 0 for s in self.std) or self.scale == 0:
             return "std and scale must not be 0"
+        if self.interpolation not in INTERPOLATIONS:
+            return f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
         if self.resize not in RESIZE_MODES:
             return f"resize {self.resize!r} is not one of {', '.join(RESIZE_MODES)}"
         if self.size is not None and not 8 <= self.size <= 8192:
@@ -133,7 +141,7 @@ class Overrides:
 
     def apply(self, base: Preprocessing) -> Preprocessing:
         out = PRESETS[self.preset] if self.preset is not None else base
-        out = out.replace(size=base.size, resize=base.resize)
+        out = out.replace(size=base.size, resize=base.resize, interpolation=base.interpolation)
         if self.mean is not None:
             out = out.replace(mean=self.mean)
         if self.std is not None:

@@ -154,7 +154,8 @@ def guarded(fn, source, *args) -> Result:
 
 def to_batch(squares: list[np.ndarray], clf: Classifier) -> torch.Tensor:
     """RGB batch in [0, 1] at the model's input size, on its device (before normalisation)."""
-    return _to_device(np.stack([images.model_input(s, clf.input_size) for s in squares]), clf.device)
+    return _to_device(np.stack([images.model_input(s, clf.input_size, clf.preprocessing.interpolation)
+                                for s in squares]), clf.device)
 
 
 def check_label(clf: Classifier, label: int) -> None:
@@ -207,7 +208,7 @@ class ExplainedRow:
 
 
 def decode(job: Job, size: int, options: Options, display: bool,
-           budget: images.PixelBudget | None = None, resize: str = "crop") -> DecodedRow:
+           budget: images.PixelBudget | None = None, resize: str = "crop", interpolation: str = "area") -> DecodedRow:
     """Stage 1: read one image and frame it as the model's square (``resize``: see
     :data:`campp_cli.preprocessing.RESIZE_MODES`); an :class:`InputError` names it if it cannot be read."""
     if job.error is not None:
@@ -215,7 +216,7 @@ def decode(job: Job, size: int, options: Options, display: bool,
     need = max(size, options.max_side) if display else size  # larger photos are decoded reduced
     square = images.to_square(images.load_rgb(job.source, options.max_pixels, need, budget), resize)
     shown = images.display_square(square, options.max_side) if display else None
-    return DecodedRow(job, images.model_input(square, size), shown)
+    return DecodedRow(job, images.model_input(square, size, interpolation), shown)
 
 
 def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, command: "Command") -> list[ExplainedRow]:
