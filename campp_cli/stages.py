@@ -51,6 +51,7 @@ class Options:
     batch_size: int | None = None  # None: default_batch_size(device)
     workers: int = max(1, min(4, os.cpu_count() or 1))  # decoding and writing threads
     skip_existing: bool = False  # resume: skip images whose outputs are all there
+    alpha: float = images.DEFAULT_ALPHA  # the heatmap's weight in the overlays
 
 
 @dataclass
@@ -107,7 +108,7 @@ def prepare(clf: Classifier, options: Options | None, command: "Command | None")
     """What every engine checks first: the methods named, the command (default: classify), the label."""
     options = options or Options()
     options.methods = parse_methods(options.methods)
-    command = command or ClassifyCommand(options)
+    command = command or ClassifyCommand(options, figure_caption(clf, options))
     check_label(clf, options.label)
     return options, command
 
@@ -273,8 +274,9 @@ class Command:
 class ClassifyCommand(Command):
     """campp classify: figures (and maps, and guided figures) for each image."""
 
-    def __init__(self, options: Options):
+    def __init__(self, options: Options, caption: str = ""):
         self.options = options
+        self.caption = caption  # the strip under each comparison figure: model, layer, variant
 
     def is_done(self, job: Job) -> "Result | None":
         paths = job.output_paths(self.options.methods, self.options.save_maps, self.options.guided)
@@ -290,37 +292,57 @@ class ClassifyCommand(Command):
         return list(guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing))
 
     def finish(self, row: ExplainedRow, categories: list[str]) -> "Result":
-        figures = render(row, categories[row.class_index], row.extra)
+        figures = render(row, categories, row.extra, caption=self.caption, alpha=self.options.alpha)
         make_output_folder(row.job)
         written = write_outputs(row.job, figures, row.maps if self.options.save_maps else None)
         return result_of(row, categories, written)
 
 
-def render(row: ExplainedRow, class_name: str, guided: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def figure_caption(clf: Classifier, options: Options) -> str:
+    """The strip under a comparison figure: what was explained, where, and how."""
+    variant = f", Grad-CAM++ {options.variant}" if "gradcampp" in options.methods else ""
+    return f"model {clf.arch} | layer {clf.layer}{variant}"
+
+
+def render(row: ExplainedRow, categories: "list[str] | str", guided: np.ndarray | None = None,
+           caption: str = "", alpha: float = images.DEFAULT_ALPHA) -> dict[str, np.ndarray]:
     """Every figure for one image, keyed by output-name suffix ('' is the comparison).
 
-    One heatmap and one overlay per method in ``row.maps`` (in its order);
-    ``guided``: the image's guided-backpropagation gradient ``(3, h, w)``, if wanted.
+    One heatmap and one overlay (the heatmap blended at ``alpha``) per method
+    in ``row.maps`` (in its order); ``guided``: the image's guided-backpropagation
+    gradient ``(3, h, w)``, if wanted.  The comparison's method panels carry a
+    colour bar; its titles say "explained" and "predicted" when the explained
+    class (``-l``) is not the predicted one; ``caption`` goes in a strip below.
     """
     square = row.display
     side = square.shape[0]
     p = row.probability
+    if isinstance(categories, str):
+        categories = {row.class_index: categories}
+    name = categories[row.class_index]
+    predicted = int(np.argmax(row.probs))
+    explained = f"{name} ({p:.1%})"
+    if predicted != row.class_index:
+        title = [f"explained: {explained}", f"predicted: {categories[predicted]} ({row.probs[predicted]:.1%})"]
+        explained = f"explained: {explained}"
+    else:
+        title = ["Input", explained]
     figures: dict[str, np.ndarray] = {"": square}  # the comparison first; drawn below
     guided_figures: dict[str, np.ndarray] = {}
-    panels = [images.titled(square, ["Input", f"{class_name} ({p:.1%})"])]
+    panels = [images.titled(images.with_colour_bar(square, blank=True), title)]
     for method, cam in row.maps.items():
         heat = images.colorize(images.upsample(cam, side))
-        blended = images.overlay(square, heat)
+        blended = images.overlay(square, heat, alpha)
         figures[f"_{method}_heatmap"] = heat
         figures[f"_{method}_overlay"] = blended
         spec = get_method(method)
-        caption = f"{class_name} ({p:.1%})" if spec.class_specific else "class-agnostic"
-        panels.append(images.titled(blended, [spec.title, caption]))
+        lines = [spec.title, explained if spec.class_specific else "class-agnostic"]
+        panels.append(images.titled(images.with_colour_bar(blended), lines))
         if guided is not None:
             grad = guided.transpose(1, 2, 0)
             weighted = grad * images.upsample(cam, grad.shape[0])[..., None]
             guided_figures[f"_guided_{method}"] = images.resize(images.gradient_image(weighted), side)
-    figures[""] = images.side_by_side(panels)
+    figures[""] = images.captioned(images.side_by_side(panels), caption) if caption else images.side_by_side(panels)
     return {**figures, **guided_figures}
 
 

@@ -66,7 +66,7 @@ def test_a_model_of_your_own_from_a_file(own, run_cli, monkeypatch):
 
 def test_a_model_from_a_package_module(own, run_cli, monkeypatch):
     monkeypatch.chdir(own)
-    code, out, err = run_cli("classify", "-f", "photo.png", "--model", "net:build", "--input-size", "32", "-q")
+    code, out, err = run_cli("classify", "-f", "photo.png", "--model", "net:build", "--input-size", "32")
     assert code == 0, err
     assert "class 0" in out or "class 1" in out or "class 2" in out or "class 3" in out  # numbered classes
 
