@@ -2,8 +2,9 @@
 
 From a notebook::
 
-    from campp_cli import load_classifier, explain, classify_file
-    clf = load_classifier("vgg16", device="cpu")
+    from campp_cli import load_classifier, explain_image, classify_file
+    clf = load_classifier("efficientnet_lite0", device="cpu")
+    explain_image("images/chelsea.png", clf)          # the comparison figure, inline
     result = classify_file("images/cat.jpg", clf, "output", "cat.jpeg")
 
 Heavy modules (torch, OpenCV) load on first use, so ``campp --help`` stays instant.
@@ -36,6 +37,10 @@ _EXPORTS = {
     "classify_file": "pipeline",
     "Options": "pipeline",
     "load_rgb": "images",
+    "overlay": "images",
+    "colorize": "images",
+    "explain_image": "notebook",
+    "ImageExplanation": "notebook",
     "CamppError": "errors",
     "UsageError": "errors",
     "InputError": "errors",

@@ -1,0 +1,138 @@
+"""One call from a notebook: :func:`explain_image` returns a result that Jupyter shows as the comparison
+figure, with the overlays, heatmaps and maps at hand.
+
+    from campp_cli import explain_image, load_classifier
+    clf = load_classifier("efficientnet_lite0")
+    explain_image("images/chelsea.png", clf, methods="gradcam,gradcampp,layercam")   # shown inline
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import images
+from .errors import UsageError
+from .methods import DEFAULT_METHODS, parse_methods
+
+
+def _as_rgb(image, max_pixels: int) -> tuple[np.ndarray, str]:
+    """A path, a PIL image or an (H, W, 3) array (uint8, or floats in [0, 1]) as RGB uint8, and its name."""
+    if isinstance(image, (str, os.PathLike)):
+        return images.load_rgb(image, max_pixels), str(image)
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB")), "<PIL image>"
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4) or min(arr.shape[:2]) < 1:
+            raise UsageError(f"image: an array of shape (H, W, 3) is needed, not {arr.shape}")
+        arr = arr[..., :3]
+        if arr.dtype != np.uint8:
+            values = arr.astype(np.float64)
+            if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+                raise UsageError("image: a float array must hold values in [0, 1] (or give uint8 in 0..255)")
+            arr = np.round(values * 255).astype(np.uint8)
+        return np.ascontiguousarray(arr), "<array>"
+    raise UsageError(f"image: give a file path, a PIL image or a NumPy array, not {type(image).__name__}")
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class ImageExplanation:
+    """What :func:`explain_image` gives: the class, the maps and every figure of one image."""
+
+    source: str
+    class_index: int
+    class_name: str
+    probability: float
+    top5: list[tuple[int, str, float]]
+    maps: dict[str, np.ndarray]  # method -> low-resolution map in [0, 1]
+    figures: dict[str, np.ndarray] = field(repr=False)  # output suffix ('' the comparison) -> RGB
+
+    def figure(self) -> Image.Image:
+        """The comparison figure: the input and one overlay per method."""
+        return Image.fromarray(self.figures[""])
+
+    def _method(self, method: str) -> str:
+        if method not in self.maps:
+            raise UsageError(f"method {method!r} was not computed; this result has: {', '.join(self.maps)}")
+        return method
+
+    def overlay(self, method: str = "gradcampp") -> Image.Image:
+        return Image.fromarray(self.figures[f"_{self._method(method)}_overlay"])
+
+    def heatmap(self, method: str = "gradcampp") -> Image.Image:
+        return Image.fromarray(self.figures[f"_{self._method(method)}_heatmap"])
+
+    def save(self, folder: str | os.PathLike = "output", name: str = "explained") -> list[str]:
+        """Write the figures (JPEG, as ``campp classify`` names them) into ``folder``; return the paths."""
+        from .inputs import Job
+        from .stages import write_outputs
+
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        return write_outputs(Job(self.source, out, name, ".jpeg"), self.figures)
+
+    def show(self) -> None:
+        """Display inline in Jupyter; elsewhere in the system's image viewer."""
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            get_ipython = None
+        if get_ipython is not None and get_ipython() is not None:
+            display(self)
+        else:
+            self.figure().show()
+
+    def _repr_png_(self) -> bytes:
+        return _png(self.figures[""])
+
+    def _repr_html_(self) -> str:
+        data = base64.b64encode(self._repr_png_()).decode("ascii")
+        rows = "".join(f"<tr><td>{c}</td><td>{html.escape(n)}</td><td>{p:.2%}</td></tr>" for c, n, p in self.top5)
+        return (f'<figure style="margin:0"><img src="data:image/png;base64,{data}" style="max-width:100%" '
+                f'alt="{html.escape(self.class_name)}"/><figcaption>{html.escape(self.source)}: explained '
+                f'<b>{html.escape(self.class_name)}</b> ({self.probability:.2%})</figcaption></figure>'
+                f"<details><summary>top-5</summary><table>{rows}</table></details>")
+
+
+def explain_image(image, clf, methods=DEFAULT_METHODS, label: int | str = -1, variant: str = "official",
+                  alpha: float = images.DEFAULT_ALPHA, max_side: int = images.DEFAULT_MAX_SIDE,
+                  max_pixels: int = images.DEFAULT_MAX_PIXELS) -> ImageExplanation:
+    """Explain one image (a path, a PIL image or an (H, W, 3) array) with ``clf``.
+
+    ``methods``: names, a comma-separated string or ``"all"``; ``label``: a class index, a class name, or
+    -1 for the predicted class.  Framed, normalised and drawn as ``campp classify`` does.
+    """
+    from .labels import resolve_label
+    from .stages import ClassifyCommand, DecodedRow, Options, explain_rows, figure_caption, render
+
+    if not 0.0 <= alpha <= 1.0:
+        raise UsageError(f"alpha {alpha}: give a weight between 0 and 1")
+    options = Options(label=resolve_label(str(label), clf.categories), variant=variant,
+                      methods=parse_methods(methods), alpha=alpha, max_side=max_side, max_pixels=max_pixels)
+    rgb, source = _as_rgb(image, max_pixels)
+    square = images.to_square(rgb, clf.preprocessing.resize)
+    decoded = DecodedRow(None, images.model_input(square, clf.input_size, clf.preprocessing.interpolation),
+                         images.display_square(square, max_side))
+    caption = figure_caption(clf, options)
+    (row,) = explain_rows([decoded], clf, options, ClassifyCommand(options, caption))
+    figures = render(row, clf.categories, caption=caption, alpha=alpha)
+    top5 = [(c, clf.categories[c], p) for c, p in row.top(5)]
+    return ImageExplanation(source, row.class_index, clf.categories[row.class_index], row.probability, top5,
+                            row.maps, figures)
