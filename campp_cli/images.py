@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from .errors import InputError, OutputError
-from .preprocessing import square_region
+from .preprocessing import INTERPOLATIONS, square_region
 from .settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, MIN_PANEL_SIDE
 
 # Pillow allocates a large image in 16 MB blocks, which glibc serves from per-thread heaps that keep
@@ -242,10 +242,10 @@ def to_square(rgb: np.ndarray, resize_mode: str = "crop") -> np.ndarray:
     h, w = rgb.shape[:2]
     if h == w:
         return rgb
-    left, top, rw, rh = square_region(w, h, resize_mode)
     if resize_mode == "squash":
         side = min(h, w)
         return cv2.resize(rgb, (side, side), interpolation=cv2.INTER_AREA)
+    left, top, rw, rh = square_region(w, h, resize_mode)
     canvas = np.zeros((rh, rw, 3), np.uint8)
     canvas[-top:-top + h, -left:-left + w] = rgb
     return canvas
@@ -267,14 +267,11 @@ def display_square(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE) -> np.ndar
     return resize(square, target)
 
 
-#: cv2 flags of the interpolations a model's preprocessing may ask for ("area": see :func:`resize`).
-INTERPOLATIONS = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
-
-
 def model_input(square: np.ndarray, size: int, interpolation: str = "area") -> np.ndarray:
-    """The square as float32 RGB in [0, 1], ``(3, size, size)``, resized with ``interpolation``."""
-    if interpolation in INTERPOLATIONS and square.shape[0] != size:
-        small = cv2.resize(square, (size, size), interpolation=INTERPOLATIONS[interpolation])
+    """The square as float32 RGB in [0, 1], ``(3, size, size)``, resized with ``interpolation`` (one of
+    :data:`campp_cli.preprocessing.INTERPOLATIONS`; "area" as :func:`resize`)."""
+    if interpolation != "area" and square.shape[0] != size:
+        small = cv2.resize(square, (size, size), interpolation=getattr(cv2, INTERPOLATIONS[interpolation]))
     else:
         small = resize(square, size)
     return np.ascontiguousarray(small.transpose(2, 0, 1), dtype=np.float32) / 255.0
@@ -328,9 +325,7 @@ def captioned(figure: np.ndarray, text: str) -> np.ndarray:
     canvas.paste(Image.fromarray(figure), (0, 0))
     draw = ImageDraw.Draw(canvas)
     face = font(size)
-    while len(text) > 4 and draw.textlength(text, font=face) > w - 8:
-        text = text[:-2].rstrip() + "…"
-    draw.text((4, h + (strip - size) // 2), text, fill=(90, 90, 90), font=face)
+    draw.text((4, h + (strip - size) // 2), _fit(draw, text, face, w - 8), fill=(90, 90, 90), font=face)
     return np.asarray(canvas)
 
 
@@ -348,6 +343,13 @@ def font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def _fit(draw: ImageDraw.ImageDraw, text: str, face, width: float) -> str:
+    """``text``, shortened with an ellipsis rather than wider than ``width``."""
+    while len(text) > 4 and draw.textlength(text, font=face) > width:
+        text = text[:-2].rstrip() + "…" if not text.endswith("…") else text[:-2] + "…"
+    return text
+
+
 def titled(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     """The image with a white band above it holding ``lines`` of text."""
     h, w = rgb.shape[:2]
@@ -359,10 +361,7 @@ def titled(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     canvas.paste(Image.fromarray(rgb), (0, band))
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(lines):
-        text = line
-        # Shorten rather than overflow a narrow panel.
-        while len(text) > 4 and draw.textlength(text, font=face) > w - 8:
-            text = text[:-2].rstrip() + "…" if not text.endswith("…") else text[:-2] + "…"
+        text = _fit(draw, line, face, w - 8)
         tw = draw.textlength(text, font=face)
         draw.text(((w - tw) / 2, size // 4 + i * line_h), text, fill=(0, 0, 0), font=face)
     return np.asarray(canvas)

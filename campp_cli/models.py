@@ -136,24 +136,15 @@ def _closest(name: str, choices: list[str]) -> str:
 # --------------------------------------------------------------------------- model sources
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """Where ``--arch PREFIX:NAME`` architectures come from."""
-
-    prefix: str
-    resolve: Callable[[str], ArchSpec]
-    help: str
-    extra: str | None = None  # the pip extra it needs
+#: ``--arch PREFIX:NAME``: prefix -> the function that makes NAME's ArchSpec.
+_SOURCES: dict[str, Callable[[str], ArchSpec]] = {}
 
 
-_SOURCES: dict[str, ModelSource] = {}
-
-
-def register_source(prefix: str, resolve: Callable[[str], ArchSpec], help: str, extra: str | None = None) -> None:
+def register_source(prefix: str, resolve: Callable[[str], ArchSpec]) -> None:
     """Make ``--arch PREFIX:NAME`` (and ``load_classifier("PREFIX:NAME")``) build ``resolve(NAME)``."""
     if not prefix.isidentifier():
         raise ValueError(f"model source prefix {prefix!r}: use letters, digits and _")
-    _SOURCES[prefix] = ModelSource(prefix, resolve, help, extra)
+    _SOURCES[prefix] = resolve
     get_arch.cache_clear()
 
 
@@ -168,7 +159,7 @@ def get_arch(name: str) -> ArchSpec:
         if prefix not in _SOURCES:
             raise UsageError(f"--arch {name}: no model source {prefix!r}; sources: {', '.join(list_sources())} "
                              f"(or a bare torchvision name; your own code: --model FILE.py:FUNCTION)")
-        return _SOURCES[prefix].resolve(rest)
+        return _SOURCES[prefix](rest)
     if name in EFFICIENTNET_LITE:
         return _efficientnet_lite_spec(name)
     if name == "vgg16":
@@ -219,7 +210,7 @@ def _timm_spec(name: str) -> ArchSpec:
                     weights_filename=f"timm_{name.replace('/', '_')}.pth", cached_weights=cached)
 
 
-register_source("timm", _timm_spec, "timm's architectures: timm:resnet50, timm:vit_base_patch16_224...", "timm")
+register_source("timm", _timm_spec)
 
 
 # --------------------------------------------------------------------------- your own model
@@ -363,8 +354,7 @@ def feature_maps(module: torch.nn.Module, size: int, device: torch.device | str 
         with torch.no_grad():
             module(torch.zeros(1, 3, size, size, device=device))
     except Exception as exc:
-        raise ModelError(f"a {size}x{size} input fails in the model: {type(exc).__name__}: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
+        raise ModelError(f"a {size}x{size} input fails in the model: {_one_line(exc)} "
                          f"(its input size? give --input-size)") from exc
     finally:
         for h in handles:
@@ -633,17 +623,22 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, arch: str = 
     return dst
 
 
-def _final_preprocessing(base: Preprocessing, given: "Preprocessing | Overrides | None") -> Preprocessing:
+def _check_preprocessing(given: "Preprocessing | Overrides | None") -> None:
+    """A usage error unless ``given`` is None, :class:`Overrides` or a sound :class:`Preprocessing`."""
     if isinstance(given, Preprocessing):
         problem = given.problem()
         if problem:
             raise UsageError(f"preprocessing: {problem}")
-        return given
-    if isinstance(given, Overrides):
-        return given.apply(base)
-    if given is not None:
+    elif given is not None and not isinstance(given, Overrides):
         raise UsageError(f"preprocessing: give a Preprocessing, Overrides or None, not {type(given).__name__}")
-    return base
+
+
+def _final_preprocessing(base: Preprocessing, given: "Preprocessing | Overrides | None") -> Preprocessing:
+    """``given`` itself, or ``base`` changed by ``given``'s overrides."""
+    _check_preprocessing(given)
+    if isinstance(given, Preprocessing):
+        return given
+    return given.apply(base) if given is not None else base
 
 
 def model_spec(arch: str, model: "str | torch.nn.Module | None", preprocessing) -> ArchSpec:
@@ -748,17 +743,12 @@ def load_classifier(
     """
     if num_classes is not None and weights is None:
         raise UsageError(f"--num-classes {num_classes}: give the weights of that head with --weights")
-    if isinstance(preprocessing, Preprocessing):
-        problem = preprocessing.problem()
-        if problem:
-            raise UsageError(f"preprocessing: {problem}")
+    _check_preprocessing(preprocessing)  # before any model is built
     device = torch.device(device)
     if download is None:
         download = os.environ.get("CAMPP_OFFLINE", "") in ("", "0")
-    if weights is not None and not Path(weights).is_file():
-        raise UsageError(f"--weights {weights}: no such file")
     identity = id(model) if isinstance(model, torch.nn.Module) else model
-    stat = Path(weights).stat() if weights is not None else None
+    stat = Path(weights).stat() if weights is not None and Path(weights).is_file() else None  # else find_weights says
     key = (arch, identity, str(Path(weights).absolute()) if weights else None,
            stat and (stat.st_size, stat.st_mtime_ns), str(device), layer if isinstance(layer, str) else id(layer),
            num_classes, tuple(labels) if labels else None, repr(preprocessing))

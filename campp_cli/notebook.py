@@ -120,16 +120,14 @@ def explain_image(image, clf, methods=DEFAULT_METHODS, label: int | str = -1, va
     -1 for the predicted class.  Framed, normalised and drawn as ``campp classify`` does.
     """
     from .labels import resolve_label
-    from .stages import ClassifyCommand, DecodedRow, Options, explain_rows, figure_caption, render
+    from .stages import ClassifyCommand, DecodedRow, Options, explain_rows, figure_caption, frame, render
 
     if not 0.0 <= alpha <= 1.0:
         raise UsageError(f"alpha {alpha}: give a weight between 0 and 1")
     options = Options(label=resolve_label(str(label), clf.categories), variant=variant,
                       methods=parse_methods(methods), alpha=alpha, max_side=max_side, max_pixels=max_pixels)
     rgb, source = _as_rgb(image, max_pixels)
-    square = images.to_square(rgb, clf.preprocessing.resize)
-    decoded = DecodedRow(None, images.model_input(square, clf.input_size, clf.preprocessing.interpolation),
-                         images.display_square(square, max_side))
+    decoded = DecodedRow(None, *frame(rgb, clf.input_size, clf.preprocessing, max_side))
     caption = figure_caption(clf, options)
     (row,) = explain_rows([decoded], clf, options, ClassifyCommand(options, caption))
     figures = render(row, clf.categories, caption=caption, alpha=alpha)

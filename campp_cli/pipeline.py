@@ -64,7 +64,7 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
 
     def submit_decodes(chunk):
         return [decoders.submit(guarded, decode, job.source, job, clf.input_size, options, command.draws, budget,
-                                 clf.preprocessing.resize, clf.preprocessing.interpolation)
+                                 clf.preprocessing)
                 for job in chunk]
 
     def drain(limit: int) -> None:

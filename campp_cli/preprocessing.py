@@ -21,8 +21,10 @@ RESIZE_MODES = {
 }
 
 
-#: How the square is resized to the input size ("area": area averaging to shrink, bilinear to enlarge).
-INTERPOLATIONS = ("area", "bilinear", "bicubic", "nearest")
+#: How the square is resized to the input size: name -> OpenCV's flag ("area": area averaging to shrink,
+#: bilinear to enlarge).
+INTERPOLATIONS = {"area": "INTER_AREA", "bilinear": "INTER_LINEAR", "bicubic": "INTER_CUBIC",
+                  "nearest": "INTER_NEAREST"}
 
 
 @dataclass(frozen=True)

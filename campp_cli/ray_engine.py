@@ -173,8 +173,7 @@ def _drive(todo: list[Job], clf: Classifier, options: stages.Options, command: s
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     # Different resources keep Ray Data from fusing the CPU tasks into the actors.
     ds = ds.map(_decode, fn_kwargs=dict(cwd=cwd, size=clf.input_size, options=shipped, draws=command.draws,
-                                   resize=clf.preprocessing.resize,
-                                   interpolation=clf.preprocessing.interpolation),
+                                   preprocessing=clf.preprocessing),
                 num_cpus=0.5)
     ds = ds.map_batches(_Explainer, batch_size=batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -261,12 +260,11 @@ def _enter(cwd: str) -> None:
                              f"{cwd} ({exc.strerror or exc}): use a filesystem every node sees") from None
 
 
-def _decode(row: dict, cwd: str, size: int, options: stages.Options, draws: bool, resize: str,
-            interpolation: str) -> dict:
+def _decode(row: dict, cwd: str, size: int, options: stages.Options, draws: bool, preprocessing) -> dict:
     """CPU task: a job -> a DecodedRow, or the image's failed Result."""
     _enter(cwd)
     job: Job = pickle.loads(row["job"])
-    out = stages.guarded(stages.decode, job.source, job, size, options, draws, None, resize, interpolation)
+    out = stages.guarded(stages.decode, job.source, job, size, options, draws, None, preprocessing)
     return {"i": row["i"], "row": pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)}
 
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # torch is imported where the model runs, not where rows are 
 
     from .cam import Explanation
     from .models import Classifier
+    from .preprocessing import Preprocessing
 
 
 @dataclass
@@ -208,16 +209,26 @@ class ExplainedRow:
         return top_classes(self.probs, k)
 
 
+def frame(rgb: np.ndarray, size: int, preprocessing: "Preprocessing | None" = None,
+          max_side: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A decoded photo as the model's input ``(3, size, size)`` in [0, 1], framed and resized as
+    ``preprocessing`` says (default: the central square, area-resized), and, given ``max_side``, the
+    square at the resolution the panels are drawn at."""
+    resize = preprocessing.resize if preprocessing is not None else "crop"
+    interpolation = preprocessing.interpolation if preprocessing is not None else "area"
+    square = images.to_square(rgb, resize)
+    shown = images.display_square(square, max_side) if max_side is not None else None
+    return images.model_input(square, size, interpolation), shown
+
+
 def decode(job: Job, size: int, options: Options, display: bool,
-           budget: images.PixelBudget | None = None, resize: str = "crop", interpolation: str = "area") -> DecodedRow:
-    """Stage 1: read one image and frame it as the model's square (``resize``: see
-    :data:`campp_cli.preprocessing.RESIZE_MODES`); an :class:`InputError` names it if it cannot be read."""
+           budget: images.PixelBudget | None = None, preprocessing: "Preprocessing | None" = None) -> DecodedRow:
+    """Stage 1: read one image and :func:`frame` it; an :class:`InputError` names it if it cannot be read."""
     if job.error is not None:
         raise InputError(job.error)
     need = max(size, options.max_side) if display else size  # larger photos are decoded reduced
-    square = images.to_square(images.load_rgb(job.source, options.max_pixels, need, budget), resize)
-    shown = images.display_square(square, options.max_side) if display else None
-    return DecodedRow(job, images.model_input(square, size, interpolation), shown)
+    rgb = images.load_rgb(job.source, options.max_pixels, need, budget)
+    return DecodedRow(job, *frame(rgb, size, preprocessing, options.max_side if display else None))
 
 
 def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, command: "Command") -> list[ExplainedRow]:
@@ -304,7 +315,7 @@ def figure_caption(clf: Classifier, options: Options) -> str:
     return f"model {clf.arch} | layer {clf.layer}{variant}"
 
 
-def render(row: ExplainedRow, categories: "list[str] | str", guided: np.ndarray | None = None,
+def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None = None,
            caption: str = "", alpha: float = images.DEFAULT_ALPHA) -> dict[str, np.ndarray]:
     """Every figure for one image, keyed by output-name suffix ('' is the comparison).
 
@@ -317,8 +328,6 @@ def render(row: ExplainedRow, categories: "list[str] | str", guided: np.ndarray 
     square = row.display
     side = square.shape[0]
     p = row.probability
-    if isinstance(categories, str):
-        categories = {row.class_index: categories}
     name = categories[row.class_index]
     predicted = int(np.argmax(row.probs))
     explained = f"{name} ({p:.1%})"

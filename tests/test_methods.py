@@ -354,7 +354,7 @@ def test_class_agnostic_panels_say_so(vgg, tmp_path):
     square = np.full((224, 224, 3), 128, np.uint8)
     expl = explain(vgg.module, vgg.layer, vgg.preprocessing(torch.rand(1, 3, 224, 224)), methods="gradcam,eigencam")
     row = ExplainedRow(None, square, int(expl.classes[0]), expl.probs[0], {m: v[0] for m, v in expl.maps.items()})
-    figs = render(row, "tench")
+    figs = render(row, vgg.categories)
     assert set(figs) == {"", "_gradcam_heatmap", "_gradcam_overlay", "_eigencam_heatmap", "_eigencam_overlay"}
     assert _panel_grid(figs[""]) == [3]
 
