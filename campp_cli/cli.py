@@ -26,6 +26,7 @@ from .settings import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
     DEFAULT_OUTPUT_DIR,
+    DEFAULT_REPORT_EVERY,
     DEFAULT_SCORE_BATCH,
     MAX_PIXELS_CEILING,
     VARIANTS,
@@ -175,6 +176,84 @@ run_options = _options(
 )
 
 
+report_options = _options(
+    click.option("--report", "report_path", default=None, metavar="FILE.html",
+                 help="Also write an HTML report of the run (opens from disk, no network; its images go in "
+                      "FILE_files/): cards to sort and filter, every method's map with an opacity slider."),
+    click.option("--report-every", type=click.IntRange(1, 10**9), default=DEFAULT_REPORT_EVERY, show_default=True,
+                 metavar="N", help="Rewrite the report during the run every N images (or every tenth of those "
+                                   "done, if more), so a stopped run still has one."),
+    click.option("--labels-from-folders", is_flag=True,
+                 help="With --report: each image's true class is its folder's name (val/n01440764/..., "
+                      "train/cat/...) or a WordNet id starting its file name; the report marks right and wrong "
+                      "predictions."),
+)
+
+
+def _check_report(report_path, labels_from_folders) -> None:
+    from .report import check_path
+
+    if labels_from_folders and report_path is None:
+        raise UsageError("--labels-from-folders marks right and wrong predictions in a report: give --report "
+                         "FILE.html too")
+    check_path(report_path)
+
+
+def _open_report(report_path, command, clf, options, engine, gpu, total, labels_from_folders, every):
+    """The --report being written for this run, or None."""
+    if report_path is None:
+        return None
+    import platform
+    import shlex
+    import time
+
+    import torch
+
+    from .models import describe_device, resolve_device
+    from .report import Report
+
+    here = get_engine(engine).on_this_machine
+    obj = click.get_current_context().find_root().obj or {}
+    label = options.label
+    header = {
+        "argv": "campp " + shlex.join(obj.get("argv", sys.argv[1:])),
+        "model": clf.arch, "weights": clf.weights_source, "layer": clf.layer, "variant": options.variant,
+        "label": "the predicted class" if label == -1 else f"{label} {clf.categories[label]} (-l)",
+        "device": describe_device(resolve_device(gpu)) if here else f"--engine {engine}",
+        "versions": {"campp": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    return Report(report_path, command, header, list(options.methods), clf.categories, total,
+                  labels_from_folders, every, options.alpha)
+
+
+def _run_reported(report, engine, jobs, clf, options, on_result, bar, command=None):
+    """_run_with_progress, adding each result to ``report`` (if any) first; on an error or interruption
+    the report is still written (marked unfinished) before the error goes on."""
+    if report is None:
+        return _run_with_progress(engine, jobs, clf, options, on_result, bar, command)
+
+    def each(result) -> None:
+        report.add(result)
+        on_result(result)
+
+    try:
+        return _run_with_progress(engine, jobs, clf, options, each, bar, command)
+    except BaseException:
+        try:
+            report.write()
+        except CamppError:
+            pass  # the run's own error is the one to report
+        raise
+
+
+def _say_unknown_truth(report) -> None:
+    if report is not None and report.unknown_truth:
+        path, name = report.unknown_truth[0]
+        _say(f"campp: warning: --labels-from-folders: {len(report.unknown_truth)} image(s) have no class named "
+             f"by their folder or file name (e.g. {path}: {name!r}); the report leaves them unmarked")
+
+
 def _setting_option(setting):
     kind = {int: click.IntRange(min=setting.minimum), float: click.FloatRange(min=setting.minimum)}.get(
         setting.kind, str)
@@ -300,10 +379,11 @@ def _run_with_progress(engine, jobs, clf, options, on_result, bar, command=None)
               help="Largest side of the output panels; bigger photos are shrunk.")
 @click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Weight of the heatmap in the overlays (0: the photo alone, 1: the heatmap alone).")
+@report_options
 def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, layer, weights, num_classes,
              labels_path, input_size, mean, std, resize, variant, methods, score_batch, offline, save_maps, guided,
              skip_existing, jsonl, batch_size, workers, quiet, max_pixels, engine, max_side, alpha,
-             **settings) -> None:
+             report_path, report_every, labels_from_folders, **settings) -> None:
     """Explain photos: top-5 classes on stdout, figures per photo in the output folder.
 
     \b
@@ -318,6 +398,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
     Several photos (one model load, batched):
       campp classify -f photos/ --recursive --jsonl results.jsonl
       campp classify -f 'val/*.JPEG' -o '{stem}_cam.jpeg' --skip-existing
+      campp classify -f val/ --recursive --report val.html --labels-from-folders
     """
     from .inputs import check_no_overwrite, is_single, output_keys, plan, prepare_output_dir
     from .jsonl import JsonlLog, check_writable
@@ -331,15 +412,17 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
     single = is_single(list(files))
     keys = output_keys(methods, save_maps, guided)
     jobs = plan(list(files), Path(output_dir), output, recursive, keys=keys)
-    check_no_overwrite(jobs, keys, {"--jsonl": jsonl}, list(files))
+    check_no_overwrite(jobs, keys, {"--jsonl": jsonl, "--report": report_path}, list(files))
     check_writable("--jsonl", jsonl)
+    _check_report(report_path, labels_from_folders)
     prepare_output_dir(output_dir)
     log = JsonlLog(jsonl) if jsonl else None
     if log is not None:
         click.get_current_context().call_on_close(log.close)  # also when the model fails to load
 
     from .engines import load_engine
-    from .pipeline import Options
+    from .pipeline import ClassifyCommand, Options
+    from .stages import figure_caption
 
     run = load_engine(engine)
     clf, label = _load_model(gpu, weights, layer, offline, quiet, engine, label, **request)
@@ -348,6 +431,9 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
                       skip_existing=skip_existing, alpha=alpha)
     if workers:
         options.workers = workers
+    report = _open_report(report_path, "classify", clf, options, engine, gpu, len(jobs), labels_from_folders,
+                          report_every)
+    command = ClassifyCommand(options, figure_caption(clf, options), cards=report is not None)
     how = "predicted class" if label == -1 else "class given with -l"
     # One photo gets a bar only when it takes long: methods with extra forward passes.
     bar = None if single and not needs_any(methods, "forward passes") else _progress(len(jobs), quiet)
@@ -384,7 +470,12 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
             else:
                 _echo(line)
 
-    summary = _run_with_progress((run, settings), jobs, clf, options, on_result, bar)
+    summary = _run_reported(report, (run, settings), jobs, clf, options, on_result, bar, command)
+    if report is not None:
+        report.close()
+        _say_unknown_truth(report)
+        if not quiet:
+            _say(f"campp: report {report.path} (images in {report.assets})")
     if not single and not quiet:
         _say(summary.line())
     if summary.failed:
@@ -408,12 +499,13 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
 @click.option("--csv", "csv_path", default=None, metavar="FILE", help="Write one row per image and method.")
 @click.option("--plot", "plot_path", default=None, metavar="FILE.png",
               help="Write a PNG of the mean deletion and insertion curves of every method.")
+@report_options
 @run_options
 @engine_options
 def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_classes, labels_path, input_size,
              mean, std, resize, variant, methods, score_batch, offline, steps, eval_batch, boxes_dir, deltas,
-             json_path, csv_path, plot_path, batch_size, workers, quiet, max_pixels,
-             engine, **settings) -> None:
+             json_path, csv_path, plot_path, report_path, report_every, labels_from_folders, batch_size, workers,
+             quiet, max_pixels, engine, **settings) -> None:
     """Faithfulness of each method (default Grad-CAM and Grad-CAM++) on your model and images.
 
     \b
@@ -440,15 +532,17 @@ def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_
     if plot_path is not None and not plot_path.lower().endswith(".png"):
         raise UsageError(f"--plot {plot_path}: give a .png file name")
     jobs = plan(list(files), Path("."), None, recursive, writes=False)
-    outputs = {"--json": json_path, "--csv": csv_path, "--plot": plot_path}
+    outputs = {"--json": json_path, "--csv": csv_path, "--plot": plot_path, "--report": report_path}
     for option, path in outputs.items():
         check_writable(option, path)
+    _check_report(report_path, labels_from_folders)
     check_no_overwrite(jobs, [], outputs, list(files))
 
     from . import evaluate as ev
     from .engines import load_engine
     from .images import write_atomic
     from .pipeline import Options
+    from .stages import figure_caption
 
     run = load_engine(engine)
     clf, label = _load_model(gpu, weights, layer, offline, quiet, engine, label, **request)
@@ -474,9 +568,15 @@ def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_
 
     if annotations is not None:
         _check_annotations(annotations, clf.categories)
-    command = ev.EvaluateCommand(steps, eval_batch, annotations, deltas, clf.input_size, clf.preprocessing.resize)
-    summary = _run_with_progress((run, settings), jobs, clf, options, on_result, bar, command=command)
+    report = _open_report(report_path, "evaluate", clf, options, engine, gpu, len(jobs), labels_from_folders,
+                          report_every)
+    command = ev.EvaluateCommand(steps, eval_batch, annotations, deltas, clf.input_size, clf.preprocessing.resize,
+                                 cards=report is not None, caption=figure_caption(clf, options))
+    summary = _run_reported(report, (run, settings), jobs, clf, options, on_result, bar, command)
     document = ev.report(results, clf, options, steps, summary.failed, command)
+    if report is not None:
+        report.close(summary=document)
+        _say_unknown_truth(report)
     _echo(ev.format_table(document["methods"]), block=True)
     wins = ev.format_wins(document["win_percent"])
     if wins:
@@ -495,6 +595,8 @@ def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_
         if annotations is not None:
             counts = document["boxes"]["images"]
             _say("campp: boxes: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+        if report is not None:
+            _say(f"campp: report {report.path} (images in {report.assets})")
         _say(summary.line())
     if summary.failed:
         sys.exit(EXIT_FAILURE)
@@ -649,7 +751,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError:  # not the main thread (an embedding application): leave its handlers alone
         pass
     try:
-        code = cli.main(args=args, prog_name="campp", standalone_mode=False)
+        code = cli.main(args=args, prog_name="campp", standalone_mode=False, obj={"argv": args})
     except click.exceptions.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "campp"
         _say(f"{where}: error: {exc.format_message()} (see '{where} --help')")

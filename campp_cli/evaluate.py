@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from . import __version__, images
 from . import boxes as boxes_
 from .methods import title
-from .stages import Command, ExplainedRow, Options, Result, result_of
+from .stages import Command, ExplainedRow, Options, Result, render, result_of, with_card
 
 if TYPE_CHECKING:  # the command is unpickled where rows are written: torch is imported where the model runs
     import torch
@@ -31,13 +31,15 @@ DEFAULT_STEPS = 16
 
 
 class EvaluateCommand(Command):
-    """Scores every method's map of every image; writes nothing."""
-
-    draws = False
+    """Scores every method's map of every image; writes nothing (but a --report's images: ``cards``)."""
 
     def __init__(self, steps: int = DEFAULT_STEPS, eval_batch: int | None = None,
                  boxes: dict | None = None, deltas=boxes_.DEFAULT_DELTAS, input_size: int = 224,
-                 resize: str = "crop"):
+                 resize: str = "crop", cards: bool = False, caption: str = "",
+                 alpha: float = images.DEFAULT_ALPHA):
+        self.cards = self.draws = cards  # the report's figures are the only ones evaluate draws
+        self.caption = caption
+        self.alpha = alpha
         self.steps = steps
         self.eval_batch = eval_batch  # None: default_eval_batch(device)
         self.boxes = boxes  # {file stem: boxes.Annotation} from --boxes, or None
@@ -58,6 +60,9 @@ class EvaluateCommand(Command):
         result.extra["scores"] = row.extra
         if self.boxes is not None:
             result.extra["boxes"] = self.localise(row, categories)
+        if self.cards:
+            result = with_card(result, row, render(row, categories, caption=self.caption, alpha=self.alpha),
+                               True)
         return result
 
     def localise(self, row: ExplainedRow, categories: list[str]) -> dict:

@@ -253,10 +253,15 @@ def to_square(rgb: np.ndarray, resize_mode: str = "crop") -> np.ndarray:
 
 def resize(rgb: np.ndarray, side: int) -> np.ndarray:
     """Square resize: area averaging when shrinking, bilinear when enlarging."""
-    if rgb.shape[0] == side and rgb.shape[1] == side:
+    return resize_to(rgb, side, side)
+
+
+def resize_to(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize to ``width`` x ``height``: area averaging when shrinking, bilinear when enlarging."""
+    if rgb.shape[0] == height and rgb.shape[1] == width:
         return rgb
-    interp = cv2.INTER_AREA if rgb.shape[0] > side else cv2.INTER_LINEAR
-    return cv2.resize(rgb, (side, side), interpolation=interp)
+    interp = cv2.INTER_AREA if rgb.shape[0] > height else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (width, height), interpolation=interp)
 
 
 def display_square(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE) -> np.ndarray:

@@ -270,6 +270,8 @@ class Command:
 
     #: Whether finish() draws figures (and so needs the photo at panel resolution).
     draws = True
+    #: Whether finish() also makes the --report images of each image (:func:`campp_cli.report.card_assets`).
+    cards = False
 
     def is_done(self, job: Job) -> "Result | None":
         """A skipped Result when this job needs no work (--skip-existing)."""
@@ -285,9 +287,10 @@ class Command:
 class ClassifyCommand(Command):
     """campp classify: figures (and maps, and guided figures) for each image."""
 
-    def __init__(self, options: Options, caption: str = ""):
+    def __init__(self, options: Options, caption: str = "", cards: bool = False):
         self.options = options
         self.caption = caption  # the strip under each comparison figure: model, layer, variant
+        self.cards = cards
 
     def is_done(self, job: Job) -> "Result | None":
         paths = job.output_paths(self.options.methods, self.options.save_maps, self.options.guided)
@@ -306,7 +309,16 @@ class ClassifyCommand(Command):
         figures = render(row, categories, row.extra, caption=self.caption, alpha=self.options.alpha)
         make_output_folder(row.job)
         written = write_outputs(row.job, figures, row.maps if self.options.save_maps else None)
-        return result_of(row, categories, written)
+        return with_card(result_of(row, categories, written), row, figures, self.cards)
+
+
+def with_card(result: "Result", row: ExplainedRow, figures: dict[str, np.ndarray], cards: bool) -> "Result":
+    """``result`` with its --report images (``extra["card"]``) when ``cards``."""
+    if cards:
+        from .report import card_assets
+
+        result.extra["card"] = card_assets(row.display, figures, row.maps)
+    return result
 
 
 def figure_caption(clf: Classifier, options: Options) -> str:

@@ -1,0 +1,334 @@
+"""``--report FILE.html``: one static page of a run that opens from disk in any browser.
+
+The page (``FILE.html``) holds the run's data as one JSON blob and the code
+that draws it (``data/report.html``: no network, no CDN); its images go in a
+sibling folder, ``FILE_files/``: per image a small thumbnail of the comparison
+figure, the photo at panel size and each method's heatmap, which the page
+stacks under an opacity slider.  The page is written atomically, refreshed
+during a run (see :class:`Report`), so a killed run still leaves a report of
+what was done.
+
+What a command's ``finish`` stage adds for the report is :func:`card_assets`
+(run where the figures are drawn, on any engine's workers); everything else
+happens here, on the machine that runs campp.  Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from . import images
+from .errors import OutputError, UsageError
+from .settings import DEFAULT_REPORT_EVERY
+
+#: Height in pixels of the card thumbnails (the comparison figure shrunk).
+THUMB_HEIGHT = 120
+THUMB_QUALITY = 70
+ASSET_QUALITY = 85
+PER_FOLDER = 1000  # images per subfolder of FILE_files/
+_WNID_PREFIX = re.compile(r"^(n\d{8})(?:[_\-.]|$)")
+_TEMPLATE = "report.html"
+_DATA_MARK = "/*CAMPP_DATA*/null"
+_TITLE_MARK = "<!--CAMPP_TITLE-->"
+
+
+# ----------------------------------------------------------------------------- on the workers
+
+
+def disagreement(maps: dict[str, np.ndarray]) -> float | None:
+    """How much the methods' maps disagree: 1 - Pearson correlation, averaged over every pair of methods.
+
+    0 when the maps are the same up to scale and offset, 1 when unrelated, up to 2 when opposite; with the
+    default methods it is 1 - corr(Grad-CAM, Grad-CAM++).  A constant map has no correlation: against a
+    constant map it counts 0, against any other 1.  None with fewer than two methods.  Maps of different
+    sizes are compared at the largest.
+    """
+    arrays = [np.asarray(m, dtype=np.float64) for m in maps.values()]
+    if len(arrays) < 2:
+        return None
+    side = max(max(a.shape) for a in arrays)
+    flat = [(images.upsample(a.astype(np.float32), side) if a.shape != (side, side) else a).ravel()
+            .astype(np.float64) for a in arrays]
+    values = []
+    for i in range(len(flat)):
+        for j in range(i + 1, len(flat)):
+            a, b = flat[i] - flat[i].mean(), flat[j] - flat[j].mean()
+            na, nb = np.sqrt(a @ a), np.sqrt(b @ b)
+            if na == 0 or nb == 0:
+                values.append(0.0 if na == nb else 1.0)
+            else:
+                values.append(float(1.0 - np.clip(a @ b / (na * nb), -1.0, 1.0)))
+    return float(np.mean(values))
+
+
+def card_assets(photo: np.ndarray, figures: dict[str, np.ndarray], maps: dict[str, np.ndarray]) -> dict:
+    """The report's images of one image, encoded: the thumbnail of the comparison figure, the photo (the
+    square the model saw, at panel size), each method's heatmap (from ``figures``, as
+    :func:`campp_cli.stages.render` draws them); and how much the methods' ``maps`` disagree."""
+    comparison = figures[""]
+    h, w = comparison.shape[:2]
+    tw = max(1, round(w * THUMB_HEIGHT / h))
+    thumb = images.resize_to(comparison, tw, THUMB_HEIGHT)
+    return {
+        "thumb": images.encode_jpeg(thumb, THUMB_QUALITY),
+        "size": [tw, THUMB_HEIGHT],
+        "photo": images.encode_jpeg(photo, ASSET_QUALITY),
+        "heatmaps": {m: images.encode_jpeg(figures[f"_{m}_heatmap"], ASSET_QUALITY) for m in maps},
+        "disagreement": disagreement(maps),
+    }
+
+
+# ----------------------------------------------------------------------------- true classes
+
+
+def true_class(path: str | os.PathLike, categories: list[str]) -> tuple[int | None, str]:
+    """(class index or None, the name it was read from) of an image, as ``--labels-from-folders`` reads it:
+    the name of its folder (``val/n01440764/x.JPEG``, ``train/cat/1.png``), else a WordNet id that starts its
+    file name (``n01440764_10026.JPEG``).  Names match as ``--boxes`` object names do (WordNet ids for
+    1000-class models, then class names exactly, then ignoring case)."""
+    from .boxes import class_of
+
+    path = Path(path)
+    folder = path.parent.name
+    if folder:
+        index = class_of(folder, categories)
+        if index is not None:
+            return index, folder
+    match = _WNID_PREFIX.match(path.name)
+    if match:
+        index = class_of(match.group(1), categories)
+        if index is not None:
+            return index, match.group(1)
+    return None, folder or path.name
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def check_path(path: str | os.PathLike | None) -> None:
+    """Usage errors for a --report path, before any model loads."""
+    if path is None:
+        return
+    from .jsonl import check_writable
+
+    path = Path(path)
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--report {path}: give an .html file name")
+    check_writable("--report", path)
+    folder = assets_folder(path)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--report {path}: {folder} (where its images go) exists and is not a folder")
+
+
+def assets_folder(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.stem + "_files")
+
+
+def asset_name(index: int, kind: str) -> str:
+    """The path of an image's asset inside FILE_files/ (the page's script builds the same names)."""
+    return f"{index // PER_FOLDER:03d}/{index:06d}_{kind}.jpeg"
+
+
+class Report:
+    """An HTML report being written: :meth:`add` each Result as it comes, :meth:`close` at the end.
+
+    ``header``: what the page's header lists (model, layer, methods...).  The page is written again
+    after ``every`` new images, or after a tenth of the images done so far if that is more (so a run of
+    any length writes it O(log n) times more than once every ``every`` images), and by :meth:`close`.
+    ``categories``: the model's class names, for ``labels_from_folders``.
+    """
+
+    def __init__(self, path: str | os.PathLike, command: str, header: dict, methods: list[str],
+                 categories: list[str], total: int, labels_from_folders: bool = False,
+                 every: int = DEFAULT_REPORT_EVERY, alpha: float = images.DEFAULT_ALPHA):
+        check_path(path)
+        self.path = Path(path)
+        self.assets = assets_folder(self.path)
+        self.command = command
+        self.header = dict(header)
+        self.methods = list(methods)
+        self.categories = categories
+        self.total = total
+        self.labels_from_folders = labels_from_folders
+        self.every = max(1, every)
+        self.alpha = alpha
+        self.records: list[dict] = []
+        self.unknown_truth: list[tuple[str, str]] = []  # (input, the name that matched no class)
+        self.started = time.time()
+        self._written_at = 0
+        self._folders: set[str] = set()
+        try:
+            self.assets.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--report {self.path}: cannot create {self.assets} ({exc.strerror or exc})") from None
+        # What a killed run left half-written: its temporary files (of processes no longer running).
+        for folder in [self.path.parent, self.assets, *(p for p in self.assets.iterdir() if p.is_dir())]:
+            images.recover(folder)
+
+    def add(self, result) -> None:
+        """Record one image's Result (a failure, a skip or a done image) and write its images."""
+        index = len(self.records)
+        record: dict = {"n": result.input}
+        if result.error is not None:
+            record["err"] = result.error
+        elif result.skipped:
+            record["skip"] = 1
+        else:
+            record.update(ci=result.class_index, c=result.class_name, p=round(result.probability, 6),
+                          t5=[[name, round(p, 6)] for _, name, p in result.top5])
+            card = result.extra.pop("card", None)  # the bytes go to disk, not into memory for the run
+            if card is not None:
+                self._write_assets(index, card)
+                record["wh"] = card["size"]
+                if card["disagreement"] is not None:
+                    record["d"] = round(card["disagreement"], 5)
+            if self.labels_from_folders:
+                truth, name = true_class(result.input, self.categories)
+                if truth is None:
+                    self.unknown_truth.append((result.input, name))
+                else:
+                    record["tc"] = self.categories[truth]
+                    record["ok"] = int(result.top5[0][0] == truth) if result.top5 else 0
+            if "scores" in result.extra:
+                record["s"] = {m: _scores(s) for m, s in result.extra["scores"].items()}
+            located = result.extra.get("boxes")
+            if located is not None:
+                record["b"] = located.get("status")
+                for m, b in located.get("scores", {}).items():
+                    record["s"][m].update(loc={k: round(v, 4) for k, v in b["loc"].items()},
+                                          pg=int(b["pointing_hit"]), epg=round(float(b["energy"]), 4))
+        self.records.append(record)
+        done = len(self.records)
+        if done - self._written_at >= max(self.every, self._written_at // 10):
+            self.write()
+
+    def _write_assets(self, index: int, card: dict) -> None:
+        files = {"thumb": card["thumb"], "photo": card["photo"], **card["heatmaps"]}
+        for kind, data in files.items():
+            target = self.assets / asset_name(index, kind)
+            try:
+                if target.parent.name not in self._folders:
+                    target.parent.mkdir(exist_ok=True)
+                    self._folders.add(target.parent.name)
+                _replace(target, data)
+            except OSError as exc:
+                raise OutputError(f"--report {self.path}: cannot write {target} ({exc.strerror or exc}); "
+                                  f"the run stops here") from None
+
+    def document(self, final: bool, summary: dict | None = None) -> dict:
+        counts = {"done": 0, "failed": 0, "skipped": 0}
+        for r in self.records:
+            counts["failed" if "err" in r else "skipped" if "skip" in r else "done"] += 1
+        data = {
+            "command": self.command,
+            "header": {**self.header, "seconds": round(time.time() - self.started, 1)},
+            "counts": {**counts, "total": self.total},
+            "final": final,
+            "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "methods": self.methods,
+            "titles": _titles(self.methods),
+            "alpha": self.alpha,
+            "assets": self.assets.name,
+            "per_folder": PER_FOLDER,
+            "truth": self.labels_from_folders,
+            "records": self.records,
+        }
+        if summary is not None:
+            data["summary"] = _finite(summary)
+        if any("s" in r for r in self.records):
+            data["curves"] = _finite(self.mean_curves())
+        return data
+
+    def mean_curves(self) -> dict:
+        """Each method's mean deletion and insertion curves over the images scored."""
+        out = {}
+        for m in self.methods:
+            scored = [r["s"][m] for r in self.records if "s" in r and m in r["s"]]
+            if scored:
+                out[m] = {k: np.round(np.mean([s[k] for s in scored], axis=0), 5).tolist()
+                          for k in ("dc", "ic")}
+        return out
+
+    def write(self, final: bool = False, summary: dict | None = None) -> None:
+        """Write the page now, atomically (readers see the old page or the new one, never a torn one)."""
+        blob = json.dumps(self.document(final, summary), ensure_ascii=True, separators=(",", ":"),
+                          allow_nan=False, default=_plain)
+        blob = blob.replace("<", "\\u003c")  # "<" occurs only inside JSON strings: the script cannot end early
+        title = f"campp {self.command}: {self.header.get('model', '')} ({len(self.records)} images)"
+        page = _template().replace(_DATA_MARK, blob, 1).replace(_TITLE_MARK, html.escape(title), 1)
+        try:
+            images.write_atomic(self.path, page.encode("utf-8"))
+        except OSError as exc:
+            raise OutputError(f"--report {self.path}: cannot write ({exc.strerror or exc})") from None
+        self._written_at = len(self.records)
+
+    def close(self, summary: dict | None = None) -> None:
+        self.write(final=True, summary=summary)
+
+
+def _replace(target: Path, data: bytes) -> None:
+    """``target`` replaced by ``data`` in one rename (readers see the old image or the new one); not synced:
+    a report's images can be made again, and a run writes thousands."""
+    tmp = target.with_name(f"{images.TEMP_PREFIX}{os.getpid()}-{target.name}.part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _scores(s) -> dict:
+    """One method's evaluate scores of one image, as the page shows them."""
+    return {"y": round(float(s.y), 5), "o": round(float(s.o), 5), "drop": round(float(s.drop), 3),
+            "del": round(float(s.deletion_auc), 4), "ins": round(float(s.insertion_auc), 4),
+            "dc": np.round(np.asarray(s.deletion, dtype=np.float64), 4).tolist(),
+            "ic": np.round(np.asarray(s.insertion, dtype=np.float64), 4).tolist()}
+
+
+def _titles(methods: list[str]) -> dict[str, str]:
+    from .methods import title
+
+    return {m: title(m) for m in methods}
+
+
+def _finite(value):
+    """``value`` with every non-finite float (an interval over no images...) as None: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
+
+
+def _plain(value):
+    """JSON for NumPy scalars and arrays; a non-finite number becomes null."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _template() -> str:
+    return resources.files("campp_cli").joinpath("data", _TEMPLATE).read_text(encoding="utf-8")
