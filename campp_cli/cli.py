@@ -535,8 +535,8 @@ def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_
     outputs = {"--json": json_path, "--csv": csv_path, "--plot": plot_path, "--report": report_path}
     for option, path in outputs.items():
         check_writable(option, path)
-    _check_report(report_path, labels_from_folders)
     check_no_overwrite(jobs, [], outputs, list(files))
+    _check_report(report_path, labels_from_folders)
 
     from . import evaluate as ev
     from .engines import load_engine

@@ -1,0 +1,471 @@
+"""--report FILE.html: the page's data, its images, its refreshes, and the page itself in a real browser.
+
+Browser tests drive Debian's chromium through Playwright (``executable_path``, no browser download); they
+are skipped, saying why, where either is missing.  ``.ci/run`` installs both.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import IMAGES, REPO, fresh_campp
+from PIL import Image
+
+from campp_cli import report as rp
+from campp_cli.stages import Result
+
+LITE = ["--arch", "efficientnet_lite0"]
+METHODS = ["gradcam", "gradcampp", "eigencam"]
+CHROMIUM = os.environ.get("CAMPP_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def page_data(path: Path) -> dict:
+    """The JSON blob of a report page, read as a browser's script would find it."""
+    text = path.read_text(encoding="utf-8")
+    match = re.search(r'<script type="application/json" id="campp-data">(.*?)</script>', text, re.S)
+    assert match, "no data blob"
+    return json.loads(match.group(1))
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def reference_disagreement(maps: list[np.ndarray]) -> float:
+    """Mean over pairs of 1 - Pearson r, with NumPy's own correlation."""
+    values = [1 - np.corrcoef(a.ravel(), b.ravel())[0, 1] for i, a in enumerate(maps) for b in maps[i + 1:]]
+    return float(np.mean(values))
+
+
+def test_disagreement_is_one_minus_correlation_averaged_over_pairs():
+    rng = np.random.default_rng(3)
+    for k in (2, 3, 5):
+        maps = [rng.random((7, 7)).astype(np.float32) for _ in range(k)]
+        got = rp.disagreement({f"m{i}": m for i, m in enumerate(maps)})
+        assert got == pytest.approx(reference_disagreement(maps), abs=1e-6)
+
+
+def test_disagreement_edge_cases():
+    x = np.linspace(0, 1, 49, dtype=np.float32).reshape(7, 7)
+    assert rp.disagreement({"a": x}) is None
+    assert rp.disagreement({"a": x, "b": x}) == pytest.approx(0, abs=1e-9)
+    assert rp.disagreement({"a": x, "b": 0.5 * x + 0.2}) == pytest.approx(0, abs=1e-6)  # scale and offset
+    assert rp.disagreement({"a": x, "b": 1 - x}) == pytest.approx(2, abs=1e-6)  # opposite
+    flat = np.full((7, 7), 0.3, np.float32)
+    assert rp.disagreement({"a": flat, "b": flat}) == 0
+    assert rp.disagreement({"a": flat, "b": x}) == 1
+    # Different sizes are compared at the larger: a map and its own upsampling agree.
+    import cv2
+
+    big = cv2.resize(x, (14, 14), interpolation=cv2.INTER_LINEAR)
+    assert rp.disagreement({"a": x, "b": big}) < 0.01
+
+
+def test_true_class_from_folder_or_wordnet_prefix():
+    names = ["cat", "Dog", "tiger cat"]
+    assert rp.true_class("data/cat/1.png", names)[0] == 0
+    assert rp.true_class("data/dog/1.png", names)[0] == 1  # ignoring case
+    assert rp.true_class("data/tiger cat/x.jpg", names)[0] == 2
+    assert rp.true_class("data/horse/1.png", names) == (None, "horse")
+    wnids = (Path(rp.__file__).parent / "data" / "imagenet_wnids.txt").read_text().split()
+    thousand = [f"class {i}" for i in range(1000)]
+    assert rp.true_class(f"val/{wnids[7]}/ILSVRC2012_val_1.JPEG", thousand)[0] == 7
+    assert rp.true_class(f"flat/{wnids[42]}_10026.JPEG", thousand)[0] == 42  # the file name's prefix
+    assert rp.true_class(f"flat/{wnids[42]}x.JPEG", thousand)[0] is None  # not a prefix followed by _ - .
+
+
+def _fake_result(name: str, p: float = 0.5, card: bool = True) -> Result:
+    result = Result(name, 1, "dog", p, [(1, "dog", p), (0, "cat", 1 - p)])
+    if card:
+        rgb = np.zeros((32, 64, 3), np.uint8)
+        rgb[:, :32] = (200, 30, 30)
+        jpeg = Image.fromarray(rgb)
+        buf = io.BytesIO()
+        jpeg.save(buf, "JPEG")
+        result.extra["card"] = {"thumb": buf.getvalue(), "size": [240, 120], "photo": buf.getvalue(),
+                                "heatmaps": {"gradcam": buf.getvalue()}, "disagreement": 0.25}
+    return result
+
+
+def _report(tmp_path, total, every=rp.DEFAULT_REPORT_EVERY, name="r.html"):
+    return rp.Report(tmp_path / name, "classify", {"model": "m"}, ["gradcam"], ["cat", "dog"], total, every=every)
+
+
+def test_page_data_survives_hostile_file_names(tmp_path):
+    names = ["</script><script>document.title='pwned'</script>.png", "a<!--b.png", "caf\u00e9 \U0001F600.png",
+             "bad\udcff.png", 'quote"and\'apostrophe&amp;.png']
+    report = _report(tmp_path, len(names))
+    for n in names:
+        report.add(_fake_result(n))
+    report.close()
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert text.count("</script>") == 2  # the data blob's and the code's, no more
+    assert [r["n"] for r in page_data(tmp_path / "r.html")["records"]] == names
+
+
+def test_records_assets_and_failures(tmp_path):
+    report = _report(tmp_path, 3)
+    report.add(_fake_result("x/one.png", 0.9))
+    report.add(Result.failure("x/two.png", __import__("campp_cli.errors", fromlist=["InputError"]).InputError(
+        "x/two.png: not an image")))
+    report.add(Result("x/three.png", -1, "", 0.0, [], ["out/three.jpeg"], skipped=True))
+    report.close()
+    data = page_data(tmp_path / "r.html")
+    one, two, three = data["records"]
+    assert data["counts"] == {"done": 1, "failed": 1, "skipped": 1, "total": 3} and data["final"] is True
+    assert one["p"] == 0.9 and one["c"] == "dog" and one["t5"][0] == ["dog", 0.9] and one["d"] == 0.25
+    assert two["err"] == "x/two.png: not an image" and three["skip"]
+    folder = tmp_path / "r_files" / "000"
+    assert sorted(p.name for p in folder.iterdir()) == ["000000_gradcam.jpeg", "000000_photo.jpeg",
+                                                       "000000_thumb.jpeg"]
+    assert Image.open(folder / "000000_thumb.jpeg").size == (64, 32)
+
+
+def test_page_is_rewritten_during_the_run_and_marked_final_at_the_end(tmp_path):
+    report = _report(tmp_path, 7, every=2)
+    page = tmp_path / "r.html"
+    report.add(_fake_result("0.png"))
+    assert not page.exists()
+    report.add(_fake_result("1.png"))
+    data = page_data(page)
+    assert len(data["records"]) == 2 and data["final"] is False
+    for i in range(2, 7):
+        report.add(_fake_result(f"{i}.png"))
+    assert len(page_data(page)["records"]) == 6  # the 7th waits for the next refresh, or close()
+    report.close()
+    assert len(page_data(page)["records"]) == 7 and page_data(page)["final"] is True
+
+
+def test_refreshes_grow_apart_so_a_long_run_writes_the_page_few_times(tmp_path, monkeypatch):
+    report = _report(tmp_path, 3000, every=1)
+    writes = []
+    monkeypatch.setattr(report, "write", lambda *a, **k: (writes.append(len(report.records)),
+                                                          setattr(report, "_written_at", len(report.records))))
+    for i in range(3000):
+        report.add(_fake_result(f"{i}.png", card=False))
+    gaps = np.diff([0] + writes)
+    assert len(writes) < 120  # not 3,000
+    assert all(g <= max(1, w // 10) + 1 for g, w in zip(gaps, [0] + writes))  # never more than a tenth behind
+
+
+def test_report_usage_errors_come_before_torch(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    cases = [
+        (["--report", "out.txt"], "give an .html file name"),
+        (["--labels-from-folders"], "--labels-from-folders marks right and wrong predictions"),
+        (["--report", "missing/r.html"], "does not exist"),
+        (["--report", "a.png"], "would overwrite the input"),
+    ]
+    for command in ("classify", "evaluate"):
+        for extra, message in cases:
+            code, torch_loaded, err = fresh_campp([command, "-f", "a.png", *extra], tmp_path)
+            assert code == 2 and message in err, (command, extra, err)
+            assert not torch_loaded
+
+
+# ----------------------------------------------------------------------------- real runs
+
+WNIDS = (REPO / "campp_cli" / "data" / "imagenet_wnids.txt").read_text().split()
+# photo -> (where it goes in the tree, the true class the report should read from that place)
+TREE = {
+    "coffee.png": ("espresso/coffee.png", "espresso"),  # Lite0: espresso, right
+    "chelsea.png": ("tabby/chelsea.png", "tabby"),  # Lite0: Egyptian cat, wrong
+    "camera.png": (f"{WNIDS[872]}/camera.png", "tripod"),  # a WordNet-id folder (ImageNet's val/ layout)
+    "rocket.jpg": (f"misc/{WNIDS[657]}_rocket.jpg", "missile"),  # a WordNet id starting the file name
+    "astronaut.png": ("misc/astronaut.png", None),  # no class: unmarked, one warning
+}
+
+
+def build_tree(root: Path) -> Path:
+    for photo, (place, _) in TREE.items():
+        (root / place).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(IMAGES / photo, root / place)
+    (root / "misc" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return root
+
+
+def _run(args):
+    from campp_cli.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    return info.value.code
+
+
+@pytest.fixture(scope="module")
+def classify_run(tmp_path_factory):
+    """A classify run over the tree with --report, --labels-from-folders and --jsonl (the independent record)."""
+    base = tmp_path_factory.mktemp("report_classify")
+    tree = build_tree(base / "photos")
+    code = _run(["classify", *LITE, "-f", tree, "--recursive", "--methods", ",".join(METHODS), "--output-dir",
+                 base / "out", "--max-side", "160", "--jsonl", base / "run.jsonl", "--report", base / "report.html",
+                 "--labels-from-folders"])
+    lines = [json.loads(line) for line in (base / "run.jsonl").read_text().splitlines()]
+    return base, code, lines
+
+
+def test_classify_report_of_a_real_run(classify_run, capsys):
+    base, code, lines = classify_run
+    assert code == 1  # one broken image
+    data = page_data(base / "report.html")
+    records = {Path(r["n"]).name: r for r in data["records"]}
+    assert data["final"] and data["counts"] == {"done": 5, "failed": 1, "skipped": 0, "total": 6}
+    assert data["methods"] == METHODS and data["header"]["model"] == "efficientnet_lite0"
+    assert data["header"]["argv"].startswith("campp classify --arch efficientnet_lite0")
+    for line in lines:
+        name = Path(line["input"]).name
+        record = records[name]
+        if "error" in line:
+            assert record["err"] == line["error"]
+            continue
+        assert record["c"] == line["name"] and record["p"] == pytest.approx(line["probability"], abs=1e-6)
+        assert [n for n, _ in record["t5"]] == [t["name"] for t in line["top5"]]
+        truth = dict(TREE.values()).get(next(p for p, _ in TREE.values() if Path(p).name == name))
+        if truth is None:
+            assert "ok" not in record and "tc" not in record
+        else:
+            assert record["tc"] == truth and record["ok"] == int(line["top5"][0]["name"] == truth)
+        i = data["records"].index(record)
+        for kind in ["thumb", "photo", *METHODS]:
+            with Image.open(base / "report_files" / rp.asset_name(i, kind)) as im:
+                im.load()
+                if kind == "thumb":
+                    assert im.height == rp.THUMB_HEIGHT
+                else:
+                    assert im.size == (160, 160)  # the panel size, as --max-side says
+    assert sum(r.get("ok", 0) for r in data["records"]) >= 2 and any(r.get("ok") == 0 for r in data["records"])
+
+
+def test_disagreement_in_the_page_is_that_of_the_saved_maps(tmp_path):
+    out = tmp_path / "out"
+    assert _run(["classify", *LITE, "-f", IMAGES / "chelsea.png", "--output-dir", out, "--save-maps", "-q",
+                 "--report", tmp_path / "r.html"]) == 0
+    maps = [np.load(out / f"output_{m}.npy") for m in ("gradcam", "gradcampp")]
+    record = page_data(tmp_path / "r.html")["records"][0]
+    assert record["d"] == pytest.approx(reference_disagreement(maps), abs=1e-4)
+
+
+def test_a_failed_single_photo_still_gets_its_report(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nothing")
+    assert _run(["classify", *LITE, "-f", bad, "--output-dir", tmp_path / "out", "--report", tmp_path / "r.html"]) == 1
+    data = page_data(tmp_path / "r.html")
+    assert data["final"] is False and data["counts"]["failed"] == 1 and "bad.png" in data["records"][0]["err"]
+
+
+@pytest.fixture(scope="module")
+def evaluate_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("report_evaluate")
+    code = _run(["evaluate", *LITE, "-f", IMAGES, "--boxes", IMAGES / "boxes", "--steps", "4", "--json",
+                 base / "eval.json", "--csv", base / "eval.csv", "--report", base / "eval.html", "-q"])
+    return base, code
+
+
+def test_evaluate_report_holds_the_summary_and_every_images_scores(evaluate_run):
+    base, code = evaluate_run
+    assert code == 0
+    data = page_data(base / "eval.html")
+    document = json.loads((base / "eval.json").read_text())
+    assert data["summary"]["methods"].keys() == document["methods"].keys()
+    for m, stats in document["methods"].items():
+        for key in ("average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc", "pointing_game"):
+            assert data["summary"]["methods"][m][key] == pytest.approx(stats[key])
+    assert data["summary"]["win_percent"] == document["win_percent"]
+    import csv
+
+    rows = list(csv.DictReader((base / "eval.csv").open()))
+    by_input = {r["n"]: r for r in data["records"]}
+    for row in rows:
+        s = by_input[row["input"]]["s"][row["method"]]
+        assert s["drop"] == pytest.approx(float(row["drop_percent"]), abs=1e-3)
+        assert s["del"] == pytest.approx(float(row["deletion_auc"]), abs=1e-4)
+        assert len(s["dc"]) == len(s["ic"]) == 5  # steps + 1 points
+        if row["boxes"] == "boxed":
+            assert s["pg"] == int(row["pointing_hit"])
+    for m in document["methods"]:  # mean curves: the mean of the images' curves
+        curves = np.array([r["s"][m]["dc"] for r in data["records"]])
+        assert data["curves"][m]["dc"] == pytest.approx(curves.mean(axis=0).tolist(), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_the_report_of_what_was_done(tmp_path):
+    tree = tmp_path / "photos"
+    tree.mkdir()
+    for photo in TREE:
+        shutil.copy(IMAGES / photo, tree / photo)
+    env = dict(os.environ, CAMPP_TEST_KILL_AT_RENAME="14")  # each image: 5 renames for its set, 1 for the page
+    proc = subprocess.run([sys.executable, "-m", "campp_cli", "classify", *LITE, "-f", str(tree), "--output-dir",
+                           str(tmp_path / "out"), "--max-side", "64", "--batch-size", "1", "--workers", "1",
+                           "--report", str(tmp_path / "r.html"), "--report-every", "1", "-q"],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    data = page_data(tmp_path / "r.html")
+    assert data["final"] is False and 1 <= len(data["records"]) < len(TREE)
+    for i, record in enumerate(data["records"]):
+        assert (tmp_path / "r_files" / rp.asset_name(i, "thumb")).is_file(), record["n"]
+
+
+# ----------------------------------------------------------------------------- in a real browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM} (Debian: apt install chromium)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def open_report(browser, path: Path):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(path.resolve().as_uri())
+    page.wait_for_selector("html[data-ready='1']")
+    page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+    return page, errors
+
+
+def shown_names(page) -> list[str]:
+    return page.eval_on_selector_all(".card .name", "els => els.map(e => e.textContent)")
+
+
+def test_browser_page_loads_cleanly_with_every_thumbnail(browser, classify_run):
+    base, _, lines = classify_run
+    page, errors = open_report(browser, base / "report.html")
+    widths = page.eval_on_selector_all(".card img", "imgs => imgs.map(i => i.naturalWidth)")
+    assert len(widths) == 5 and all(w > 0 for w in widths)  # every done image; the failed one has no thumbnail
+    assert len(shown_names(page)) == len(lines)
+    assert errors == []
+    page.close()
+
+
+def test_browser_sort_by_probability(browser, classify_run):
+    base, _, lines = classify_run
+    page, errors = open_report(browser, base / "report.html")
+    page.select_option("#sort", "p-desc")
+    shown = [float(p) for p in page.eval_on_selector_all(".card .p[data-p]", "els => els.map(e => e.dataset.p)")]
+    expected = sorted((line["probability"] for line in lines if "error" not in line), reverse=True)
+    assert shown == pytest.approx(expected, abs=1e-6)
+    page.select_option("#sort", "p-asc")
+    shown = [float(p) for p in page.eval_on_selector_all(".card .p[data-p]", "els => els.map(e => e.dataset.p)")]
+    assert shown == pytest.approx(expected[::-1], abs=1e-6)
+    assert errors == []
+    page.close()
+
+
+def test_browser_class_and_correctness_filters(browser, classify_run):
+    base, _, lines = classify_run
+    page, errors = open_report(browser, base / "report.html")
+    done = [line for line in lines if "error" not in line]
+    truth = {Path(place).name: t for place, t in TREE.values()}
+    page.fill("#class", "espresso")
+    assert shown_names(page) == ["coffee.png"]
+    page.fill("#class", "cat")  # searchable: a part of a name (Egyptian cat, tiger cat...)
+    expected = [Path(line["input"]).name for line in done if "cat" in line["name"].lower()
+                or "cat" in (truth.get(Path(line["input"]).name) or "")]
+    assert sorted(shown_names(page)) == sorted(expected) and expected
+    page.fill("#class", "")
+    page.select_option("#show", "incorrect")
+    wrong = [Path(line["input"]).name for line in done
+             if truth.get(Path(line["input"]).name) not in (None, line["top5"][0]["name"])]
+    assert sorted(shown_names(page)) == sorted(wrong) == ["chelsea.png"]
+    page.select_option("#show", "correct")
+    right = [Path(line["input"]).name for line in done
+             if truth.get(Path(line["input"]).name) == line["top5"][0]["name"]]
+    assert sorted(shown_names(page)) == sorted(right) and len(right) >= 2
+    page.select_option("#show", "failed")
+    assert shown_names(page) == ["broken.png"]
+    assert "broken.png" in page.inner_text(".card.err .reason")
+    assert "broken.png" in page.inner_text("#failed")  # listed with its reason above the grid too
+    assert errors == []
+    page.close()
+
+
+def _panel_pixels(page, selector) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(page.locator(selector).screenshot())).convert("RGB"), dtype=np.float64)
+
+
+def test_browser_lightbox_every_method_and_the_opacity_slider(browser, classify_run, tmp_path):
+    base, _, _ = classify_run
+    page, errors = open_report(browser, base / "report.html")
+    page.fill("#class", "espresso")
+    page.click(".card")
+    assert page.is_visible("#lightbox")
+    page.wait_for_function("Array.from(document.querySelectorAll('#lb-panels img')).every(i => i.complete)")
+    methods = page.eval_on_selector_all("#lb-panels figure.method", "fs => fs.map(f => f.dataset.method)")
+    assert methods == METHODS
+    heat = page.eval_on_selector_all("#lb-panels img.heat", "imgs => imgs.map(i => i.naturalWidth)")
+    assert len(heat) == len(METHODS) and all(w > 0 for w in heat)
+
+    def set_opacity(v):
+        page.eval_on_selector("#opacity", f"e => {{ e.value = '{v}'; e.dispatchEvent(new Event('input')); }}")
+        page.wait_for_timeout(50)
+
+    photo = _panel_pixels(page, "#lb-panels figure >> nth=0 >> .layers")
+    set_opacity(0)
+    bare = _panel_pixels(page, "#lb-panels figure.method >> nth=0 >> .layers")
+    set_opacity(1)
+    heatmap = _panel_pixels(page, "#lb-panels figure.method >> nth=0 >> .layers")
+    set_opacity(0.5)
+    half = _panel_pixels(page, "#lb-panels figure.method >> nth=0 >> .layers")
+    assert np.abs(bare - photo).mean() < 1  # opacity 0: the photo alone
+    assert np.abs(heatmap - photo).mean() > 20  # opacity 1: the heatmap alone
+    assert np.abs(half - (photo + heatmap) / 2).mean() < 3  # the blend the overlays are made of
+    page.click("#heat-only")
+    assert page.eval_on_selector("#lb-panels img.heat", "i => i.style.opacity") == "1"
+    page.keyboard.press("Escape")
+    assert not page.is_visible("#lightbox")
+    assert errors == []
+    page.close()
+
+
+def test_browser_evaluate_report(browser, evaluate_run):
+    base, _ = evaluate_run
+    page, errors = open_report(browser, base / "eval.html")
+    document = json.loads((base / "eval.json").read_text())
+    methods = list(document["methods"])
+    assert page.eval_on_selector_all("#metrics tr", "rows => rows.length") == len(methods) + 1
+    assert page.eval_on_selector_all("#localisation tr", "rows => rows.length") == len(methods) + 1
+    wins = page.eval_on_selector_all("#wins tr", "rows => rows.map(r => r.innerText)")
+    assert len(wins) == len(methods) + 1
+    assert f"{document['win_percent'][methods[0]][methods[1]]:.1f}" in wins[1]
+    assert page.eval_on_selector_all("#summary polyline", "p => p.length") == 2 * len(methods)
+    page.click(".card >> nth=0")
+    assert page.eval_on_selector_all("#image-scores tr", "rows => rows.length") == len(methods) + 1
+    assert page.eval_on_selector_all("#lb-scores polyline", "p => p.length") == 2 * len(methods)
+    assert errors == []
+    page.close()
+
+
+def test_browser_big_report_draws_cards_as_the_reader_scrolls(browser, tmp_path):
+    """50,000 cards: the page draws a first screenful and more as the reader scrolls."""
+    report = _report(tmp_path, 50_000, every=10**9)
+    for i in range(50_000):
+        report.records.append({"n": f"img/{i}.png", "ci": 1, "c": "dog", "p": (i % 997) / 997, "t5": [["dog", 0.5]]})
+    report.close()
+    page, errors = open_report(browser, tmp_path / "r.html")
+    first = page.eval_on_selector_all(".card", "c => c.length")
+    assert 0 < first <= 5000
+    assert page.inner_text("#count") == "50000 of 50000 images"
+    page.select_option("#sort", "p-desc")
+    top = page.eval_on_selector(".card .p[data-p]", "e => Number(e.dataset.p)")
+    assert top == pytest.approx(996 / 997)
+    page.mouse.wheel(0, 20000)
+    page.wait_for_timeout(300)
+    assert page.eval_on_selector_all(".card", "c => c.length") > first
+    assert errors == []
+    page.close()
