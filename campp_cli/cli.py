@@ -28,6 +28,7 @@ from .settings import (
     DEFAULT_OUTPUT_DIR,
     DEFAULT_REPORT_EVERY,
     DEFAULT_SCORE_BATCH,
+    DISPLAYS,
     MAX_PIXELS_CEILING,
     VARIANTS,
 )
@@ -379,10 +380,12 @@ def _run_with_progress(engine, jobs, clf, options, on_result, bar, command=None)
               help="Largest side of the output panels; bigger photos are shrunk.")
 @click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Weight of the heatmap in the overlays (0: the photo alone, 1: the heatmap alone).")
+@click.option("--display", type=click.Choice(list(DISPLAYS)), default="crop", show_default=True,
+              help="What the figures show: " + "; ".join(f"{k}: {v}" for k, v in DISPLAYS.items()) + ".")
 @report_options
 def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, layer, weights, num_classes,
              labels_path, input_size, mean, std, resize, variant, methods, score_batch, offline, save_maps, guided,
-             skip_existing, jsonl, batch_size, workers, quiet, max_pixels, engine, max_side, alpha,
+             skip_existing, jsonl, batch_size, workers, quiet, max_pixels, engine, max_side, alpha, display,
              report_path, report_every, labels_from_folders, **settings) -> None:
     """Explain photos: top-5 classes on stdout, figures per photo in the output folder.
 
@@ -428,7 +431,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
     clf, label = _load_model(gpu, weights, layer, offline, quiet, engine, label, **request)
     options = Options(label=label, variant=variant, methods=methods, score_batch=score_batch, max_side=max_side,
                       max_pixels=max_pixels, save_maps=save_maps, guided=guided, batch_size=batch_size,
-                      skip_existing=skip_existing, alpha=alpha)
+                      skip_existing=skip_existing, alpha=alpha, display=display)
     if workers:
         options.workers = workers
     report = _open_report(report_path, "classify", clf, options, engine, gpu, len(jobs), labels_from_folders,

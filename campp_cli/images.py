@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from .errors import InputError, OutputError
 from .preprocessing import INTERPOLATIONS, square_region
-from .settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, MIN_PANEL_SIDE
+from .settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DISPLAYS, MIN_PANEL_SIDE  # noqa: F401 (re-exported)
 
 # Pillow allocates a large image in 16 MB blocks, which glibc serves from per-thread heaps that keep
 # the memory after the image is freed: four decoding threads then hold four images' worth.  Blocks
@@ -264,6 +264,45 @@ def resize_to(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(rgb, (width, height), interpolation=interp)
 
 
+#: --display full: how bright the photo stays outside the part the model saw.
+DIM = 0.35
+
+
+def display_full(rgb: np.ndarray, resize_mode: str = "crop",
+                 max_side: int = DEFAULT_MAX_SIDE) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """(the whole photo at the resolution panels are drawn at (its long side as :func:`display_square`
+    sizes a side), the part of it the model saw as ``(left, top, width, height)`` in its pixels; for
+    ``pad`` the part reaches past the photo)."""
+    h, w = rgb.shape[:2]
+    long = max(h, w)
+    scale = min(max(long, MIN_PANEL_SIDE), max_side) / long
+    shown = resize_to(rgb, max(1, round(w * scale)), max(1, round(h * scale)))
+    left, top, rw, rh = square_region(w, h, resize_mode)
+    return shown, (round(left * scale), round(top * scale), max(1, round(rw * scale)), max(1, round(rh * scale)))
+
+
+def region_pixels(photo: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
+    """The part ``region`` of ``photo``, black where it reaches past the photo."""
+    x, y, rw, rh = region
+    h, w = photo.shape[:2]
+    out = np.zeros((rh, rw, 3), np.uint8)
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + rw, w), min(y + rh, h)
+    if x1 > x0 and y1 > y0:
+        out[y0 - y:y1 - y, x0 - x:x1 - x] = photo[y0:y1, x0:x1]
+    return out
+
+
+def on_region(photo: np.ndarray, region: tuple[int, int, int, int], inside: np.ndarray) -> np.ndarray:
+    """The photo dimmed, with ``inside`` (an image the size of ``region``) put in place of ``region``."""
+    x, y, rw, rh = region
+    h, w = photo.shape[:2]
+    out = np.round(photo.astype(np.float32) * DIM).astype(np.uint8)
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + rw, w), min(y + rh, h)
+    if x1 > x0 and y1 > y0:
+        out[y0:y1, x0:x1] = inside[y0 - y:y1 - y, x0 - x:x1 - x]
+    return out
+
+
 def display_square(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE) -> np.ndarray:
     """The central square at the resolution panels are drawn at."""
     square = center_square(rgb)
@@ -282,9 +321,10 @@ def model_input(square: np.ndarray, size: int, interpolation: str = "area") -> n
     return np.ascontiguousarray(small.transpose(2, 0, 1), dtype=np.float32) / 255.0
 
 
-def upsample(cam: np.ndarray, side: int) -> np.ndarray:
-    """A low-resolution map, bilinearly upsampled to ``side`` x ``side``, in [0, 1]."""
-    up = cv2.resize(cam.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
+def upsample(cam: np.ndarray, side: int, height: int | None = None) -> np.ndarray:
+    """A low-resolution map, bilinearly upsampled to ``side`` x ``side`` (or ``side`` wide and ``height``
+    high), in [0, 1]."""
+    up = cv2.resize(cam.astype(np.float32), (side, height or side), interpolation=cv2.INTER_LINEAR)
     return np.clip(up, 0.0, 1.0)
 
 

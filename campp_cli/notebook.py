@@ -113,21 +113,24 @@ class ImageExplanation:
 
 def explain_image(image, clf, methods=DEFAULT_METHODS, label: int | str = -1, variant: str = "official",
                   alpha: float = images.DEFAULT_ALPHA, max_side: int = images.DEFAULT_MAX_SIDE,
-                  max_pixels: int = images.DEFAULT_MAX_PIXELS) -> ImageExplanation:
+                  max_pixels: int = images.DEFAULT_MAX_PIXELS, display: str = "crop") -> ImageExplanation:
     """Explain one image (a path, a PIL image or an (H, W, 3) array) with ``clf``.
 
     ``methods``: names, a comma-separated string or ``"all"``; ``label``: a class index, a class name, or
-    -1 for the predicted class.  Framed, normalised and drawn as ``campp classify`` does.
+    -1 for the predicted class; ``display``: "crop" (the square the model saw) or "full" (the whole photo,
+    the rest dimmed).  Framed, normalised and drawn as ``campp classify`` does.
     """
     from .labels import resolve_label
     from .stages import ClassifyCommand, DecodedRow, Options, explain_rows, figure_caption, frame, render
 
     if not 0.0 <= alpha <= 1.0:
         raise UsageError(f"alpha {alpha}: give a weight between 0 and 1")
+    if display not in images.DISPLAYS:
+        raise UsageError(f"display {display!r}: use one of {', '.join(images.DISPLAYS)}")
     options = Options(label=resolve_label(str(label), clf.categories), variant=variant,
                       methods=parse_methods(methods), alpha=alpha, max_side=max_side, max_pixels=max_pixels)
     rgb, source = _as_rgb(image, max_pixels)
-    decoded = DecodedRow(None, *frame(rgb, clf.input_size, clf.preprocessing, max_side))
+    decoded = DecodedRow(None, *frame(rgb, clf.input_size, clf.preprocessing, max_side, display))
     caption = figure_caption(clf, options)
     (row,) = explain_rows([decoded], clf, options, ClassifyCommand(options, caption))
     figures = render(row, clf.categories, caption=caption, alpha=alpha)

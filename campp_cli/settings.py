@@ -24,3 +24,7 @@ DEFAULT_SCORE_BATCH = 32
 
 #: --report: the page is rewritten during a run every this many images (or every tenth done so far, if more).
 DEFAULT_REPORT_EVERY = 200
+
+#: --display: what the panels show.
+DISPLAYS = {"crop": "the square the model saw (as the paper)",
+            "full": "the whole photo, the maps over the part the model saw, the rest dimmed"}

@@ -53,6 +53,7 @@ class Options:
     workers: int = max(1, min(4, os.cpu_count() or 1))  # decoding and writing threads
     skip_existing: bool = False  # resume: skip images whose outputs are all there
     alpha: float = images.DEFAULT_ALPHA  # the heatmap's weight in the overlays
+    display: str = "crop"  # images.DISPLAYS: the square the model saw, or the whole photo
 
 
 @dataclass
@@ -186,6 +187,7 @@ class DecodedRow:
     job: Job
     model_input: np.ndarray  # (3, S, S) float32 RGB in [0, 1]
     display: np.ndarray | None  # (side, side, 3) uint8 at the panel resolution, when figures are drawn
+    region: tuple[int, int, int, int] | None = None  # --display full: where in display the model's square is
 
 
 @dataclass
@@ -198,6 +200,7 @@ class ExplainedRow:
     probs: np.ndarray  # (C,) float32 softmax
     maps: dict[str, np.ndarray]  # method -> (h, w) float32 in [0, 1]
     extra: Any = None  # what the command added (guided gradient, evaluate's scores)
+    region: tuple[int, int, int, int] | None = None  # as DecodedRow.region
 
     @property
     def probability(self) -> float:
@@ -210,15 +213,21 @@ class ExplainedRow:
 
 
 def frame(rgb: np.ndarray, size: int, preprocessing: "Preprocessing | None" = None,
-          max_side: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+          max_side: int | None = None, display: str = "crop"
+          ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int, int, int] | None]:
     """A decoded photo as the model's input ``(3, size, size)`` in [0, 1], framed and resized as
-    ``preprocessing`` says (default: the central square, area-resized), and, given ``max_side``, the
-    square at the resolution the panels are drawn at."""
+    ``preprocessing`` says (default: the central square, area-resized), and, given ``max_side``, what the
+    panels are drawn on at their resolution: the square (``display`` "crop"), or the whole photo and where
+    the square lies in it ("full"; else None)."""
     resize = preprocessing.resize if preprocessing is not None else "crop"
     interpolation = preprocessing.interpolation if preprocessing is not None else "area"
     square = images.to_square(rgb, resize)
-    shown = images.display_square(square, max_side) if max_side is not None else None
-    return images.model_input(square, size, interpolation), shown
+    x = images.model_input(square, size, interpolation)
+    if max_side is None:
+        return x, None, None
+    if display == "full":
+        return (x, *images.display_full(rgb, resize, max_side))
+    return x, images.display_square(square, max_side), None
 
 
 def decode(job: Job, size: int, options: Options, display: bool,
@@ -228,7 +237,8 @@ def decode(job: Job, size: int, options: Options, display: bool,
         raise InputError(job.error)
     need = max(size, options.max_side) if display else size  # larger photos are decoded reduced
     rgb = images.load_rgb(job.source, options.max_pixels, need, budget)
-    return DecodedRow(job, *frame(rgb, size, preprocessing, options.max_side if display else None))
+    return DecodedRow(job, *frame(rgb, size, preprocessing, options.max_side if display else None,
+                                  options.display))
 
 
 def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, command: "Command") -> list[ExplainedRow]:
@@ -245,7 +255,7 @@ def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, comm
         raise ModelError(f"{exc.message} (model {clf.arch}, weights {clf.weights_source})") from None
     extras = command.extras(clf, rgb01, expl)
     return [ExplainedRow(row.job, row.display, int(expl.classes[i]), expl.probs[i],
-                         {m: v[i] for m, v in expl.maps.items()}, extras[i])
+                         {m: v[i] for m, v in expl.maps.items()}, extras[i], row.region)
             for i, row in enumerate(rows)]
 
 
@@ -337,8 +347,12 @@ def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None =
     colour bar; its titles say "explained" and "predicted" when the explained
     class (``-l``) is not the predicted one; ``caption`` goes in a strip below.
     """
-    square = row.display
-    side = square.shape[0]
+    region = row.region
+    # seen: what the model saw, at panel resolution; place(): it (or a map over it) back in the whole photo
+    seen = row.display if region is None else images.region_pixels(row.display, region)
+    place = (lambda inside: inside) if region is None else (lambda inside: images.on_region(row.display, region,
+                                                                                            inside))
+    height, width = seen.shape[:2]
     p = row.probability
     name = categories[row.class_index]
     predicted = int(np.argmax(row.probs))
@@ -348,13 +362,13 @@ def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None =
         explained = f"explained: {explained}"
     else:
         title = ["Input", explained]
-    figures: dict[str, np.ndarray] = {"": square}  # the comparison first; drawn below
+    figures: dict[str, np.ndarray] = {"": seen}  # the comparison first; drawn below
     guided_figures: dict[str, np.ndarray] = {}
-    panels = [images.titled(images.with_colour_bar(square, blank=True), title)]
+    panels = [images.titled(images.with_colour_bar(place(seen), blank=True), title)]
     for method, cam in row.maps.items():
-        heat = images.colorize(images.upsample(cam, side))
-        blended = images.overlay(square, heat, alpha)
-        figures[f"_{method}_heatmap"] = heat
+        heat = images.colorize(images.upsample(cam, width, height))
+        blended = place(images.overlay(seen, heat, alpha))
+        figures[f"_{method}_heatmap"] = place(heat)
         figures[f"_{method}_overlay"] = blended
         spec = get_method(method)
         lines = [spec.title, explained if spec.class_specific else "class-agnostic"]
@@ -362,7 +376,8 @@ def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None =
         if guided is not None:
             grad = guided.transpose(1, 2, 0)
             weighted = grad * images.upsample(cam, grad.shape[0])[..., None]
-            guided_figures[f"_guided_{method}"] = images.resize(images.gradient_image(weighted), side)
+            guided_figures[f"_guided_{method}"] = place(images.resize_to(images.gradient_image(weighted), width,
+                                                                         height))
     figures[""] = images.captioned(images.side_by_side(panels), caption) if caption else images.side_by_side(panels)
     return {**figures, **guided_figures}
 

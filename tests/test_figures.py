@@ -144,3 +144,60 @@ def test_a_comparison_written_by_classify_has_the_caption(tiny, run_cli, monkeyp
     figure = np.asarray(Image.open(tiny / "output" / "c.jpeg").convert("RGB"))
     bottom = figure[-12:]
     assert ((bottom < 160).any(axis=2)).sum() > 30  # the caption's text under the panels
+
+
+# ----------------------------------------------------------------------------- --display full
+
+PHOTO = "rocket.jpg"  # 640 x 427: the model's central square leaves a strip on each side
+
+
+def _photo_at(width: int, height: int) -> np.ndarray:
+    from conftest import IMAGES
+
+    with Image.open(IMAGES / PHOTO) as im:
+        return np.asarray(im.convert("RGB").resize((width, height), Image.BOX), dtype=np.float64)
+
+
+def test_display_full_shows_the_whole_photo_with_the_maps_on_the_square_the_model_saw(run_cli, tmp_path):
+    from conftest import IMAGES
+
+    lite = ["--arch", "efficientnet_lite0", "-f", IMAGES / PHOTO, "--output-dir", tmp_path, "--max-side", "300",
+            "-q"]
+    assert run_cli("classify", *lite, "--display", "full", "-o", "full.jpeg")[0] == 0
+    assert run_cli("classify", *lite, "-o", "crop.jpeg")[0] == 0
+    full = np.asarray(Image.open(tmp_path / "full_gradcam_heatmap.jpeg"), dtype=np.float64)
+    crop = np.asarray(Image.open(tmp_path / "crop_gradcam_heatmap.jpeg"), dtype=np.float64)
+    height, width = full.shape[:2]
+    assert width == 300 and abs(height - 300 * 427 / 640) <= 1  # the photo's shape, its long side at --max-side
+    side = height  # the central square: the photo's short side
+    left = (width - side) // 2
+    photo = _photo_at(width, height)
+    # Outside the square: the photo, dimmed; inside: the same heatmap as --display crop draws.
+    for strip in (np.s_[:, : left - 2], np.s_[:, left + side + 2:]):
+        assert np.abs(full[strip] - photo[strip] * images.DIM).mean() < 6
+    inside = full[:, left + 2: left + side - 2]
+    expected = np.asarray(Image.fromarray(crop.astype(np.uint8)).resize((side, side), Image.BILINEAR),
+                          dtype=np.float64)[:, 2: side - 2]
+    assert np.abs(inside - expected).mean() < 6
+    assert np.abs(inside - photo[:, left + 2: left + side - 2] * images.DIM).mean() > 30  # not dimmed photo
+    comparison = Image.open(tmp_path / "full.jpeg")
+    assert comparison.width > 2 * width  # three panels of the whole photo
+
+
+def test_display_full_with_pad_puts_the_maps_on_the_whole_photo(run_cli, tmp_path):
+    from conftest import IMAGES
+
+    assert run_cli("classify", "--arch", "efficientnet_lite0", "-f", IMAGES / PHOTO, "--output-dir", tmp_path,
+                   "--max-side", "300", "-q", "--display", "full", "--resize", "pad")[0] == 0
+    full = np.asarray(Image.open(tmp_path / "output_gradcam_heatmap.jpeg"), dtype=np.float64)
+    photo = _photo_at(full.shape[1], full.shape[0])
+    # The model saw all of it: no part of the figure is the dimmed photo.
+    assert np.abs(full[:, :40] - photo[:, :40] * images.DIM).mean() > 30
+    assert np.abs(full[:, -40:] - photo[:, -40:] * images.DIM).mean() > 30
+
+
+def test_display_is_checked_before_torch(tmp_path):
+    from conftest import fresh_campp
+
+    code, torch_loaded, err = fresh_campp(["classify", "-f", "x.png", "--display", "whole"], tmp_path)
+    assert code == 2 and "--display" in err and not torch_loaded
