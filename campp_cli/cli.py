@@ -29,6 +29,7 @@ from .settings import (
     DEFAULT_REPORT_EVERY,
     DEFAULT_SCORE_BATCH,
     DISPLAYS,
+    FORMATS,
     MAX_PIXELS_CEILING,
     VARIANTS,
 )
@@ -360,8 +361,9 @@ def _run_with_progress(engine, jobs, clf, options, on_result, bar, command=None)
 @cli.command()
 @input_options
 @click.option("-o", "--output", default=None, metavar="NAME.jpeg",
-              help="Name of the comparison figure; the other files are named after it. Default: output.jpeg "
-                   "for one photo; for several, a template with {stem} (default {stem}.jpeg).")
+              help="Name of the comparison figure (.jpeg, .jpg or .png); the other files are named after it. "
+                   "Default: output.jpeg for one photo; for several, a template with {stem} (default "
+                   "{stem}.jpeg).")
 @click.option("--output-dir", default=DEFAULT_OUTPUT_DIR, show_default=True, metavar="DIR",
               help="Folder for every output file, created if missing; folders given with -f are mirrored in it.")
 @model_options
@@ -380,12 +382,15 @@ def _run_with_progress(engine, jobs, clf, options, on_result, bar, command=None)
               help="Largest side of the output panels; bigger photos are shrunk.")
 @click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Weight of the heatmap in the overlays (0: the photo alone, 1: the heatmap alone).")
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default=None,
+              help="Image format of every figure (jpeg, or png: lossless, larger). Default: the one -o names, "
+                   "else jpeg.")
 @click.option("--display", type=click.Choice(list(DISPLAYS)), default="crop", show_default=True,
               help="What the figures show: " + "; ".join(f"{k}: {v}" for k, v in DISPLAYS.items()) + ".")
 @report_options
 def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, layer, weights, num_classes,
              labels_path, input_size, mean, std, resize, variant, methods, score_batch, offline, save_maps, guided,
-             skip_existing, jsonl, batch_size, workers, quiet, max_pixels, engine, max_side, alpha, display,
+             skip_existing, jsonl, batch_size, workers, quiet, max_pixels, engine, max_side, alpha, fmt, display,
              report_path, report_every, labels_from_folders, **settings) -> None:
     """Explain photos: top-5 classes on stdout, figures per photo in the output folder.
 
@@ -414,7 +419,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
     request = _model_request(arch, model_ref, num_classes, labels_path, input_size, mean, std, resize)
     single = is_single(list(files))
     keys = output_keys(methods, save_maps, guided)
-    jobs = plan(list(files), Path(output_dir), output, recursive, keys=keys)
+    jobs = plan(list(files), Path(output_dir), output, recursive, keys=keys, fmt=fmt)
     check_no_overwrite(jobs, keys, {"--jsonl": jsonl, "--report": report_path}, list(files))
     check_writable("--jsonl", jsonl)
     _check_report(report_path, labels_from_folders)

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
-from .settings import DEFAULT_OUTPUT
+from .settings import DEFAULT_OUTPUT, FORMATS
 
 #: Files taken from folders (case-insensitive); a file named directly is tried whatever its name.
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
                     ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jfif", ".dib"}
-JPEG_SUFFIXES = (".jpeg", ".jpg")
+JPEG_SUFFIXES = FORMATS["jpeg"]
 
 
 @dataclass(frozen=True)
@@ -56,21 +56,30 @@ def figure_keys(methods, guided: bool = False) -> list[str]:
     return keys
 
 
-def output_stem(name: str) -> tuple[str, str]:
-    """Split and check ``-o``: a plain JPEG file name, never a path."""
+def format_of(suffix: str) -> str | None:
+    """The --format a file suffix names ("jpeg", "png"), or None."""
+    return next((f for f, suffixes in FORMATS.items() if suffix.lower() in suffixes), None)
+
+
+def output_stem(name: str, fmt: str | None = None) -> tuple[str, str]:
+    """Split and check ``-o``: a plain JPEG or PNG file name, never a path; ``fmt`` (--format) names the
+    format when the name has no suffix, and must agree with one it has."""
     if not name or "/" in name or "\\" in name or os.sep in name or name in (".", ".."):
         raise UsageError(f"-o {name!r}: give a file name without folders (use --output-dir for the folder)")
     if ".." in name:
         raise UsageError(f"-o {name!r}: '..' is not allowed in output names")
     stem, suffix = os.path.splitext(name)
     if not suffix:
-        suffix = ".jpeg"
-    if suffix.lower() not in JPEG_SUFFIXES or not stem or stem.startswith("."):
-        raise UsageError(f"-o {name!r}: the output must be a JPEG file name such as out.jpeg")
+        suffix = FORMATS[fmt or "jpeg"][0]
+    if format_of(suffix) is None or not stem or stem.startswith("."):
+        raise UsageError(f"-o {name!r}: the output must be a JPEG or PNG file name such as out.jpeg or out.png")
+    if fmt is not None and format_of(suffix) != fmt:
+        raise UsageError(f"-o {name!r} names a {format_of(suffix).upper()} file but --format is {fmt}: give "
+                         f"{stem}{FORMATS[fmt][0]}, or leave one of them out")
     return stem, suffix
 
 
-def check_template(template: str) -> None:
+def check_template(template: str, fmt: str | None = None) -> None:
     """``-o`` for several inputs: a file-name template whose only field is a real ``{stem}``."""
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
@@ -81,7 +90,7 @@ def check_template(template: str) -> None:
                          f"(the input's name), such as {{stem}}.jpeg")
     if any(f != "stem" for f in fields):
         raise UsageError(f"-o {template!r}: the only field a template may use is {{stem}}")
-    output_stem(template.format(stem="x"))
+    output_stem(template.format(stem="x"), fmt)
 
 
 def _is_glob(text: str) -> bool:
@@ -277,18 +286,20 @@ def safe_stem(path: Path) -> str:
 
 
 def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool = False,
-         keys: list[str] | None = None, writes: bool = True) -> list[Job]:
+         keys: list[str] | None = None, writes: bool = True, fmt: str | None = None) -> list[Job]:
     """Jobs for the -f values: one named file keeps ``-o`` as given; several use a template.
 
     ``keys``: the name suffixes every job writes (figures and maps, see
     :func:`output_keys`); no two jobs get a file name in common.  ``writes``:
-    whether ``out_root`` receives outputs (then it is never searched for inputs).
+    whether ``out_root`` receives outputs (then it is never searched for inputs).  ``fmt``: --format, the
+    figures' format when ``output`` does not name one (default: JPEG).
     """
+    ext = FORMATS[fmt or "jpeg"][0]
     if is_single(specs):
-        stem, suffix = output_stem(output or DEFAULT_OUTPUT)
+        stem, suffix = output_stem(output or os.path.splitext(DEFAULT_OUTPUT)[0] + ext, fmt)
         return [Job(Path(specs[0]), out_root, stem, suffix, root=out_root)]
-    template = output or "{stem}.jpeg"
-    check_template(template)
+    template = output or "{stem}" + ext
+    check_template(template, fmt)
     if writes:
         for spec in specs:
             if not spec.startswith("@") and Path(spec).is_dir() and _identity(Path(spec)) == _identity(out_root):
@@ -316,7 +327,7 @@ def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool =
         rel, stem = base(src, base(src, False) in by_ext)
         name, n = stem, 1
         while True:
-            out_stem, suffix = output_stem(template.format(stem=name))
+            out_stem, suffix = output_stem(template.format(stem=name), fmt)
             files = {(rel, name_of(out_stem, suffix, key)) for key in keys}
             if not files & claimed:
                 break

@@ -78,14 +78,19 @@ class ImageExplanation:
     def heatmap(self, method: str = "gradcampp") -> Image.Image:
         return Image.fromarray(self.figures[f"_{self._method(method)}_heatmap"])
 
-    def save(self, folder: str | os.PathLike = "output", name: str = "explained") -> list[str]:
-        """Write the figures (JPEG, as ``campp classify`` names them) into ``folder``; return the paths."""
+    def save(self, folder: str | os.PathLike = "output", name: str = "explained", format: str = "jpeg"
+             ) -> list[str]:
+        """Write the figures (as ``campp classify`` names them; ``format`` "jpeg" or "png") into ``folder``;
+        return the paths."""
         from .inputs import Job
+        from .settings import FORMATS
         from .stages import write_outputs
 
+        if format not in FORMATS:
+            raise UsageError(f"format {format!r}: use one of {', '.join(FORMATS)}")
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        return write_outputs(Job(self.source, out, name, ".jpeg"), self.figures)
+        return write_outputs(Job(self.source, out, name, FORMATS[format][0]), self.figures)
 
     def show(self) -> None:
         """Display inline in Jupyter; elsewhere in the system's image viewer."""

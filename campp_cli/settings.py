@@ -16,6 +16,10 @@ MIN_PANEL_SIDE = 224
 DEFAULT_OUTPUT_DIR = "output"
 DEFAULT_OUTPUT = "output.jpeg"
 
+#: --format: the image formats of the output figures, by the file suffixes that name them (first: the
+#: one --format adds).
+FORMATS = {"jpeg": (".jpeg", ".jpg"), "png": (".png",)}
+
 #: The two Grad-CAM++ variants (see campp_cli.methods.gradcampp).
 VARIANTS = ("official", "paper")
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import images
 from .errors import CamppError, InputError, ModelError, OutputError, UsageError
-from .inputs import Job
+from .inputs import Job, format_of
 from .methods import DEFAULT_METHODS, get_method, parse_methods
 from .settings import DEFAULT_SCORE_BATCH
 
@@ -384,7 +384,8 @@ def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None =
 
 def write_outputs(job: Job, figures: dict[str, np.ndarray], maps: dict[str, np.ndarray] | None = None) -> list[str]:
     """Write every figure (and maps as .npy), all or nothing; return the paths in order."""
-    files = {job.path(k): images.encode_jpeg(v) for k, v in figures.items()}
+    encode = images.ENCODERS[format_of(job.suffix) or "jpeg"]
+    files = {job.path(k): encode(v) for k, v in figures.items()}
     for method, cam in (maps or {}).items():
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(cam, dtype=np.float32))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,3 +202,56 @@ def test_display_is_checked_before_torch(tmp_path):
 
     code, torch_loaded, err = fresh_campp(["classify", "-f", "x.png", "--display", "whole"], tmp_path)
     assert code == 2 and "--display" in err and not torch_loaded
+
+
+# ----------------------------------------------------------------------------- --format
+
+
+def test_format_png_writes_every_figure_losslessly(run_cli, tmp_path):
+    import cv2
+    from conftest import IMAGES
+
+    args = ["classify", "--arch", "efficientnet_lite0", "-f", IMAGES / "coffee.png", "--output-dir", tmp_path,
+            "--max-side", "224", "-q", "--save-maps"]
+    assert run_cli(*args, "--format", "png")[0] == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["output.png", "output_gradcam_heatmap.png", "output_gradcam_overlay.png",
+                            "output_gradcampp_heatmap.png", "output_gradcampp_overlay.png", "output_gradcam.npy",
+                            "output_gradcampp.npy"])
+    for name in names:
+        if name.endswith(".png"):
+            assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Lossless: the heatmap is exactly JET of the saved map, upsampled bilinearly (written here with OpenCV).
+    cam = np.load(tmp_path / "output_gradcam.npy")
+    up = np.clip(cv2.resize(cam, (224, 224), interpolation=cv2.INTER_LINEAR), 0, 1)
+    jet = cv2.applyColorMap(np.round(up * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "output_gradcam_heatmap.png")), jet)
+    # -o NAME.png alone says PNG too; a JPEG name with --format png is refused before any work.
+    assert run_cli(*args, "-o", "named.png")[0] == 0 and (tmp_path / "named_gradcampp_overlay.png").is_file()
+    code, _, err = run_cli(*args, "-o", "named.jpeg", "--format", "png")
+    assert code == 2 and "--format is png" in err
+
+
+def test_format_png_for_a_folder_and_resuming_it(run_cli, tmp_path):
+    from conftest import IMAGES
+
+    args = ["classify", "--arch", "efficientnet_lite0", "-f", IMAGES, "--output-dir", tmp_path / "out",
+            "--max-side", "64", "--format", "png", "--jsonl", tmp_path / "r.jsonl"]
+    assert run_cli(*args)[0] == 0
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert len(written) == 5 * 5 and all(n.endswith(".png") for n in written)
+    assert "coffee.png" in written and "coffee_gradcam_overlay.png" in written
+    truncated = tmp_path / "out" / "coffee_gradcam_heatmap.png"
+    truncated.write_bytes(truncated.read_bytes()[:-20])  # a killed writer's file: no IEND
+    assert run_cli(*args, "--skip-existing")[0] == 0
+    import json
+
+    lines = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert sorted(Path(line["input"]).name for line in lines if not line.get("skipped")) == ["coffee.png"]
+    assert Image.open(truncated).size == (64, 64)
+
+
+def test_every_format_has_an_encoder():
+    from campp_cli.settings import FORMATS
+
+    assert set(images.ENCODERS) == set(FORMATS)
