@@ -126,7 +126,7 @@ def test_ray_writes_what_the_local_engine_writes(local_ray, photos, tmp_path, ru
         out = tmp_path / engine
         code, stdout, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", out, "--save-maps",
                                     "--methods", methods, "--jsonl", tmp_path / f"{engine}.jsonl",
-                                    "--engine", engine, "--batch-size", "4")
+                                    "--engine", engine, "--batch-size", "4", "--report", tmp_path / f"{engine}.html")
         assert code == 1, err  # the corrupt photo
         assert "p15.jpg" in err and "15 done, 0 skipped, 1 failed" in err
         runs[engine] = (out, stdout, err)
@@ -141,6 +141,17 @@ def test_ray_writes_what_the_local_engine_writes(local_ray, photos, tmp_path, ru
     assert [d["input"] for d in lines["ray"]] == sorted(str(p) for p in photos.iterdir())  # input order
     for a, b in zip(lines["ray"], lines["local"], strict=True):
         _same_line(a, b, ray_out, local)
+    # The report: the same cards, their images made on the workers.
+    from test_report import page_data
+
+    pages = {e: page_data(tmp_path / f"{e}.html") for e in runs}
+    assert pages["ray"]["counts"] == pages["local"]["counts"] == {"done": 15, "failed": 1, "skipped": 0, "total": 16}
+    for i, (a, b) in enumerate(zip(pages["ray"]["records"], pages["local"]["records"], strict=True)):
+        assert a["n"] == b["n"] and a.get("c") == b.get("c") and a.get("err") == b.get("err")
+        if "d" in b:
+            assert a["d"] == pytest.approx(b["d"], abs=1e-3)
+            for kind in ("thumb", "photo", *methods.split(",")):
+                assert (tmp_path / "ray_files" / f"{i // 1000:03d}" / f"{i:06d}_{kind}.jpeg").is_file()
     # The per-image lines on stdout, in the same order.
     assert runs["ray"][1].replace(str(ray_out), "OUT").splitlines()[0].split(":")[0] == \
         runs["local"][1].replace(str(local), "OUT").splitlines()[0].split(":")[0]
@@ -159,9 +170,16 @@ def test_ray_evaluates_as_the_local_engine_does(local_ray, photos, tmp_path, run
     for engine in ("local", "ray"):
         args = [a for p in four for a in ("-f", p)]
         code, out, err = run_cli("evaluate", *LITE, *args, "--steps", "4", "--json", tmp_path / f"{engine}.json",
-                                 "--engine", engine, "-q")
+                                 "--engine", engine, "-q", "--report", tmp_path / f"{engine}.html")
         assert code == 0, err
         docs[engine] = json.loads((tmp_path / f"{engine}.json").read_text())
+    from test_report import page_data
+
+    pages = {e: page_data(tmp_path / f"{e}.html") for e in docs}
+    for a, b in zip(pages["ray"]["records"], pages["local"]["records"], strict=True):
+        assert a["n"] == b["n"] and a["s"].keys() == b["s"].keys()
+        for m in a["s"]:
+            assert a["s"][m]["drop"] == pytest.approx(b["s"][m]["drop"], abs=1e-2)
     for method, stats in docs["local"]["methods"].items():
         other = docs["ray"]["methods"][method]
         assert stats["n"] == other["n"] == 4
