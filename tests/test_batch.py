@@ -76,7 +76,7 @@ def test_plan_disambiguates_without_a_model(tmp_path):
     assert jobs[0].out_dir == tmp_path / "out"  # folder contents land at the top of the output folder
 
 
-@pytest.mark.parametrize("template", ["fixed.jpeg", "{name}.jpeg", "{stem}/x.jpeg", "{stem}.png"])
+@pytest.mark.parametrize("template", ["fixed.jpeg", "{name}.jpeg", "{stem}/x.jpeg", "{stem}.gif"])
 def test_several_inputs_need_a_template(photos, run_cli, tmp_path, template):
     code, _, err = run_cli("classify", *LITE, "-f", photos, "-o", template, "--output-dir", tmp_path / "o")
     assert code == 2 and len(err.strip().splitlines()) == 1
