@@ -122,6 +122,11 @@ def check_path(path: str | os.PathLike | None) -> None:
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--report {path}: give an .html file name")
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:  # the page could not name its image folder in a URL
+        raise UsageError(f"--report {path.name.encode('utf-8', 'backslashreplace').decode()}: give a file name "
+                         f"that is valid UTF-8") from None
     check_writable("--report", path)
     folder = assets_folder(path)
     if folder.exists() and not folder.is_dir():

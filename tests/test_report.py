@@ -164,6 +164,7 @@ def test_report_usage_errors_come_before_torch(tmp_path):
         (["--labels-from-folders"], "--labels-from-folders marks right and wrong predictions"),
         (["--report", "missing/r.html"], "does not exist"),
         (["--report", "a.png"], "would overwrite the input"),
+        (["--report", "bad\udcff.html"], "valid UTF-8"),
     ]
     for command in ("classify", "evaluate"):
         for extra, message in cases:
