@@ -201,7 +201,7 @@ def _check_report(report_path, labels_from_folders) -> None:
     check_path(report_path)
 
 
-def _open_report(report_path, command, clf, options, engine, gpu, total, labels_from_folders, every):
+def _open_report(report_path, command, clf, options, engine, total, labels_from_folders, every):
     """The --report being written for this run, or None."""
     if report_path is None:
         return None
@@ -211,7 +211,7 @@ def _open_report(report_path, command, clf, options, engine, gpu, total, labels_
 
     import torch
 
-    from .models import describe_device, resolve_device
+    from .models import describe_device
     from .report import Report
 
     here = get_engine(engine).on_this_machine
@@ -221,7 +221,7 @@ def _open_report(report_path, command, clf, options, engine, gpu, total, labels_
         "argv": "campp " + shlex.join(obj.get("argv", sys.argv[1:])),
         "model": clf.arch, "weights": clf.weights_source, "layer": clf.layer, "variant": options.variant,
         "label": "the predicted class" if label == -1 else f"{label} {clf.categories[label]} (-l)",
-        "device": describe_device(resolve_device(gpu)) if here else f"--engine {engine}",
+        "device": describe_device(clf.device) if here else f"--engine {engine}",
         "versions": {"campp": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -439,7 +439,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
                       skip_existing=skip_existing, alpha=alpha, display=display)
     if workers:
         options.workers = workers
-    report = _open_report(report_path, "classify", clf, options, engine, gpu, len(jobs), labels_from_folders,
+    report = _open_report(report_path, "classify", clf, options, engine, len(jobs), labels_from_folders,
                           report_every)
     command = ClassifyCommand(options, figure_caption(clf, options), cards=report is not None)
     how = "predicted class" if label == -1 else "class given with -l"
@@ -576,7 +576,7 @@ def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_
 
     if annotations is not None:
         _check_annotations(annotations, clf.categories)
-    report = _open_report(report_path, "evaluate", clf, options, engine, gpu, len(jobs), labels_from_folders,
+    report = _open_report(report_path, "evaluate", clf, options, engine, len(jobs), labels_from_folders,
                           report_every)
     command = ev.EvaluateCommand(steps, eval_batch, annotations, deltas, clf.input_size, clf.preprocessing.resize,
                                  cards=report is not None, caption=figure_caption(clf, options))

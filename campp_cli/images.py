@@ -245,10 +245,7 @@ def to_square(rgb: np.ndarray, resize_mode: str = "crop") -> np.ndarray:
     if resize_mode == "squash":
         side = min(h, w)
         return cv2.resize(rgb, (side, side), interpolation=cv2.INTER_AREA)
-    left, top, rw, rh = square_region(w, h, resize_mode)
-    canvas = np.zeros((rh, rw, 3), np.uint8)
-    canvas[-top:-top + h, -left:-left + w] = rgb
-    return canvas
+    return region_pixels(rgb, square_region(w, h, resize_mode))
 
 
 def resize(rgb: np.ndarray, side: int) -> np.ndarray:
@@ -281,25 +278,37 @@ def display_full(rgb: np.ndarray, resize_mode: str = "crop",
     return shown, (round(left * scale), round(top * scale), max(1, round(rw * scale)), max(1, round(rh * scale)))
 
 
+def _overlap(region: tuple[int, int, int, int], shape) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """Where ``region`` (left, top, width, height) and an image of ``shape`` overlap: (the image's rows and
+    columns, the region's), or None."""
+    x, y, rw, rh = region
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + rw, shape[1]), min(y + rh, shape[0])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return (slice(y0, y1), slice(x0, x1)), (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x))
+
+
 def region_pixels(photo: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
     """The part ``region`` of ``photo``, black where it reaches past the photo."""
-    x, y, rw, rh = region
-    h, w = photo.shape[:2]
-    out = np.zeros((rh, rw, 3), np.uint8)
-    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + rw, w), min(y + rh, h)
-    if x1 > x0 and y1 > y0:
-        out[y0 - y:y1 - y, x0 - x:x1 - x] = photo[y0:y1, x0:x1]
+    out = np.zeros((region[3], region[2], 3), np.uint8)
+    both = _overlap(region, photo.shape)
+    if both is not None:
+        out[both[1]] = photo[both[0]]
     return out
 
 
-def on_region(photo: np.ndarray, region: tuple[int, int, int, int], inside: np.ndarray) -> np.ndarray:
-    """The photo dimmed, with ``inside`` (an image the size of ``region``) put in place of ``region``."""
-    x, y, rw, rh = region
-    h, w = photo.shape[:2]
-    out = np.round(photo.astype(np.float32) * DIM).astype(np.uint8)
-    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + rw, w), min(y + rh, h)
-    if x1 > x0 and y1 > y0:
-        out[y0:y1, x0:x1] = inside[y0 - y:y1 - y, x0 - x:x1 - x]
+def dimmed(photo: np.ndarray) -> np.ndarray:
+    """The photo at :data:`DIM` of its brightness (what --display full shows outside the model's part)."""
+    return np.round(photo.astype(np.float32) * DIM).astype(np.uint8)
+
+
+def on_region(base: np.ndarray, region: tuple[int, int, int, int], inside: np.ndarray) -> np.ndarray:
+    """A copy of ``base`` (the :func:`dimmed` photo) with ``inside``, an image the size of ``region``, put in
+    place of ``region``."""
+    out = base.copy()
+    both = _overlap(region, base.shape)
+    if both is not None:
+        out[both[0]] = inside[both[1]]
     return out
 
 

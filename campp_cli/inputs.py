@@ -22,7 +22,6 @@ from .settings import DEFAULT_OUTPUT, FORMATS
 #: Files taken from folders (case-insensitive); a file named directly is tried whatever its name.
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
                     ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jfif", ".dib"}
-JPEG_SUFFIXES = FORMATS["jpeg"]
 
 
 @dataclass(frozen=True)

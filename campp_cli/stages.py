@@ -350,8 +350,11 @@ def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None =
     region = row.region
     # seen: what the model saw, at panel resolution; place(): it (or a map over it) back in the whole photo
     seen = row.display if region is None else images.region_pixels(row.display, region)
-    place = (lambda inside: inside) if region is None else (lambda inside: images.on_region(row.display, region,
-                                                                                            inside))
+    if region is None:
+        place = lambda inside: inside  # noqa: E731
+    else:
+        base = images.dimmed(row.display)  # once for every figure of the photo
+        place = lambda inside: images.on_region(base, region, inside)  # noqa: E731
     height, width = seen.shape[:2]
     p = row.probability
     name = categories[row.class_index]
