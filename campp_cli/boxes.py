@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
-from .preprocessing import square_region
+from .preprocessing import input_frame
 
 #: Zhang et al.'s tolerance for the pointing game, in pixels at the input resolution.
 POINTING_TOLERANCE = 15
@@ -129,12 +129,11 @@ def to_input_frame(box: Box, width: int, height: int, size: int,
                    resize: str = "crop") -> tuple[float, float, float, float] | None:
     """The box in the model's input frame (the square ``resize`` makes of the image, resized to ``size``),
     clipped; None when nothing of it is left."""
-    left, top, region_w, region_h = square_region(width, height, resize)
-    sx, sy = size / region_w, size / region_h
-    x0 = min(max((box.x0 - left) * sx, 0.0), size)
-    x1 = min(max((box.x1 - left) * sx, 0.0), size)
-    y0 = min(max((box.y0 - top) * sy, 0.0), size)
-    y1 = min(max((box.y1 - top) * sy, 0.0), size)
+    sx, sy, left, top = input_frame(width, height, size, resize)
+    x0 = min(max(box.x0 * sx + left, 0.0), size)
+    x1 = min(max(box.x1 * sx + left, 0.0), size)
+    y0 = min(max(box.y0 * sy + top, 0.0), size)
+    y1 = min(max(box.y1 * sy + top, 0.0), size)
     if x1 <= x0 or y1 <= y0:
         return None
     return x0, y0, x1, y1

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from .errors import InputError, OutputError
-from .preprocessing import INTERPOLATIONS, square_region
+from .preprocessing import INTERPOLATIONS, input_frame, square_region
 from .settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DISPLAYS, MIN_PANEL_SIDE  # noqa: F401 (re-exported)
 
 # Pillow allocates a large image in 16 MB blocks, which glibc serves from per-thread heaps that keep
@@ -66,17 +66,28 @@ class PixelBudget:
                 self._cond.notify_all()
 
 
-def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None,
+def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
              budget: PixelBudget | None = None) -> np.ndarray:
-    """Decode any image Pillow reads into RGB ``uint8``; one clear error otherwise.
+    """:func:`open_photo` as an RGB ``uint8`` array ``(H, W, 3)``."""
+    return np.asarray(open_photo(path, max_pixels, budget))
+
+
+def open_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+               budget: PixelBudget | None = None, use=None):
+    """Decode any image Pillow reads into an RGB Pillow image at its full resolution; one clear error
+    otherwise.
 
     EXIF orientation is applied; transparency is composited on white; the
     first frame of an animation is used; 16-bit images are scaled to 8 bits.
     Truncated files are refused rather than half-explained.  The file's size
-    and the image's header are checked before any pixel is decoded.
-    ``min_side``: the short side the caller needs at most; a much larger image
-    is decoded at a reduced scale (JPEG) or reduced right after decoding, before
-    any conversion.  ``budget`` bounds the pixels decoded at once across threads.
+    and the image's header are checked before any pixel is decoded, and
+    conversions run in strips, so a large image is held once (plus its RGB
+    copy), never as float arrays.  ``budget`` bounds the pixels decoded at
+    once across threads; ``use``, a function of the image, runs while the
+    budget is held and its result is returned instead of the image.  The
+    model's input and every figure are made from this one full-resolution
+    image (:func:`frame_photo`), so what the model sees never depends on how
+    the figures are drawn.
     """
     path = Path(path)
     if not path.exists():
@@ -93,17 +104,16 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, min_
             raise InputError(f"{path}: refused: {size / 1e9:.1f} GB is more than any image of --max-pixels "
                              f"{max_pixels} pixels needs")
         with open(path, "rb") as fh:
-            return _decode(fh, str(path), max_pixels, min_side, budget)
+            return _decode(fh, str(path), max_pixels, budget, use)
     except PermissionError:
         raise InputError(f"{path}: permission denied") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
-def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
-               min_side: int | None = None) -> np.ndarray:
+def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """:func:`load_rgb` for bytes already in memory."""
-    return _decode(io.BytesIO(data), name, max_pixels, min_side, None)
+    return np.asarray(_decode(io.BytesIO(data), name, max_pixels, None))
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -143,23 +153,7 @@ def _embedded_sizes(fh) -> list[tuple[int, int]]:
     return sizes
 
 
-def _reduce(img: Image.Image, factor: int, rows: int = 512) -> Image.Image:
-    """``img.reduce(factor)`` in strips of about ``rows`` rows: the same pixels (each factor x factor
-    block is averaged on its own), without a second full-size copy (reduce premultiplies RGBA)."""
-    w, h = img.size
-    step = max(factor, rows // factor * factor)
-    try:
-        out = Image.new(img.mode, (w // factor, h // factor))
-        for top in range(0, h // factor * factor, step):
-            bottom = min(top + step, h // factor * factor)
-            out.paste(img.crop((0, top, w // factor * factor, bottom)).reduce(factor), (0, top // factor))
-    except (ValueError, OSError):  # a mode reduce() does not take: keep the full size
-        return img
-    out.info = img.info
-    return out
-
-
-def _decode(fh, name: str, max_pixels: int, min_side: int | None, budget: PixelBudget | None) -> np.ndarray:
+def _decode(fh, name: str, max_pixels: int, budget: PixelBudget | None, use=None):
     try:
         with warnings.catch_warnings():
             # Our max_pixels check replaces Pillow's bomb warning; its notes on corrupt
@@ -180,16 +174,13 @@ def _decode(fh, name: str, max_pixels: int, min_side: int | None, budget: PixelB
                 raise InputError(f"{name}: the image has no pixels ({width}x{height})")
             with budget.hold(width * height) if budget is not None else contextlib.nullcontext():
                 img.seek(0)
-                factor = 1
-                if min_side and min(width, height) >= 2 * min_side:
-                    factor = min(width, height) // min_side
-                    if img.format == "JPEG":  # libjpeg decodes at 1/2, 1/4 or 1/8 scale directly
-                        img.draft(img.mode, (width // factor, height // factor))
                 img.load()
-                if min_side and min(img.size) >= 2 * min_side:
-                    img = _reduce(img, min(img.size) // min_side)
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
+                orientation = _orientation(img)
+                rgb = _to_rgb(img)
+                del img
+                if orientation is not None:
+                    rgb = rgb.transpose(orientation)
+                return use(rgb) if use is not None else rgb
     except InputError:
         raise
     except MemoryError:
@@ -205,25 +196,94 @@ def _decode(fh, name: str, max_pixels: int, min_side: int | None, budget: PixelB
         raise InputError(f"{name}: cannot decode image: {reason}") from None
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    mode = img.mode
-    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if arr.ndim == 3:
-            arr = arr[..., 0]
-        top = float(np.nanmax(arr)) if arr.size else 0.0
-        if mode == "F" and top <= 1.0:
-            arr = arr * 255.0
-        elif top > 255.0:
-            arr = arr / 257.0  # 16-bit range to 8-bit
-        grey = np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+#: EXIF orientation -> the transposition that shows the image as a viewer does (as ImageOps.exif_transpose).
+_ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+                 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def _orientation(img: Image.Image) -> Image.Transpose | None:
+    """How to turn the decoded pixels upright, from the EXIF orientation (None: as stored)."""
+    try:
+        return _ORIENTATIONS.get(img.getexif().get(0x0112, 1))
+    except Exception:  # unreadable EXIF: shown as stored, as viewers do
+        return None
+
+
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def _to_rgb(img: Image.Image, rows: int = 256) -> Image.Image:
+    """The image as RGB, converted in strips of ``rows`` rows (a large image is not copied whole in
+    another mode, nor as floats): transparency on white, 16-bit and float images scaled to 8 bits."""
+    if img.mode == "RGB":
+        return img
+    scale = None
+    if img.mode in _WIDE_MODES:  # one scale for the whole image, from its extrema
+        top = img.getextrema()[1]
+        scale = 255.0 if img.mode == "F" and top <= 1.0 else (1 / 257 if top > 255 else 1.0)
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
+    width, height = img.size
+    out = Image.new("RGB", img.size)
+    for top in range(0, height, rows):
+        strip = img.crop((0, top, width, min(top + rows, height)))
+        if scale is not None:
+            arr = np.asarray(strip, dtype=np.float64)
+            if arr.ndim == 3:
+                arr = arr[..., 0]
+            grey = np.clip(np.nan_to_num(arr * scale), 0, 255).round().astype(np.uint8)
+            strip = Image.fromarray(grey).convert("RGB")
+        elif has_alpha:
+            rgba = strip.convert("RGBA")
+            strip = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+        else:
+            strip = strip.convert("RGB")
+        out.paste(strip, (0, top))
+    return out
+
+
+def photo_of(image) -> Image.Image:
+    """An RGB uint8 array ``(H, W, 3)`` (or an RGB Pillow image) as the Pillow image the framing takes."""
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else _to_rgb(image)
+    return Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB")
+
+
+def frame_photo(photo: Image.Image, side: int, resize_mode: str = "crop",
+                interpolation: str = "bilinear") -> Image.Image:
+    """The ``side`` x ``side`` square the model's input is made of (or the panels, at their side): the part
+    of ``photo`` that :func:`campp_cli.preprocessing.square_region` names, resampled in one step from the
+    full-resolution photo with Pillow's ``interpolation`` filter (antialiased when shrinking, as
+    torchvision's and timm's transforms on Pillow images; "area" averages boxes to shrink and is bilinear to
+    enlarge); ``pad`` letterboxes the whole photo on black (:func:`campp_cli.preprocessing.input_frame`)."""
+    width, height = photo.size
+    filt = resampling(interpolation, shrinking=max(width, height) > side)
+    if resize_mode == "pad":
+        scale_x, scale_y, left, top = input_frame(width, height, side, "pad")
+        inner = photo.resize((round(width * scale_x), round(height * scale_y)), filt)
+        out = Image.new("RGB", (side, side))
+        out.paste(inner, (round(left), round(top)))
+        return out
+    left, top, region_w, region_h = square_region(width, height, resize_mode)
+    # Cropped first, then resized: bit for bit what torchvision's transforms do to a Pillow image (Pillow's
+    # resize(box=...) rounds its coefficients otherwise).
+    square = photo if (region_w, region_h) == (width, height) else photo.crop(
+        (left, top, left + region_w, top + region_h))
+    return square if square.size == (side, side) else square.resize((side, side), filt)
+
+
+def resampling(interpolation: str, shrinking: bool = True) -> Image.Resampling:
+    """Pillow's filter for one of :data:`campp_cli.preprocessing.INTERPOLATIONS`."""
+    if interpolation == "area" and not shrinking:
+        return Image.Resampling.BILINEAR
+    return getattr(Image.Resampling, INTERPOLATIONS[interpolation])
+
+
+def model_input(photo, size: int, resize_mode: str = "crop", interpolation: str = "bilinear") -> np.ndarray:
+    """What the model sees of a photo (an RGB Pillow image or uint8 array): float32 RGB in [0, 1],
+    ``(3, size, size)``; :func:`frame_photo` rounded to 8 bits, divided by 255."""
+    square = np.asarray(frame_photo(photo_of(photo), size, resize_mode, interpolation))
+    return np.ascontiguousarray(square.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
 
 
 def center_square(rgb: np.ndarray) -> np.ndarray:
@@ -232,25 +292,6 @@ def center_square(rgb: np.ndarray) -> np.ndarray:
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     return rgb[top:top + side, left:left + side]
-
-
-def to_square(rgb: np.ndarray, resize_mode: str = "crop") -> np.ndarray:
-    """The square the model sees (see :data:`campp_cli.preprocessing.RESIZE_MODES`): the central square,
-    the whole photo squashed (to its short side), or the whole photo padded with black."""
-    if resize_mode == "crop":
-        return center_square(rgb)
-    h, w = rgb.shape[:2]
-    if h == w:
-        return rgb
-    if resize_mode == "squash":
-        side = min(h, w)
-        return cv2.resize(rgb, (side, side), interpolation=cv2.INTER_AREA)
-    return region_pixels(rgb, square_region(w, h, resize_mode))
-
-
-def resize(rgb: np.ndarray, side: int) -> np.ndarray:
-    """Square resize: area averaging when shrinking, bilinear when enlarging."""
-    return resize_to(rgb, side, side)
 
 
 def resize_to(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -265,17 +306,34 @@ def resize_to(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
 DIM = 0.35
 
 
-def display_full(rgb: np.ndarray, resize_mode: str = "crop",
+def display_side(photo: Image.Image, resize_mode: str = "crop", max_side: int = DEFAULT_MAX_SIDE) -> int:
+    """The side panels of the model's square are drawn at: that square's side in the photo's pixels, at
+    least :data:`MIN_PANEL_SIDE`, at most ``max_side``."""
+    _, _, region_w, region_h = square_region(*photo.size, resize_mode)
+    side = max(region_w, region_h) if resize_mode == "pad" else min(region_w, region_h)
+    return min(max(side, MIN_PANEL_SIDE), max_side)
+
+
+def display_square(photo, resize_mode: str = "crop", max_side: int = DEFAULT_MAX_SIDE) -> np.ndarray:
+    """The square the model sees (:func:`frame_photo`), at the resolution panels are drawn at."""
+    photo = photo_of(photo)
+    return np.asarray(frame_photo(photo, display_side(photo, resize_mode, max_side), resize_mode, "area"))
+
+
+def display_full(photo, resize_mode: str = "crop",
                  max_side: int = DEFAULT_MAX_SIDE) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """(the whole photo at the resolution panels are drawn at (its long side as :func:`display_square`
+    """(the whole photo at the resolution panels are drawn at (its long side as :func:`display_side`
     sizes a side), the part of it the model saw as ``(left, top, width, height)`` in its pixels; for
     ``pad`` the part reaches past the photo)."""
-    h, w = rgb.shape[:2]
+    photo = photo_of(photo)
+    w, h = photo.size
     long = max(h, w)
     scale = min(max(long, MIN_PANEL_SIDE), max_side) / long
-    shown = resize_to(rgb, max(1, round(w * scale)), max(1, round(h * scale)))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    shown = photo if size == (w, h) else photo.resize(size, resampling("area", shrinking=scale < 1))
     left, top, rw, rh = square_region(w, h, resize_mode)
-    return shown, (round(left * scale), round(top * scale), max(1, round(rw * scale)), max(1, round(rh * scale)))
+    return np.asarray(shown), (round(left * scale), round(top * scale), max(1, round(rw * scale)),
+                               max(1, round(rh * scale)))
 
 
 def _overlap(region: tuple[int, int, int, int], shape) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
@@ -310,24 +368,6 @@ def on_region(base: np.ndarray, region: tuple[int, int, int, int], inside: np.nd
     if both is not None:
         out[both[0]] = inside[both[1]]
     return out
-
-
-def display_square(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE) -> np.ndarray:
-    """The central square at the resolution panels are drawn at."""
-    square = center_square(rgb)
-    side = square.shape[0]
-    target = min(max(side, MIN_PANEL_SIDE), max_side)
-    return resize(square, target)
-
-
-def model_input(square: np.ndarray, size: int, interpolation: str = "area") -> np.ndarray:
-    """The square as float32 RGB in [0, 1], ``(3, size, size)``, resized with ``interpolation`` (one of
-    :data:`campp_cli.preprocessing.INTERPOLATIONS`; "area" as :func:`resize`)."""
-    if interpolation != "area" and square.shape[0] != size:
-        small = cv2.resize(square, (size, size), interpolation=getattr(cv2, INTERPOLATIONS[interpolation]))
-    else:
-        small = resize(square, size)
-    return np.ascontiguousarray(small.transpose(2, 0, 1), dtype=np.float32) / 255.0
 
 
 def upsample(cam: np.ndarray, side: int, height: int | None = None) -> np.ndarray:

@@ -63,6 +63,12 @@ def _build_torchvision(name: str, **kwargs) -> torch.nn.Module:
         return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
+def _interpolation_name(mode) -> str:
+    """torchvision's InterpolationMode as one of INTERPOLATIONS (bilinear when it has no equivalent)."""
+    name = str(getattr(mode, "value", mode)).lower()
+    return name if name in INTERPOLATIONS else "bilinear"
+
+
 def _torchvision_spec(name: str, default_layer: str | None = None) -> ArchSpec:
     weights = torchvision.models.get_model_weights(name).DEFAULT
     transforms = weights.transforms()
@@ -70,7 +76,9 @@ def _torchvision_spec(name: str, default_layer: str | None = None) -> ArchSpec:
         name=name,
         builder=functools.partial(_build_torchvision, name),
         categories=tuple(weights.meta["categories"]),
-        preprocessing=Preprocessing(mean=tuple(transforms.mean), std=tuple(transforms.std)),
+        # The filter torchvision's own transforms resize with (bilinear for most, bicubic for some).
+        preprocessing=Preprocessing(mean=tuple(transforms.mean), std=tuple(transforms.std),
+                                    interpolation=_interpolation_name(transforms.interpolation)),
         input_size=int(transforms.crop_size[0]),
         weights_filename=os.path.basename(weights.url),
         weights_url=weights.url,
@@ -204,7 +212,7 @@ def _timm_spec(name: str) -> ArchSpec:
                 return Path(found)
         return None
 
-    interpolation = cfg.interpolation if cfg is not None and cfg.interpolation in INTERPOLATIONS else "area"
+    interpolation = cfg.interpolation if cfg is not None and cfg.interpolation in INTERPOLATIONS else "bilinear"
     return ArchSpec(name=f"timm:{name}", builder=build, categories=categories,
                     preprocessing=Preprocessing(mean=mean, std=std, interpolation=interpolation), input_size=size,
                     weights_filename=f"timm_{name.replace('/', '_')}.pth", cached_weights=cached)

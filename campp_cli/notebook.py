@@ -23,12 +23,13 @@ from .errors import UsageError
 from .methods import DEFAULT_METHODS, parse_methods
 
 
-def _as_rgb(image, max_pixels: int) -> tuple[np.ndarray, str]:
-    """A path, a PIL image or an (H, W, 3) array (uint8, or floats in [0, 1]) as RGB uint8, and its name."""
+def _as_rgb(image, max_pixels: int) -> tuple["Image.Image | np.ndarray", str]:
+    """A path, a PIL image or an (H, W, 3) array (uint8, or floats in [0, 1]) as an RGB photo (decoded as
+    ``campp classify`` decodes files: transparency on white, 16-bit scaled), and its name."""
     if isinstance(image, (str, os.PathLike)):
-        return images.load_rgb(image, max_pixels), str(image)
+        return images.open_photo(image, max_pixels), str(image)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB")), "<PIL image>"
+        return images.photo_of(image), "<PIL image>"
     if isinstance(image, np.ndarray):
         arr = image
         if arr.ndim == 2:

@@ -21,10 +21,11 @@ RESIZE_MODES = {
 }
 
 
-#: How the square is resized to the input size: name -> OpenCV's flag ("area": area averaging to shrink,
-#: bilinear to enlarge).
-INTERPOLATIONS = {"area": "INTER_AREA", "bilinear": "INTER_LINEAR", "bicubic": "INTER_CUBIC",
-                  "nearest": "INTER_NEAREST"}
+#: How the square is resampled to the input size: name -> Pillow's filter (``PIL.Image.Resampling``), which
+#: widens its support when shrinking (antialiasing), as torchvision's and timm's transforms do on Pillow images.
+#: "area" averages boxes to shrink and is bilinear to enlarge (campp's default before 0.2).
+INTERPOLATIONS = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "area": "BOX", "nearest": "NEAREST",
+                  "lanczos": "LANCZOS"}
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Preprocessing:
     bgr: bool = False
     size: int | None = None
     resize: str = "crop"
-    interpolation: str = "area"  # or bilinear, bicubic, nearest (timm's configurations name one)
+    interpolation: str = "bilinear"  # INTERPOLATIONS: torchvision's weights and timm's configurations name one
 
     def __call__(self, rgb01):
         """Normalise an ``(N, 3, H, W)`` RGB batch in [0, 1] (a torch tensor)."""
@@ -74,7 +75,7 @@ class Preprocessing:
                 bgr=bool(d["bgr"]),
                 size=None if d.get("size") is None else int(d["size"]),
                 resize=str(d.get("resize", "crop")),
-                interpolation=str(d.get("interpolation", "area")),
+                interpolation=str(d.get("interpolation", "bilinear")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"the weights file's preprocessing entry is malformed ({exc})") from None
@@ -113,8 +114,9 @@ PRESETS = {
     "none": Preprocessing(mean=(0.0,) * 3, std=(1.0,) * 3),
 }
 
-#: TensorFlow EfficientNet-Lite's normalisation: (x * 255 - 127) / 128.
-TF_LITE_PREPROCESSING = Preprocessing(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+#: TensorFlow EfficientNet-Lite's normalisation, (x * 255 - 127) / 128, and its reference preprocessing's
+#: bicubic resize (timm's ``tf_efficientnet_lite*`` configurations say the same).
+TF_LITE_PREPROCESSING = Preprocessing(mean=(127 / 255,) * 3, std=(128 / 255,) * 3, interpolation="bicubic")
 
 
 def _triple(option: str, text: str) -> tuple[float, float, float]:
@@ -190,3 +192,18 @@ def square_region(width: int, height: int, resize: str = "crop") -> tuple[int, i
         side = max(width, height)
         return -((side - width) // 2), -((side - height) // 2), side, side
     raise UsageError(f"resize {resize!r}: use one of {', '.join(RESIZE_MODES)}")
+
+
+def input_frame(width: int, height: int, size: int, resize: str = "crop") -> tuple[float, float, float, float]:
+    """``(scale_x, scale_y, left, top)``: a point ``(x, y)`` of a ``width`` x ``height`` photo (in pixel
+    units, 0 at its top-left corner) lands at ``(x * scale_x + left, y * scale_y + top)`` in the model's
+    ``size`` x ``size`` input.  ``crop`` and ``squash`` resample :func:`square_region` onto the input;
+    ``pad`` letterboxes: the photo resized to fit (its long side to ``size``, the other rounded to whole
+    pixels) and centred on black, offsets rounded down."""
+    if resize == "pad":
+        scale = size / max(width, height)
+        inner_w, inner_h = max(1, round(width * scale)), max(1, round(height * scale))
+        return inner_w / width, inner_h / height, float((size - inner_w) // 2), float((size - inner_h) // 2)
+    left, top, region_w, region_h = square_region(width, height, resize)
+    scale_x, scale_y = size / region_w, size / region_h
+    return scale_x, scale_y, -left * scale_x, -top * scale_y

@@ -26,6 +26,7 @@ from . import images
 from .errors import CamppError, InputError, ModelError, OutputError, UsageError
 from .inputs import Job, format_of
 from .methods import DEFAULT_METHODS, get_method, parse_methods
+from .preprocessing import Preprocessing
 from .settings import DEFAULT_SCORE_BATCH
 
 if TYPE_CHECKING:  # torch is imported where the model runs, not where rows are decoded or written
@@ -33,7 +34,6 @@ if TYPE_CHECKING:  # torch is imported where the model runs, not where rows are 
 
     from .cam import Explanation
     from .models import Classifier
-    from .preprocessing import Preprocessing
 
 
 @dataclass
@@ -155,10 +155,12 @@ def guarded(fn, source, *args) -> Result:
         return Result.failure(source, exc)
 
 
-def to_batch(squares: list[np.ndarray], clf: Classifier) -> torch.Tensor:
-    """RGB batch in [0, 1] at the model's input size, on its device (before normalisation)."""
-    return _to_device(np.stack([images.model_input(s, clf.input_size, clf.preprocessing.interpolation)
-                                for s in squares]), clf.device)
+def to_batch(photos: list, clf: Classifier) -> torch.Tensor:
+    """RGB batch in [0, 1] at the model's input size, on its device (before normalisation): each photo (an
+    RGB uint8 array or Pillow image) framed as ``clf.preprocessing`` says, as a run frames it."""
+    pre = clf.preprocessing
+    return _to_device(np.stack([images.model_input(p, clf.input_size, pre.resize, pre.interpolation)
+                                for p in photos]), clf.device)
 
 
 def check_label(clf: Classifier, label: int) -> None:
@@ -212,22 +214,22 @@ class ExplainedRow:
         return top_classes(self.probs, k)
 
 
-def frame(rgb: np.ndarray, size: int, preprocessing: "Preprocessing | None" = None,
+def frame(photo, size: int, preprocessing: "Preprocessing | None" = None,
           max_side: int | None = None, display: str = "crop"
           ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int, int, int] | None]:
-    """A decoded photo as the model's input ``(3, size, size)`` in [0, 1], framed and resized as
-    ``preprocessing`` says (default: the central square, area-resized), and, given ``max_side``, what the
-    panels are drawn on at their resolution: the square (``display`` "crop"), or the whole photo and where
-    the square lies in it ("full"; else None)."""
-    resize = preprocessing.resize if preprocessing is not None else "crop"
-    interpolation = preprocessing.interpolation if preprocessing is not None else "area"
-    square = images.to_square(rgb, resize)
-    x = images.model_input(square, size, interpolation)
+    """A decoded photo (a Pillow RGB image or an RGB uint8 array) as the model's input ``(3, size, size)``
+    in [0, 1], framed and resampled as ``preprocessing`` says (default: the central square, bilinear), and,
+    given ``max_side``, what the panels are drawn on at their resolution: the square (``display`` "crop"),
+    or the whole photo and where the square lies in it ("full"; else None).  The input depends on the photo
+    and ``preprocessing`` only: the panels are made separately, from the same full-resolution photo."""
+    pre = preprocessing if preprocessing is not None else Preprocessing()
+    photo = images.photo_of(photo)
+    x = images.model_input(photo, size, pre.resize, pre.interpolation)
     if max_side is None:
         return x, None, None
     if display == "full":
-        return (x, *images.display_full(rgb, resize, max_side))
-    return x, images.display_square(square, max_side), None
+        return (x, *images.display_full(photo, pre.resize, max_side))
+    return x, images.display_square(photo, pre.resize, max_side), None
 
 
 def decode(job: Job, size: int, options: Options, display: bool,
@@ -235,10 +237,9 @@ def decode(job: Job, size: int, options: Options, display: bool,
     """Stage 1: read one image and :func:`frame` it; an :class:`InputError` names it if it cannot be read."""
     if job.error is not None:
         raise InputError(job.error)
-    need = max(size, options.max_side) if display else size  # larger photos are decoded reduced
-    rgb = images.load_rgb(job.source, options.max_pixels, need, budget)
-    return DecodedRow(job, *frame(rgb, size, preprocessing, options.max_side if display else None,
-                                  options.display))
+    framed = images.open_photo(job.source, options.max_pixels, budget, use=lambda photo: frame(
+        photo, size, preprocessing, options.max_side if display else None, options.display))
+    return DecodedRow(job, *framed)
 
 
 def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, command: "Command") -> list[ExplainedRow]:

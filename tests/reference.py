@@ -83,14 +83,24 @@ def vgg_activations_and_grads(model, x: torch.Tensor, cls: int | None = None, cu
     return A.detach()[0].numpy(), g[0].numpy(), logits.detach()[0].numpy(), cls
 
 
-def paper_preprocess(rgb: np.ndarray, size: int = 224) -> torch.Tensor:
-    """Centre square crop, resize to size x size, ImageNet mean/std: (1, 3, size, size)."""
+def paper_square(rgb: np.ndarray, size: int = 224, interpolation: str = "bilinear") -> np.ndarray:
+    """The paper's centre square (offsets rounded down, as its load_image), resized to size x size by
+    torchvision's own resize of a PIL image (antialiased, as ``weights.transforms()``): uint8 (size, size, 3)."""
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
     h, w = rgb.shape[:2]
     s = min(h, w)
     y, x = (h - s) // 2, (w - s) // 2
-    crop = rgb[y:y + s, x:x + s]
-    interp = cv2.INTER_AREA if s > size else cv2.INTER_LINEAR
-    small = cv2.resize(crop, (size, size), interpolation=interp).astype(np.float64) / 255.0
+    crop = Image.fromarray(np.ascontiguousarray(rgb[y:y + s, x:x + s]))
+    mode = InterpolationMode(interpolation)
+    return np.asarray(F.resize(crop, [size, size], interpolation=mode, antialias=True))
+
+
+def paper_preprocess(rgb: np.ndarray, size: int = 224) -> torch.Tensor:
+    """Centre square crop, resize to size x size, ImageNet mean/std: (1, 3, size, size)."""
+    small = paper_square(rgb, size).astype(np.float64) / 255.0
     norm = (small - IMAGENET_MEAN) / IMAGENET_STD
     return torch.from_numpy(norm.transpose(2, 0, 1)[None].astype(np.float32))
 
@@ -128,16 +138,21 @@ def layercam_combination(A, g):
 
 
 def eigencam_combination(A, g=None):
-    """First principal component of the (HW x K) activations, signed to correlate with sum_k A_k."""
+    """First principal component of the (HW x K) activations, signed to correlate with sum_k A_k where that
+    sum carries at least 1e-3 of the activations' energy along it, else so that its largest-magnitude value
+    is positive."""
     K, H, W = A.shape
     X = A.reshape(K, H * W).T.astype(np.float64)
     X = X - X.mean(axis=0, keepdims=True)
     _, _, vt = np.linalg.svd(X, full_matrices=False)
     p = X @ vt[0]
-    total = A.sum(axis=0).reshape(-1)
-    if np.corrcoef(p, total)[0, 1] < 0:
-        p = -p
-    return p.reshape(H, W)
+    total = X.sum(axis=1)  # sum_k A_k, centred
+    along = np.dot(p - p.mean(), total)
+    if abs(along) >= 1e-3 * np.linalg.norm(p - p.mean()) * np.linalg.norm(X) * np.sqrt(K):  # the sum decides
+        flip = along < 0
+    else:  # it cannot: the value of largest magnitude is made positive
+        flip = p[np.argmax(np.abs(p))] < 0
+    return (-p if flip else p).reshape(H, W)
 
 
 GRADIENT_COMBINATIONS = {

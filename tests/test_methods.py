@@ -19,6 +19,7 @@ from reference import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     normalised,
+    paper_square,
     reference_map,
     reference_method_map,
     scorecam_map,
@@ -152,6 +153,38 @@ def test_eigencam_sign_follows_the_channel_sum():
     assert got[3, 3] == pytest.approx(1.0, abs=0.05) and got[0, 0] == 0.0  # the active blob is positive
     raw = projection(torch.from_numpy(-A[None]).double())[0].numpy()  # signs flip with the data
     assert np.corrcoef(raw.ravel(), -A.sum(0).ravel())[0, 1] > 0
+
+
+def test_eigencam_sign_is_stable_where_channel_sums_vanish():
+    """LayerNorm'd tokens: every position's channels sum to about 0, so the channel sum cannot pick the sign;
+    perturbations at float32's rounding level must not flip the map (they did with the channel-sum rule)."""
+    rng = np.random.default_rng(3)
+    A = rng.normal(0, 1, (16, 7, 7))
+    A -= A.mean(axis=0, keepdims=True)  # zero channel sum at every position
+    maps = []
+    for seed in range(12):
+        noisy = A + np.random.default_rng(seed).normal(0, 1e-6, A.shape)
+        maps.append(campp("eigencam", noisy.astype(np.float32), noisy.astype(np.float32)))
+        np.testing.assert_allclose(maps[-1], reference_method_map(noisy, noisy, "eigencam"), atol=1e-4)
+    for m in maps[1:]:
+        np.testing.assert_allclose(m, maps[0], atol=1e-4)
+
+
+def test_paper_variant_gives_no_weight_where_eq19_is_undefined():
+    """A channel with sum(A) = -2 and g = 1 somewhere: eq. 19's denominator 2g^2 + sum(A) g^3 is 0 there and
+    g > 0, so relu(g) * alpha would count it; the paper's variant gives it alpha 0, the authors' code 1 * g^2."""
+    from campp_cli.methods.gradcampp import alphas
+
+    A = np.zeros((1, 1, 2, 2))
+    A[0, 0, 0, 0] = -2.0
+    g = np.full((1, 1, 2, 2), 0.5)
+    g[0, 0, 1, 1] = 1.0
+    paper = alphas(torch.from_numpy(g), torch.from_numpy(A), "paper")[0, 0].numpy()
+    assert paper[1, 1] == 0.0 and paper[0, 0] == pytest.approx(0.25 / (0.5 - 0.25))
+    official = alphas(torch.from_numpy(g), torch.from_numpy(A), "official")[0, 0].numpy()
+    raw = np.full((2, 2), 0.25 / (2 * 0.25 - 2 * 0.125))  # g^2 / (2g^2 + sum(A) g^3) at g = 0.5
+    raw[1, 1] = 1.0  # g^2 / 1 where the denominator is 0, as the authors' np.where does
+    np.testing.assert_allclose(official, raw / raw.sum())
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -306,7 +339,7 @@ def test_every_method_through_the_cli_on_a_seeded_resnet(run_cli, tmp_path):
                                 "--output-dir", out, "--score-batch", "16")
     assert code == 0, err
     rgb = np.asarray(Image.open(IMAGES / "coffee.png").convert("RGB"))
-    square = images.resize(images.center_square(rgb), 224).astype(np.float64) / 255.0
+    square = paper_square(rgb, 224).astype(np.float64) / 255.0
     rgb01 = square.transpose(2, 0, 1)
     x = torch.from_numpy(((square - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)[None].astype(np.float32))
     A, g, cls = _resnet_layer1_split(model, x)

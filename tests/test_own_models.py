@@ -158,15 +158,16 @@ def _halves(height: int, width: int) -> np.ndarray:
 
 
 def test_the_three_ways_to_make_a_square():
-    from campp_cli.images import to_square
+    from campp_cli.images import frame_photo, photo_of
 
     img = _halves(20, 40)
-    crop = to_square(img, "crop")
+    to_square = lambda mode, side: np.asarray(frame_photo(photo_of(img), side, mode))  # noqa: E731
+    crop = to_square("crop", 20)
     assert crop.shape == (20, 20, 3) and (crop == img[:, 10:30]).all()
-    pad = to_square(img, "pad")
+    pad = to_square("pad", 40)
     assert pad.shape == (40, 40, 3)
     assert (pad[:10] == 0).all() and (pad[30:] == 0).all() and (pad[10:30] == img).all()
-    squash = to_square(img, "squash")
+    squash = to_square("squash", 20)
     assert squash.shape == (20, 20, 3)
     assert (squash[:, :9, 0] == 255).all() and (squash[:, 11:, 2] == 255).all()  # both halves, each half wide
 
@@ -174,15 +175,13 @@ def test_the_three_ways_to_make_a_square():
 @pytest.mark.parametrize("resize", ["crop", "squash", "pad"])
 def test_boxes_follow_the_resize_mode(resize):
     """A white box drawn on the photo lands, after framing and resizing, where to_input_frame says."""
-    import cv2
-
     from campp_cli.boxes import Box, to_input_frame
-    from campp_cli.images import to_square
+    from campp_cli.images import frame_photo, photo_of
 
     img = np.zeros((100, 160, 3), np.uint8)
     box = Box("thing", 70, 20, 130, 60)
     img[20:60, 70:130] = 255
-    square = cv2.resize(to_square(img, resize), (64, 64), interpolation=cv2.INTER_AREA)
+    square = np.asarray(frame_photo(photo_of(img), 64, resize, "area"))
     ys, xs = np.nonzero(square[:, :, 0] > 127)
     x0, y0, x1, y1 = to_input_frame(box, 160, 100, 64, resize)
     assert abs(xs.min() - x0) <= 1 and abs(xs.max() + 1 - x1) <= 1

@@ -320,11 +320,24 @@ def test_18_icon_whose_frame_is_a_bomb(tmp_path):
     assert images.load_rgb(tmp_path / "fine.ico").shape == (16, 16, 3)
 
 
-def test_19_large_images_are_reduced_before_conversion(tmp_path):
+def test_19_large_images_are_converted_in_strips_at_full_resolution(tmp_path, monkeypatch):
+    """A large RGBA photo is decoded whole (the model's input never depends on a reduced decode) and
+    composited on white strip by strip: no whole-image RGBA copy besides the decoded one."""
     Image.new("RGBA", (4000, 3000), (0, 128, 0, 255)).save(tmp_path / "big.png")
-    rgb = images.load_rgb(tmp_path / "big.png", min_side=1024)
-    assert min(rgb.shape[:2]) >= 1024 and rgb.shape[:2] == (1500, 2000)
-    assert (rgb[..., 1] == 128).all()
+    real = Image.alpha_composite
+    sizes = []
+
+    def spy(a, b):
+        sizes.append(a.size)
+        return real(a, b)
+
+    monkeypatch.setattr(Image, "alpha_composite", spy)
+    rgb = images.load_rgb(tmp_path / "big.png")
+    assert rgb.shape == (3000, 4000, 3) and (rgb[..., 1] == 128).all() and (rgb[..., 0] == 0).all()
+    assert sizes and max(w * h for w, h in sizes) <= 4000 * 256
+
+
+def test_19_the_pixel_budget_waits(tmp_path):
     budget = images.PixelBudget(100)
     order = []
     import threading

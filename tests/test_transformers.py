@@ -168,28 +168,22 @@ def test_timm_architectures_offline(tmp_path, run_cli, monkeypatch, name, grid, 
     assert code == 0, err
     assert np.load(tmp_path / "out" / "output_gradcampp.npy").shape == (grid, grid)
     line = json.loads((tmp_path / "r.jsonl").read_text())
-    import cv2
-
     interpolation = timm.models.get_pretrained_cfg(name).interpolation
-    flag = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}[interpolation]
-    x = clf.preprocessing(torch.from_numpy(_chelsea_input(224, flag)))
+    x = clf.preprocessing(torch.from_numpy(_chelsea_input(224, interpolation)))
     with torch.no_grad():
         expected = torch.softmax(model(x), 1)[0]
     assert line["probability"] == pytest.approx(float(expected[line["class"]]), rel=1e-4)
     assert clf.preprocessing.interpolation == interpolation
 
 
-def _chelsea_input(size: int, flag: int) -> np.ndarray:
-    """The photo framed as timm's configuration asks: centre square, resized with its interpolation, [0, 1]."""
-    import cv2
+def _chelsea_input(size: int, interpolation: str) -> np.ndarray:
+    """The photo framed as timm's configuration asks: centre square, resized with its interpolation by
+    torchvision's resize of a PIL image (what timm's transforms call), [0, 1]."""
     from PIL import Image
+    from reference import paper_square
 
     rgb = np.asarray(Image.open(IMAGES / "chelsea.png").convert("RGB"))
-    h, w = rgb.shape[:2]
-    s = min(h, w)
-    crop = rgb[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-    small = cv2.resize(crop, (size, size), interpolation=flag)
-    return (small.transpose(2, 0, 1)[None] / 255.0).astype(np.float32)
+    return (paper_square(rgb, size, interpolation).transpose(2, 0, 1)[None] / 255.0).astype(np.float32)
 
 
 def test_timm_weights_from_its_own_cache(tmp_path, monkeypatch):
