@@ -59,3 +59,14 @@ def test_a_trained_model_of_our_own_is_explained_where_the_object_is(tmp_path, r
           ", ".join(f"{m} {h:.3f}" for m, h in hits.items()))
     assert accuracy >= 0.9
     assert hits["gradcampp"] >= 0.9 and hits["gradcam"] >= 0.9
+    # Run after run: training twice (seeded) gives the same weights, and evaluating twice the same scores.
+    again = shapes.train(seed=0)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, again.state_dict()[name]), name
+    documents = []
+    for k in range(2):
+        code, out, err = run_cli("evaluate", "-f", "test", "--model", f"{EXAMPLE}:build", "--weights", "shapes.pth",
+                                 "--labels", "labels.txt", "--boxes", "boxes", "--csv", f"e{k}.csv", "-q")
+        assert code == 0, err
+        documents.append(Path(f"e{k}.csv").read_bytes())
+    assert documents[0] == documents[1] and b"loc_0.5" in documents[0]

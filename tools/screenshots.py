@@ -1,6 +1,12 @@
-"""The README's pictures of the report and of the notebook view, made from real runs.
+"""The README's pictures, made from real runs of the current code.
 
-    python tools/screenshots.py [--chromium /usr/bin/chromium]
+    python tools/screenshots.py [--chromium /usr/bin/chromium] [--figures-only]
+
+0. the figures ``campp classify`` writes (EfficientNet-Lite0, offline): ``docs/chelsea_efficientnet_lite0.jpeg``,
+   ``docs/coffee_efficientnet_lite0.jpeg``, ``docs/coffee_all_methods_efficientnet_lite0.jpeg``,
+   ``docs/two_espresso_efficientnet_lite0.jpeg`` (the canvas of ``tests/test_archs.py``'s ``two_instances``) and
+   the mean curves of ``campp evaluate --plot``: ``docs/evaluate_efficientnet_lite0.png`` (no browser needed;
+   ``--figures-only`` stops here);
 
 1. ``campp classify`` over the committed photos laid out in class folders (``--labels-from-folders``), with
    EfficientNet-Lite0 (offline), then the report and its lightbox in headless Chromium: ``docs/report.jpeg``,
@@ -59,10 +65,47 @@ def notebook_html(tmp: Path) -> Path:
     return tmp / "notebook.html"
 
 
+def figures(tmp: Path) -> list[Path]:
+    """The comparison figures of classify and the curves of evaluate that the README shows."""
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_archs import two_instances
+
+    from campp_cli import images
+
+    lite = ["--arch", "efficientnet_lite0"]
+    obj = images.center_square(images.load_rgb(REPO / "images" / "coffee.png"))
+    Image.fromarray(two_instances(obj, 190, 100, False)[0]).save(tmp / "two_espresso.png")
+    made = {
+        "chelsea_efficientnet_lite0.jpeg": ["-f", REPO / "images" / "chelsea.png", "--max-side", "320"],
+        "coffee_efficientnet_lite0.jpeg": ["-f", REPO / "images" / "coffee.png", "--max-side", "400"],
+        "coffee_all_methods_efficientnet_lite0.jpeg": ["-f", REPO / "images" / "coffee.png", "--methods", "all",
+                                                       "--max-side", "300"],
+        "two_espresso_efficientnet_lite0.jpeg": ["-f", tmp / "two_espresso.png", "-l", "967", "--max-side", "400"],
+    }
+    out = []
+    for name, args in made.items():
+        run([*CAMPP, "classify", *lite, *args, "--output-dir", tmp / "figures", "-o", name, "-q"], tmp)
+        shutil.copy(tmp / "figures" / name, DOCS / name)
+        out.append(DOCS / name)
+    run([*CAMPP, "evaluate", *lite, "-f", REPO / "images", "--boxes", REPO / "images" / "boxes", "--plot",
+         DOCS / "evaluate_efficientnet_lite0.png", "-q"], tmp)
+    assert np.asarray(Image.open(DOCS / "evaluate_efficientnet_lite0.png")).size
+    return out + [DOCS / "evaluate_efficientnet_lite0.png"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--figures-only", action="store_true", help="only step 0 (no browser)")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as name:
+        for path in figures(Path(name)):
+            print(path)
+    if args.figures_only:
+        return
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as name, sync_playwright() as p:
