@@ -36,7 +36,7 @@ def cards_from_photos(side: int = 224) -> list[dict]:
     rng = np.random.default_rng(0)
     cards = []
     for path in sorted((REPO / "images").glob("*.*g")):
-        square = images.display_square(images.load_rgb(path), side)
+        square = images.display_square(images.open_photo(path), "crop", side)
         maps = {m: rng.random((7, 7)).astype(np.float32) for m in METHODS}
         heat = {f"_{m}_heatmap": images.colorize(images.upsample(c, side)) for m, c in maps.items()}
         panels = [square] + [images.with_colour_bar(images.overlay(square, h)) for h in heat.values()]
