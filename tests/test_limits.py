@@ -1,0 +1,146 @@
+"""Issue 24: inputs that grew without bound, names that could not be made, values echoed whole.
+
+Every hostile input here is built small: a test must never need the gigabytes the defect it pins used.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import IMAGES, fresh_campp
+
+from campp_cli import inputs, labels
+from campp_cli.errors import UsageError
+
+CHELSEA = IMAGES / "chelsea.png"
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err[:2000]
+    assert "Traceback" not in err and "internal error" not in err
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- -o templates (12)
+
+
+@pytest.mark.parametrize("template", ["{stem:d}", "{stem:%}", "{stem:{stem}}", "{stem:x>1500000000}.jpeg",
+                                      "{stem:x>300}.jpeg", "{stem!r}.jpeg", "{stem!s:>3}.png"])
+def test_template_format_specs_and_conversions_are_usage_errors(tmp_path, template):
+    code, torch_loaded, err = fresh_campp(["classify", "-f", CHELSEA, "-f", CHELSEA.with_name("espresso.jpg"),
+                                           "-o", template, "--output-dir", tmp_path / "o"], tmp_path)
+    assert code == 2 and not torch_loaded, err
+    assert "-o" in one_line(err) and "format spec" in err
+
+
+def test_template_literal_text_too_long_for_a_file_name(run_cli, tmp_path):
+    code, _, err = run_cli("classify", "-f", CHELSEA, "-f", IMAGES / "espresso.jpg",
+                           "-o", "{stem}" + "x" * 230 + ".jpeg",
+                           "--output-dir", tmp_path / "o")
+    assert code == 2 and "at most 255 bytes" in one_line(err)
+
+
+# --------------------------------------------------------------------------- naming is near-linear (13)
+
+
+def test_same_named_inputs_are_named_in_linear_work(tmp_path, monkeypatch):
+    """8,000 files all named x.png in different folders: each gets its name in a bounded number of tries
+    (before: every one retried x, x_2, x_3, ... from the start, 32 million tries)."""
+    n = 8000
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"d{i}/x.png\n" for i in range(n)))  # need not exist to be named
+    calls = [0]
+    real = inputs.output_stem
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] > 3 * n:
+            raise AssertionError(f"naming {n} inputs took more than {3 * n} tries")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inputs, "output_stem", counted)
+    jobs = inputs.plan([f"@{listing}"], tmp_path / "out", None, keys=["", "_gradcam_heatmap"])
+    assert [j.stem for j in jobs[:3]] == ["x", "x_2", "x_3"] and jobs[-1].stem == f"x_{n}"
+    assert len({j.stem for j in jobs}) == n
+
+
+def test_counters_still_skip_names_taken_by_other_inputs(tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("a/x.png\nb/x.png\nc/x_2.png\nd/x.png\ne/x_3.png\n")
+    jobs = inputs.plan([f"@{listing}"], tmp_path / "out", None)
+    assert [j.stem for j in jobs] == ["x", "x_2", "x_2_2", "x_3", "x_3_2"]
+
+
+# --------------------------------------------------------------------------- bounded reads (11)
+
+
+def test_labels_from_an_endless_stream_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(labels, "MAX_LABELS_BYTES", 1 << 20)
+    with pytest.raises(UsageError, match=r"--labels /dev/zero: larger than 1 MB"):
+        labels.read_labels("/dev/zero")
+
+
+def test_list_from_an_endless_stream_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(inputs, "MAX_LIST_BYTES", 1 << 20)
+    with pytest.raises(UsageError, match=r"-f @/dev/zero: the list is larger than 1 MB"):
+        inputs.plan(["@/dev/zero"], tmp_path / "out", None)
+
+
+def test_list_line_longer_than_a_path_is_refused_without_echoing_it(run_cli, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{CHELSEA}\n" + "y" * 5_000_000 + "\n")
+    code, _, err = run_cli("classify", "-f", f"@{listing}", "--output-dir", tmp_path / "o")
+    assert code == 2 and "line 2 is longer than 4096 bytes" in one_line(err) and len(err) < 1000
+
+
+def test_deeply_nested_json_labels_are_one_usage_error(run_cli, tmp_path):
+    path = tmp_path / "labels.json"
+    path.write_text("[" * 5000 + "]" * 5000)
+    code, _, err = run_cli("classify", "-f", CHELSEA, "--labels", path, "--output-dir", tmp_path / "o")
+    assert code == 2 and "--labels" in one_line(err) and "nested too deep" in err
+
+
+# --------------------------------------------------------------------------- names too long (16)
+
+
+LONG = "n" * 300
+
+
+@pytest.mark.parametrize("option", ["-f", "--jsonl", "--report", "--output-dir", "--weights", "--labels",
+                                    "--boxes"])
+def test_a_name_over_255_bytes_is_a_usage_error_naming_the_option(tmp_path, option):
+    value = {"-f": f"{LONG}.png", "--jsonl": f"{LONG}.jsonl", "--report": f"{LONG}.html", "--weights": f"{LONG}.pth",
+             "--labels": f"{LONG}.txt"}.get(option, f"sub/{LONG}")
+    command = "evaluate" if option == "--boxes" else "classify"
+    args = [command, "-f", CHELSEA] if option != "-f" else [command]
+    args += [option, value] + (["--output-dir", tmp_path / "o"] if option not in ("--output-dir", "--boxes") else [])
+    code, torch_loaded, err = fresh_campp(args, tmp_path)
+    assert code == 2 and not torch_loaded, err
+    assert one_line(err).startswith(f"campp: error: {option}: the name") and "at most 255 bytes" in err
+
+
+def test_a_long_name_inside_a_list_is_a_usage_error(run_cli, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{CHELSEA}\nsub/{LONG}.png\n")
+    code, _, err = run_cli("classify", "-f", f"@{listing}", "--output-dir", tmp_path / "o")
+    assert code == 2 and "at most 255 bytes" in one_line(err)
+
+
+# --------------------------------------------------------------------------- echoed values (18)
+
+
+def test_clip_keeps_both_ends_of_a_long_value():
+    from campp_cli.errors import clip
+
+    text = "a" * 5000 + "END"
+    shown = clip(text)
+    assert len(shown) <= 201 and shown.startswith("aaa") and shown.endswith("END") and "…" in shown
+    assert clip("short") == "short"
+
+
+@pytest.mark.parametrize("control", ["\u202e", "\u2066", "\u200f", "\u2028", "\x1b"])
+def test_bidirectional_and_line_controls_are_escaped_in_printed_lines(control):
+    from campp_cli.cli import printable
+
+    line = printable(f"cat{control}gnp.exe.png: 281 tabby")
+    assert control not in line and ("\\u" in line or "\\x" in line)
