@@ -5,6 +5,7 @@ Every hostile input here is built small: a test must never need the gigabytes th
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from conftest import IMAGES, fresh_campp
 
@@ -144,3 +145,38 @@ def test_bidirectional_and_line_controls_are_escaped_in_printed_lines(control):
 
     line = printable(f"cat{control}gnp.exe.png: 281 tabby")
     assert control not in line and ("\\u" in line or "\\x" in line)
+
+
+# --------------------------------------------------------------------------- title fitting (14)
+
+
+def test_a_huge_class_name_is_fitted_in_few_measurements(monkeypatch):
+    """A 20,000-character class name: the title is fitted in O(log n) measurements of bounded text (before:
+    one measurement of the whole remaining text per two characters dropped, 580 s for one photo)."""
+    from PIL import ImageDraw
+
+    from campp_cli import images
+
+    measured = []
+    real = ImageDraw.ImageDraw.textlength
+
+    def counted(self, text, *args, **kwargs):
+        measured.append(len(text))
+        if len(measured) > 100:
+            raise AssertionError("more than 100 measurements to fit one title")
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "textlength", counted)
+    name = "".join(chr(ord("a") + k % 26) for k in range(20_000))
+    rgb = np.zeros((224, 224, 3), np.uint8)
+    out = images.titled(rgb, ["Grad-CAM++", f"{name} (70.0%)"])
+    assert out.shape[1] == 224 and len(measured) <= 40 and max(measured) <= images.MAX_TITLE_CHARS
+
+    from PIL import Image
+
+    draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
+    face = images.font(max(12, 224 // 22))
+    fitted = images._fit(draw, name, face, 216)
+    assert fitted.endswith("…") and fitted[:-1] == name[:len(fitted) - 1]
+    assert real(draw, fitted, font=face) <= 216 < real(draw, name[:len(fitted)] + "…", font=face)
+    assert images._fit(draw, "tabby cat", face, 216) == "tabby cat"
