@@ -638,7 +638,7 @@ def _check_annotations(annotations: dict, categories: list[str]) -> None:
         for name in sorted({b.name for b in annotation.boxes if class_of(b.name, categories) is None}):
             near = closest_names(name, categories)
             hint = f" (closest: {', '.join(near)})" if near else ""
-            _say(f"campp: warning: {annotation.path}: object name {name!r} is no class of the model{hint}")
+            _say(f"campp: warning: {annotation.path}: object name {clip(name)!r} is no class of the model{hint}")
 
 
 @cli.command()

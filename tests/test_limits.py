@@ -5,6 +5,8 @@ Every hostile input here is built small: a test must never need the gigabytes th
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from conftest import IMAGES, fresh_campp
@@ -180,3 +182,35 @@ def test_a_huge_class_name_is_fitted_in_few_measurements(monkeypatch):
     assert fitted.endswith("…") and fitted[:-1] == name[:len(fitted) - 1]
     assert real(draw, fitted, font=face) <= 216 < real(draw, name[:len(fitted)] + "…", font=face)
     assert images._fit(draw, "tabby cat", face, 216) == "tabby cat"
+
+
+# --------------------------------------------------------------------------- --boxes files (15)
+
+
+def test_an_annotation_file_over_the_cap_is_refused_from_its_size(tmp_path):
+    from campp_cli import boxes
+
+    obj = ("<object><name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>30</xmax><ymax>40</ymax></bndbox>"
+           "</object>")
+    path = tmp_path / "big.xml"
+    path.write_text("<annotation>" + obj * ((1 << 20) // len(obj) + 10) + "</annotation>")  # just over 1 MB
+    annotation = boxes.read_voc(path)
+    assert annotation.boxes == [] and "larger than 1 MB" in annotation.problem
+
+
+def test_a_fifo_named_like_an_annotation_is_refused_not_waited_on(tmp_path):
+    import threading
+
+    from campp_cli import boxes
+
+    fifo = tmp_path / "img.xml"
+    os.mkfifo(fifo)
+    found = {}
+    reader = threading.Thread(target=lambda: found.update(boxes.load_folder(tmp_path)), daemon=True)
+    reader.start()
+    reader.join(60)  # a guard against the hang, not a timing: the refusal takes no time at all
+    if reader.is_alive():
+        with open(fifo, "wb"):  # release the reader stuck in open()
+            pass
+        pytest.fail("reading --boxes waited on a FIFO named img.xml")
+    assert found["img"].problem == f"{fifo}: not a regular file"
