@@ -5,14 +5,18 @@ Every hostile input here is built small: a test must never need the gigabytes th
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import IMAGES, fresh_campp
 
 from campp_cli import inputs, labels
-from campp_cli.errors import UsageError
+from campp_cli.errors import UsageError, WeightsError
 
 CHELSEA = IMAGES / "chelsea.png"
 
@@ -214,3 +218,246 @@ def test_a_fifo_named_like_an_annotation_is_refused_not_waited_on(tmp_path):
             pass
         pytest.fail("reading --boxes waited on a FIFO named img.xml")
     assert found["img"].problem == f"{fifo}: not a regular file"
+
+
+# --------------------------------------------------------------------------- weights that inflate (10)
+
+
+def _zip_with_big_pickle(path: Path, extra_mb: int) -> Path:
+    """A real state_dict checkpoint whose data.pkl is padded with ``extra_mb`` MB of zeros, deflated (the
+    file stays small; the padding is never unpickled, since pickle stops at its STOP)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(3)}, buf)
+    source = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                with out.open(info.filename, "w", force_zip64=True) as fh:
+                    fh.write(data)
+                    for _ in range(extra_mb):
+                        fh.write(bytes(1 << 20))
+            else:
+                out.writestr(info.filename, data)
+    return path
+
+
+def test_a_pth_whose_pickle_inflates_past_the_cap_is_refused_before_reading(tmp_path):
+    from campp_cli.models import read_checkpoint
+
+    path = _zip_with_big_pickle(tmp_path / "w.pth", 70)
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(WeightsError, match=r"refused: its member .*data\.pkl inflates to 7\d MB"):
+        read_checkpoint(path, expected_bytes=10**9)  # however big the architecture
+    with pytest.raises(WeightsError, match=r"refused: .*data\.pkl"):
+        read_checkpoint(path)  # also when the architecture is not known (campp convert)
+
+
+def test_every_zip_member_counts_against_what_the_architecture_needs(tmp_path, monkeypatch):
+    from campp_cli import models
+
+    monkeypatch.setattr(models, "MAX_PICKLE_BYTES", 1 << 30, raising=False)  # only the total is checked here
+    path = _zip_with_big_pickle(tmp_path / "w.pth", 70)
+    with pytest.raises(WeightsError, match="refused: its tensors take 7\\d MB once read"):
+        models.read_checkpoint(path, expected_bytes=1000)
+
+
+def test_a_legacy_pth_larger_than_the_architecture_needs_is_refused_from_its_size(tmp_path):
+    """A legacy (not zip) .pth is read whole: refuse it from its size (a sparse file here: no disk used)."""
+    import torch
+
+    from campp_cli.models import read_checkpoint
+
+    path = tmp_path / "legacy.pth"
+    torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=False)
+    assert read_checkpoint(path, expected_bytes=1000)[0]["w"].tolist() == [1, 1, 1]  # small: read
+    with open(path, "r+b") as fh:
+        fh.truncate(200 << 20)  # junk after the pickle, which torch reads past without a word
+    with pytest.raises(WeightsError, match=r"refused: 210 MB, far more than"):
+        read_checkpoint(path, expected_bytes=1000)
+
+
+_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]
+
+
+class _Claim:
+    """Pickles as NumPy pickles an array, with the shape, dtype and data given (which need not agree)."""
+
+    def __init__(self, shape, dtype, data, direct=False):
+        self.shape, self.dtype, self.data, self.direct = shape, dtype, data, direct
+
+    def __reduce__(self):
+        if self.direct:  # numpy.ndarray(shape, dtype) called by the pickle itself
+            return (np.ndarray, (self.shape, np.dtype(self.dtype)))
+        return (_RECONSTRUCT, (np.ndarray, (0,), b"b"), (1, self.shape, np.dtype(self.dtype), False, self.data))
+
+
+def _hostile_npy(path: Path, claim: _Claim) -> Path:
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|O", "fortran_order": False, "shape": ()})
+        pickle.dump({"conv1_1": [claim, _Claim((1,), "f4", b"\0" * 4)]}, fh, protocol=4)
+    return path
+
+
+_READ_NPY = """
+import sys, tracemalloc
+from campp_cli.errors import WeightsError
+from campp_cli.npy_weights import read_npy_dict
+tracemalloc.start()
+try:
+    read_npy_dict(sys.argv[1])
+    print("read")
+except WeightsError as exc:
+    print(exc)
+print(tracemalloc.get_traced_memory()[1])
+"""
+
+
+@pytest.mark.parametrize("claim, why", [
+    (_Claim((2_000_000,), object, [None]), "an object array of shape (2000000,) and holds 1 items"),
+    (_Claim((10**6, 10**6), object, [None]), "an object array of shape (1000000, 1000000)"),
+    (_Claim((2_000_000,), "f4", b"\0" * 4), "(8000000 bytes) and holds 4 bytes"),
+    (_Claim((2_000_000,), "f8", None, direct=True), "other than numpy pickles build them"),
+])
+def test_an_npy_pickle_claiming_a_huge_array_is_refused_before_allocating(tmp_path, sys_executable, claim, why):
+    """A few hundred bytes claiming megabytes (or terabytes): refused from the array's state before NumPy
+    allocates it (before: allocated, or a crash of the whole process). In a subprocess, since the
+    unguarded read can crash the interpreter."""
+    import subprocess
+
+    path = _hostile_npy(tmp_path / "vgg16.npy", claim)
+    assert path.stat().st_size < 2000
+    proc = subprocess.run([sys_executable, "-c", _READ_NPY, str(path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    message, peak = proc.stdout.splitlines()
+    assert message.startswith(f"{path}: refused: the pickle") and why in message
+    assert int(peak) < 1 << 20  # nothing like the claimed size was allocated
+
+
+def test_an_honest_npy_still_reads(tmp_path):
+    from campp_cli.npy_weights import read_npy_dict
+
+    layers = {"conv1_1": [np.arange(6, dtype=np.float32).reshape(1, 2, 3), np.ones(3, np.float32)],
+              "names": np.array(["a", "b"], dtype=object)}
+    path = tmp_path / "vgg16.npy"
+    np.save(path, layers, allow_pickle=True)
+    got = read_npy_dict(path)
+    assert type(got["conv1_1"][0]) is np.ndarray and got["conv1_1"][0].tolist() == layers["conv1_1"][0].tolist()
+    assert got["names"].tolist() == ["a", "b"]
+
+
+# --------------------------------------------------------------------------- models and weights (16, 17, 18)
+
+NET = '''
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 4))
+
+
+class Folded(nn.Module):
+    def __init__(self, rows):
+        super().__init__()
+        self.net, self.rows = build(), rows
+
+    def forward(self, x):
+        out = self.net(x)
+        return self.rows(out)
+
+
+def no_classes():
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 0))
+
+
+def one_row():
+    return Folded(lambda out: out.sum(0, keepdim=True))
+
+
+def integers():
+    return Folded(lambda out: (out * 100).long())
+'''
+
+
+@pytest.fixture()
+def own(tmp_path, monkeypatch):
+    from conftest import write_image
+
+    (tmp_path / "net.py").write_text(NET)
+    write_image(tmp_path / "photo.png", 64, 48)
+    write_image(tmp_path / "other.png", 64, 48, seed=1)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("function, message", [
+    ("no_classes", "its output is (1, 0): no classes to explain"),
+    ("one_row", "its output for a batch of 2 images is (1, 4), not (N, classes)"),
+    ("integers", "its output is int64, not floating point"),
+])
+def test_model_outputs_that_are_no_logits_are_one_clear_line(own, run_cli, function, message):
+    code, _, err = run_cli("classify", "-f", "photo.png", "-f", "other.png", "--model", f"net.py:{function}",
+                           "--input-size", "32")
+    assert code == 1 and message in one_line(err)
+
+
+@pytest.mark.parametrize("dtype", ["bool", "int64", "uint8"])
+def test_weights_that_are_not_floating_point_are_refused(own, run_cli, dtype):
+    """bool or integer tensors of the right shapes loaded as 0 and 1 and explained nonsense with exit 0."""
+    import torch
+    from safetensors.torch import save_file
+
+    namespace: dict = {}
+    exec(NET, namespace)
+    state = {k: (v > 0).to(getattr(torch, dtype)) for k, v in namespace["build"]().state_dict().items()}
+    save_file(state, own / "w.safetensors")
+    code, _, err = run_cli("classify", "-f", "photo.png", "--model", "net.py:build", "--weights", "w.safetensors",
+                           "--input-size", "32")
+    assert code == 1 and f"holds {dtype} values, not floating point" in one_line(err)
+    assert not (own / "output").exists() or not any((own / "output").iterdir())
+
+
+def test_the_head_hint_only_when_the_head_is_what_differs(tmp_path):
+    import torch
+
+    from campp_cli.models import check_fits
+
+    namespace: dict = {}
+    exec(NET, namespace)
+    module = namespace["build"]()
+    body = dict(module.state_dict(), **{"0.weight": torch.zeros(8, 3, 5, 5)})
+    with pytest.raises(WeightsError) as info:
+        check_fits(module, body, "net", Path("w.pth"))
+    assert "wrong shape 0.weight (8, 3, 5, 5) vs (8, 3, 3, 3)" in str(info.value)
+    assert "--num-classes" not in str(info.value)
+    head = dict(module.state_dict(), **{"4.weight": torch.zeros(10, 8), "4.bias": torch.zeros(10)})
+    with pytest.raises(WeightsError, match=r"\(a head of 10 classes\? add --num-classes 10\)"):
+        check_fits(module, head, "net", Path("w.pth"))
+
+
+def test_a_huge_key_is_clipped_in_the_message():
+    import torch
+
+    from campp_cli.models import check_fits
+
+    namespace: dict = {}
+    exec(NET, namespace)
+    module = namespace["build"]()
+    state = dict(module.state_dict(), **{"k" * 10_000_000: torch.zeros(1)})
+    with pytest.raises(WeightsError) as info:
+        check_fits(module, state, "net", Path("w.pth"))
+    assert "unexpected kkk" in str(info.value) and len(str(info.value)) < 500
+
+
+@pytest.mark.parametrize("std, why", [("1e-300,1,1", "beyond what float32 holds"),
+                                      ("1,1e300,1", "do not fit the model's float32 input")])
+def test_a_std_that_overflows_the_input_is_a_usage_error_naming_std(tmp_path, std, why):
+    code, torch_loaded, err = fresh_campp(["classify", "-f", CHELSEA, "--arch", "efficientnet_lite0", "--std", std,
+                                           "--output-dir", tmp_path / "o"], tmp_path)
+    assert code == 2 and not torch_loaded, err
+    assert one_line(err).startswith(f"campp: error: --std {std}:") and why in err
