@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -29,13 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import UsageError, clip
 from .preprocessing import input_frame
 
 #: Zhang et al.'s tolerance for the pointing game, in pixels at the input resolution.
 POINTING_TOLERANCE = 15
 DEFAULT_DELTAS = (0.0, 0.25, 0.5)
 _WNID = re.compile(r"^n\d{8}$")
+#: Largest annotation file read: ImageNet's and VOC's are a few kilobytes; a thousand objects fit in 1 MB.
+MAX_ANNOTATION_BYTES = 1 << 20
 
 
 @dataclass
@@ -65,9 +68,22 @@ def read_voc(path: str | os.PathLike) -> Annotation:
     """One VOC XML file; a file that cannot be used gives an Annotation whose ``problem`` says why."""
     where = str(path)
     try:
-        root = ET.parse(path).getroot()
+        # O_NONBLOCK: a FIFO named img.xml must not hang the open; only a regular file is read.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return Annotation(where, problem=f"{where}: not a regular file")
+            if info.st_size > MAX_ANNOTATION_BYTES:
+                return Annotation(where, problem=f"{where}: larger than {MAX_ANNOTATION_BYTES >> 20} MB, more than "
+                                                 f"an annotation holds")
+            data = fh.read(MAX_ANNOTATION_BYTES + 1)
+        if len(data) > MAX_ANNOTATION_BYTES:  # it grew
+            return Annotation(where, problem=f"{where}: larger than {MAX_ANNOTATION_BYTES >> 20} MB, more than "
+                                             f"an annotation holds")
+        root = ET.fromstring(data)
     except (ET.ParseError, OSError, ValueError) as exc:
-        return Annotation(where, problem=f"{where}: not a readable annotation ({exc})")
+        return Annotation(where, problem=f"{where}: not a readable annotation ({clip(exc)})")
     if root.tag != "annotation":
         return Annotation(where, problem=f"{where}: not a Pascal VOC annotation (root <{root.tag}>)")
     boxes = []
@@ -81,7 +97,7 @@ def read_voc(path: str | os.PathLike) -> Annotation:
         if not name:
             return Annotation(where, problem=f"{where}: object {k} has no <name>")
         if not all(np.isfinite([xmin, ymin, xmax, ymax])) or xmax < xmin or ymax < ymin:
-            return Annotation(where, problem=f"{where}: object {k} ({name}) has an empty or inverted box")
+            return Annotation(where, problem=f"{where}: object {k} ({clip(name)}) has an empty or inverted box")
         boxes.append(Box(name, xmin - 1, ymin - 1, xmax, ymax))
     return Annotation(where, boxes)
 

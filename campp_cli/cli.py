@@ -7,6 +7,7 @@ place where exceptions become a stderr line and an exit code.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ import click
 
 from . import __version__
 from .engines import all_settings, check_settings, get_engine, list_engines, users_of
-from .errors import CamppError, OutputError, UsageError
+from .errors import CamppError, OutputError, UsageError, clip
 from .labels import check_label_text, read_labels, resolve_label
 from .methods import DEFAULT_METHODS
 from .preprocessing import PRESETS, RESIZE_MODES, parse_overrides
@@ -36,6 +37,8 @@ from .settings import (
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+#: Longest line campp prints on stderr (a safety net: each value in a message is clipped much shorter).
+MAX_LINE = 20000
 
 
 def printable(text: str, encoding: str | None = "utf-8") -> str:
@@ -49,7 +52,9 @@ def printable(text: str, encoding: str | None = "utf-8") -> str:
         return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Control characters, and the Unicode controls that reorder or break a line on a terminal (bidirectional
+#: embeddings, overrides and isolates such as U+202E; the line and paragraph separators).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def _isatty(stream) -> bool:
@@ -65,7 +70,7 @@ def _say(message: str) -> None:
     if stream is None:
         return
     try:
-        click.echo(printable(message, getattr(stream, "encoding", None)), err=True)
+        click.echo(printable(clip(message, MAX_LINE), getattr(stream, "encoding", None)), err=True)
     except (OSError, ValueError):
         pass  # stderr itself cannot be written: the exit code still tells
 
@@ -284,6 +289,15 @@ def _engine_settings(engine: str, given: dict, gpu: int | None) -> dict:
     return check_settings(engine, {s.name: given.get(s.name) for s in all_settings()})
 
 
+def _check_names(**paths) -> None:
+    """Usage errors for option values whose folder or file names are longer than filesystems allow."""
+    from .inputs import check_name_length
+
+    for option, path in paths.items():
+        if path is not None:
+            check_name_length(f"--{option.replace('_', '-')}", path)
+
+
 def _model_request(arch, model_ref, num_classes, labels_path, input_size, mean, std, resize) -> dict:
     """load_classifier's model arguments from the command line, checked before any slow import."""
     if model_ref is not None and arch is not None:
@@ -416,6 +430,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
     settings = _engine_settings(engine, settings, gpu)
     methods = parse_methods(methods)
     check_label_text(label)
+    _check_names(jsonl=jsonl, report=report_path, output_dir=output_dir, weights=weights, labels=labels_path)
     request = _model_request(arch, model_ref, num_classes, labels_path, input_size, mean, std, resize)
     single = is_single(list(files))
     keys = output_keys(methods, save_maps, guided)
@@ -534,6 +549,8 @@ def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_
     settings = _engine_settings(engine, settings, gpu)
     methods = parse_methods(methods)
     check_label_text(label)
+    _check_names(boxes=boxes_dir, json=json_path, csv=csv_path, plot=plot_path, report=report_path, weights=weights,
+                 labels=labels_path)
     request = _model_request(arch, model_ref, num_classes, labels_path, input_size, mean, std, resize)
     deltas = boxes.parse_deltas(deltas)
     annotations = boxes.load_folder(boxes_dir) if boxes_dir is not None else None
@@ -621,7 +638,7 @@ def _check_annotations(annotations: dict, categories: list[str]) -> None:
         for name in sorted({b.name for b in annotation.boxes if class_of(b.name, categories) is None}):
             near = closest_names(name, categories)
             hint = f" (closest: {', '.join(near)})" if near else ""
-            _say(f"campp: warning: {annotation.path}: object name {name!r} is no class of the model{hint}")
+            _say(f"campp: warning: {annotation.path}: object name {clip(name)!r} is no class of the model{hint}")
 
 
 @cli.command()
@@ -786,8 +803,15 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: still one line unless --debug
         if debug:
             raise
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        _say(f"campp: internal error: {type(exc).__name__}: {text} (rerun with --debug for the traceback)")
+        if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+            # A safety net: names are checked before the run, but one can also be made during it.
+            where = f"{clip(exc.filename)}: " if exc.filename is not None else ""
+            _say(f"campp: error: {where}a file or folder name is longer than the filesystem allows (at most "
+                 f"255 bytes a name)")
+        else:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            _say(f"campp: internal error: {type(exc).__name__}: {clip(text)} (rerun with --debug for the "
+                 f"traceback)")
         code = EXIT_FAILURE
     finally:
         if previous is not None:

@@ -7,6 +7,19 @@ package prints or exits.  Library users (notebooks) simply catch them.
 
 from __future__ import annotations
 
+#: Longest value (a name, a key, a line of a file) echoed in a message; longer ones are cut with an ellipsis.
+ECHO_LIMIT = 200
+
+
+def clip(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``value`` as text, at most about ``limit`` characters: a longer one keeps its start and end around
+    an ellipsis, so a 10 MB key or line never makes a 10 MB message."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    head = max(1, limit * 2 // 3)
+    return f"{text[:head]}…{text[-max(1, limit - head - 1):]}"
+
 
 class CamppError(Exception):
     """Base class: a failure with a message meant for the user."""

@@ -16,8 +16,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, clip
 from .settings import DEFAULT_OUTPUT, FORMATS
+
+#: Largest ``@list`` read (a million paths of 100 bytes), and longest line in it (PATH_MAX).
+MAX_LIST_BYTES = 100 * 1024 * 1024
+MAX_LINE_BYTES = 4096
+#: Longest file or folder name most filesystems take (bytes).
+NAME_MAX = 255
 
 #: Files taken from folders (case-insensitive); a file named directly is tried whatever its name.
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
@@ -64,32 +70,52 @@ def output_stem(name: str, fmt: str | None = None) -> tuple[str, str]:
     """Split and check ``-o``: a plain JPEG or PNG file name, never a path; ``fmt`` (--format) names the
     format when the name has no suffix, and must agree with one it has."""
     if not name or "/" in name or "\\" in name or os.sep in name or name in (".", ".."):
-        raise UsageError(f"-o {name!r}: give a file name without folders (use --output-dir for the folder)")
+        raise UsageError(f"-o {clip(name)!r}: give a file name without folders (use --output-dir for the folder)")
     if ".." in name:
-        raise UsageError(f"-o {name!r}: '..' is not allowed in output names")
+        raise UsageError(f"-o {clip(name)!r}: '..' is not allowed in output names")
     stem, suffix = os.path.splitext(name)
     if not suffix:
         suffix = FORMATS[fmt or "jpeg"][0]
     if format_of(suffix) is None or not stem or stem.startswith("."):
-        raise UsageError(f"-o {name!r}: the output must be a JPEG or PNG file name such as out.jpeg or out.png")
+        raise UsageError(f"-o {clip(name)!r}: the output must be a JPEG or PNG file name such as out.jpeg or out.png")
     if fmt is not None and format_of(suffix) != fmt:
-        raise UsageError(f"-o {name!r} names a {format_of(suffix).upper()} file but --format is {fmt}: give "
+        raise UsageError(f"-o {clip(name)!r} names a {format_of(suffix).upper()} file but --format is {fmt}: give "
                          f"{stem}{FORMATS[fmt][0]}, or leave one of them out")
     return stem, suffix
 
 
 def check_template(template: str, fmt: str | None = None) -> None:
-    """``-o`` for several inputs: a file-name template whose only field is a real ``{stem}``."""
+    """``-o`` for several inputs: a file-name template whose only field is a plain ``{stem}`` (no format
+    spec, no conversion: ``{stem:>9}`` or ``{stem!r}`` is refused)."""
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
     except ValueError:
-        raise UsageError(f"-o {template!r}: not a valid template (unbalanced braces?)") from None
-    if "stem" not in fields:
-        raise UsageError(f"-o {template!r}: with several inputs, -o must be a template containing {{stem}} "
+        raise UsageError(f"-o {clip(template)!r}: not a valid template (unbalanced braces?)") from None
+    if any(f != "stem" for f, _, _ in fields):
+        raise UsageError(f"-o {clip(template)!r}: the only field a template may use is {{stem}}")
+    if any(spec or conv for _, spec, conv in fields):
+        raise UsageError(f"-o {clip(template)!r}: write {{stem}} as it is, without a format spec or conversion "
+                         f"(':...' or '!...')")
+    if not fields:
+        raise UsageError(f"-o {clip(template)!r}: with several inputs, -o must be a template containing {{stem}} "
                          f"(the input's name), such as {{stem}}.jpeg")
-    if any(f != "stem" for f in fields):
-        raise UsageError(f"-o {template!r}: the only field a template may use is {{stem}}")
-    output_stem(template.format(stem="x"), fmt)
+    output_stem(fill(template, "x"), fmt)
+
+
+def fill(template: str, stem: str) -> str:
+    """A template checked by :func:`check_template`, with ``stem`` for every ``{stem}``."""
+    return template.format(stem=stem)
+
+
+def check_name_length(where: str, path: str | os.PathLike) -> None:
+    """A usage error if a folder or file name in ``path`` is longer than filesystems allow (255 bytes):
+    ``where`` is the option (``-f``, ``--jsonl``...)."""
+    raw = os.fsencode(path)
+    for part in raw.split(b"/"):
+        if len(part) > NAME_MAX:
+            shown = clip(os.fsdecode(part))
+            raise UsageError(f"{where}: the name {shown!r} is {len(part)} bytes long; file and folder names "
+                             f"are at most {NAME_MAX} bytes")
 
 
 def _is_glob(text: str) -> bool:
@@ -97,19 +123,35 @@ def _is_glob(text: str) -> bool:
 
 
 def _read_list(spec: str) -> list[str]:
-    """``@list.txt`` (or ``@-`` for stdin): one path a line; blank lines and # comments skipped."""
+    """``@list.txt`` (or ``@-`` for stdin): one path a line; blank lines and # comments skipped.  At most
+    :data:`MAX_LIST_BYTES` read, lines of at most :data:`MAX_LINE_BYTES`."""
     source = spec[1:]
     try:
         if source == "-":
-            text = sys.stdin.read() if sys.stdin is not None else ""
+            stream = sys.stdin.buffer if sys.stdin is not None and hasattr(sys.stdin, "buffer") else None
+            if stream is None:
+                data = (sys.stdin.read(MAX_LIST_BYTES + 1) if sys.stdin is not None else "").encode("utf-8")
+            else:
+                data = stream.read(MAX_LIST_BYTES + 1)
         else:
-            with open(source, encoding="utf-8") as fh:
-                text = fh.read()
+            with open(source, "rb") as fh:
+                data = fh.read(MAX_LIST_BYTES + 1)
     except OSError as exc:
-        raise UsageError(f"-f {spec}: cannot read the list ({exc.strerror or exc})") from None
+        raise UsageError(f"-f {clip(spec)}: cannot read the list ({exc.strerror or exc})") from None
+    if len(data) > MAX_LIST_BYTES:
+        raise UsageError(f"-f {clip(spec)}: the list is larger than {MAX_LIST_BYTES // 2**20} MB; split it")
+    try:
+        text = data.decode("utf-8-sig" if source != "-" else "utf-8")
     except UnicodeDecodeError:
-        raise UsageError(f"-f {spec}: the list is not UTF-8 text") from None
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        raise UsageError(f"-f {clip(spec)}: the list is not UTF-8 text") from None
+    lines = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if len(line.encode("utf-8", "surrogateescape")) > MAX_LINE_BYTES:
+            raise UsageError(f"-f {clip(spec)}: line {number} is longer than {MAX_LINE_BYTES} bytes, more than "
+                             f"a path can be ({clip(line, 60)!r})")
+        if line.strip() and not line.lstrip().startswith("#"):
+            lines.append(line.strip())
+    return lines
 
 
 def _identity(path: Path) -> tuple:
@@ -235,6 +277,7 @@ def expand(specs: list[str], recursive: bool = False, skip: Path | None = None,
                 raise UsageError(f"-f {spec}: the list names itself (directly or through another list)")
             found += expand(_read_list(spec), recursive, skip, _lists + (key,))
             continue
+        check_name_length("-f", spec)
         path = Path(spec)
         if path.is_dir():
             files = _folder_images(path, recursive, skip)
@@ -261,6 +304,9 @@ def expand(specs: list[str], recursive: bool = False, skip: Path | None = None,
 
 def is_single(specs: list[str]) -> bool:
     """One -f naming one file (not a folder, pattern or list): the paper's one-photo mode."""
+    for spec in specs:
+        if not (spec.startswith("@") and len(spec) > 1):
+            check_name_length("-f", spec)
     if len(specs) != 1 or specs[0].startswith("@"):
         return False
     path = Path(specs[0])
@@ -294,8 +340,11 @@ def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool =
     figures' format when ``output`` does not name one (default: JPEG).
     """
     ext = FORMATS[fmt or "jpeg"][0]
+    keys = keys if keys is not None else [""]
+    check_name_length("--output-dir", out_root)
     if is_single(specs):
         stem, suffix = output_stem(output or os.path.splitext(DEFAULT_OUTPUT)[0] + ext, fmt)
+        _check_output_name(output, stem, suffix, keys)
         return [Job(Path(specs[0]), out_root, stem, suffix, root=out_root)]
     template = output or "{stem}" + ext
     check_template(template, fmt)
@@ -304,10 +353,10 @@ def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool =
             if not spec.startswith("@") and Path(spec).is_dir() and _identity(Path(spec)) == _identity(out_root):
                 raise UsageError(f"--output-dir {out_root} is the folder given with -f {spec}: its outputs would "
                                  f"be taken for inputs by the next run; use a subfolder (never read as input)")
+    _check_output_name(template, *output_stem(fill(template, "x" * 150), fmt), keys)  # the longest stem
     sources = expand(specs, recursive, skip=out_root if writes else None)
     if not sources:
         raise UsageError("-f: no input files given (an empty list?)")
-    keys = keys if keys is not None else [""]
 
     def base(src: _Source, with_ext: bool) -> tuple[Path, str]:
         stem = safe_stem(src.path)
@@ -322,19 +371,32 @@ def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool =
     by_ext = {key for key, exts in groups.items() if len(exts) > 1 and len(set(exts)) == len(exts)}
     jobs: list[Job] = []
     claimed: set[tuple[Path, str]] = set()  # (folder, file name) of every file of every job so far
+    counters: dict[tuple[Path, str], int] = {}  # the last counter tried for a (folder, stem): no retries from 1
     for src in sources:
         rel, stem = base(src, base(src, False) in by_ext)
-        name, n = stem, 1
+        n = counters[(rel, stem)] + 1 if (rel, stem) in counters else 1  # below it, every name is taken
+        name = stem if n == 1 else f"{stem}_{n}"
         while True:
-            out_stem, suffix = output_stem(template.format(stem=name), fmt)
+            out_stem, suffix = output_stem(fill(template, name), fmt)
             files = {(rel, name_of(out_stem, suffix, key)) for key in keys}
             if not files & claimed:
                 break
             n += 1
             name = f"{stem}_{n}"
+        counters[(rel, stem)] = n
         claimed |= files
         jobs.append(Job(src.path, out_root / rel, out_stem, suffix, src.error, root=out_root))
     return jobs
+
+
+def _check_output_name(output: str | None, stem: str, suffix: str, keys: list[str]) -> None:
+    """A usage error when ``-o`` makes a file name longer than filesystems allow (with the longest key, and
+    for a template the longest stem, 150 bytes, and a counter)."""
+    longest = max((name_of(stem, suffix, key) for key in keys), key=lambda n: len(n.encode("utf-8", "surrogateescape")))
+    size = len(longest.encode("utf-8", "surrogateescape")) + (0 if output is None or "{" not in output else 8)
+    if size > NAME_MAX:
+        raise UsageError(f"-o {clip(output)!r}: makes file names of up to {size} bytes (such as "
+                         f"{clip(longest, 80)!r}); file names are at most {NAME_MAX} bytes")
 
 
 def name_of(stem: str, suffix: str, key: str) -> str:

@@ -8,9 +8,8 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, clip
 
 #: Largest labels file read (a million names of 100 bytes).
 MAX_LABELS_BYTES = 100 * 1024 * 1024
@@ -19,21 +18,25 @@ MAX_LABELS_BYTES = 100 * 1024 * 1024
 def read_labels(path: str | os.PathLike) -> list[str]:
     """The class names in ``path``, in class order: a JSON list of strings, or one name a line (a final
     empty line is no class; an empty line inside is)."""
-    where = f"--labels {path}"
+    where = f"--labels {clip(path)}"
     try:
-        p = Path(path)
-        if p.stat().st_size > MAX_LABELS_BYTES:
-            raise UsageError(f"{where}: larger than {MAX_LABELS_BYTES // 2**20} MB; is it a labels file?")
-        text = p.read_text(encoding="utf-8-sig")
-    except UsageError:
-        raise
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{where}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+        with open(path, "rb") as fh:  # read, never stat: a FIFO or /dev/zero has no size
+            data = fh.read(MAX_LABELS_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+    if len(data) > MAX_LABELS_BYTES:
+        raise UsageError(f"{where}: larger than {MAX_LABELS_BYTES // 2**20} MB; is it a labels file?")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{where}: cannot read it (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
     if text.lstrip().startswith("["):
         try:
             names = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UsageError(f"{where}: not a JSON list ({exc})") from None
+        except RecursionError:  # [[[[...]]]] thousands deep
+            raise UsageError(f"{where}: not a JSON list of strings (lists nested too deep)") from None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise UsageError(f"{where}: give a JSON list of strings, or one name a line")
     else:
@@ -72,7 +75,7 @@ def resolve_label(text: str | int, categories: list[str]) -> int:
     if index is not None and value not in categories:
         if -1 <= index < len(categories):
             return index
-        raise UsageError(f"-l {value}: out of range; the model has classes 0..{len(categories) - 1} "
+        raise UsageError(f"-l {clip(value)}: out of range; the model has classes 0..{len(categories) - 1} "
                          f"(or give a class name)")
     if value in categories:
         hits = [k for k, c in enumerate(categories) if c == value]
@@ -81,8 +84,8 @@ def resolve_label(text: str | int, categories: list[str]) -> int:
     if len(hits) == 1:
         return hits[0]
     if len(hits) > 1:
-        listed = ", ".join(f"{k} {categories[k]!r}" for k in hits[:5])
-        raise UsageError(f"-l {value!r}: several classes have that name ({listed}); give the index")
+        listed = ", ".join(f"{k} {clip(categories[k])!r}" for k in hits[:5])
+        raise UsageError(f"-l {clip(value)!r}: several classes have that name ({listed}); give the index")
     near = difflib.get_close_matches(value, categories, n=3, cutoff=0.5)
-    hint = f"; closest: {', '.join(repr(n) for n in near)}" if near else ""
-    raise UsageError(f"-l {value!r}: no class of that name{hint}")
+    hint = f"; closest: {', '.join(repr(clip(n)) for n in near)}" if near else ""
+    raise UsageError(f"-l {clip(value)!r}: no class of that name{hint}")

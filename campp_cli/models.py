@@ -22,7 +22,7 @@ import torch
 import torchvision
 
 from .cam import grid_layout, split_layer, to_grid
-from .errors import ModelError, UsageError, WeightsError
+from .errors import ModelError, UsageError, WeightsError, clip
 from .labels import numbered
 from .packing import pack_convolutions
 from .preprocessing import INTERPOLATIONS, TF_LITE_PREPROCESSING, Overrides, Preprocessing
@@ -315,18 +315,31 @@ def _user_spec(model: "str | torch.nn.Module", input_size: int) -> ArchSpec:
 
 
 def _output_classes(module: torch.nn.Module, size: int, name: str) -> int:
-    """The number of classes of a model whose output is (N, classes), from a dry run."""
-    try:
-        with torch.no_grad():
-            out = module(torch.zeros(1, 3, size, size))
-    except Exception as exc:
-        raise ModelError(f"model {name}: a {size}x{size} input fails: {_one_line(exc)} "
-                         f"(its input size? give --input-size)") from exc
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(f"model {name}: its output is {shape}, not (N, classes): campp explains classifiers "
-                         f"(return the logits)")
-    return int(out.shape[1])
+    """The number of classes of a model whose output is (N, classes) floating-point logits, from a dry run
+    of one image and one of two (a model that folds the batch into one row cannot be explained per image)."""
+    shapes = []
+    for n in (1, 2):
+        try:
+            with torch.no_grad():
+                out = module(torch.zeros(n, 3, size, size))
+        except Exception as exc:
+            raise ModelError(f"model {name}: a {size}x{size} input fails: {_one_line(exc)} "
+                             f"(its input size? give --input-size)") from exc
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != n:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            what = "its output" if n == 1 else "its output for a batch of 2 images"
+            raise ModelError(f"model {name}: {what} is {shape}, not (N, classes): campp explains classifiers "
+                             f"(return the logits, one row per image)")
+        if out.shape[1] == 0:
+            raise ModelError(f"model {name}: its output is {tuple(out.shape)}: no classes to explain")
+        if not out.is_floating_point():
+            raise ModelError(f"model {name}: its output is {str(out.dtype).replace('torch.', '')}, not floating "
+                             f"point: campp explains the gradients of logits (return them as floats)")
+        shapes.append(int(out.shape[1]))
+    if shapes[0] != shapes[1]:
+        raise ModelError(f"model {name}: its output has {shapes[0]} classes for one image and {shapes[1]} for "
+                         f"two: campp explains classifiers (return the logits, one row per image)")
+    return shapes[0]
 
 
 # --------------------------------------------------------------------------- layers
@@ -527,15 +540,33 @@ def find_weights(spec: ArchSpec, weights: str | os.PathLike | None, download: bo
     )
 
 
-def _stored_bytes(path: Path) -> int | None:
-    """The tensor bytes a zip checkpoint will inflate to, from its directory (None: not a zip)."""
+#: Largest member of a ``.pth`` zip other than tensors (``data.pkl``, the version...): a state_dict's
+#: pickle is a few kilobytes per thousand keys.
+MAX_PICKLE_BYTES = 64 << 20
+
+
+def _zip_sizes(path: Path) -> tuple[int, int, str] | None:
+    """(bytes of every member once inflated, bytes of the largest non-tensor member, its name), from a zip
+    checkpoint's directory, before anything is inflated; None when the file is not a zip."""
     try:
         if not zipfile.is_zipfile(path):
             return None
         with zipfile.ZipFile(path) as archive:
-            return sum(info.file_size for info in archive.infolist() if "/data/" in info.filename)
+            members = archive.infolist()
     except (OSError, zipfile.BadZipFile, ValueError):
         return None
+    other = max((m for m in members if "/data/" not in m.filename), key=lambda m: m.file_size, default=None)
+    return (sum(m.file_size for m in members), other.file_size if other else 0, other.filename if other else "")
+
+
+def _tensor_bytes(module: torch.nn.Module) -> int:
+    """What the tensors of ``module``'s state_dict take."""
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def _allowed_bytes(expected_bytes: int) -> int:
+    """The most a weights file of an architecture of ``expected_bytes`` may take once read."""
+    return 2 * expected_bytes + (64 << 20)
 
 
 def read_checkpoint(path: Path, expected_bytes: int | None = None) -> tuple[dict, dict]:
@@ -543,14 +574,27 @@ def read_checkpoint(path: Path, expected_bytes: int | None = None) -> tuple[dict
 
     Accepts a plain state_dict or ``{"state_dict": ..., "preprocessing": ...}``
     (what ``campp convert`` writes).  ``expected_bytes``: what the architecture's
-    tensors take; a file whose tensors would inflate to much more is refused
-    from its zip directory, before anything is read, and the tensors are mapped
-    from the file rather than copied where torch can.
+    tensors take; a file that would inflate to much more is refused before anything is read: a zip
+    checkpoint from its directory (every member, ``data.pkl`` included, whose size is capped at
+    :data:`MAX_PICKLE_BYTES` whatever the architecture), a legacy (not zip) one from its size.  The
+    tensors are mapped from the file rather than copied where torch can.
     """
-    stored = _stored_bytes(path)
-    if expected_bytes is not None and stored is not None and stored > 2 * expected_bytes + (64 << 20):
+    sizes = _zip_sizes(path)
+    stored = None if sizes is None else sizes[0]
+    if sizes is not None and sizes[1] > MAX_PICKLE_BYTES:
+        raise WeightsError(f"{path}: refused: its member {clip(sizes[2])} inflates to {sizes[1] / 1e6:.0f} MB, "
+                           f"far more than the {MAX_PICKLE_BYTES >> 20} MB a state_dict's index takes")
+    if expected_bytes is not None and stored is not None and stored > _allowed_bytes(expected_bytes):
         raise WeightsError(f"{path}: refused: its tensors take {stored / 1e6:.0f} MB once read, far more than "
                            f"the {expected_bytes / 1e6:.0f} MB the architecture needs")
+    if expected_bytes is not None and stored is None:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0
+        if size > _allowed_bytes(expected_bytes):  # a legacy file is read whole: refuse it from its size
+            raise WeightsError(f"{path}: refused: {size / 1e6:.0f} MB, far more than the "
+                               f"{expected_bytes / 1e6:.0f} MB the architecture needs")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols; our message says it all
             warnings.simplefilter("ignore", UserWarning)
@@ -616,8 +660,9 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, arch: str = 
     if not src.is_file():
         raise UsageError(f"{src}: no such file")
     spec = model_spec(arch, model, preprocessing)
-    state, meta = read_weights(src)
-    check_fits(spec.build(), state, spec.name, src)
+    module = spec.build()
+    state, meta = read_weights(src, _tensor_bytes(module))
+    check_fits(module, state, spec.name, src)
     base = Preprocessing.from_dict(meta["preprocessing"]) if "preprocessing" in meta else spec.preprocessing
     payload = {
         "state_dict": state,
@@ -658,28 +703,33 @@ def model_spec(arch: str, model: "str | torch.nn.Module | None", preprocessing) 
 
 
 def check_fits(module: torch.nn.Module, state: dict, arch: str, path: Path, num_classes: int | None = None) -> None:
-    """Name the first keys that do not fit instead of torch's wall of text (and a head of another size)."""
+    """Name the first keys that do not fit instead of torch's wall of text (and a head of another size).
+
+    Also refuses tensors that are not floating point where the architecture's are (bool or integer
+    weights of the right shapes would load, silently, as zeros and ones).
+    """
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
+    wrong_keys = [k for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    wrong = [f"{clip(k)} {clip(tuple(state[k].shape), 60)} vs {tuple(expected[k].shape)}" for k in wrong_keys]
     problems = []
     if missing:
-        problems.append(f"missing {', '.join(missing[:3])}")
+        problems.append(f"missing {', '.join(clip(k) for k in missing[:3])}")
     if unexpected:
-        problems.append(f"unexpected {', '.join(unexpected[:3])}")
+        problems.append(f"unexpected {', '.join(clip(k) for k in unexpected[:3])}")
     if wrong:
         problems.append(f"wrong shape {', '.join(wrong[:3])}")
     if problems:
         hint = ""
         last = [k for k in expected if expected[k].dim() == 2][-1:]  # the classifier's weight, usually
-        if wrong and last and last[0] in state and num_classes is None and state[last[0]].dim() == 2:
+        if last and last[0] in wrong_keys and num_classes is None and state[last[0]].dim() == 2:
             hint = f" (a head of {state[last[0]].shape[0]} classes? add --num-classes {state[last[0]].shape[0]})"
         raise WeightsError(f"{path}: these weights do not fit {arch}: " + "; ".join(problems) + hint)
+    odd = [k for k, v in expected.items() if v.is_floating_point() and not state[k].is_floating_point()]
+    if odd:
+        raise WeightsError(f"{path}: {clip(odd[0])} holds {str(state[odd[0]].dtype).replace('torch.', '')} "
+                           f"values, not floating point ({len(odd)} such tensors): not weights {arch} can use")
 
 
 def prepare_module(module: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
@@ -767,8 +817,7 @@ def load_classifier(
     module = spec.build().eval()
     state, meta = None, {}
     if path is not None:
-        expected = sum(t.numel() * t.element_size() for t in module.state_dict().values())
-        state, meta = read_weights(path, expected)
+        state, meta = read_weights(path, _tensor_bytes(module))
     base = Preprocessing.from_dict(meta["preprocessing"]) if "preprocessing" in meta else spec.preprocessing
     final = _final_preprocessing(base, preprocessing)
     size = final.size or spec.input_size

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WeightsError
+from .errors import WeightsError, clip
 
 #: Caffe VGG16's own preprocessing: RGB [0,1] * 255, to BGR, minus the BGR mean, no std.
 CAFFE_PREPROCESSING = {"mean": [103.939, 116.779, 123.68], "std": [1.0, 1.0, 1.0], "scale": 255.0, "bgr": True}
@@ -29,12 +29,68 @@ CONV_LAYERS = {
 }
 FC_LAYERS = {"fc6": "classifier.0", "fc7": "classifier.3", "fc8": "classifier.6"}
 
+#: Most elements of an object array in the pickle (the file's one dict, a layer's [W, b] pair).
+MAX_OBJECTS = 4096
+
+_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]
+
+
+class _Checked(np.ndarray):
+    """An array being unpickled: its state is checked before NumPy allocates anything for it.
+
+    A pickle states an array's shape and dtype apart from its data: a 1 KB file can claim an array of
+    gigabytes.  The data must be all there (bytes: exactly shape x itemsize of them; objects: a list of
+    exactly that many, at most :data:`MAX_OBJECTS`), so an array never takes more memory than the file.
+    """
+
+    def __setstate__(self, state):
+        try:
+            shape, dtype, data = state[-4], state[-3], state[-1]
+            count = 1
+            for n in shape:
+                if not isinstance(n, int) or n < 0:
+                    raise TypeError
+                count *= n
+        except (TypeError, IndexError, KeyError):
+            raise pickle.UnpicklingError("the pickle holds an array with a malformed state") from None
+        if not isinstance(dtype, np.dtype):
+            raise pickle.UnpicklingError("the pickle holds an array without a dtype")
+        if dtype.hasobject:
+            if not isinstance(data, list) or len(data) != count or count > MAX_OBJECTS:
+                given = len(data) if isinstance(data, list) else "no"
+                raise pickle.UnpicklingError(f"the pickle claims an object array of shape {_shape(shape)} and "
+                                             f"holds {given} items for it (at most {MAX_OBJECTS} are accepted)")
+        elif not isinstance(data, (bytes, str)) or len(data) != count * dtype.itemsize:
+            given = len(data) if isinstance(data, (bytes, str)) else "no"
+            raise pickle.UnpicklingError(f"the pickle claims an array of shape {_shape(shape)} {dtype} "
+                                         f"({count * dtype.itemsize} bytes) and holds {given} bytes for it")
+        super().__setstate__(state)
+
+
+def _shape(shape) -> str:
+    return clip(tuple(shape), 80)
+
+
+class _NdarrayToken:
+    """What the pickle gets for numpy.ndarray: a name for :func:`_reconstruct`, never called itself."""
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError("the pickle builds an array other than numpy pickles build them")
+
+
+def _reconstruct(subtype, shape, dtype):
+    """numpy's own ``_reconstruct`` (an empty array, filled by its state), for a checked array only."""
+    if subtype is not _NdarrayToken or not isinstance(shape, tuple) or len(shape) > 1 or any(n != 0 for n in shape):
+        raise pickle.UnpicklingError("the pickle builds an array other than numpy pickles build them")
+    return _RECONSTRUCT(_Checked, shape, dtype)
+
+
 # (module, name) pairs an array pickle needs; numpy 1.x and Python 2 pickles say
 # numpy.core, numpy 2 says numpy._core.
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(1))[0],
-    ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(1))[0],
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): _NdarrayToken,
     ("numpy", "dtype"): np.dtype,
 }
 
@@ -44,7 +100,26 @@ class _ArraysOnly(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"forbidden global {module}.{name}") from None
+            raise pickle.UnpicklingError(f"the pickle asks for code, not just arrays (forbidden global "
+                                         f"{clip(module, 80)}.{clip(name, 80)})") from None
+
+
+def _plain(obj):
+    """``obj`` with every checked array a plain ndarray again (object arrays' items too)."""
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            out = np.empty(obj.shape, dtype=object)
+            for index, item in np.ndenumerate(obj):
+                out[index] = _plain(item)
+            return out
+        return obj.view(np.ndarray)
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_plain(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
 
 
 def read_npy_dict(path: str | Path) -> dict:
@@ -59,13 +134,13 @@ def read_npy_dict(path: str | Path) -> dict:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
             if dtype != np.dtype(object) or shape != ():
                 raise WeightsError(f"{path}: not a pickled weight dict (an array {dtype} {shape})")
-            obj = _ArraysOnly(fh, encoding="latin1").load()
+            obj = _plain(_ArraysOnly(fh, encoding="latin1").load())
     except WeightsError:
         raise
     except pickle.UnpicklingError as exc:
-        raise WeightsError(f"{path}: refused: the pickle asks for code, not just arrays ({exc})") from None
+        raise WeightsError(f"{path}: refused: {clip(exc, 400)}") from None
     except Exception as exc:
-        raise WeightsError(f"{path}: not a readable .npy weight file ({type(exc).__name__}: {exc})") from None
+        raise WeightsError(f"{path}: not a readable .npy weight file ({type(exc).__name__}: {clip(exc)})") from None
     if isinstance(obj, np.ndarray) and obj.shape == ():
         obj = obj.item()
     if not isinstance(obj, dict):

@@ -13,6 +13,21 @@ from dataclasses import dataclass
 
 from .errors import UsageError, WeightsError
 
+#: Largest value a normalised input may reach (or a mean or std be): float32, which the model computes in,
+#: ends at 3.4e38, and a model fed values near it gives infinities.
+MAX_INPUT = 1e30
+
+
+def _overflow(mean, std, scale: float) -> str | None:
+    """Why ``(x * scale - mean) / std`` for x in [0, 1] is not a finite float32 input, or None."""
+    if any(abs(v) > MAX_INPUT for v in [*mean, *std, scale]):
+        return f"values beyond {MAX_INPUT:g} do not fit the model's float32 input"
+    top = max((abs(scale) + abs(m)) / abs(s) for m, s in zip(mean, std))
+    if top > MAX_INPUT:
+        return f"normalised inputs would reach {top:.3g}, beyond what float32 holds"
+    return None
+
+
 #: How a photo that is not square becomes the model's square input.
 RESIZE_MODES = {
     "crop": "the central square, as the paper (the rest is not seen)",
@@ -93,6 +108,9 @@ class Preprocessing:
             return "mean, std and scale must be finite numbers"
         if any(s == 0 for s in self.std) or self.scale == 0:
             return "std and scale must not be 0"
+        overflow = _overflow(self.mean, self.std, self.scale)
+        if overflow:
+            return f"std {', '.join(f'{s:g}' for s in self.std)}: {overflow}"
         if self.interpolation not in INTERPOLATIONS:
             return f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
         if self.resize not in RESIZE_MODES:
@@ -177,6 +195,13 @@ def parse_overrides(input_size: int | None = None, mean: str | None = None, std:
     std_values = _triple("--std", std) if std is not None else None
     if std_values is not None and any(v == 0 for v in std_values):
         raise UsageError(f"--std {std}: a standard deviation of 0 would divide by zero")
+    # The scale and the mean may come from the model: bound them by the largest a preset has (Caffe's 255).
+    if mean_values is not None and _overflow(mean_values, (1.0,) * 3, 255.0):
+        raise UsageError(f"--mean {mean}: {_overflow(mean_values, (1.0,) * 3, 255.0)}")
+    if std_values is not None:
+        overflow = _overflow(mean_values or (255.0,) * 3, std_values, 255.0)
+        if overflow:
+            raise UsageError(f"--std {std}: {overflow}; give standard deviations such as 0.229,0.224,0.225")
     return Overrides(input_size, resize, preset, mean_values, std_values)
 
 

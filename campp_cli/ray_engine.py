@@ -21,11 +21,17 @@ an error that ends a local run (a broken model) ends this one too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import pickle
+import queue
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -34,6 +40,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import ray
 import ray.data
+from ray.experimental import internal_kv
 
 from . import stages
 from .errors import CamppError, UsageError
@@ -74,6 +81,7 @@ def run(jobs: list[Job], clf: Classifier, options: stages.Options | None = None,
     finally:
         if started:
             ray.shutdown()
+            _stop_watchdog()
     return tally.summary
 
 
@@ -99,17 +107,117 @@ def connect(address: str | None, actors: int | None = None) -> bool:
         ray.shutdown()  # joined elsewhere before (a notebook): the address given wins
     if address is None:
         cores = os.cpu_count() or 1
+        _start_watchdog()  # before Ray's processes start: they all die with this process
         # Logical CPUs: the model actors take one each; decoding and writing tasks (half a CPU each) one per core.
-        ray.init(num_cpus=(actors or 1) + max(1, cores // 2), **kwargs)
+        with _own_signal_handlers():
+            ray.init(num_cpus=(actors or 1) + max(1, cores // 2), **kwargs)
         _quiet_data()
         return True
     _check_reachable(address)
     try:
-        ray.init(address=address, **kwargs)
+        with _own_signal_handlers():
+            ray.init(address=address, **kwargs)
     except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
         raise UsageError(f"cannot reach Ray at {address}: {_first_line(exc)}") from None
     _quiet_data()
     return True
+
+
+@contextlib.contextmanager
+def _own_signal_handlers():
+    """Keep this process's SIGTERM and SIGINT handlers across ``ray.init``, which sets one for SIGTERM that
+    exits at once with status 15 (campp finishes the sets being written, reports, and exits 143)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+# --- the watchdog: a local Ray dies with the process that started it ------------------------------------
+
+#: Run as ``python -c WATCHDOG DRIVER_PID`` in a session of its own, its stdin a pipe from the driver.  Twice
+#: a second it notes the driver's descendants that Ray started (pid and start time: a pid may be reused);
+#: when the pipe closes (the driver ended, however: even SIGKILL closes it) it kills those still running,
+#: and theirs.  Ray's agents (ray::DashboardAgent, ray::RuntimeEnvAgent) otherwise outlive a killed driver.
+WATCHDOG = r"""
+import os, select, signal, sys
+driver, me = int(sys.argv[1]), os.getpid()
+
+def table():
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as fh:
+                    fields = fh.read().rsplit(b")", 1)[1].split()
+                with open(f"/proc/{name}/cmdline", "rb") as fh:
+                    command = fh.read(4096)
+            except OSError:
+                continue
+            out[int(name)] = (int(fields[1]), fields[19], command)
+    return out
+
+def below(roots, procs):
+    found, todo = set(), list(roots)
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, _, _) in procs.items():
+            if ppid == parent and pid not in found and pid != me:
+                found.add(pid)
+                todo.append(pid)
+    return found
+
+before = below([driver], table())
+known = {}
+while True:
+    ready, _, _ = select.select([sys.stdin], [], [], 0.5)
+    if ready and not os.read(sys.stdin.fileno(), 4096):
+        break
+    procs = table()
+    for pid in below([driver], procs) - before:
+        if b"ray" in procs[pid][2]:
+            known.setdefault(pid, procs[pid][1])
+procs = table()
+alive = {pid for pid, start in known.items() if pid in procs and procs[pid][1] == start}
+for pid in alive | below(alive, procs):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+_watchdog: subprocess.Popen | None = None
+
+
+def _start_watchdog() -> None:
+    global _watchdog
+    if _watchdog is not None or not os.path.isdir("/proc"):
+        return
+    try:
+        _watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid())], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                     close_fds=True)
+    except OSError:
+        _watchdog = None  # Ray still runs; only a killed driver may leave its agents behind
+
+
+def _stop_watchdog() -> None:
+    """After ``ray.shutdown``: the watchdog kills what Ray left running, and ends."""
+    global _watchdog
+    if _watchdog is None:
+        return
+    try:
+        _watchdog.stdin.close()
+        _watchdog.wait(timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        _watchdog.kill()
+    _watchdog = None
 
 
 def _check_reachable(address: str) -> None:
@@ -170,30 +278,118 @@ def _drive(todo: list[Job], clf: Classifier, options: stages.Options, command: s
 
     items = [{"i": i, "job": pickle.dumps(job)} for i, job in enumerate(todo)]
     blocks = max(1, min(len(items), math.ceil(len(items) / batch_size)))
+    stop = f"campp-stop-{uuid.uuid4().hex}"  # set when this run is interrupted (see _stopping)
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     # Different resources keep Ray Data from fusing the CPU tasks into the actors.
     ds = ds.map(_decode, fn_kwargs=dict(cwd=cwd, size=clf.input_size, options=shipped, draws=command.draws,
-                                   preprocessing=clf.preprocessing),
+                                   preprocessing=clf.preprocessing, stop=stop),
                 num_cpus=0.5)
     ds = ds.map_batches(_Explainer, batch_size=batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=actors),
-                        fn_constructor_kwargs=dict(cwd=cwd, model=model, options=shipped, command=command),
+                        fn_constructor_kwargs=dict(cwd=cwd, model=model, options=shipped, command=command, stop=stop),
                         num_cpus=1, num_gpus=gpus_per_actor)  # Ray Data restarts a dead actor, retries its batch
-    ds = ds.map(_finish, fn_kwargs=dict(cwd=cwd, categories=clf.categories, command=command), num_cpus=0.5)
+    ds = ds.map(_finish, fn_kwargs=dict(cwd=cwd, categories=clf.categories, command=command, stop=stop),
+                num_cpus=0.5)
     # Tasks whose worker dies are retried by Ray; sets are written atomically, so a retry never sees half of one.
 
     waiting: dict[int, dict] = {}
     following = 0
-    for row in ds.iter_rows():
+
+    def take(row: dict) -> None:
         fatal = row.get("fatal")
         if fatal is not None and len(fatal):
             raise pickle.loads(fatal)
         if on_passes is not None and row["passes"]:
             on_passes(int(row["passes"]))
-        waiting[int(row["i"])] = row
-        while following in waiting:  # input order: report the longest finished prefix
-            tally.record(pickle.loads(waiting.pop(following)["result"]))
-            following += 1
+        if row["result"] != CANCELLED:
+            waiting[int(row["i"])] = row
+
+    rows = _Rows(ds)
+    try:
+        for row in rows:
+            take(row)
+            while following in waiting:  # input order: report the longest finished prefix
+                tally.record(pickle.loads(waiting.pop(following)["result"]))
+                following += 1
+    except Exception:
+        rows.close()
+        raise
+    except BaseException:
+        # Interrupted (SIGINT, SIGTERM): as the local engine, the sets being written are finished and every
+        # image done is reported.  The stages see the stop and pass the rest through undone, so the rows
+        # still in flight come back soon; a second signal ends the wait.
+        internal_kv._internal_kv_put(stop, b"1")
+        try:
+            for row in rows:
+                take(row)
+        finally:
+            rows.close()
+            with contextlib.suppress(Exception):
+                internal_kv._internal_kv_del(stop)
+            for i in sorted(waiting):
+                tally.record(pickle.loads(waiting.pop(i)["result"]))
+        raise
+
+
+#: The row of an image that an interrupted run did not do.
+CANCELLED = b"campp-cancelled"
+
+
+class _Rows:
+    """The dataset's rows, pulled by a thread of their own: a signal then interrupts the driver's wait for
+    the next row, never Ray Data's iterator, which goes on after it (to finish what is in flight)."""
+
+    def __init__(self, ds):
+        self._queue: queue.Queue = queue.Queue(maxsize=256)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._pull, args=(ds,), name="campp-ray-rows", daemon=True)
+        self._thread.start()
+
+    def _pull(self, ds) -> None:
+        try:
+            for row in ds.iter_rows():
+                while not self._closed.is_set():
+                    try:
+                        self._queue.put(("row", row), timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if self._closed.is_set():
+                    return
+            self._queue.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the driver's thread
+            self._queue.put(("error", exc))
+
+    def __iter__(self):
+        while True:
+            kind, value = self._queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+#: How long a task trusts its last look at the stop flag (seconds): the flag costs a call to Ray's store.
+_STOP_TTL = 0.5
+_stop_seen: dict[str, tuple[float, bool]] = {}
+
+
+def _stopping(stop: str) -> bool:
+    """Whether the driver has asked the run ``stop`` to stop (looked up at most every _STOP_TTL seconds)."""
+    now = time.monotonic()
+    seen = _stop_seen.get(stop)
+    if seen is not None and (seen[1] or now - seen[0] < _STOP_TTL):
+        return seen[1]
+    try:
+        value = bool(internal_kv._internal_kv_exists(stop))
+    except Exception:  # noqa: BLE001 - no answer: go on working
+        value = False
+    _stop_seen[stop] = (now, value)
+    return value
 
 
 def _device(gpus_per_actor: float) -> str:
@@ -260,8 +456,11 @@ def _enter(cwd: str) -> None:
                              f"{cwd} ({exc.strerror or exc}): use a filesystem every node sees") from None
 
 
-def _decode(row: dict, cwd: str, size: int, options: stages.Options, draws: bool, preprocessing) -> dict:
-    """CPU task: a job -> a DecodedRow, or the image's failed Result."""
+def _decode(row: dict, cwd: str, size: int, options: stages.Options, draws: bool, preprocessing,
+            stop: str = "") -> dict:
+    """CPU task: a job -> a DecodedRow, or the image's failed Result (CANCELLED once the run is stopping)."""
+    if stop and _stopping(stop):
+        return {"i": row["i"], "row": CANCELLED}
     _enter(cwd)
     job: Job = pickle.loads(row["job"])
     out = stages.guarded(stages.decode, job.source, job, size, options, draws, None, preprocessing)
@@ -271,7 +470,7 @@ def _decode(row: dict, cwd: str, size: int, options: stages.Options, draws: bool
 class _Explainer:
     """Actor: the model, loaded once with campp's loader; batches of DecodedRows -> ExplainedRows."""
 
-    def __init__(self, cwd: str, model: dict, options: stages.Options, command: stages.Command):
+    def __init__(self, cwd: str, model: dict, options: stages.Options, command: stages.Command, stop: str = ""):
         import torch
 
         from .models import load_classifier
@@ -281,6 +480,7 @@ class _Explainer:
             torch.set_num_threads(model["threads"])
         self.options = options
         self.command = command
+        self.stop = stop
         self.fatal: bytes | None = None
         self.passes = 0
         self.options.on_passes = self._count
@@ -294,22 +494,26 @@ class _Explainer:
         self.passes += n
 
     def __call__(self, batch: dict) -> dict:
-        rows = [pickle.loads(b) for b in batch["row"]]
-        n = len(rows)
+        n = len(batch["row"])
         if self.fatal is not None:
             return _fatal(batch, self.fatal)
-        decoded = [r for r in rows if not isinstance(r, stages.Result)]
+        if self.stop and _stopping(self.stop):  # the run is stopping: no model pass, the images pass undone
+            return {"i": batch["i"], "row": _objects([CANCELLED] * n), "passes": np.zeros(n, int),
+                    "fatal": _objects([b""] * n)}
+        rows = [None if b == CANCELLED else pickle.loads(b) for b in batch["row"]]  # None: cancelled
+        decoded = [r for r in rows if r is not None and not isinstance(r, stages.Result)]
         self.passes = 0
         try:
             explained = iter(stages.explain_rows(decoded, self.clf, self.options, self.command) if decoded else ())
         except CamppError as exc:  # a broken model ends the run, as with the local engine
             return _fatal(batch, pickle.dumps(exc))
-        out = [r if isinstance(r, stages.Result) else next(explained) for r in rows]
+        out = [r if r is None or isinstance(r, stages.Result) else next(explained) for r in rows]
         for r in out:
-            if not isinstance(r, stages.Result):
+            if r is not None and not isinstance(r, stages.Result):
                 r.node = self.node
         passes = [self.passes] + [0] * (n - 1)
-        return {"i": batch["i"], "row": _objects(pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in out),
+        return {"i": batch["i"], "row": _objects(CANCELLED if r is None else
+                                                 pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in out),
                 "passes": np.array(passes), "fatal": _objects([b""] * n)}
 
 
@@ -327,11 +531,15 @@ def _objects(items) -> np.ndarray:
     return out
 
 
-def _finish(row: dict, cwd: str, categories: list[str], command: stages.Command) -> dict:
-    """CPU task: an ExplainedRow -> its files written and its Result (a failed Result passes through)."""
+def _finish(row: dict, cwd: str, categories: list[str], command: stages.Command, stop: str = "") -> dict:
+    """CPU task: an ExplainedRow -> its files written and its Result (a failed Result passes through; once the
+    run is stopping, an image not yet written is CANCELLED)."""
+    fatal = row.get("fatal")
+    if row["row"] == CANCELLED or (stop and _stopping(stop) and not (fatal is not None and len(fatal))):
+        return {"i": row["i"], "result": CANCELLED, "passes": row["passes"],
+                "fatal": fatal if fatal is not None else b""}
     _enter(cwd)
     item = pickle.loads(row["row"])
-    fatal = row.get("fatal")
     if isinstance(item, stages.Result) or (fatal is not None and len(fatal)):
         result = item
     else:

@@ -269,6 +269,7 @@ class Report:
                           allow_nan=False, default=_plain)
         blob = blob.replace("<", "\\u003c")  # "<" occurs only inside JSON strings: the script cannot end early
         title = f"campp {self.command}: {self.header.get('model', '')} ({len(self.records)} images)"
+        title = title.encode("utf-8", "backslashreplace").decode("utf-8")  # a name that is not valid UTF-8
         page = _template().replace(_DATA_MARK, blob, 1).replace(_TITLE_MARK, html.escape(title), 1)
         try:
             images.write_atomic(self.path, page.encode("utf-8"))

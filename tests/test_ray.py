@@ -6,8 +6,10 @@ Ray starts once per module (each start costs seconds); the two-node cluster has 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -354,3 +356,120 @@ def test_the_output_folder_is_checked_on_every_node(two_nodes, photos, tmp_path,
         ray_engine.check_shared(os.getcwd(), _jobs(photos, tmp_path / "out", 2), nodes)
     assert not [p for p in (tmp_path / "out").iterdir()]  # the marker is gone
     shutil.rmtree(tmp_path / "out")
+
+
+# --- signals, and a local Ray that dies with its driver ------------------------------------------------------
+
+def _ray_run(tmp_path: Path, count: int = 48):
+    """``campp classify --engine ray`` on ``count`` photos in a process of its own, and its files."""
+    import subprocess
+    import sys
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k in range(count):
+        write_image(photos / f"p{k:02d}.png", 96, 80, seed=k)
+    out, jsonl, report = tmp_path / "out", tmp_path / "run.jsonl", tmp_path / "run.html"
+    proc = subprocess.Popen([sys.executable, "-m", "campp_cli", "classify", *LITE, "-f", photos, "--output-dir", out,
+                             "--engine", "ray", "--actors", "1", "--batch-size", "2", "--jsonl", jsonl,
+                             "--report", report], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+    return proc, out, jsonl, report
+
+
+def _wait_for_a_line(proc, jsonl: Path) -> None:
+    """Until the run has reported an image (a guard of minutes against a hang: Ray starts in seconds)."""
+    import time
+
+    for _ in range(3000):
+        if jsonl.exists() and jsonl.read_text().strip():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before reporting an image: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail("no image reported in 300 s")
+
+
+def _ray_processes(driver: int) -> dict[int, bytes]:
+    """{pid: start time} of the processes below ``driver`` whose command line names Ray."""
+    procs = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as fh:
+                    fields = fh.read().rsplit(b")", 1)[1].split()
+                command = Path(f"/proc/{name}/cmdline").read_bytes()
+            except OSError:
+                continue
+            procs[int(name)] = (int(fields[1]), fields[19], command, fields[0])
+    found, todo = {}, [driver]
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, start, command, _) in procs.items():
+            if ppid == parent and pid not in found:
+                todo.append(pid)
+                if b"ray" in command:
+                    found[pid] = start
+    return found
+
+
+def _still_running(known: dict[int, bytes]) -> list[int]:
+    alive = []
+    for pid, start in known.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[19] == start and fields[0] != b"Z":
+            alive.append(pid)
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code, word", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
+def test_a_signal_stops_a_ray_run_as_it_stops_a_local_one(tmp_path, sig, code, word):
+    """The local engine's contract: the sets being written are finished, every image done is reported
+    (stdout, --jsonl and --report match the sets on disk), one 'aborted' line, exit 130 or 143 (before: Ray's
+    own SIGTERM handler exited 15 at once, with nothing reported)."""
+    import signal
+
+    _needs_ray()
+    proc, out, jsonl, report = _ray_run(tmp_path)
+    _wait_for_a_line(proc, jsonl)
+    proc.send_signal(getattr(signal, sig))
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == code, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == f"campp: aborted ({word}); every output file on disk is complete"
+    lines = _lines(jsonl)
+    assert 0 < len(lines) < 48  # stopped part-way
+    on_disk = sorted(p.name for p in out.iterdir() if p.name.endswith(".jpeg") and "_" not in p.name)
+    assert sorted(Path(line["outputs"][0]).name for line in lines) == on_disk
+    assert len([s for s in stdout.splitlines() if " -> " in s]) == len(lines)
+    data = json.loads(re.search(r'id="campp-data">(.*?)</script>', report.read_text(), re.S).group(1))
+    assert sorted(r["n"] for r in data["records"]) == sorted(line["input"] for line in lines)
+    assert not [p for p in out.iterdir() if p.name.startswith(".campp-")]  # no temporary or journal left
+
+
+@pytest.mark.slow
+def test_a_killed_driver_takes_its_local_ray_with_it(tmp_path):
+    """SIGKILL of campp: the Ray it started (raylet, GCS, ray::DashboardAgent, ray::RuntimeEnvAgent, workers)
+    goes too, through campp's watchdog (before: the agents ran on, orphaned)."""
+    import time
+
+    _needs_ray()
+    proc, _, jsonl, _ = _ray_run(tmp_path, count=24)
+    _wait_for_a_line(proc, jsonl)
+    known = _ray_processes(proc.pid)
+    assert len(known) >= 3, known  # at least the GCS, the raylet and an agent
+    proc.kill()
+    proc.communicate()
+    for _ in range(600):  # a guard of a minute: the watchdog looks twice a second
+        left = _still_running(known)
+        if not left:
+            return
+        time.sleep(0.1)
+    for pid in left:  # leave no orphans behind this test, then fail
+        with contextlib.suppress(OSError):
+            os.kill(pid, 9)
+    pytest.fail(f"processes of the killed driver's Ray still run: {left}")

@@ -470,3 +470,104 @@ def test_browser_big_report_draws_cards_as_the_reader_scrolls(browser, tmp_path)
     assert page.eval_on_selector_all(".card", "c => c.length") > first
     assert errors == []
     page.close()
+
+
+# ----------------------------------------------------------------------------- a quote in the report's name
+
+#: The page's script run by Node.js with the few DOM calls it makes stubbed: the HTML it builds for the
+#: grid and for the lightbox of card argv[3].
+_NODE_HARNESS = r"""
+const fs = require("fs");
+const html = fs.readFileSync(process.argv[2], "utf8");
+const data = html.match(/<script type="application\/json" id="campp-data">([\s\S]*?)<\/script>/)[1];
+const code = html.match(/<script>([\s\S]*?)<\/script>/)[1];
+const els = {};
+function el(id) {
+  if (!els[id]) els[id] = {id, innerHTML: "", textContent: id === "campp-data" ? data : "", value: "", hidden: true,
+    style: {}, dataset: {}, listeners: {}, disabled: false, addEventListener(t, f) { this.listeners[t] = f; },
+    insertAdjacentHTML(where, h) { this.innerHTML += h; }, getBoundingClientRect() { return {top: 1e9}; },
+    focus() {}};
+  return els[id];
+}
+global.document = {getElementById: el, querySelector: () => ({}), querySelectorAll: () => [],
+  addEventListener() {}, body: {style: {}}, documentElement: {dataset: {}}};
+global.window = {innerHeight: 900};
+global.IntersectionObserver = class { observe() {} };
+global.requestAnimationFrame = () => {};
+el("sort").value = "order"; el("show").value = "all"; el("class").value = ""; el("opacity").value = "0.5";
+eval(code);
+el("grid").listeners.click({target: {closest: () => ({dataset: {i: process.argv[3]}})}});
+console.log(JSON.stringify({grid: el("grid").innerHTML, panels: el("lb-panels").innerHTML}));
+"""
+
+
+def _attributes(markup: str, tag: str, name: str) -> list[str]:
+    """The values of attribute ``name`` of every ``tag`` in ``markup``, as a browser parses them."""
+    from html.parser import HTMLParser
+
+    found: list[str] = []
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, t, attrs):
+            if t == tag:
+                found.extend(v for k, v in attrs if k == name)
+
+    Parser().feed(markup)
+    return found
+
+
+def _quoted_report(tmp_path) -> Path:
+    folder = tmp_path / "it's here"
+    folder.mkdir()
+    report = rp.Report(folder / "bob's run (1).html", "classify", {"model": "m"}, ["gradcam"], ["cat", "dog"], 2)
+    report.add(_fake_result("photos/o'hara's cat.png"))
+    report.add(_fake_result("photos/dog.png"))
+    report.close()
+    return folder / "bob's run (1).html"
+
+
+def test_every_image_address_the_page_builds_survives_a_quote_in_the_report_name(tmp_path):
+    """``bob's run.html``: every src the page builds names a file that is there (before: each src was cut
+    at the quote, and no image showed)."""
+    from urllib.parse import unquote
+
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        pytest.skip("Node.js is not installed (the browser test below checks the same in chromium)")
+    page = _quoted_report(tmp_path)
+    harness = tmp_path / "harness.js"
+    harness.write_text(_NODE_HARNESS)
+    proc = subprocess.run([node, str(harness), str(page), "0"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    built = json.loads(proc.stdout)
+    thumbs = _attributes(built["grid"], "img", "src")
+    panels = _attributes(built["panels"], "img", "src")
+    assert len(thumbs) == 2 and len(panels) == 3  # the photo, and the photo under the one method's heatmap
+    for src in thumbs + panels:
+        assert (page.parent / unquote(src)).is_file(), src
+    assert sorted(set(Path(unquote(s)).name for s in panels)) == ["000000_gradcam.jpeg", "000000_photo.jpeg"]
+    titles = _attributes(built["grid"], "span", "title")
+    assert "photos/o'hara's cat.png" in titles and "photos/dog.png" in titles
+
+
+def test_browser_thumbnails_and_panels_show_with_a_quote_in_the_report_name(browser, tmp_path):
+    page_path = _quoted_report(tmp_path)
+    page, errors = open_report(browser, page_path)
+    widths = page.eval_on_selector_all(".card img", "imgs => imgs.map(i => i.naturalWidth)")
+    assert len(widths) == 2 and all(w > 0 for w in widths)
+    page.click(".card[data-i='0']")
+    page.wait_for_function("Array.from(document.querySelectorAll('#lb-panels img')).every(i => i.complete)")
+    panels = page.eval_on_selector_all("#lb-panels img", "imgs => imgs.map(i => i.naturalWidth)")
+    assert len(panels) == 3 and all(w > 0 for w in panels)
+    assert errors == []
+    page.close()
+
+
+def test_a_model_name_that_is_not_utf8_still_gets_its_page(tmp_path):
+    """``--model`` from a file whose name is not valid UTF-8: the page's title escapes it (before:
+    UnicodeEncodeError, and no page)."""
+    report = rp.Report(tmp_path / "r.html", "classify", {"model": "net\udcff.py:build"}, ["gradcam"], ["a", "b"], 1)
+    report.add(_fake_result("x.png"))
+    report.close()
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "net\\udcff.py:build" in text and page_data(tmp_path / "r.html")["header"]["model"] == "net\udcff.py:build"
