@@ -79,6 +79,7 @@ def _jsonl(path: Path) -> dict[str, dict]:
     return {Path(d["input"]).name: d for d in lines}
 
 
+@pytest.mark.slow
 def test_classify_evaluate_and_the_notebook_see_the_same_input(photos, run_cli, tmp_path, monkeypatch):
     """Probabilities, top-5 and saved maps of classify are bitwise the same whatever --max-side, --display,
     --format, --alpha and --report say; --batch-size and --workers change them by float reduction order at
