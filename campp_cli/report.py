@@ -282,12 +282,12 @@ class Report:
 
 def _replace(target: Path, data: bytes) -> None:
     """``target`` replaced by ``data`` in one rename (readers see the old image or the new one); not synced:
-    a report's images can be made again, and a run writes thousands."""
-    tmp = target.with_name(f"{images.TEMP_PREFIX}{os.getpid()}-{target.name}.part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    a report's images can be made again, and a run writes thousands.  The temporary file is locked while it
+    exists, so that another run's recovery leaves it alone (see :func:`campp_cli.images.recover`)."""
+    tmp = target.with_name(images.temp_name(f"{images._tag(target.name)}.part"))
+    fd = images.create_locked(tmp)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        images._write_fd(fd, data)
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -295,6 +295,8 @@ def _replace(target: Path, data: bytes) -> None:
         except OSError:
             pass
         raise
+    finally:
+        os.close(fd)
 
 
 def _scores(s) -> dict:

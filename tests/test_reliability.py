@@ -96,9 +96,13 @@ def test_2_recovery_removes_half_renamed_sets_and_stale_temporaries(tmp_path):
     journal = tmp_path / f".campp-{dead}-pending-0123456789abcdef.json"
     journal.write_text(json.dumps(["a.jpeg", "a_gradcam_heatmap.jpeg", "a_gradcam_overlay.jpeg"]))
     (tmp_path / f".campp-{dead}-0123456789abcdef-2.part").write_bytes(b"half")
-    mine = tmp_path / f".campp-{os.getpid()}-fedcba9876543210-0.part"  # a live writer's: left alone
-    mine.write_bytes(b"in flight")
-    assert images.recover(tmp_path) == 4
+    mine = tmp_path / images.temp_name("fedcba9876543210-0.part")  # a live writer's (locked): left alone
+    fd = images.create_locked(mine)
+    os.write(fd, b"in flight")
+    try:
+        assert images.recover(tmp_path) == 4
+    finally:
+        os.close(fd)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["keep.jpeg", mine.name])
 
 
@@ -589,3 +593,93 @@ def test_fuzz_2000_mutated_files_in_one_run(tmp_path):
             assert len(r["outputs"]) == 5 and all(images.is_complete(p) for p in r["outputs"])
     failed = sum(r["error"] is not None for r in results)
     print(f"\n[fuzz] 2000 mutated files: {2000 - failed} explained, {failed} refused, each naming its file")
+
+
+# ============================================================ issue 24: a second attack on "Nothing lost"
+
+LABELLED_RUN = TINY_RUN + textwrap.dedent("""
+    src, out, skip, label = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
+    summary = run(plan([str(src)], out, None), clf, Options(batch_size=2, workers=1, max_side=48,
+                  skip_existing=skip, label=label))
+    print(summary.done, summary.skipped)
+""")
+
+
+def _labelled_run(src, out, skip, label, prefix=(), kill_at=None):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    if kill_at is not None:
+        env["CAMPP_TEST_KILL_AT_RENAME"] = str(kill_at)
+    return subprocess.run([*prefix, sys.executable, "-c", LABELLED_RUN, src, out, "1" if skip else "0", str(label)],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def _mixed_set_attack(tmp_path, prefix=(), rename_leftovers=None):
+    """Run A writes every set; run B (another -l) is killed at its 3rd rename, in the middle of p0's set;
+    run C resumes with --skip-existing.  Returns (A's files, the folder after C, C's output)."""
+    src = _tree(tmp_path / "src", 2)
+    out = tmp_path / "out"
+    first = _labelled_run(src, out, False, -1, prefix)
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    killed = _labelled_run(src, out, False, 7, prefix, kill_at=3)
+    assert killed.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), killed.stderr
+    assert (out / "p0.jpeg").read_bytes() != before["p0.jpeg"]  # the attack worked: p0's set is mixed
+    assert [p for p in out.iterdir() if p.name.startswith(".campp-")]
+    if rename_leftovers is not None:
+        rename_leftovers(out)
+    resumed = _labelled_run(src, out, True, -1, prefix)
+    assert resumed.returncode == 0, resumed.stderr
+    return before, out, resumed.stdout
+
+
+@pytest.mark.slow
+def test_24_1_recovery_does_not_trust_a_reused_process_id(tmp_path):
+    """The dead run's temporaries carry the id of a live process (here: this test's own, as after PID reuse):
+    they are still the dead run's, and its half set is still removed."""
+    def reuse_pid(out):
+        for p in out.iterdir():
+            if p.name.startswith(".campp-"):
+                rest = p.name[len(".campp-"):].split("-", 1)[1]
+                p.rename(out / f".campp-{os.getpid()}-{rest}")
+
+    before, out, stdout = _mixed_set_attack(tmp_path, rename_leftovers=reuse_pid)
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after == before, sorted(n for n in after if after.get(n) != before.get(n))  # no mixed set, nothing left
+    assert stdout.split() == ["1", "1"]  # p0 redone, p1 skipped
+
+
+def _unshare_pid() -> list[str] | None:
+    try:
+        ok = subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    # A shell as the namespace's PID 1 (which ignores even SIGKILL), campp as its child: PID 2 in every run.
+    return ["unshare", "--pid", "--fork", "sh", "-c", '"$@"; exit $?', "sh"] if ok else None
+
+
+@pytest.mark.slow
+def test_24_1_three_runs_in_pid_namespaces(tmp_path):
+    """The issue's repro: every run is PID 1 in its own PID namespace."""
+    prefix = _unshare_pid()
+    if prefix is None:
+        pytest.skip("unshare --pid --fork is not available here (needs root or user namespaces)")
+    before, out, stdout = _mixed_set_attack(tmp_path, prefix)
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after == before, sorted(n for n in after if after.get(n) != before.get(n))
+    assert stdout.split() == ["1", "1"]
+
+
+def test_24_1_a_live_runs_temporaries_are_left_alone_whatever_their_id(tmp_path):
+    """A temporary held by a live process (its flock) is not touched, even under a dead process's id."""
+    import fcntl
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    held = tmp_path / f".campp-{dead}-0badc0de-0123456789abcdef-0.part"
+    held.write_bytes(b"in flight")
+    stale = tmp_path / f".campp-{os.getpid()}-0badc0de-fedcba9876543210-0.part"
+    stale.write_bytes(b"left by a killed run whose id is now this process's")
+    with open(held, "rb+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        assert images.recover(tmp_path) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [held.name]
