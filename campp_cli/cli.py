@@ -697,9 +697,13 @@ def convert(source, target, arch, model_ref, input_size, mean, std, resize) -> N
       campp classify -f images/chelsea.png --weights models/vgg16_caffe.pth
       campp convert w.pth mine.pth --model net.py:build --input-size 64 --mean none
     """
+    from .inputs import check_convert_target
+
+    check_convert_target(source, target)
+    request = _model_request(arch, model_ref, None, None, input_size, mean, std, resize)
+
     from .models import convert_weights
 
-    request = _model_request(arch, model_ref, None, None, input_size, mean, std, resize)
     path = convert_weights(source, target, request["arch"], request["preprocessing"], request["model"])
     click.echo(f"wrote {path}")
 

@@ -12,10 +12,12 @@ import io
 import itertools
 import json
 import os
+import re
 import secrets
 import signal
 import stat
 import struct
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -30,6 +32,7 @@ except ImportError:  # Windows: no flock; recovery falls back to process ids
     fcntl = None
 
 from .errors import InputError, OutputError
+from .inputs import is_stream
 from .preprocessing import INTERPOLATIONS, square_region
 from .settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DISPLAYS, MIN_PANEL_SIDE  # noqa: F401 (re-exported)
 
@@ -596,22 +599,45 @@ def _close(fd: int) -> None:
         pass
 
 
-def is_stream(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is no file to replace but a stream to write into: a character or block device, a
-    FIFO, a socket (``/dev/null``, ``/dev/full``, a named pipe), or a link in ``/dev`` or ``/proc`` such as
-    ``/dev/stdout`` or ``/dev/fd/1`` (whatever it leads to).  A missing path is a new file."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    if not stat.S_ISREG(st.st_mode):
-        return True
-    absolute = os.path.abspath(path)
-    return absolute.startswith(("/dev/", "/proc/")) and os.path.islink(absolute)
+_FD_LINK = re.compile(r"/(?:proc/(?:self|\d+)|dev)/fd/(\d+)")
+_STD_NAMES = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def _descriptor_of(path: str | os.PathLike) -> int | None:
+    """The descriptor of this process that ``path`` names (``/dev/stdout``, ``/dev/fd/N``,
+    ``/proc/self/fd/N``, or a link to one of them), or None."""
+    current = os.path.abspath(path)
+    for _ in range(40):
+        if current in _STD_NAMES:
+            return _STD_NAMES[current]
+        match = _FD_LINK.fullmatch(current)
+        if match and (current.startswith("/dev/") or current.startswith(("/proc/self/", f"/proc/{os.getpid()}/"))):
+            return int(match.group(1))
+        if not os.path.islink(current):
+            return None
+        current = os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current)))
+    return None
 
 
 def write_in_place(path: str | os.PathLike, data: bytes) -> None:
-    """``data`` written into the stream ``path`` (see :func:`is_stream`), which stays what it is."""
+    """``data`` written into the stream ``path`` (see :func:`is_stream`), which stays what it is.  A name of
+    one of this process's descriptors (``/dev/stdout``) is written through that descriptor, after what
+    Python holds for it: the output lands where the shell's redirection points, after the lines before it."""
+    own = _descriptor_of(path)
+    if own == 2:  # the console script moves the real stderr off descriptor 2 (see cli._silence_library_chatter)
+        try:
+            own = sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):
+            pass
+    if own is not None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None and stream.fileno() == own:
+                    stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        _write_fd(own, data)
+        return
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOCTTY", 0))
     try:
         _write_fd(fd, data)

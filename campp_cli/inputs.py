@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import stat
 import string
 import sys
 from dataclasses import dataclass
@@ -389,3 +390,39 @@ def prepare_output_dir(path: str | os.PathLike) -> Path:
     if not os.access(out, os.W_OK | os.X_OK):
         raise UsageError(f"--output-dir {out}: not writable")
     return out
+
+
+def is_stream(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is no file to replace but a stream to write into: a character or block device, a
+    FIFO, a socket (``/dev/null``, ``/dev/full``, a named pipe), or a link in ``/dev`` or ``/proc`` such as
+    ``/dev/stdout`` or ``/dev/fd/1`` (whatever it leads to).  A missing path is a new file; a folder is
+    no stream."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return True
+    absolute = os.path.abspath(path)
+    return absolute.startswith(("/dev/", "/proc/")) and os.path.islink(absolute)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: the same resolved path, or the same device and inode (hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except OSError:
+        return False
+
+
+def check_convert_target(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """``campp convert``: a usage error, before anything is read, for a TARGET that is its SOURCE."""
+    if str(target) == "-":
+        raise UsageError("TARGET -: give a file name (/dev/stdout writes to standard output)")
+    if os.path.exists(source) and same_file(source, target):
+        raise UsageError(f"TARGET {target} is the SOURCE {source}: give another file name (campp never "
+                         f"overwrites its inputs)")

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from .errors import OutputError, UsageError
+from .inputs import is_stream
 
 try:
     import fcntl
@@ -25,8 +26,14 @@ def check_writable(option: str, path: str | os.PathLike | None) -> None:
     """A usage error now, before any model loads, for an output file that could not be written."""
     if path is None:
         return
+    if str(path) == "-":
+        raise UsageError(f"{option} -: give a file name (/dev/stdout writes to standard output)")
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
+    if is_stream(path):  # /dev/null, a FIFO: written into, whatever its folder allows
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"{option} {path}: not writable")
+        return
     if path.is_dir():
         raise UsageError(f"{option} {path}: is a folder, give a file name")
     if not parent.is_dir():

@@ -128,6 +128,8 @@ def check_path(path: str | os.PathLike | None) -> None:
         raise UsageError(f"--report {path.name.encode('utf-8', 'backslashreplace').decode()}: give a file name "
                          f"that is valid UTF-8") from None
     check_writable("--report", path)
+    if images.is_stream(path):
+        raise UsageError(f"--report {path}: not a regular file (the page is replaced as the run goes on)")
     folder = assets_folder(path)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--report {path}: {folder} (where its images go) exists and is not a folder")

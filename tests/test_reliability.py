@@ -22,7 +22,7 @@ from conftest import IMAGES, REPO, fresh_campp, write_image
 from PIL import Image
 
 from campp_cli import images
-from campp_cli.errors import InputError, WeightsError
+from campp_cli.errors import InputError, OutputError, WeightsError
 
 LITE = ["--arch", "efficientnet_lite0"]
 SET = ["", "_gradcam_heatmap", "_gradcam_overlay", "_gradcampp_heatmap", "_gradcampp_overlay"]
@@ -683,3 +683,123 @@ def test_24_1_a_live_runs_temporaries_are_left_alone_whatever_their_id(tmp_path)
         fcntl.flock(fh, fcntl.LOCK_EX)
         assert images.recover(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == [held.name]
+
+
+def _device(path: Path, minor: int) -> Path:
+    """A character device like /dev/null (minor 3) or /dev/full (7), made in a test folder; skips unless root."""
+    try:
+        os.mknod(path, 0o666 | __import__("stat").S_IFCHR, os.makedev(1, minor))
+    except (PermissionError, AttributeError):
+        pytest.skip("making a device node needs root")
+    return path
+
+
+def test_24_2_a_fifo_or_a_device_is_written_into_never_replaced(tmp_path):
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    images.write_atomic(fifo, b'{"a": 1}\n')
+    reader.join(timeout=30)
+    assert got == [b'{"a": 1}\n'] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    null = _device(tmp_path / "null", 3)
+    images.write_atomic(null, b"discarded")
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+    full = _device(tmp_path / "full", 7)
+    with pytest.raises(OutputError, match="No space left on device"):
+        images.write_atomic(full, b"x" * 10)
+    assert stat.S_ISCHR(os.lstat(full).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "null", "pipe.json"]  # no temporary left
+
+
+def test_24_2_a_set_never_replaces_a_fifo(tmp_path):
+    import stat
+
+    os.mkfifo(tmp_path / "x_gradcam_heatmap.jpeg")
+    files = {tmp_path / f"x{s}.jpeg": b"\xff\xd8 data \xff\xd9" for s in ("", "_gradcam_heatmap")}
+    with pytest.raises(OutputError, match="x_gradcam_heatmap.jpeg.*not a regular file"):
+        images.write_all_atomic(files, source="x.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["x_gradcam_heatmap.jpeg"]
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "x_gradcam_heatmap.jpeg").st_mode)
+
+
+OWN_NET = textwrap.dedent("""
+    import torch.nn as nn
+
+    def build():
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+""")
+
+
+@pytest.fixture()
+def own_net(tmp_path):
+    (tmp_path / "net.py").write_text(OWN_NET)
+    namespace: dict = {}
+    exec(OWN_NET, namespace)
+    torch.manual_seed(0)
+    torch.save(namespace["build"]().state_dict(), tmp_path / "w.pth")
+    return tmp_path
+
+
+def test_24_2_convert_into_a_device(own_net, run_cli, monkeypatch):
+    import stat
+
+    monkeypatch.chdir(own_net)
+    full = _device(own_net / "full", 7)
+    code, _, err = run_cli("convert", "w.pth", full, "--model", "net.py:build")
+    assert code == 1 and "No space left on device" in err, err
+    assert stat.S_ISCHR(os.lstat(full).st_mode)
+    code, _, err = run_cli("convert", "w.pth", "-", "--model", "net.py:build")
+    assert code == 2 and "TARGET -" in err and not (own_net / "-").exists()
+
+
+@pytest.mark.slow
+def test_24_2_dev_stdout_and_dev_null_in_a_private_mount_namespace(own_net):
+    """The issue's case, on a private /dev (a tmpfs in a mount namespace of its own; the real /dev is never
+    touched): outputs named /dev/null and /dev/stdout are written into, and stay a device and a link."""
+    try:
+        ok = subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        pytest.skip("unshare -m is not available here (needs root)")
+    script = textwrap.dedent(f"""
+        set -e
+        mount -t tmpfs campp-test-dev /dev
+        mknod -m 666 /dev/null c 1 3
+        mknod -m 666 /dev/full c 1 7
+        mknod -m 666 /dev/urandom c 1 9
+        ln -s /proc/self/fd/1 /dev/stdout
+        '{sys.executable}' -m campp_cli convert w.pth /dev/null --model net.py:build >/dev/null
+        '{sys.executable}' -m campp_cli convert w.pth /dev/stdout --model net.py:build > out.pth
+        '{sys.executable}' -m campp_cli convert w.pth /dev/full --model net.py:build || echo "full: $?"
+        test -c /dev/null && test -c /dev/full && test -L /dev/stdout && echo intact
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], cwd=own_net, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.split()[-3:] == ["full:", "1", "intact"], (proc.stdout, proc.stderr)
+    assert "No space left on device" in proc.stderr
+    payload = torch.load(io.BytesIO((own_net / "out.pth").read_bytes().split(b"wrote /dev/stdout")[0]),
+                         weights_only=True)
+    assert payload["source"] == "w.pth"
+
+
+def test_24_3_convert_never_overwrites_its_source(own_net, run_cli, monkeypatch):
+    monkeypatch.chdir(own_net)
+    before = (own_net / "w.pth").read_bytes()
+    os.link(own_net / "w.pth", own_net / "hard.pth")
+    for target in ("w.pth", "./w.pth", str(own_net / "w.pth"), "hard.pth"):
+        code, loaded, err = fresh_campp(["convert", "w.pth", target, "--model", "net.py:build"], own_net)
+        assert (code, loaded) == (2, False) and "is the SOURCE" in err, (target, err)
+    assert (own_net / "w.pth").read_bytes() == before
+    from campp_cli.errors import UsageError
+    from campp_cli.models import convert_weights
+
+    with pytest.raises(UsageError, match="is the SOURCE"):
+        convert_weights("w.pth", "hard.pth", model="net.py:build")
+    assert (own_net / "w.pth").read_bytes() == before
