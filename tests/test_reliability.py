@@ -803,3 +803,44 @@ def test_24_3_convert_never_overwrites_its_source(own_net, run_cli, monkeypatch)
     with pytest.raises(UsageError, match="is the SOURCE"):
         convert_weights("w.pth", "hard.pth", model="net.py:build")
     assert (own_net / "w.pth").read_bytes() == before
+
+
+def test_24_4_a_run_that_fails_before_any_work_keeps_the_jsonl(run_cli, tmp_path):
+    photos = _tree(tmp_path / "photos", 1)
+    log = tmp_path / "r.jsonl"
+    log.write_text('{"input": "an earlier run"}\n')
+    labels = tmp_path / "three.txt"
+    labels.write_text("a\nb\nc\n")
+    for bad in (["--layer", "no.such.layer"], ["--labels", labels]):
+        code, _, err = run_cli("classify", *LITE, *bad, "-f", photos, "--output-dir", tmp_path / "o", "--jsonl", log)
+        assert code == 2 and err.strip(), (bad, err)
+        assert log.read_text() == '{"input": "an earlier run"}\n', bad
+    fresh = tmp_path / "new.jsonl"
+    code, _, _ = run_cli("classify", *LITE, "--layer", "no.such.layer", "-f", photos, "--output-dir", tmp_path / "o",
+                         "--jsonl", fresh)
+    assert code == 2 and not fresh.exists()  # no empty file left behind either
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o", "--jsonl", log)
+    assert code == 0 and [json.loads(line)["input"] for line in log.read_text().splitlines()] == [
+        str(photos / "p0.png")]  # a run that starts replaces it
+
+
+@pytest.mark.parametrize("how", ["short write", "half, then ENOSPC"])
+def test_24_7_a_jsonl_line_is_whole_or_absent_on_a_full_disk(tmp_path, monkeypatch, how):
+    from campp_cli import jsonl
+
+    log = jsonl.JsonlLog(tmp_path / "r.jsonl")
+    log.write({"input": "first.png", "class": 1})
+    real = os.write
+
+    def full_disk(fd, data):
+        half = real(fd, bytes(data)[: len(data) // 2])
+        if how == "short write":
+            return half
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(jsonl.os, "write", full_disk)
+    with pytest.raises(OutputError, match="--jsonl .*r.jsonl: cannot write \\(No space left on device"):
+        log.write({"input": "second.png", "class": 2, "outputs": ["x" * 100]})
+    monkeypatch.setattr(jsonl.os, "write", real)
+    log.close()
+    assert (tmp_path / "r.jsonl").read_text() == '{"input": "first.png", "class": 1}\n'
