@@ -131,6 +131,9 @@ def check_path(path: str | os.PathLike | None) -> None:
     if images.is_stream(path):
         raise UsageError(f"--report {path}: not a regular file (the page is replaced as the run goes on)")
     folder = assets_folder(path)
+    if folder.is_symlink():
+        raise UsageError(f"--report {path}: {folder} (where its images go) is a symbolic link; campp never writes "
+                         f"through links")
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--report {path}: {folder} (where its images go) exists and is not a folder")
 
@@ -178,7 +181,8 @@ class Report:
         except OSError as exc:
             raise UsageError(f"--report {self.path}: cannot create {self.assets} ({exc.strerror or exc})") from None
         # What a killed run left half-written: its temporary files (of processes no longer running).
-        for folder in [self.path.parent, self.assets, *(p for p in self.assets.iterdir() if p.is_dir())]:
+        for folder in [self.path.parent, self.assets,
+                       *(p for p in self.assets.iterdir() if p.is_dir() and not p.is_symlink())]:
             images.recover(folder)
 
     def add(self, result) -> None:
@@ -224,6 +228,8 @@ class Report:
             target = self.assets / asset_name(index, kind)
             try:
                 if target.parent.name not in self._folders:
+                    if target.parent.is_symlink():
+                        raise OSError(40, "a symbolic link (campp never writes through links)")
                     target.parent.mkdir(exist_ok=True)
                     self._folders.add(target.parent.name)
                 _replace(target, data)

@@ -844,3 +844,64 @@ def test_24_7_a_jsonl_line_is_whole_or_absent_on_a_full_disk(tmp_path, monkeypat
     monkeypatch.setattr(jsonl.os, "write", real)
     log.close()
     assert (tmp_path / "r.jsonl").read_text() == '{"input": "first.png", "class": 1}\n'
+
+
+def test_24_5_the_reports_images_are_never_read_back_as_inputs(run_cli, tmp_path):
+    photos = _tree(tmp_path / "ph", 2)
+    args = ["classify", *LITE, "-f", photos, "--recursive", "--output-dir", tmp_path / "o",
+            "--report", photos / "report.html", "--jsonl", tmp_path / "r.jsonl"]
+    for _ in range(2):
+        code, _, err = run_cli(*args)
+        assert code == 0 and "2 done, 0 skipped, 0 failed" in err, err
+    inputs = [json.loads(line)["input"] for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert sorted(inputs) == [str(photos / "p0.png"), str(photos / "p1.png")]
+    assert not (tmp_path / "o" / "report_files").exists()
+
+
+def test_24_5_the_reports_image_folder_is_never_a_link(run_cli, tmp_path):
+    photos = _tree(tmp_path / "ph", 1)
+    before = sorted(p.name for p in photos.iterdir())
+    (tmp_path / "rep").mkdir()
+    os.symlink(photos, tmp_path / "rep" / "r_files")  # would put the report's images among the photos
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o",
+                           "--report", tmp_path / "rep" / "r.html")
+    assert code == 2 and "symbolic link" in err and "r_files" in err, err
+    assert sorted(p.name for p in photos.iterdir()) == before
+
+
+@pytest.mark.parametrize("case", ["jsonl and report", "jsonl is a figure", "jsonl in the report's folder",
+                                  "report's folder holds the figures", "input in the report's folder"])
+def test_24_6_outputs_that_collide_are_refused(run_cli, tmp_path, case):
+    photos = _tree(tmp_path / "ph", 1)
+    write_image(photos / "cat.jpeg", 40, 40, fmt="JPEG")
+    out = tmp_path / "o4"
+    extra = {
+        "jsonl and report": ["--jsonl", tmp_path / "same.html", "--report", tmp_path / "same.html"],
+        "jsonl is a figure": ["--jsonl", out / "cat.jpeg"],
+        "jsonl in the report's folder": ["--report", tmp_path / "r.html", "--jsonl", tmp_path / "r_files" / "x.jsonl"],
+        "report's folder holds the figures": ["--report", tmp_path / "r.html", "--output-dir", tmp_path / "r_files"],
+        "input in the report's folder": ["--report", photos / "p.html", "-f", photos / "p_files" / "x.png"],
+    }[case]
+    if case == "jsonl in the report's folder":
+        (tmp_path / "r_files").mkdir()
+    if case == "input in the report's folder":
+        (photos / "p_files").mkdir()
+        write_image(photos / "p_files" / "x.png", 40, 40)
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", out, *extra)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    named = [str(a) for a in extra if isinstance(a, Path)]
+    assert any(n in err for n in named), err
+    assert not out.exists() and not (tmp_path / "same.html").exists()
+
+
+def test_24_6_evaluate_outputs_that_collide_are_refused(tmp_path):
+    photos = _tree(tmp_path / "ph", 1)
+    for outputs in (["--json", "e.html", "--csv", "e.html"], ["--csv", "e.html", "--report", "e.html"],
+                    ["--json", "e.json", "--plot", "E.png", "--csv", "e_files/x.csv", "--report", "e.html"]):
+        (tmp_path / "e_files").mkdir(exist_ok=True)
+        code, loaded, err = fresh_campp(["evaluate", *LITE, "-f", photos, *outputs], tmp_path)
+        assert (code, loaded) == (2, False), (outputs, err)
+        assert "e.html" in err or "e_files" in err, err
+    code, loaded, err = fresh_campp(["evaluate", *LITE, "-f", photos, "--json", "/dev/null", "--csv", "/dev/null",
+                                     "--labels", "missing.txt"], tmp_path)
+    assert "same file" not in err  # streams may be shared
