@@ -905,3 +905,60 @@ def test_24_6_evaluate_outputs_that_collide_are_refused(tmp_path):
     code, loaded, err = fresh_campp(["evaluate", *LITE, "-f", photos, "--json", "/dev/null", "--csv", "/dev/null",
                                      "--labels", "missing.txt"], tmp_path)
     assert "same file" not in err  # streams may be shared
+
+
+def _case_insensitive_lstat(real):
+    """os.lstat as on a disk that ignores case and Unicode normalisation: a name finds the entry that equals
+    it under both."""
+    import unicodedata
+
+    def key(name):
+        return unicodedata.normalize("NFC", name).casefold()
+
+    def lstat(path, *args, **kwargs):
+        folder, name = os.path.split(os.fspath(path))
+        for entry in os.listdir(folder or "."):
+            if key(entry) == key(name):
+                return real(os.path.join(folder, entry), *args, **kwargs)
+        raise FileNotFoundError(2, "No such file or directory", path)
+
+    return lstat
+
+
+def test_24_21_detecting_a_disk_that_folds_case(tmp_path, monkeypatch):
+    from campp_cli import inputs
+
+    inputs._folds.cache_clear()
+    assert inputs.folds_case(tmp_path) is False  # this disk tells case apart
+    inputs._folds.cache_clear()
+    monkeypatch.setattr(inputs.os, "lstat", _case_insensitive_lstat(os.lstat))
+    assert inputs.folds_case(tmp_path / "not" / "made" / "yet") is True  # probed in the nearest folder there is
+    assert list(tmp_path.iterdir()) == []  # the probe is gone
+    inputs._folds.cache_clear()
+
+
+def test_24_21_names_equal_but_for_case_or_normalisation_are_told_apart(tmp_path, monkeypatch):
+    from campp_cli import inputs
+
+    photos = tmp_path / "photos"
+    (photos / "Sub").mkdir(parents=True)
+    (photos / "sub").mkdir()
+    for name in ("Cat.png", "cat.png", "caf\u00e9.png", "cafe\u0301.png", "Sub/x.png", "sub/x.png"):
+        write_image(photos / name, 40, 40)
+    keys = ["", "_gradcam_heatmap"]
+
+    def files(jobs):
+        return [inputs.fold_name(str(j.path(k).relative_to(tmp_path / "o"))) for j in jobs for k in keys]
+
+    monkeypatch.setattr(inputs, "folds_case", lambda folder: True)
+    jobs = inputs.plan([str(photos)], tmp_path / "o", None, recursive=True, keys=keys)
+    assert len(jobs) == 6 and len(set(files(jobs))) == 12  # twelve files a case-blind disk tells apart
+    monkeypatch.setattr(inputs, "folds_case", lambda folder: False)
+    jobs = inputs.plan([str(photos)], tmp_path / "o", None, recursive=True, keys=keys)
+    assert {j.stem for j in jobs} == {"Cat", "cat", "caf\u00e9", "cafe\u0301", "x"}  # elsewhere names stay as given
+    from campp_cli.errors import UsageError
+
+    one = inputs.plan([str(photos / "cat.png")], tmp_path / "o", None, keys=keys)  # o/output.jpeg...
+    with pytest.raises(UsageError, match="OUTPUT.jpeg is also the output"):
+        inputs.check_collisions(one, keys, {"--jsonl": tmp_path / "o" / "OUTPUT.jpeg"}, [], folds=True)
+    inputs.check_collisions(one, keys, {"--jsonl": tmp_path / "o" / "OUTPUT.jpeg"}, [], folds=False)
