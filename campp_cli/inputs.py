@@ -64,21 +64,28 @@ def format_of(suffix: str) -> str | None:
     return next((f for f, suffixes in FORMATS.items() if suffix.lower() in suffixes), None)
 
 
-def output_stem(name: str, fmt: str | None = None) -> tuple[str, str]:
+#: How :func:`output_stem`'s messages name the name, its folder and its format: the command line's flags.
+CLI_NAMES = ("-o", "--output-dir", "--format")
+
+
+def output_stem(name: str, fmt: str | None = None, names: tuple[str, str, str] = CLI_NAMES) -> tuple[str, str]:
     """Split and check ``-o``: a plain JPEG or PNG file name, never a path; ``fmt`` (--format) names the
-    format when the name has no suffix, and must agree with one it has."""
+    format when the name has no suffix, and must agree with one it has.  ``names``: how errors call the
+    name, the folder and the format (:data:`CLI_NAMES`; the library's own arguments elsewhere)."""
+    option, folder, fmt_option = names
     if not name or "/" in name or "\\" in name or os.sep in name or name in (".", ".."):
-        raise UsageError(f"-o {name!r}: give a file name without folders (use --output-dir for the folder)")
+        raise UsageError(f"{option} {name!r}: give a file name without folders (use {folder} for the folder)")
     if ".." in name:
-        raise UsageError(f"-o {name!r}: '..' is not allowed in output names")
+        raise UsageError(f"{option} {name!r}: '..' is not allowed in output names")
     stem, suffix = os.path.splitext(name)
     if not suffix:
         suffix = FORMATS[fmt or "jpeg"][0]
     if format_of(suffix) is None or not stem or stem.startswith("."):
-        raise UsageError(f"-o {name!r}: the output must be a JPEG or PNG file name such as out.jpeg or out.png")
+        raise UsageError(f"{option} {name!r}: the output must be a JPEG or PNG file name such as out.jpeg or "
+                         f"out.png")
     if fmt is not None and format_of(suffix) != fmt:
-        raise UsageError(f"-o {name!r} names a {format_of(suffix).upper()} file but --format is {fmt}: give "
-                         f"{stem}{FORMATS[fmt][0]}, or leave one of them out")
+        raise UsageError(f"{option} {name!r} names a {format_of(suffix).upper()} file but {fmt_option} is {fmt}: "
+                         f"give {stem}{FORMATS[fmt][0]}, or leave one of them out")
     return stem, suffix
 
 
