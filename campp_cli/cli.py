@@ -206,6 +206,16 @@ def _check_report(report_path, labels_from_folders) -> None:
     check_path(report_path)
 
 
+def _report_files(report_path) -> dict:
+    """``{"--report FILE.html": FILE_files}``, the folder the report's images go to (never searched for inputs), or
+    nothing."""
+    if report_path is None:
+        return {}
+    from .report import assets_folder
+
+    return {f"--report {report_path}": assets_folder(report_path)}
+
+
 def _open_report(report_path, command, clf, options, engine, total, labels_from_folders, every):
     """The --report being written for this run, or None."""
     if report_path is None:
@@ -422,7 +432,15 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
       campp classify -f 'val/*.JPEG' -o '{stem}_cam.jpeg' --skip-existing
       campp classify -f val/ --recursive --report val.html --labels-from-folders
     """
-    from .inputs import check_no_overwrite, is_single, output_keys, plan, prepare_output_dir
+    from .inputs import (
+        check_collisions,
+        check_no_overwrite,
+        folds_case,
+        is_single,
+        output_keys,
+        plan,
+        prepare_output_dir,
+    )
     from .jsonl import JsonlLog, check_writable
     from .methods import needs_any, parse_methods
 
@@ -434,8 +452,11 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
     request = _model_request(arch, model_ref, num_classes, labels_path, input_size, mean, std, resize)
     single = is_single(list(files))
     keys = output_keys(methods, save_maps, guided)
-    jobs = plan(list(files), Path(output_dir), output, recursive, keys=keys, fmt=fmt)
-    check_no_overwrite(jobs, keys, {"--jsonl": jsonl, "--report": report_path}, list(files))
+    report_files = _report_files(report_path)
+    jobs = plan(list(files), Path(output_dir), output, recursive, keys=keys, fmt=fmt, exclude=report_files.values())
+    named = {"--jsonl": jsonl, "--report": report_path}
+    check_no_overwrite(jobs, keys, named, list(files))
+    check_collisions(jobs, keys, named, list(files), report_files, folds=folds_case(output_dir))
     check_writable("--jsonl", jsonl)
     _check_report(report_path, labels_from_folders)
     prepare_output_dir(output_dir)
@@ -542,7 +563,7 @@ def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_
       campp evaluate --arch efficientnet_lite0 -f images/ --boxes images/boxes --json eval.json
     """
     from . import boxes
-    from .inputs import check_no_overwrite, plan
+    from .inputs import check_collisions, check_no_overwrite, plan
     from .jsonl import check_writable
     from .methods import parse_methods
 
@@ -556,11 +577,13 @@ def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_
     annotations = boxes.load_folder(boxes_dir) if boxes_dir is not None else None
     if plot_path is not None and not plot_path.lower().endswith(".png"):
         raise UsageError(f"--plot {plot_path}: give a .png file name")
-    jobs = plan(list(files), Path("."), None, recursive, writes=False)
+    report_files = _report_files(report_path)
+    jobs = plan(list(files), Path("."), None, recursive, writes=False, exclude=report_files.values())
     outputs = {"--json": json_path, "--csv": csv_path, "--plot": plot_path, "--report": report_path}
     for option, path in outputs.items():
         check_writable(option, path)
     check_no_overwrite(jobs, [], outputs, list(files))
+    check_collisions(jobs, [], outputs, list(files), report_files)
     _check_report(report_path, labels_from_folders)
 
     from . import evaluate as ev
@@ -714,9 +737,13 @@ def convert(source, target, arch, model_ref, input_size, mean, std, resize) -> N
       campp classify -f images/chelsea.png --weights models/vgg16_caffe.pth
       campp convert w.pth mine.pth --model net.py:build --input-size 64 --mean none
     """
+    from .inputs import check_convert_target
+
+    check_convert_target(source, target)
+    request = _model_request(arch, model_ref, None, None, input_size, mean, std, resize)
+
     from .models import convert_weights
 
-    request = _model_request(arch, model_ref, None, None, input_size, mean, std, resize)
     path = convert_weights(source, target, request["arch"], request["preprocessing"], request["model"])
     click.echo(f"wrote {path}")
 

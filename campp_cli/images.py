@@ -12,8 +12,12 @@ import io
 import itertools
 import json
 import os
+import re
+import secrets
 import signal
+import stat
 import struct
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -22,7 +26,13 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; recovery falls back to process ids
+    fcntl = None
+
 from .errors import InputError, OutputError
+from .inputs import is_stream
 from .preprocessing import INTERPOLATIONS, input_frame, square_region
 from .settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DISPLAYS, MIN_PANEL_SIDE  # noqa: F401 (re-exported)
 
@@ -534,9 +544,37 @@ def _read_umask() -> int:
 
 _UMASK = _read_umask()
 
-#: Every temporary or journal file campp makes starts with this, then its process id.
+#: Every temporary or journal file campp makes starts with this, then its process id and a random token.
 TEMP_PREFIX = ".campp-"
 _PENDING = "pending"
+
+
+def _new_token() -> str:
+    """This process's own mark in its temporary names: a process id alone is no identity (in a container
+    every campp may be PID 1, and ids are reused)."""
+    return secrets.token_hex(4)
+
+
+_TOKEN = _new_token()
+
+
+def _refresh_token() -> None:
+    global _TOKEN
+    _TOKEN = _new_token()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_refresh_token)
+
+
+def _own_prefix() -> str:
+    """The start of every temporary name this process makes: ``.campp-PID-TOKEN``."""
+    return f"{TEMP_PREFIX}{os.getpid()}-{_TOKEN}"
+
+
+def temp_name(tail: str) -> str:
+    """A temporary name of this process, ``.campp-PID-TOKEN-tail``, that :func:`recover` knows."""
+    return f"{_own_prefix()}-{tail}"
 
 
 def _tag(text: str) -> str:
@@ -557,19 +595,57 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(folder: Path, name: str, data: bytes) -> str:
-    """``data`` in a new file ``folder/name`` (never an existing one, never through a link), synced."""
-    tmp = os.path.join(folder, name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666 & ~_UMASK)
+def _lock(fd: int) -> bool:
+    """Hold an exclusive ``flock`` on ``fd`` (waiting for a recovery that holds it for a moment); False
+    where the filesystem or the system has no such locks."""
+    if fcntl is None:
+        return False
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    except OSError:
+        return False
+
+
+def create_locked(path: str | os.PathLike) -> int:
+    """A new file at ``path`` (never an existing one, never through a link), open for writing and locked
+    by this process until the descriptor is closed: what :func:`recover` sees as alive.  The kernel
+    drops the lock when the process dies, however it dies."""
+    for _ in range(5):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666 & ~_UMASK)
+        if not _lock(fd):
+            return fd
+        try:  # a recovery may have removed the name between its creation and the lock: then again
+            if os.path.samestat(os.lstat(path), os.fstat(fd)):
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+    raise OSError(11, "temporary file removed while it was being created")
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(28, "No space left on device")
+        view = view[n:]
+
+
+def _write_synced(folder: Path, name: str, data: bytes) -> tuple[str, int]:
+    """``data`` in a new file ``folder/name`` (see :func:`create_locked`), synced; (its path, its open and
+    locked descriptor, for the caller to close once the file is where it belongs)."""
+    tmp = os.path.join(folder, name)
+    fd = create_locked(tmp)
+    try:
+        _write_fd(fd, data)
+        os.fsync(fd)
     except BaseException:
         _unlink(tmp)
+        os.close(fd)
         raise
-    return tmp
+    return tmp, fd
 
 
 def _unlink(path) -> None:
@@ -579,31 +655,107 @@ def _unlink(path) -> None:
         pass
 
 
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+_FD_LINK = re.compile(r"/(?:proc/(?:self|\d+)|dev)/fd/(\d+)")
+_STD_NAMES = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def _descriptor_of(path: str | os.PathLike) -> int | None:
+    """The descriptor of this process that ``path`` names (``/dev/stdout``, ``/dev/fd/N``,
+    ``/proc/self/fd/N``, or a link to one of them), or None."""
+    current = os.path.abspath(path)
+    for _ in range(40):
+        if current in _STD_NAMES:
+            return _STD_NAMES[current]
+        match = _FD_LINK.fullmatch(current)
+        if match and (current.startswith("/dev/") or current.startswith(("/proc/self/", f"/proc/{os.getpid()}/"))):
+            return int(match.group(1))
+        if not os.path.islink(current):
+            return None
+        current = os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current)))
+    return None
+
+
+def write_in_place(path: str | os.PathLike, data: bytes) -> None:
+    """``data`` written into the stream ``path`` (see :func:`is_stream`), which stays what it is.  A name of
+    one of this process's descriptors (``/dev/stdout``) is written through that descriptor, after what
+    Python holds for it: the output lands where the shell's redirection points, after the lines before it."""
+    own = _descriptor_of(path)
+    if own == 2:  # the console script moves the real stderr off descriptor 2 (see cli._silence_library_chatter)
+        try:
+            own = sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):
+            pass
+    if own is not None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None and stream.fileno() == own:
+                    stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        _write_fd(own, data)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOCTTY", 0))
+    try:
+        _write_fd(fd, data)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, synced, then rename it into place.
 
     Readers see either no file or the whole file, never a partial one; on any
-    failure (disk full, interruption) the temporary file is removed.
+    failure (disk full, interruption) the temporary file is removed.  A
+    device, a FIFO or ``/dev/stdout`` is written into, never renamed over
+    (:func:`is_stream`).
     """
+    if is_stream(path):
+        try:
+            write_in_place(path, data)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path} ({exc.strerror or exc})") from None
+        return
     write_all_atomic({Path(path): data})
 
 
 _counter = itertools.count()
 
 
+def _check_replaceable(path: Path) -> None:
+    """An OSError unless ``path`` is missing, a regular file or a link (a link is replaced, not followed)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        raise OSError(21 if stat.S_ISDIR(st.st_mode) else 1,
+                      "refused: not a regular file (campp never replaces a folder, device, FIFO or socket)")
+
+
 def write_all_atomic(files: dict[Path, bytes], source: str | None = None) -> None:
     """Write a set of files in one folder all or nothing, even if the process is killed half-way.
 
-    1. every file to a temporary name (``.campp-PID-...part``), synced;
-    2. a journal listing the final names (``.campp-PID-pending-....json``), synced with the folder;
+    1. every file to a temporary name (``.campp-PID-TOKEN-...part``), synced;
+    2. a journal listing the final names (``.campp-PID-TOKEN-pending-....json``), synced with the folder;
     3. the renames, then the folder synced; 4. the journal removed.
 
-    A failure while writing (disk full, permissions) leaves none of them and
-    no temporary file.  A kill between two renames leaves the journal:
-    :func:`recover` (run at the start of every run) then removes that set's
-    files and the temporaries, so only complete sets remain and
-    ``--skip-existing`` redoes exactly the interrupted ones.  ``source`` (the
-    input image) is named in errors.
+    Each temporary file and the journal are ``flock``-ed by this process until
+    the set is whole (the kernel releases the locks when a process dies, and
+    a process id proves nothing where processes share a folder across PID
+    namespaces).  A failure while writing (disk full, permissions) leaves none
+    of them and no temporary file.  A kill between two renames leaves the
+    journal, unlocked: :func:`recover` (run at the start of every run) then
+    removes that set's files and the temporaries, so only complete sets remain
+    and ``--skip-existing`` redoes exactly the interrupted ones.  A final name
+    that is a folder, a device or a FIFO is refused, never renamed over.
+    ``source`` (the input image) is named in errors.
     """
     if not files:
         return
@@ -611,19 +763,24 @@ def write_all_atomic(files: dict[Path, bytes], source: str | None = None) -> Non
     if len(folders) != 1:
         raise ValueError("write_all_atomic writes the files of one folder")
     folder = folders.pop()
-    pid = os.getpid()
     names = [p.name for p in files]
     key = _tag("/".join(names) + f"|{next(_counter)}")
     temps: dict[Path, str] = {}
+    fds: list[int] = []
     journal = None
     current = None  # the output being written, named in the error rather than its temporary file
     try:
+        for current in files:
+            _check_replaceable(current)
         for k, (current, data) in enumerate(files.items()):
-            temps[current] = _write_synced(folder, f"{TEMP_PREFIX}{pid}-{key}-{k}.part", data)
+            tmp, fd = _write_synced(folder, temp_name(f"{key}-{k}.part"), data)
+            temps[current] = tmp
+            fds.append(fd)
         current = folder
         if len(files) > 1:
-            journal = _write_synced(folder, f"{TEMP_PREFIX}{pid}-{_PENDING}-{key}.json",
-                                    json.dumps(names).encode("utf-8", "surrogateescape"))
+            journal, fd = _write_synced(folder, temp_name(f"{_PENDING}-{key}.json"),
+                                        json.dumps(names).encode("utf-8", "surrogateescape"))
+            fds.append(fd)
         _fsync_dir(folder)
         for current, tmp in temps.items():
             _maybe_die_for_tests()
@@ -642,6 +799,8 @@ def write_all_atomic(files: dict[Path, bytes], source: str | None = None) -> Non
             for final in files:
                 _unlink(final)
             _unlink(journal)
+        for fd in fds:  # the locks go last: until here a recovery leaves all of it alone
+            _close(fd)
 
 
 def _maybe_die_for_tests() -> None:
@@ -670,35 +829,78 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _try_lock(path: str) -> tuple[int | None, bool | None]:
+    """(an open descriptor holding the lock, or None; whether a live process holds the file: True, False,
+    or None where this filesystem cannot say)."""
+    if fcntl is None:
+        return None, None
+    flags = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, os.O_RDWR | flags)  # NFS grants exclusive locks to writers only
+    except PermissionError:
+        try:
+            fd = os.open(path, os.O_RDONLY | flags)
+        except OSError:
+            return None, None
+    except OSError:
+        return None, None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None, True
+    except OSError:  # no locks here (some network filesystems)
+        os.close(fd)
+        return None, None
+    return fd, False
+
+
 def recover(folder: str | os.PathLike) -> int:
     """Undo what a killed campp left in ``folder``: half-renamed sets and temporary files.
 
-    Only files of processes that no longer run are touched.  Returns how many
-    files were removed.
+    Only files that no live process holds are touched: a running campp keeps
+    a ``flock`` on each of its temporary files and journals (see
+    :func:`write_all_atomic`), so another run's files in flight are left alone,
+    whatever the process ids say.  Where the filesystem has no locks, the
+    process id in the name decides, as a last resort.  Returns how many files
+    were removed.
     """
     folder = Path(folder)
     removed = 0
+    own = _own_prefix() + "-"
     try:
-        entries = [e for e in os.scandir(folder) if e.name.startswith(TEMP_PREFIX)]
+        entries = [e for e in os.scandir(folder) if e.name.startswith(TEMP_PREFIX) and not e.name.startswith(own)]
     except OSError:
         return 0
     for entry in entries:
-        pid_text = entry.name[len(TEMP_PREFIX):].split("-", 1)[0]
-        if not pid_text.isdigit() or _alive(int(pid_text)) or not entry.is_file(follow_symlinks=False):
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+        except OSError:
             continue
-        if f"-{_PENDING}-" in entry.name and entry.name.endswith(".json"):
-            try:
-                names = json.loads(Path(entry.path).read_bytes().decode("utf-8", "surrogateescape"))
-            except (OSError, ValueError):
-                names = []
-            for name in names if isinstance(names, list) else []:
-                if isinstance(name, str) and "/" not in name and name not in (".", ".."):
-                    target = folder / name
-                    if target.is_file() and not target.is_symlink():
-                        _unlink(target)
-                        removed += 1
-        _unlink(entry.path)
-        removed += 1
+        fd, held = _try_lock(entry.path)
+        if held is None:
+            pid_text = entry.name[len(TEMP_PREFIX):].split("-", 1)[0]
+            held = not pid_text.isdigit() or _alive(int(pid_text))
+        if held:
+            continue
+        try:
+            if f"-{_PENDING}-" in entry.name and entry.name.endswith(".json"):
+                try:
+                    names = json.loads(Path(entry.path).read_bytes().decode("utf-8", "surrogateescape"))
+                except (OSError, ValueError):
+                    names = []
+                for name in names if isinstance(names, list) else []:
+                    if isinstance(name, str) and "/" not in name and name not in (".", ".."):
+                        target = folder / name
+                        if target.is_file() and not target.is_symlink():
+                            _unlink(target)
+                            removed += 1
+            _unlink(entry.path)
+            removed += 1
+        finally:
+            if fd is not None:
+                os.close(fd)
     return removed
 
 

@@ -8,11 +8,15 @@ their extension, then by a counter.  Nothing here imports torch.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
+import secrets
+import stat
 import string
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,21 +70,28 @@ def format_of(suffix: str) -> str | None:
     return next((f for f, suffixes in FORMATS.items() if suffix.lower() in suffixes), None)
 
 
-def output_stem(name: str, fmt: str | None = None) -> tuple[str, str]:
+#: How :func:`output_stem`'s messages name the name, its folder and its format: the command line's flags.
+CLI_NAMES = ("-o", "--output-dir", "--format")
+
+
+def output_stem(name: str, fmt: str | None = None, names: tuple[str, str, str] = CLI_NAMES) -> tuple[str, str]:
     """Split and check ``-o``: a plain JPEG or PNG file name, never a path; ``fmt`` (--format) names the
-    format when the name has no suffix, and must agree with one it has."""
+    format when the name has no suffix, and must agree with one it has.  ``names``: how errors call the
+    name, the folder and the format (:data:`CLI_NAMES`; the library's own arguments elsewhere)."""
+    option, folder, fmt_option = names
     if not name or "/" in name or "\\" in name or os.sep in name or name in (".", ".."):
-        raise UsageError(f"-o {clip(name)!r}: give a file name without folders (use --output-dir for the folder)")
+        raise UsageError(f"{option} {clip(name)!r}: give a file name without folders (use {folder} for the folder)")
     if ".." in name:
-        raise UsageError(f"-o {clip(name)!r}: '..' is not allowed in output names")
+        raise UsageError(f"{option} {clip(name)!r}: '..' is not allowed in output names")
     stem, suffix = os.path.splitext(name)
     if not suffix:
         suffix = FORMATS[fmt or "jpeg"][0]
     if format_of(suffix) is None or not stem or stem.startswith("."):
-        raise UsageError(f"-o {clip(name)!r}: the output must be a JPEG or PNG file name such as out.jpeg or out.png")
+        raise UsageError(f"{option} {clip(name)!r}: the output must be a JPEG or PNG file name such as out.jpeg "
+                         f"or out.png")
     if fmt is not None and format_of(suffix) != fmt:
-        raise UsageError(f"-o {clip(name)!r} names a {format_of(suffix).upper()} file but --format is {fmt}: give "
-                         f"{stem}{FORMATS[fmt][0]}, or leave one of them out")
+        raise UsageError(f"{option} {clip(name)!r} names a {format_of(suffix).upper()} file but {fmt_option} is "
+                         f"{fmt}: give {stem}{FORMATS[fmt][0]}, or leave one of them out")
     return stem, suffix
 
 
@@ -163,20 +174,33 @@ def _identity(path: Path) -> tuple:
         return (os.path.realpath(path),)
 
 
-def _within(path: Path, folder: Path | None) -> bool:
-    """Whether ``path`` resolves inside ``folder`` (given resolved, see :func:`expand`)."""
-    if folder is None:
+def _within(path: Path, folders) -> bool:
+    """Whether ``path`` resolves inside one of ``folders`` (given resolved, see :func:`expand`)."""
+    if not folders:
         return False
-    try:
-        Path(os.path.realpath(path)).relative_to(folder)
-        return True
-    except ValueError:
-        return False
+    real = Path(os.path.realpath(path))
+    for folder in (folders,) if isinstance(folders, Path) else folders:
+        try:
+            real.relative_to(folder)
+            return True
+        except ValueError:
+            pass
+    return False
 
 
-def walk_files(folder: Path, recursive: bool, skip: Path | None = None):
+def _resolved(skip) -> tuple[Path, ...]:
+    """``skip`` (None, a folder or several) as a tuple of resolved folders."""
+    if skip is None:
+        return ()
+    if isinstance(skip, (str, os.PathLike)):
+        skip = (skip,)
+    return tuple(Path(os.path.realpath(s)) for s in skip)
+
+
+def walk_files(folder: Path, recursive: bool, skip=()):
     """Files under ``folder`` (sorted per folder), following links but never into a folder already
-    visited, and never into ``skip`` (the output folder, resolved: a re-run must not explain its outputs)."""
+    visited, and never into ``skip`` (resolved folders: the output folder and the report's image folder; a
+    re-run must not explain its outputs)."""
     seen = {_identity(folder)}
     stack = [folder]
     while stack:
@@ -203,7 +227,7 @@ def walk_files(folder: Path, recursive: bool, skip: Path | None = None):
         stack.extend(reversed(subfolders))
 
 
-def _folder_images(folder: Path, recursive: bool, skip: Path | None = None) -> list[Path]:
+def _folder_images(folder: Path, recursive: bool, skip=()) -> list[Path]:
     return [p for p in walk_files(folder, recursive, skip)
             if p.suffix.lower() in IMAGE_EXTENSIONS and not _within(p, skip) and p.is_file()]
 
@@ -236,7 +260,7 @@ def _glob_regex(pattern: str) -> re.Pattern:
     return re.compile("".join(out) + r"\Z")
 
 
-def _glob(spec: str, skip: Path | None) -> list[Path]:
+def _glob(spec: str, skip) -> list[Path]:
     """``spec``'s matches; with ``**`` a walk that survives link loops and skips the output folder."""
     if "**" not in spec:
         return sorted(Path(m) for m in glob.glob(spec))
@@ -262,13 +286,13 @@ class _Source:
     error: str | None = None
 
 
-def expand(specs: list[str], recursive: bool = False, skip: Path | None = None,
-           _lists: tuple = ()) -> list[_Source]:
+def expand(specs: list[str], recursive: bool = False, skip=None, _lists: tuple = ()) -> list[_Source]:
     """Every image the -f values name, in order, each file once (by what it resolves to).
 
-    ``skip``: the output folder, never searched (it is not skipped when a file in it is named directly).
+    ``skip``: the folders outputs go to (a folder or several), never searched (not skipped when a file in
+    one is named directly).
     """
-    skip = Path(os.path.realpath(skip)) if skip is not None else None  # resolved once, compared per file
+    skip = _resolved(skip)  # resolved once, compared per file
     found: list[_Source] = []
     for spec in specs:
         if spec.startswith("@") and len(spec) > 1:
@@ -331,13 +355,17 @@ def safe_stem(path: Path) -> str:
 
 
 def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool = False,
-         keys: list[str] | None = None, writes: bool = True, fmt: str | None = None) -> list[Job]:
+         keys: list[str] | None = None, writes: bool = True, fmt: str | None = None,
+         exclude=()) -> list[Job]:
     """Jobs for the -f values: one named file keeps ``-o`` as given; several use a template.
 
     ``keys``: the name suffixes every job writes (figures and maps, see
     :func:`output_keys`); no two jobs get a file name in common.  ``writes``:
     whether ``out_root`` receives outputs (then it is never searched for inputs).  ``fmt``: --format, the
-    figures' format when ``output`` does not name one (default: JPEG).
+    figures' format when ``output`` does not name one (default: JPEG).  ``exclude``: other folders that
+    receive outputs (the report's images), never searched either.  Where ``out_root`` lies on a disk
+    that ignores case or Unicode normalisation (:func:`folds_case`), names equal under both are told
+    apart as other collisions are.
     """
     ext = FORMATS[fmt or "jpeg"][0]
     keys = keys if keys is not None else [""]
@@ -354,9 +382,10 @@ def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool =
                 raise UsageError(f"--output-dir {out_root} is the folder given with -f {spec}: its outputs would "
                                  f"be taken for inputs by the next run; use a subfolder (never read as input)")
     _check_output_name(template, *output_stem(fill(template, "x" * 150), fmt), keys)  # the longest stem
-    sources = expand(specs, recursive, skip=out_root if writes else None)
+    sources = expand(specs, recursive, skip=((out_root,) if writes else ()) + tuple(exclude))
     if not sources:
         raise UsageError("-f: no input files given (an empty list?)")
+    same = fold_name if writes and folds_case(out_root) else (lambda name: name)
 
     def base(src: _Source, with_ext: bool) -> tuple[Path, str]:
         stem = safe_stem(src.path)
@@ -364,26 +393,31 @@ def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool =
             stem = f"{stem}_{safe_stem(Path(src.path.suffix.lstrip('.').lower()))}"
         return src.rel_dir, stem
 
-    groups: dict[tuple[Path, str], list[str]] = {}
+    def group(src: _Source) -> tuple[str, str]:
+        rel, stem = base(src, False)
+        return same(rel.as_posix()), same(stem)
+
+    groups: dict[tuple[str, str], list[str]] = {}
     for src in sources:
-        groups.setdefault(base(src, False), []).append(src.path.suffix.lower())
+        groups.setdefault(group(src), []).append(src.path.suffix.lower())
     # The extension tells a group apart only when every member's differs (a.png, a.jpg).
     by_ext = {key for key, exts in groups.items() if len(exts) > 1 and len(set(exts)) == len(exts)}
     jobs: list[Job] = []
-    claimed: set[tuple[Path, str]] = set()  # (folder, file name) of every file of every job so far
-    counters: dict[tuple[Path, str], int] = {}  # the last counter tried for a (folder, stem): no retries from 1
+    claimed: set[tuple[str, str]] = set()  # (folder, file name) of every file of every job so far
+    counters: dict[tuple[str, str], int] = {}  # the last counter tried for a (folder, stem): no retries from 1
     for src in sources:
-        rel, stem = base(src, base(src, False) in by_ext)
-        n = counters[(rel, stem)] + 1 if (rel, stem) in counters else 1  # below it, every name is taken
+        rel, stem = base(src, group(src) in by_ext)
+        key_of = (same(rel.as_posix()), same(stem))
+        n = counters[key_of] + 1 if key_of in counters else 1  # below it, every name is taken
         name = stem if n == 1 else f"{stem}_{n}"
         while True:
             out_stem, suffix = output_stem(fill(template, name), fmt)
-            files = {(rel, name_of(out_stem, suffix, key)) for key in keys}
+            files = {(same(rel.as_posix()), same(name_of(out_stem, suffix, key))) for key in keys}
             if not files & claimed:
                 break
             n += 1
             name = f"{stem}_{n}"
-        counters[(rel, stem)] = n
+        counters[key_of] = n
         claimed |= files
         jobs.append(Job(src.path, out_root / rel, out_stem, suffix, src.error, root=out_root))
     return jobs
@@ -439,6 +473,74 @@ def check_no_overwrite(jobs: list[Job], keys: list[str], extra: dict[str, Path |
                              f"(campp never overwrites its inputs)")
 
 
+def check_collisions(jobs: list[Job], keys: list[str], named: dict[str, Path | None], specs: list[str],
+                     folders: dict[str, Path | None] | None = None, folds: bool = False) -> None:
+    """A usage error, before any work, if two outputs would be one file, or an output would land in a folder
+    another output owns, or an input lies in such a folder.
+
+    ``named``: the single-file outputs by option (``{"--jsonl": path, "--report": path}``), compared with
+    each other and with every figure and map of ``jobs`` (``keys``), by resolved path and by device and
+    inode.  ``folders``: folders that belong to one output (``{"--report FILE.html": FILE_files}``): no other
+    output,
+    no figure and no input (of ``jobs`` or ``specs``' lists) may lie in them.  ``folds``: the disk ignores
+    case and Unicode normalisation (:func:`folds_case`): names are compared as it sees them.  Streams
+    (``/dev/null``, ``/dev/stdout``, a FIFO) are no files and may be shared.
+    """
+    same = fold_name if folds else (lambda name: name)
+    real_dirs: dict[Path, str] = {}
+
+    def where(folder: Path, name: str) -> str:
+        if folder not in real_dirs:
+            real_dirs[folder] = os.path.realpath(folder)
+        return same(os.path.join(real_dirs[folder], name))
+
+    claims: dict = {}  # key -> the label of the output that has it
+    for option, path in named.items():
+        if path is None or is_stream(path):
+            continue
+        path = Path(path)
+        label = f"{option} {path}"
+        mine = {where(path.parent, path.name)}
+        try:
+            st = path.stat()
+            mine.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+        for key in mine:
+            other = claims.get(key)
+            if other is not None and other != label:
+                raise UsageError(f"{other} and {label} are the same file: give each output a name of its own")
+        for key in mine:
+            claims[key] = label
+    owned = {option: (folder, same(os.path.realpath(folder))) for option, folder in (folders or {}).items()
+             if folder is not None}
+
+    def owner(resolved: str, label: str) -> None:
+        for option, (shown, folder) in owned.items():
+            if resolved == folder or resolved.startswith(folder.rstrip(os.sep) + os.sep):
+                raise UsageError(f"{label} lies in {shown}, the folder of {option}'s own files: give it "
+                                 f"another name or folder")
+
+    for key, label in claims.items():
+        if isinstance(key, str):
+            owner(key, label)
+    for job in jobs:
+        if job.error is not None:
+            continue
+        for k in keys:
+            key = where(job.out_dir, name_of(job.stem, job.suffix, k))
+            if key in claims:
+                raise UsageError(f"{claims[key]} is also the output {job.path(k)} (of {job.source}): give it "
+                                 f"another name")
+        if owned:
+            label = (f"--output-dir {job.out_dir}" if job.root is None or job.out_dir == job.root
+                     else f"the output folder {job.out_dir} (of {job.source})")
+            owner(where(job.out_dir, ""), label)
+    if owned:
+        for path in [j.source for j in jobs if j.error is None] + input_files(specs):
+            owner(same(os.path.realpath(path)), f"the input {path}")
+
+
 def prepare_output_dir(path: str | os.PathLike) -> Path:
     """Create the output folder if needed; refuse files and read-only folders."""
     out = Path(path)
@@ -451,3 +553,87 @@ def prepare_output_dir(path: str | os.PathLike) -> Path:
     if not os.access(out, os.W_OK | os.X_OK):
         raise UsageError(f"--output-dir {out}: not writable")
     return out
+
+
+def is_stream(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is no file to replace but a stream to write into: a character or block device, a
+    FIFO, a socket (``/dev/null``, ``/dev/full``, a named pipe), or a link in ``/dev`` or ``/proc`` such as
+    ``/dev/stdout`` or ``/dev/fd/1`` (whatever it leads to).  A missing path is a new file; a folder is
+    no stream."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return True
+    absolute = os.path.abspath(path)
+    return absolute.startswith(("/dev/", "/proc/")) and os.path.islink(absolute)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: the same resolved path, or the same device and inode (hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except OSError:
+        return False
+
+
+def check_convert_target(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """``campp convert``: a usage error, before anything is read, for a TARGET that is its SOURCE."""
+    if str(target) == "-":
+        raise UsageError("TARGET -: give a file name (/dev/stdout writes to standard output)")
+    if os.path.exists(source) and same_file(source, target):
+        raise UsageError(f"TARGET {target} is the SOURCE {source}: give another file name (campp never "
+                         f"overwrites its inputs)")
+
+
+def fold_name(name: str) -> str:
+    """A name as a disk that ignores case and Unicode normalisation sees it (macOS, Windows, SMB shares)."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+
+
+def _existing(folder: Path) -> Path:
+    """``folder``, or its nearest parent that exists."""
+    current = Path(os.path.abspath(folder))
+    while not current.is_dir() and current != current.parent:
+        current = current.parent
+    return current
+
+
+def folds_case(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` (or, while it does not exist yet, its nearest existing parent) finds a file under
+    a name that differs only in case or in Unicode normalisation (NFC against NFD): a probe file is made,
+    looked up under such names, and removed (once per folder and process).  False where no probe can be
+    made."""
+    return _folds(str(_existing(Path(folder))))
+
+
+@functools.lru_cache(maxsize=64)
+def _folds(where: str) -> bool:
+    name = f".campp-{os.getpid()}-{secrets.token_hex(4)}-probe-aB\u00e9"
+    probe = os.path.join(where, name)
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError:
+        return False
+    try:
+        os.close(fd)
+        mine = os.lstat(probe)
+        for other in (name.swapcase(), unicodedata.normalize("NFD", name)):
+            try:
+                if os.path.samestat(os.lstat(os.path.join(where, other)), mine):
+                    return True
+            except OSError:
+                pass
+        return False
+    except OSError:
+        return False
+    finally:
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass

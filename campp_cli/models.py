@@ -655,10 +655,12 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, arch: str = 
     it needs: the source's own (the paper's Caffe one for ``vgg16.npy``), else the architecture's, changed
     by ``preprocessing``; later loads use it unless told otherwise."""
     from .images import write_atomic  # atomic: a failed conversion leaves no partial file
+    from .inputs import check_convert_target
 
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise UsageError(f"{src}: no such file")
+    check_convert_target(src, dst)
     spec = model_spec(arch, model, preprocessing)
     module = spec.build()
     state, meta = read_weights(src, _tensor_bytes(module))

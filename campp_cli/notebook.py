@@ -82,16 +82,20 @@ class ImageExplanation:
     def save(self, folder: str | os.PathLike = "output", name: str = "explained", format: str = "jpeg"
              ) -> list[str]:
         """Write the figures (as ``campp classify`` names them; ``format`` "jpeg" or "png") into ``folder``;
-        return the paths."""
-        from .inputs import Job
+        return the paths.  ``name`` is a plain file name, as ``-o`` is (``cat``, ``cat.jpeg``; never a folder
+        or ``..``), and no figure may replace the image explained."""
+        from .inputs import Job, check_no_overwrite, output_stem
         from .settings import FORMATS
-        from .stages import write_outputs
+        from .stages import make_output_folder, write_outputs
 
         if format not in FORMATS:
             raise UsageError(f"format {format!r}: use one of {', '.join(FORMATS)}")
+        stem, suffix = output_stem(str(name), format, ("name", "folder", "format"))
         out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        return write_outputs(Job(self.source, out, name, FORMATS[format][0]), self.figures)
+        job = Job(Path(self.source), out, stem, suffix, root=out)
+        check_no_overwrite([job], list(self.figures), {}, [])
+        make_output_folder(job)
+        return write_outputs(job, self.figures)
 
     def show(self) -> None:
         """Display inline in Jupyter; elsewhere in the system's image viewer."""

@@ -38,6 +38,7 @@ _WNID_PREFIX = re.compile(r"^(n\d{8})(?:[_\-.]|$)")
 _TEMPLATE = "report.html"
 _DATA_MARK = "/*CAMPP_DATA*/null"
 _TITLE_MARK = "<!--CAMPP_TITLE-->"
+_DATA_BLOB = re.compile(r'<script type="application/json" id="campp-data">(.*?)</script>', re.S)
 
 
 # ----------------------------------------------------------------------------- on the workers
@@ -128,7 +129,12 @@ def check_path(path: str | os.PathLike | None) -> None:
         raise UsageError(f"--report {path.name.encode('utf-8', 'backslashreplace').decode()}: give a file name "
                          f"that is valid UTF-8") from None
     check_writable("--report", path)
+    if images.is_stream(path):
+        raise UsageError(f"--report {path}: not a regular file (the page is replaced as the run goes on)")
     folder = assets_folder(path)
+    if folder.is_symlink():
+        raise UsageError(f"--report {path}: {folder} (where its images go) is a symbolic link; campp never writes "
+                         f"through links")
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--report {path}: {folder} (where its images go) exists and is not a folder")
 
@@ -176,8 +182,69 @@ class Report:
         except OSError as exc:
             raise UsageError(f"--report {self.path}: cannot create {self.assets} ({exc.strerror or exc})") from None
         # What a killed run left half-written: its temporary files (of processes no longer running).
-        for folder in [self.path.parent, self.assets, *(p for p in self.assets.iterdir() if p.is_dir())]:
+        for folder in [self.path.parent, self.assets,
+                       *(p for p in self.assets.iterdir() if p.is_dir() and not p.is_symlink())]:
             images.recover(folder)
+        # An earlier page at this path: what --skip-existing skips is shown as that run found it.
+        self._earlier: dict[str, tuple[dict, int]] = {}  # input -> (its record, the slot of its images)
+        self._earlier_methods: set[str] = set()
+        self._read_earlier()
+        self._reserved = {slot for record, slot in self._earlier.values() if "wh" in record}
+        self._used: set[int] = set()
+        self._next_slot = max([total - 1, *self._reserved], default=-1) + 1
+
+    def _read_earlier(self) -> None:
+        """The records of the page a run of the same command left at this path, if any (read from its
+        data blob, the page's one source of truth; a page that cannot be read is no earlier run)."""
+        try:
+            if self.path.is_symlink() or not self.path.is_file():
+                return
+            match = _DATA_BLOB.search(self.path.read_text(encoding="utf-8", errors="replace"))
+            data = json.loads(match.group(1)) if match else None
+        except (OSError, ValueError):
+            return
+        if not isinstance(data, dict) or data.get("command") != self.command:
+            return
+        records, methods = data.get("records"), data.get("methods")
+        if not isinstance(records, list) or not isinstance(methods, list):
+            return
+        self._earlier_methods = {m for m in methods if isinstance(m, str)}
+        for index, record in enumerate(records):
+            if isinstance(record, dict) and isinstance(record.get("n"), str) and "c" in record:
+                slot = record.get("a", index)
+                if isinstance(slot, int) and slot >= 0:
+                    self._earlier[record["n"]] = (record, slot)
+
+    def _slot(self, index: int, name: str) -> int:
+        """Where the images of the ``index``-th record (of input ``name``) go: its earlier images' slot
+        (replaced), else its index unless an earlier record still shown may need that one, else a free one."""
+        earlier = self._earlier.get(name)
+        if earlier is not None and "wh" in earlier[0]:
+            slot = earlier[1]
+        elif index not in self._reserved and index not in self._used:
+            slot = index
+        else:
+            while self._next_slot in self._reserved or self._next_slot in self._used:
+                self._next_slot += 1
+            slot = self._next_slot
+        self._used.add(slot)
+        return slot
+
+    def _as_found_earlier(self, result, index: int) -> dict | None:
+        """A skipped result's record from the earlier page: only for the same methods (or more), and only if
+        its comparison figure is still the file that run wrote (same size and modification time)."""
+        earlier = self._earlier.get(result.input)
+        if earlier is None or not result.outputs or not set(self.methods) <= self._earlier_methods:
+            return None
+        record, slot = earlier
+        if record.get("f") is None or record.get("f") != _fingerprint(result.outputs[0]):
+            return None
+        kept = {k: record[k] for k in ("ci", "c", "p", "t5", "wh", "d", "f") if k in record}
+        if "wh" in kept:
+            self._used.add(slot)
+            if slot != index:
+                kept["a"] = slot
+        return kept
 
     def add(self, result) -> None:
         """Record one image's Result (a failure, a skip or a done image) and write its images."""
@@ -187,15 +254,30 @@ class Report:
             record["err"] = result.error
         elif result.skipped:
             record["skip"] = 1
+            earlier = self._as_found_earlier(result, index)
+            if earlier is not None:
+                record.update(earlier)
+                if self.labels_from_folders:
+                    truth, name = true_class(result.input, self.categories)
+                    if truth is not None:
+                        record["tc"] = self.categories[truth]
+                        record["ok"] = int(bool(record["t5"]) and record["t5"][0][0] == self.categories[truth])
         else:
             record.update(ci=result.class_index, c=result.class_name, p=round(result.probability, 6),
                           t5=[[name, round(p, 6)] for _, name, p in result.top5])
             card = result.extra.pop("card", None)  # the bytes go to disk, not into memory for the run
             if card is not None:
-                self._write_assets(index, card)
+                slot = self._slot(index, result.input)
+                self._write_assets(slot, card)
+                if slot != index:
+                    record["a"] = slot
                 record["wh"] = card["size"]
                 if card["disagreement"] is not None:
                     record["d"] = round(card["disagreement"], 5)
+            if result.outputs:
+                fingerprint = _fingerprint(result.outputs[0])
+                if fingerprint is not None:
+                    record["f"] = fingerprint
             if self.labels_from_folders:
                 truth, name = true_class(result.input, self.categories)
                 if truth is None:
@@ -222,6 +304,8 @@ class Report:
             target = self.assets / asset_name(index, kind)
             try:
                 if target.parent.name not in self._folders:
+                    if target.parent.is_symlink():
+                        raise OSError(40, "a symbolic link (campp never writes through links)")
                     target.parent.mkdir(exist_ok=True)
                     self._folders.add(target.parent.name)
                 _replace(target, data)
@@ -283,12 +367,12 @@ class Report:
 
 def _replace(target: Path, data: bytes) -> None:
     """``target`` replaced by ``data`` in one rename (readers see the old image or the new one); not synced:
-    a report's images can be made again, and a run writes thousands."""
-    tmp = target.with_name(f"{images.TEMP_PREFIX}{os.getpid()}-{target.name}.part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    a report's images can be made again, and a run writes thousands.  The temporary file is locked while it
+    exists, so that another run's recovery leaves it alone (see :func:`campp_cli.images.recover`)."""
+    tmp = target.with_name(images.temp_name(f"{images._tag(target.name)}.part"))
+    fd = images.create_locked(tmp)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        images._write_fd(fd, data)
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -296,6 +380,17 @@ def _replace(target: Path, data: bytes) -> None:
         except OSError:
             pass
         raise
+    finally:
+        os.close(fd)
+
+
+def _fingerprint(path) -> list[int] | None:
+    """[size, modification time in ns] of an output file: whether a file is still the one a run wrote."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _scores(s) -> dict:

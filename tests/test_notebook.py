@@ -88,3 +88,21 @@ def test_a_real_notebook_shows_the_figure(tmp_path):
     assert "image/png" in output.data
     figure = Image.open(io.BytesIO(base64.b64decode(output.data["image/png"])))
     assert figure.size[0] > 3 * figure.size[1] / 2  # the input and two method panels side by side
+
+
+def test_save_takes_a_plain_name_and_never_replaces_the_image(clf, tmp_path):
+    """Issue 24, 20: the CLI's rules for -o hold for save()'s name."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cat = photos / "cat.jpeg"
+    Image.open(IMAGES / "chelsea.png").convert("RGB").save(cat, "JPEG")
+    before = cat.read_bytes()
+    result = explain_image(cat, clf)
+    for name in ("../../escaped", "sub/cat", "..", "a..b"):
+        with pytest.raises(UsageError, match="name"):
+            result.save(tmp_path / "out" / "sub", name=name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]  # nothing written, no folder made
+    with pytest.raises(UsageError, match="would overwrite the input"):
+        result.save(photos, "cat")
+    assert cat.read_bytes() == before and sorted(p.name for p in photos.iterdir()) == ["cat.jpeg"]
+    assert [p.rsplit("/", 1)[-1] for p in result.save(photos, "cat.png", format="png")][0] == "cat.png"

@@ -22,7 +22,7 @@ from conftest import IMAGES, REPO, fresh_campp, write_image
 from PIL import Image
 
 from campp_cli import images
-from campp_cli.errors import InputError, WeightsError
+from campp_cli.errors import InputError, OutputError, WeightsError
 
 LITE = ["--arch", "efficientnet_lite0"]
 SET = ["", "_gradcam_heatmap", "_gradcam_overlay", "_gradcampp_heatmap", "_gradcampp_overlay"]
@@ -96,9 +96,13 @@ def test_2_recovery_removes_half_renamed_sets_and_stale_temporaries(tmp_path):
     journal = tmp_path / f".campp-{dead}-pending-0123456789abcdef.json"
     journal.write_text(json.dumps(["a.jpeg", "a_gradcam_heatmap.jpeg", "a_gradcam_overlay.jpeg"]))
     (tmp_path / f".campp-{dead}-0123456789abcdef-2.part").write_bytes(b"half")
-    mine = tmp_path / f".campp-{os.getpid()}-fedcba9876543210-0.part"  # a live writer's: left alone
-    mine.write_bytes(b"in flight")
-    assert images.recover(tmp_path) == 4
+    mine = tmp_path / images.temp_name("fedcba9876543210-0.part")  # a live writer's (locked): left alone
+    fd = images.create_locked(mine)
+    os.write(fd, b"in flight")
+    try:
+        assert images.recover(tmp_path) == 4
+    finally:
+        os.close(fd)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["keep.jpeg", mine.name])
 
 
@@ -602,3 +606,377 @@ def test_fuzz_2000_mutated_files_in_one_run(tmp_path):
             assert len(r["outputs"]) == 5 and all(images.is_complete(p) for p in r["outputs"])
     failed = sum(r["error"] is not None for r in results)
     print(f"\n[fuzz] 2000 mutated files: {2000 - failed} explained, {failed} refused, each naming its file")
+
+
+# ============================================================ issue 24: a second attack on "Nothing lost"
+
+LABELLED_RUN = TINY_RUN + textwrap.dedent("""
+    src, out, skip, label = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
+    summary = run(plan([str(src)], out, None), clf, Options(batch_size=2, workers=1, max_side=48,
+                  skip_existing=skip, label=label))
+    print(summary.done, summary.skipped)
+""")
+
+
+def _labelled_run(src, out, skip, label, prefix=(), kill_at=None):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    if kill_at is not None:
+        env["CAMPP_TEST_KILL_AT_RENAME"] = str(kill_at)
+    return subprocess.run([*prefix, sys.executable, "-c", LABELLED_RUN, src, out, "1" if skip else "0", str(label)],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def _mixed_set_attack(tmp_path, prefix=(), rename_leftovers=None):
+    """Run A writes every set; run B (another -l) is killed at its 3rd rename, in the middle of p0's set;
+    run C resumes with --skip-existing.  Returns (A's files, the folder after C, C's output)."""
+    src = _tree(tmp_path / "src", 2)
+    out = tmp_path / "out"
+    first = _labelled_run(src, out, False, -1, prefix)
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    killed = _labelled_run(src, out, False, 7, prefix, kill_at=3)
+    assert killed.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), killed.stderr
+    assert (out / "p0.jpeg").read_bytes() != before["p0.jpeg"]  # the attack worked: p0's set is mixed
+    assert [p for p in out.iterdir() if p.name.startswith(".campp-")]
+    if rename_leftovers is not None:
+        rename_leftovers(out)
+    resumed = _labelled_run(src, out, True, -1, prefix)
+    assert resumed.returncode == 0, resumed.stderr
+    return before, out, resumed.stdout
+
+
+@pytest.mark.slow
+def test_24_1_recovery_does_not_trust_a_reused_process_id(tmp_path):
+    """The dead run's temporaries carry the id of a live process (here: this test's own, as after PID reuse):
+    they are still the dead run's, and its half set is still removed."""
+    def reuse_pid(out):
+        for p in out.iterdir():
+            if p.name.startswith(".campp-"):
+                rest = p.name[len(".campp-"):].split("-", 1)[1]
+                p.rename(out / f".campp-{os.getpid()}-{rest}")
+
+    before, out, stdout = _mixed_set_attack(tmp_path, rename_leftovers=reuse_pid)
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after == before, sorted(n for n in after if after.get(n) != before.get(n))  # no mixed set, nothing left
+    assert stdout.split() == ["1", "1"]  # p0 redone, p1 skipped
+
+
+def _unshare_pid() -> list[str] | None:
+    try:
+        ok = subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    # A shell as the namespace's PID 1 (which ignores even SIGKILL), campp as its child: PID 2 in every run.
+    return ["unshare", "--pid", "--fork", "sh", "-c", '"$@"; exit $?', "sh"] if ok else None
+
+
+@pytest.mark.slow
+def test_24_1_three_runs_in_pid_namespaces(tmp_path):
+    """The issue's repro: every run is PID 1 in its own PID namespace."""
+    prefix = _unshare_pid()
+    if prefix is None:
+        pytest.skip("unshare --pid --fork is not available here (needs root or user namespaces)")
+    before, out, stdout = _mixed_set_attack(tmp_path, prefix)
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after == before, sorted(n for n in after if after.get(n) != before.get(n))
+    assert stdout.split() == ["1", "1"]
+
+
+def test_24_1_a_live_runs_temporaries_are_left_alone_whatever_their_id(tmp_path):
+    """A temporary held by a live process (its flock) is not touched, even under a dead process's id."""
+    import fcntl
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    held = tmp_path / f".campp-{dead}-0badc0de-0123456789abcdef-0.part"
+    held.write_bytes(b"in flight")
+    stale = tmp_path / f".campp-{os.getpid()}-0badc0de-fedcba9876543210-0.part"
+    stale.write_bytes(b"left by a killed run whose id is now this process's")
+    with open(held, "rb+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        assert images.recover(tmp_path) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [held.name]
+
+
+def _device(path: Path, minor: int) -> Path:
+    """A character device like /dev/null (minor 3) or /dev/full (7), made in a test folder; skips unless root."""
+    try:
+        os.mknod(path, 0o666 | __import__("stat").S_IFCHR, os.makedev(1, minor))
+    except (PermissionError, AttributeError):
+        pytest.skip("making a device node needs root")
+    return path
+
+
+def test_24_2_a_fifo_or_a_device_is_written_into_never_replaced(tmp_path):
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    images.write_atomic(fifo, b'{"a": 1}\n')
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and got == [b'{"a": 1}\n']
+    null = _device(tmp_path / "null", 3)
+    images.write_atomic(null, b"discarded")
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+    full = _device(tmp_path / "full", 7)
+    with pytest.raises(OutputError, match="No space left on device"):
+        images.write_atomic(full, b"x" * 10)
+    assert stat.S_ISCHR(os.lstat(full).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "null", "pipe.json"]  # no temporary left
+
+
+def test_24_2_a_set_never_replaces_a_fifo(tmp_path):
+    import stat
+
+    os.mkfifo(tmp_path / "x_gradcam_heatmap.jpeg")
+    files = {tmp_path / f"x{s}.jpeg": b"\xff\xd8 data \xff\xd9" for s in ("", "_gradcam_heatmap")}
+    with pytest.raises(OutputError, match="x_gradcam_heatmap.jpeg.*not a regular file"):
+        images.write_all_atomic(files, source="x.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["x_gradcam_heatmap.jpeg"]
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "x_gradcam_heatmap.jpeg").st_mode)
+
+
+OWN_NET = textwrap.dedent("""
+    import torch.nn as nn
+
+    def build():
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+""")
+
+
+@pytest.fixture()
+def own_net(tmp_path):
+    (tmp_path / "net.py").write_text(OWN_NET)
+    namespace: dict = {}
+    exec(OWN_NET, namespace)
+    torch.manual_seed(0)
+    torch.save(namespace["build"]().state_dict(), tmp_path / "w.pth")
+    return tmp_path
+
+
+def test_24_2_convert_into_a_device(own_net, run_cli, monkeypatch):
+    import stat
+
+    monkeypatch.chdir(own_net)
+    full = _device(own_net / "full", 7)
+    code, _, err = run_cli("convert", "w.pth", full, "--model", "net.py:build")
+    assert code == 1 and "No space left on device" in err, err
+    assert stat.S_ISCHR(os.lstat(full).st_mode)
+    code, _, err = run_cli("convert", "w.pth", "-", "--model", "net.py:build")
+    assert code == 2 and "TARGET -" in err and not (own_net / "-").exists()
+
+
+@pytest.mark.slow
+def test_24_2_dev_stdout_and_dev_null_in_a_private_mount_namespace(own_net):
+    """The issue's case, on a private /dev (a tmpfs in a mount namespace of its own; the real /dev is never
+    touched): outputs named /dev/null and /dev/stdout are written into, and stay a device and a link."""
+    try:
+        ok = subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        pytest.skip("unshare -m is not available here (needs root)")
+    script = textwrap.dedent(f"""
+        set -e
+        mount -t tmpfs campp-test-dev /dev
+        mknod -m 666 /dev/null c 1 3
+        mknod -m 666 /dev/full c 1 7
+        mknod -m 666 /dev/urandom c 1 9
+        ln -s /proc/self/fd/1 /dev/stdout
+        '{sys.executable}' -m campp_cli convert w.pth /dev/null --model net.py:build >/dev/null
+        '{sys.executable}' -m campp_cli convert w.pth /dev/stdout --model net.py:build > out.pth
+        '{sys.executable}' -m campp_cli convert w.pth /dev/full --model net.py:build || echo "full: $?"
+        test -c /dev/null && test -c /dev/full && test -L /dev/stdout && echo intact
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], cwd=own_net, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.split()[-3:] == ["full:", "1", "intact"], (proc.stdout, proc.stderr)
+    assert "No space left on device" in proc.stderr
+    payload = torch.load(io.BytesIO((own_net / "out.pth").read_bytes().split(b"wrote /dev/stdout")[0]),
+                         weights_only=True)
+    assert payload["source"] == "w.pth"
+
+
+def test_24_3_convert_never_overwrites_its_source(own_net, run_cli, monkeypatch):
+    monkeypatch.chdir(own_net)
+    before = (own_net / "w.pth").read_bytes()
+    os.link(own_net / "w.pth", own_net / "hard.pth")
+    for target in ("w.pth", "./w.pth", str(own_net / "w.pth"), "hard.pth"):
+        code, loaded, err = fresh_campp(["convert", "w.pth", target, "--model", "net.py:build"], own_net)
+        assert (code, loaded) == (2, False) and "is the SOURCE" in err, (target, err)
+    assert (own_net / "w.pth").read_bytes() == before
+    from campp_cli.errors import UsageError
+    from campp_cli.models import convert_weights
+
+    with pytest.raises(UsageError, match="is the SOURCE"):
+        convert_weights("w.pth", "hard.pth", model="net.py:build")
+    assert (own_net / "w.pth").read_bytes() == before
+
+
+def test_24_4_a_run_that_fails_before_any_work_keeps_the_jsonl(run_cli, tmp_path):
+    photos = _tree(tmp_path / "photos", 1)
+    log = tmp_path / "r.jsonl"
+    log.write_text('{"input": "an earlier run"}\n')
+    labels = tmp_path / "three.txt"
+    labels.write_text("a\nb\nc\n")
+    for bad in (["--layer", "no.such.layer"], ["--labels", labels]):
+        code, _, err = run_cli("classify", *LITE, *bad, "-f", photos, "--output-dir", tmp_path / "o", "--jsonl", log)
+        assert code == 2 and err.strip(), (bad, err)
+        assert log.read_text() == '{"input": "an earlier run"}\n', bad
+    fresh = tmp_path / "new.jsonl"
+    code, _, _ = run_cli("classify", *LITE, "--layer", "no.such.layer", "-f", photos, "--output-dir", tmp_path / "o",
+                         "--jsonl", fresh)
+    assert code == 2 and not fresh.exists()  # no empty file left behind either
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o", "--jsonl", log)
+    assert code == 0 and [json.loads(line)["input"] for line in log.read_text().splitlines()] == [
+        str(photos / "p0.png")]  # a run that starts replaces it
+
+
+@pytest.mark.parametrize("how", ["short write", "half, then ENOSPC"])
+def test_24_7_a_jsonl_line_is_whole_or_absent_on_a_full_disk(tmp_path, monkeypatch, how):
+    from campp_cli import jsonl
+
+    log = jsonl.JsonlLog(tmp_path / "r.jsonl")
+    log.write({"input": "first.png", "class": 1})
+    real = os.write
+
+    def full_disk(fd, data):
+        half = real(fd, bytes(data)[: len(data) // 2])
+        if how == "short write":
+            return half
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(jsonl.os, "write", full_disk)
+    with pytest.raises(OutputError, match="--jsonl .*r.jsonl: cannot write \\(No space left on device"):
+        log.write({"input": "second.png", "class": 2, "outputs": ["x" * 100]})
+    monkeypatch.setattr(jsonl.os, "write", real)
+    log.close()
+    assert (tmp_path / "r.jsonl").read_text() == '{"input": "first.png", "class": 1}\n'
+
+
+def test_24_5_the_reports_images_are_never_read_back_as_inputs(run_cli, tmp_path):
+    photos = _tree(tmp_path / "ph", 2)
+    args = ["classify", *LITE, "-f", photos, "--recursive", "--output-dir", tmp_path / "o",
+            "--report", photos / "report.html", "--jsonl", tmp_path / "r.jsonl"]
+    for _ in range(2):
+        code, _, err = run_cli(*args)
+        assert code == 0 and "2 done, 0 skipped, 0 failed" in err, err
+    inputs = [json.loads(line)["input"] for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert sorted(inputs) == [str(photos / "p0.png"), str(photos / "p1.png")]
+    assert not (tmp_path / "o" / "report_files").exists()
+
+
+def test_24_5_the_reports_image_folder_is_never_a_link(run_cli, tmp_path):
+    photos = _tree(tmp_path / "ph", 1)
+    before = sorted(p.name for p in photos.iterdir())
+    (tmp_path / "rep").mkdir()
+    os.symlink(photos, tmp_path / "rep" / "r_files")  # would put the report's images among the photos
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o",
+                           "--report", tmp_path / "rep" / "r.html")
+    assert code == 2 and "symbolic link" in err and "r_files" in err, err
+    assert sorted(p.name for p in photos.iterdir()) == before
+
+
+@pytest.mark.parametrize("case", ["jsonl and report", "jsonl is a figure", "jsonl in the report's folder",
+                                  "report's folder holds the figures", "input in the report's folder"])
+def test_24_6_outputs_that_collide_are_refused(run_cli, tmp_path, case):
+    photos = _tree(tmp_path / "ph", 1)
+    write_image(photos / "cat.jpeg", 40, 40, fmt="JPEG")
+    out = tmp_path / "o4"
+    extra = {
+        "jsonl and report": ["--jsonl", tmp_path / "same.html", "--report", tmp_path / "same.html"],
+        "jsonl is a figure": ["--jsonl", out / "cat.jpeg"],
+        "jsonl in the report's folder": ["--report", tmp_path / "r.html", "--jsonl", tmp_path / "r_files" / "x.jsonl"],
+        "report's folder holds the figures": ["--report", tmp_path / "r.html", "--output-dir", tmp_path / "r_files"],
+        "input in the report's folder": ["--report", photos / "p.html", "-f", photos / "p_files" / "x.png"],
+    }[case]
+    if case == "jsonl in the report's folder":
+        (tmp_path / "r_files").mkdir()
+    if case == "input in the report's folder":
+        (photos / "p_files").mkdir()
+        write_image(photos / "p_files" / "x.png", 40, 40)
+    out.mkdir()
+    code, _, err = run_cli("classify", *LITE, "-f", photos, "--output-dir", out, *extra)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "same file" in err or "is also the output" in err or "where --report" in err or "folder of --report" in err
+    named = [str(a) for a in extra if isinstance(a, Path)]
+    assert any(n in err for n in named), err
+    assert list(out.iterdir()) == [] and not (tmp_path / "same.html").exists()
+
+
+def test_24_6_evaluate_outputs_that_collide_are_refused(tmp_path):
+    photos = _tree(tmp_path / "ph", 1)
+    for outputs in (["--json", "e.html", "--csv", "e.html"], ["--csv", "e.html", "--report", "e.html"],
+                    ["--json", "e.json", "--plot", "E.png", "--csv", "e_files/x.csv", "--report", "e.html"]):
+        (tmp_path / "e_files").mkdir(exist_ok=True)
+        code, loaded, err = fresh_campp(["evaluate", *LITE, "-f", photos, *outputs], tmp_path)
+        assert (code, loaded) == (2, False), (outputs, err)
+        assert ("e.html" in err or "e_files" in err) and ("same file" in err or "folder of --report" in err), err
+    code, loaded, err = fresh_campp(["evaluate", *LITE, "-f", photos, "--json", "/dev/null", "--csv", "/dev/null",
+                                     "--labels", "missing.txt"], tmp_path)
+    assert "same file" not in err  # streams may be shared
+
+
+def _case_insensitive_lstat(real):
+    """os.lstat as on a disk that ignores case and Unicode normalisation: a name finds the entry that equals
+    it under both."""
+    import unicodedata
+
+    def key(name):
+        return unicodedata.normalize("NFC", name).casefold()
+
+    def lstat(path, *args, **kwargs):
+        folder, name = os.path.split(os.fspath(path))
+        for entry in os.listdir(folder or "."):
+            if key(entry) == key(name):
+                return real(os.path.join(folder, entry), *args, **kwargs)
+        raise FileNotFoundError(2, "No such file or directory", path)
+
+    return lstat
+
+
+def test_24_21_detecting_a_disk_that_folds_case(tmp_path, monkeypatch):
+    from campp_cli import inputs
+
+    inputs._folds.cache_clear()
+    assert inputs.folds_case(tmp_path) is False  # this disk tells case apart
+    inputs._folds.cache_clear()
+    monkeypatch.setattr(inputs.os, "lstat", _case_insensitive_lstat(os.lstat))
+    assert inputs.folds_case(tmp_path / "not" / "made" / "yet") is True  # probed in the nearest folder there is
+    assert list(tmp_path.iterdir()) == []  # the probe is gone
+    inputs._folds.cache_clear()
+
+
+def test_24_21_names_equal_but_for_case_or_normalisation_are_told_apart(tmp_path, monkeypatch):
+    from campp_cli import inputs
+
+    photos = tmp_path / "photos"
+    (photos / "Sub").mkdir(parents=True)
+    (photos / "sub").mkdir()
+    for name in ("Cat.png", "cat.png", "caf\u00e9.png", "cafe\u0301.png", "Sub/x.png", "sub/x.png"):
+        write_image(photos / name, 40, 40)
+    keys = ["", "_gradcam_heatmap"]
+
+    def files(jobs):
+        import unicodedata
+
+        return [unicodedata.normalize("NFC", str(j.path(k).relative_to(tmp_path / "o"))).casefold()
+                for j in jobs for k in keys]
+
+    monkeypatch.setattr(inputs, "folds_case", lambda folder: True, raising=False)
+    jobs = inputs.plan([str(photos)], tmp_path / "o", None, recursive=True, keys=keys)
+    assert len(jobs) == 6 and len(set(files(jobs))) == 12  # twelve files a case-blind disk tells apart
+    monkeypatch.setattr(inputs, "folds_case", lambda folder: False)
+    jobs = inputs.plan([str(photos)], tmp_path / "o", None, recursive=True, keys=keys)
+    assert {j.stem for j in jobs} == {"Cat", "cat", "caf\u00e9", "cafe\u0301", "x"}  # elsewhere names stay as given
+    from campp_cli.errors import UsageError
+
+    one = inputs.plan([str(photos / "cat.png")], tmp_path / "o", None, keys=keys)  # o/output.jpeg...
+    with pytest.raises(UsageError, match="OUTPUT.jpeg is also the output"):
+        inputs.check_collisions(one, keys, {"--jsonl": tmp_path / "o" / "OUTPUT.jpeg"}, [], folds=True)
+    inputs.check_collisions(one, keys, {"--jsonl": tmp_path / "o" / "OUTPUT.jpeg"}, [], folds=False)

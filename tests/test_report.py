@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IMAGES, REPO, fresh_campp
+from conftest import IMAGES, REPO, fresh_campp, write_image
 from PIL import Image
 
 from campp_cli import report as rp
@@ -244,6 +244,46 @@ def test_classify_report_of_a_real_run(classify_run, capsys):
                 else:
                     assert im.size == (160, 160)  # the panel size, as --max-side says
     assert sum(r.get("ok", 0) for r in data["records"]) >= 2 and any(r.get("ok") == 0 for r in data["records"])
+
+
+def _slot_files(base: Path, data: dict, record: dict) -> list[Path]:
+    slot = record.get("a", data["records"].index(record))
+    return [base / "r_files" / rp.asset_name(slot, kind) for kind in ["thumb", "photo", *data["methods"]]]
+
+
+def test_a_resumed_run_shows_what_the_earlier_run_found(tmp_path):
+    """Issue 24, 19: --skip-existing --report after a run keeps every skipped card's class, probability and
+    pictures, even when the records' order changes; a figure rewritten since is no longer vouched for."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        write_image(photos / f"p{i}.png", 48, 40, seed=i)
+    args = ["classify", *LITE, "-f", photos, "--output-dir", tmp_path / "o", "--report", tmp_path / "r.html",
+            "--skip-existing", "-q"]
+    assert _run(args) == 0
+    data = page_data(tmp_path / "r.html")
+    first = {r["n"]: r for r in data["records"]}
+    p1 = str(photos / "p1.png")
+    p1_images = [f.read_bytes() for f in _slot_files(tmp_path, data, first[p1])]
+    # Now p1 is skipped (reported first, at index 0: p0's), p0 redone, and a new photo comes in.
+    (tmp_path / "o" / "p0.jpeg").unlink()
+    write_image(photos / "a.png", 48, 40, seed=7)
+    assert _run(args) == 0
+    data = page_data(tmp_path / "r.html")
+    assert data["counts"] == {"done": 2, "failed": 0, "skipped": 1, "total": 3}
+    records = {r["n"]: r for r in data["records"]}
+    kept = records[p1]
+    assert kept["skip"] == 1 and data["records"].index(kept) == 0
+    assert (kept["c"], kept["p"], kept["t5"], kept["wh"]) == (first[p1]["c"], first[p1]["p"], first[p1]["t5"],
+                                                               first[p1]["wh"])
+    assert [f.read_bytes() for f in _slot_files(tmp_path, data, kept)] == p1_images  # not overwritten
+    slots = [_slot_files(tmp_path, data, r) for r in data["records"]]
+    assert all(f.is_file() for files in slots for f in files) and len({files[0] for files in slots}) == 3
+    # p1's figure rewritten since (by a run without --report): the earlier results are no longer its own.
+    (tmp_path / "o" / "p1.jpeg").write_bytes((tmp_path / "o" / "a.jpeg").read_bytes())
+    assert _run(args) == 0
+    records = {r["n"]: r for r in page_data(tmp_path / "r.html")["records"]}
+    assert "c" in records[str(photos / "p0.png")] and "c" not in records[p1] and records[p1]["skip"] == 1
 
 
 def test_disagreement_in_the_page_is_that_of_the_saved_maps(tmp_path):
