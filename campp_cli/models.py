@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torchvision
 
 from .cam import grid_layout, split_layer, to_grid
-from .errors import ModelError, UsageError, WeightsError, clip
+from .errors import CamppError, ModelError, UsageError, WeightsError, clip
 from .labels import numbered
 from .packing import pack_convolutions
 from .preprocessing import INTERPOLATIONS, TF_LITE_PREPROCESSING, Overrides, Preprocessing
@@ -53,14 +52,25 @@ class ArchSpec:
         return self.builder()
 
 
+def _torchvision():
+    """torchvision, imported when an architecture of its own is asked for (it takes a second to import:
+    its ops pull in torch._dynamo), never for EfficientNet-Lite, timm or your own model."""
+    import torchvision
+
+    return torchvision
+
+
+@functools.lru_cache(maxsize=None)
 def _imagenet_categories() -> tuple[str, ...]:
-    return tuple(torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+    """ImageNet's 1000 class names, as torchvision's weights name them (campp's copy: no torchvision import)."""
+    text = (Path(__file__).parent / "data" / "imagenet_classes.txt").read_text(encoding="utf-8")
+    return tuple(text.splitlines())
 
 
 def _build_torchvision(name: str, **kwargs) -> torch.nn.Module:
     with warnings.catch_warnings():  # initialisation notices, irrelevant once weights load
         warnings.simplefilter("ignore", FutureWarning)
-        return torchvision.models.get_model(name, weights=None, **kwargs)
+        return _torchvision().models.get_model(name, weights=None, **kwargs)
 
 
 def _interpolation_name(mode) -> str:
@@ -70,7 +80,7 @@ def _interpolation_name(mode) -> str:
 
 
 def _torchvision_spec(name: str, default_layer: str | None = None) -> ArchSpec:
-    weights = torchvision.models.get_model_weights(name).DEFAULT
+    weights = _torchvision().models.get_model_weights(name).DEFAULT
     transforms = weights.transforms()
     return ArchSpec(
         name=name,
@@ -131,7 +141,8 @@ def _efficientnet_lite_spec(name: str) -> ArchSpec:
 
 def arch_names() -> list[str]:
     """The architectures --arch takes by bare name (the other sources take PREFIX:NAME)."""
-    return sorted({*torchvision.models.list_models(module=torchvision.models), *EFFICIENTNET_LITE})
+    models = _torchvision().models
+    return sorted({*models.list_models(module=models), *EFFICIENTNET_LITE})
 
 
 def _closest(name: str, choices: list[str]) -> str:
@@ -452,8 +463,13 @@ class Classifier:
 # --------------------------------------------------------------------------- devices
 
 
-def resolve_device(gpu: int | None) -> torch.device:
-    """``None``: GPU 0 when CUDA works, else the CPU; ``-1``: the CPU; ``n``: GPU n."""
+def resolve_device(gpu: int | None, warn: Callable[[str], None] | None = None) -> torch.device:
+    """``None``: GPU 0 when CUDA works, else the CPU; ``-1``: the CPU; ``n``: GPU n.
+
+    ``warn``: on a machine without CUDA, ``n`` is the CPU after one line given to ``warn`` (the command
+    line's way, as the paper's TensorFlow code ran there); without it, a usage error.  An index that does
+    not exist on a machine with CUDA is always an error naming the devices there.
+    """
     if gpu is None:
         return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
     if gpu < -1:
@@ -461,6 +477,9 @@ def resolve_device(gpu: int | None) -> torch.device:
     if gpu == -1:
         return torch.device("cpu")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0 and warn is not None:
+        warn(f"campp: warning: -gpu {gpu}: no CUDA device on this machine; running on the CPU (-gpu -1 says so)")
+        return torch.device("cpu")
     if count == 0:
         raise UsageError(f"-gpu {gpu}: no CUDA device is available on this machine; use -gpu -1 for the CPU")
     if gpu >= count:
@@ -750,6 +769,54 @@ def prepare_module(module: torch.nn.Module, device: torch.device | str) -> torch
     return module
 
 
+def _target_layer(spec: ArchSpec, module: torch.nn.Module, layer: str | None, size: int, device: str) -> str:
+    """``layer`` once checked, or the default one (a dry run on ``device`` where the spec names none)."""
+    if layer is None:
+        return default_layer(spec, module, device=device, size=size)
+    check_layer(module, layer, spec, device=device, size=size)
+    return layer
+
+
+def _empty_module(spec: ArchSpec) -> torch.nn.Module | None:
+    """``spec``'s model built on the ``meta`` device: shapes, no values, no random initialisation (which the
+    weights would overwrite: a second for VGG16); None where it cannot be built so (your own model, a
+    builder that needs values)."""
+    if spec.weights_optional:
+        return None
+    try:
+        with torch.device("meta"):
+            module = spec.build()
+    except CamppError:
+        raise
+    except Exception:  # a builder that computes with its tensors: built the ordinary way
+        return None
+    tensors = [*module.parameters(), *module.buffers()]
+    if not isinstance(module, torch.nn.Module) or any(t.device.type != "meta" for t in tensors):
+        return None
+    return module.eval()
+
+
+def _assign_weights(module: torch.nn.Module, state: dict) -> torch.nn.Module | None:
+    """``module`` (built on ``meta``) holding ``state``'s tensors themselves (mapped from the file, not
+    copied), in the dtype the architecture declares; None when some tensor of it is not in the state dict
+    (a non-persistent buffer): then it is built and loaded the ordinary way."""
+    expected = module.state_dict()
+    fitted = {}
+    for key, value in state.items():
+        want = expected[key].dtype
+        value = value if value.dtype == want else value.to(want)
+        fitted[key] = value if value.is_contiguous() else value.contiguous()
+    module.load_state_dict(fitted, assign=True)
+    if any(t.device.type == "meta" for t in [*module.parameters(), *module.buffers()]):
+        return None
+    return module
+
+
+def _copy_weights(module: torch.nn.Module, state: dict) -> torch.nn.Module:
+    module.load_state_dict(state)
+    return module
+
+
 _CACHE: dict[tuple, Classifier] = {}
 
 
@@ -816,7 +883,11 @@ def load_classifier(
         return _CACHE[key]
     spec = with_head(model_spec(arch, model, preprocessing), num_classes, labels)
     path = find_weights(spec, weights, download=download)
-    module = spec.build().eval()
+    # Weights about to replace every tensor: the model is built without them (no random initialisation).
+    module = _empty_module(spec) if path is not None else None
+    lean = module is not None
+    if module is None:
+        module = spec.build().eval()
     state, meta = None, {}
     if path is not None:
         state, meta = read_weights(path, _tensor_bytes(module))
@@ -827,19 +898,26 @@ def load_classifier(
         from .cam import layer_name
 
         layer = layer_name(module, layer)
-    # Layer errors before the (large) weights are loaded: shapes need no trained weights.
-    if layer is None:
-        target = default_layer(spec, module, size=size)
-    else:
-        check_layer(module, layer, spec, size=size)
-        target = layer
+    # Layer errors before the (large) weights are loaded: shapes need no trained weights (a model built
+    # without tensors is dry-run on the meta device; one whose forward pass needs values, once loaded).
+    try:
+        target = _target_layer(spec, module, layer, size, "meta" if lean else "cpu")
+    except ModelError:
+        if not lean:
+            raise
+        target = None
     if state is not None:
         check_fits(module, state, spec.name, path, num_classes)
         try:
-            module.load_state_dict(state)
+            if lean:
+                module = _assign_weights(module, state) or _copy_weights(spec.build().eval(), state)
+            else:
+                _copy_weights(module, state)
         except (RuntimeError, ValueError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WeightsError(f"{path}: these weights do not load into {spec.name}: {first}") from None
+    if target is None:
+        target = _target_layer(spec, module, layer, size, "cpu")
     prepare_module(module, device)
     recipe = dict(arch=arch, model=model, weights=str(path.absolute()) if path is not None else None, layer=target,
                   num_classes=num_classes, labels=list(spec.categories), preprocessing=final)

@@ -1,0 +1,168 @@
+"""A lean cold start: models built without the random initialisation their weights replace, weights
+mapped rather than copied, only the imports a call needs; the same results as the ordinary way."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import IMAGES, fresh_campp
+from torch import nn
+
+from campp_cli import models
+from campp_cli.cam import explain
+
+
+def _reload(monkeypatch, lean: bool, *args, **kwargs):
+    models._CACHE.clear()
+    if not lean:
+        monkeypatch.setattr(models, "_empty_module", lambda spec: None)  # the ordinary build and copying load
+    try:
+        return models.load_classifier(*args, **kwargs)
+    finally:
+        monkeypatch.undo()
+        models._CACHE.clear()
+
+
+def _explained(clf, seed: int = 0):
+    x = torch.randn(2, 3, clf.input_size, clf.input_size, generator=torch.Generator().manual_seed(seed))
+    return explain(clf.module, clf.layer, x, methods="gradcam,gradcampp")
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "efficientnet_lite0"])
+def test_lean_loading_gives_the_same_results_bitwise(vgg_weights, monkeypatch, arch):
+    old = _reload(monkeypatch, False, arch, device="cpu")
+    new = _reload(monkeypatch, True, arch, device="cpu")
+    assert new.layer == old.layer and new.categories == old.categories
+    a, b = _explained(old), _explained(new)
+    assert np.array_equal(a.logits, b.logits) and np.array_equal(a.probs, b.probs)
+    for method in a.maps:
+        assert np.array_equal(a.maps[method], b.maps[method]), method
+    ours, theirs = new.module.state_dict(), old.module.state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) and ours[k].dtype == theirs[k].dtype for k in ours)
+
+
+def test_the_model_is_built_without_values_and_holds_the_mapped_tensors(vgg_weights, monkeypatch):
+    seen = {}
+    assign, read = models._assign_weights, models.read_weights
+
+    def spy_assign(module, state):
+        seen["devices"] = {t.device.type for t in [*module.parameters(), *module.buffers()]}
+        return assign(module, state)
+
+    def spy_read(path, expected_bytes=None):
+        state, meta = read(path, expected_bytes)
+        seen["state"] = state
+        return state, meta
+
+    monkeypatch.setattr(models, "_assign_weights", spy_assign)
+    monkeypatch.setattr(models, "read_weights", spy_read)
+    models._CACHE.clear()
+    try:
+        clf = models.load_classifier("vgg16", device="cpu")
+    finally:
+        models._CACHE.clear()
+    assert seen["devices"] == {"meta"}  # no random initialisation ran on real tensors
+    weight = clf.module.classifier[0].weight  # 400 MB of the 528: used where it lies in the file
+    assert weight.data_ptr() == seen["state"]["classifier.0.weight"].data_ptr()
+    assert all(t.device.type == "cpu" for t in [*clf.module.parameters(), *clf.module.buffers()])
+
+
+def test_no_initialisation_runs_for_a_model_about_to_be_loaded(vgg_weights, monkeypatch):
+    """The initialisers run on shapes only (meta tensors), never filling real memory."""
+    filled = []
+    real = torch.nn.init.normal_
+
+    def spy(tensor, *args, **kwargs):
+        filled.append(tensor.device.type)
+        return real(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "normal_", spy)  # VGG16's Linear layers
+    models._CACHE.clear()
+    try:
+        models.load_classifier("vgg16", device="cpu")
+    finally:
+        models._CACHE.clear()
+    assert filled and set(filled) == {"meta"}
+
+
+class _Buffered(nn.Module):
+    """A builder that needs values (``tolist``), a non-persistent buffer, a forward that needs values."""
+
+    def __init__(self, compute_at_build: bool, data_dependent: bool):
+        super().__init__()
+        if compute_at_build:
+            widths = torch.tensor([4, 6]).tolist()  # fails on meta
+        else:
+            widths = [4, 6]
+        self.features = nn.Sequential(nn.Conv2d(3, widths[0], 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(widths[0], widths[1], 3, padding=1), nn.ReLU())
+        self.register_buffer("scale", torch.full((1,), 2.0), persistent=False)
+        self.head = nn.Linear(widths[1], 3)
+        self.data_dependent = data_dependent
+
+    def forward(self, x):
+        if self.data_dependent and float(x.abs().sum()) < 0:  # needs values: fails on meta
+            x = -x
+        y = self.features(x * self.scale)
+        return self.head(y.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("compute_at_build,data_dependent", [(False, False), (True, False), (False, True)])
+def test_builders_that_need_values_still_load(tmp_path, monkeypatch, compute_at_build, data_dependent):
+    torch.manual_seed(3)
+    reference = _Buffered(False, False).eval()
+    path = tmp_path / "w.pth"
+    torch.save(reference.state_dict(), path)
+    spec = models.ArchSpec(name="test:buffered", builder=lambda: _Buffered(compute_at_build, data_dependent),
+                           categories=("a", "b", "c"), preprocessing=models.Preprocessing(), input_size=16,
+                           weights_filename="")
+    monkeypatch.setitem(models._SOURCES, "test", lambda name: spec)
+    models.get_arch.cache_clear()
+    models._CACHE.clear()
+    try:
+        clf = models.load_classifier("test:buffered", weights=path, device="cpu", layer="features.3")
+        with pytest.raises(models.UsageError, match="no such feature map"):
+            models.load_classifier("test:buffered", weights=path, device="cpu", layer="features.9")
+    finally:
+        models.get_arch.cache_clear()
+        models._CACHE.clear()
+    assert all(t.device.type == "cpu" for t in [*clf.module.parameters(), *clf.module.buffers()])
+    assert float(clf.module.scale) == 2.0  # the non-persistent buffer has its value
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(clf.module(x), reference(x), atol=1e-6)
+
+
+def test_weights_of_another_dtype_load_as_the_architecture_declares(tmp_path):
+    torch.manual_seed(4)
+    reference = _Buffered(False, False).eval()
+    path = tmp_path / "w64.pth"
+    torch.save({k: v.double() for k, v in reference.state_dict().items()}, path)
+    spec = models.ArchSpec(name="test:buffered", builder=lambda: _Buffered(False, False), categories=("a", "b", "c"),
+                           preprocessing=models.Preprocessing(), input_size=16, weights_filename="")
+    models.register_source("dtype", lambda name: spec)
+    models._CACHE.clear()
+    try:
+        clf = models.load_classifier("dtype:x", weights=path, device="cpu", layer="features.3")
+    finally:
+        models._SOURCES.pop("dtype")
+        models.get_arch.cache_clear()
+        models._CACHE.clear()
+    assert {p.dtype for p in clf.module.parameters()} == {torch.float32}
+
+
+def test_imagenet_names_are_torchvision_s():
+    import torchvision
+
+    assert models._imagenet_categories() == tuple(torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def test_efficientnet_lite_never_imports_torchvision(tmp_path):
+    code, loaded, err = fresh_campp(["classify", "--arch", "efficientnet_lite0", "-f", IMAGES / "chelsea.png",
+                                     "--output-dir", tmp_path / "o", "-gpu", "-1", "-q"], tmp_path,
+                                    module="torchvision")
+    assert code == 0, err
+    assert not loaded
+    assert (tmp_path / "o" / "chelsea.jpeg").is_file()
