@@ -131,7 +131,8 @@ model_options = _options(
                  help="Class to explain: an index (ImageNet: 0..999) or a class name ('tiger cat', or one of "
                       "--labels); -1 explains the predicted class."),
     click.option("-gpu", "--gpu", "gpu", type=int, default=None, metavar="ID",
-                 help="CUDA device index; -1 forces the CPU. Default: GPU 0 if CUDA is available, else the CPU."),
+                 help="CUDA device index; -1 forces the CPU. Default: GPU 0 if CUDA is available, else the CPU. "
+                      "On a machine without CUDA, an index warns and runs on the CPU."),
     click.option("--arch", default=None, metavar="NAME",
                  help="vgg16 (the paper's, the default), efficientnet_lite0, _lite1, _lite2 (offline), any "
                       "torchvision classifier by name (resnet50, convnext_tiny, vit_b_16, swin_t...), or "
@@ -326,7 +327,7 @@ def _load_model(gpu, weights, layer, offline, quiet, engine="local", label="-1",
     from .models import describe_device, load_classifier, resolve_device
 
     here = get_engine(engine).on_this_machine
-    device = resolve_device(gpu if here else -1)
+    device = resolve_device(gpu if here else -1, warn=_say)
     clf = load_classifier(weights=weights, device=device, layer=layer, download=not offline, **request)
     label = resolve_label(label, clf.categories)
     if not quiet:
@@ -386,7 +387,8 @@ def _run_with_progress(engine, jobs, clf, options, on_result, bar, command=None)
 @input_options
 @click.option("-o", "--output", default=None, metavar="NAME.jpeg",
               help="Name of the comparison figure (.jpeg, .jpg or .png); the other files are named after it. "
-                   "Default: output.jpeg for one photo; for several, a template with {stem} (default "
+                   "Default: named after the photo (photo.jpg gives photo.jpeg; -o output.jpeg is the paper's "
+                   "name); for several, a template with {stem} (default "
                    "{stem}.jpeg).")
 @click.option("--output-dir", default=DEFAULT_OUTPUT_DIR, show_default=True, metavar="DIR",
               help="Folder for every output file, created if missing; folders given with -f are mirrored in it.")

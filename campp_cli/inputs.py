@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError, clip
-from .settings import DEFAULT_OUTPUT, FORMATS
+from .settings import FORMATS
 
 #: Largest ``@list`` read (a million paths of 100 bytes), and longest line in it (PATH_MAX).
 MAX_LIST_BYTES = 100 * 1024 * 1024
@@ -371,7 +371,8 @@ def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool =
     keys = keys if keys is not None else [""]
     check_name_length("--output-dir", out_root)
     if is_single(specs):
-        stem, suffix = output_stem(output or os.path.splitext(DEFAULT_OUTPUT)[0] + ext, fmt)
+        # Named after the photo unless -o says otherwise: a shell loop over photos overwrites nothing.
+        stem, suffix = output_stem(output or safe_stem(Path(specs[0])) + ext, fmt)
         _check_output_name(output, stem, suffix, keys)
         return [Job(Path(specs[0]), out_root, stem, suffix, root=out_root)]
     template = output or "{stem}" + ext

@@ -13,6 +13,8 @@ from conftest import IMAGES, fresh_campp, write_image
 from PIL import Image
 from reference import paper_preprocess, reference_map, vgg_activations_and_grads
 
+LITE0 = ("--arch", "efficientnet_lite0")
+
 SUFFIXES = ["", "_gradcam_heatmap", "_gradcampp_heatmap", "_gradcam_overlay", "_gradcampp_overlay"]
 
 
@@ -84,7 +86,8 @@ def test_label_selects_the_explained_class(vgg, run_cli, tmp_path):
                              "--save-maps")
     assert code == 0, err
     assert "explained: 7 " in out
-    assert (tmp_path / "output.jpeg").is_file()  # the paper's default name
+    assert (tmp_path / "coffee.jpeg").is_file()  # named after the photo
+    assert not (tmp_path / "output.jpeg").exists()
 
 
 @pytest.mark.parametrize("value,needle", [("1000", "1000"), ("abc", "abc"), ("-2", "-2")])
@@ -159,14 +162,52 @@ def test_weights_option_and_models_folder(vgg_weights, run_cli, tmp_path, monkey
     assert str(models_dir) in err
 
 
-def test_missing_gpu_lists_what_exists(run_cli, tmp_path):
-    code, out, err = run_cli("classify", "-f", IMAGES / "chelsea.png", "-gpu", "7", "--output-dir", tmp_path)
-    assert code == 2
-    assert "-gpu 7" in err
-    if torch.cuda.is_available():
-        assert "0 (" in err
-    else:
-        assert "no CUDA device" in err and "-gpu -1" in err
+def test_missing_gpu_lists_what_exists(run_cli, tmp_path, monkeypatch):
+    """With CUDA, an index that does not exist is a usage error naming the devices (one simulated here)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "Simulated GPU")
+    code, out, err = run_cli("classify", *LITE0, "-f", IMAGES / "chelsea.png", "-gpu", "7", "--output-dir", tmp_path)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1
+    assert "-gpu 7" in err and "0 (Simulated GPU)" in err and "-1 is the CPU" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_one_photo_without_o_is_named_after_it(run_cli, tmp_path, monkeypatch):
+    """A shell loop without -o overwrites nothing: each photo's figures carry its name; -o keeps the paper's."""
+    monkeypatch.chdir(tmp_path)
+    for photo in ("rocket.jpg", "chelsea.png"):
+        code, _, err = run_cli("classify", *LITE0, "-f", IMAGES / photo, "-gpu", "-1", "-q")
+        assert code == 0, err
+    names = sorted(p.name for p in (tmp_path / "output").iterdir())
+    assert names == sorted(f"{stem}{key}.jpeg" for stem in ("rocket", "chelsea")
+                           for key in ("", "_gradcam_heatmap", "_gradcam_overlay", "_gradcampp_heatmap",
+                                       "_gradcampp_overlay"))
+    code, _, err = run_cli("classify", *LITE0, "-f", IMAGES / "chelsea.png", "-gpu", "-1", "-q", "-o", "output.jpeg")
+    assert code == 0, err
+    assert (tmp_path / "output" / "output.jpeg").is_file()
+
+
+def test_gpu_without_cuda_warns_and_runs_on_the_cpu(run_cli, tmp_path, monkeypatch):
+    """As the paper's TensorFlow code did: ``-gpu 0`` on a machine without CUDA runs on the CPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = run_cli("classify", *LITE0, "-f", IMAGES / "chelsea.png", "-gpu", "0", "--output-dir", tmp_path)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert warnings == ["campp: warning: -gpu 0: no CUDA device on this machine; running on the CPU "
+                        "(-gpu -1 says so)"]
+    assert "on cpu" in err
+    assert (tmp_path / "chelsea.jpeg").is_file()
+
+
+def test_resolve_device_without_cuda_is_an_error_for_the_library(monkeypatch):
+    from campp_cli.errors import UsageError
+    from campp_cli.models import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError, match="no CUDA device"):
+        resolve_device(0)
 
 
 def test_big_photos_are_capped_and_tiny_ones_enlarged(vgg, run_cli, tmp_path):

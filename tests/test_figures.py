@@ -100,7 +100,7 @@ def test_quiet_is_errors_only_for_one_photo_too(tiny, run_cli, monkeypatch):
     monkeypatch.chdir(tiny)
     code, out, err = run_cli("classify", "-f", "photos/p0.png", "--model", "tiny.py:build", "-q", "--alpha", "0.3")
     assert code == 0 and out == "" and err == ""
-    assert (tiny / "output" / "output.jpeg").is_file()
+    assert (tiny / "output" / "p0.jpeg").is_file()
     code, out, err = run_cli("classify", "-f", "photos/missing.png", "--model", "tiny.py:build", "-q")
     assert code != 0 and err.count("\n") == 1 and out == ""
 

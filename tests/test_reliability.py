@@ -54,9 +54,9 @@ def test_1_output_folder_that_holds_the_inputs(run_cli, tmp_path):
 def test_1_default_output_of_a_photo_in_output(run_cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "output").mkdir()
-    photo = tmp_path / "output" / "output.jpeg"
+    photo = tmp_path / "output" / "rocket.jpeg"  # the default figure of a photo is named after it
     photo.write_bytes((IMAGES / "rocket.jpg").read_bytes())
-    code, _, err = run_cli("classify", *LITE, "-f", "output/output.jpeg")
+    code, _, err = run_cli("classify", *LITE, "-f", "output/rocket.jpeg")
     assert code == 2 and "would overwrite the input" in err
     assert photo.read_bytes() == (IMAGES / "rocket.jpg").read_bytes()
 
@@ -553,7 +553,7 @@ def test_17_errors_name_the_input_and_the_weights(vgg, run_cli, tmp_path, monkey
     monkeypatch.setattr(images.os, "replace", full)
     code, _, err = run_cli("classify", "-f", IMAGES / "coffee.png", "--output-dir", tmp_path / "o")
     monkeypatch.setattr(images.os, "replace", real)
-    assert code == 1 and str(IMAGES / "coffee.png") in err and "output.jpeg" in err, err
+    assert code == 1 and str(IMAGES / "coffee.png") in err and "coffee.jpeg" in err, err
     state = torchvision.models.vgg16().state_dict()
     state["classifier.6.bias"][:] = float("nan")
     torch.save(state, tmp_path / "nan.pth")
@@ -976,7 +976,7 @@ def test_24_21_names_equal_but_for_case_or_normalisation_are_told_apart(tmp_path
     assert {j.stem for j in jobs} == {"Cat", "cat", "caf\u00e9", "cafe\u0301", "x"}  # elsewhere names stay as given
     from campp_cli.errors import UsageError
 
-    one = inputs.plan([str(photos / "cat.png")], tmp_path / "o", None, keys=keys)  # o/output.jpeg...
-    with pytest.raises(UsageError, match="OUTPUT.jpeg is also the output"):
-        inputs.check_collisions(one, keys, {"--jsonl": tmp_path / "o" / "OUTPUT.jpeg"}, [], folds=True)
-    inputs.check_collisions(one, keys, {"--jsonl": tmp_path / "o" / "OUTPUT.jpeg"}, [], folds=False)
+    one = inputs.plan([str(photos / "cat.png")], tmp_path / "o", None, keys=keys)  # o/cat.jpeg...
+    with pytest.raises(UsageError, match="CAT.jpeg is also the output"):
+        inputs.check_collisions(one, keys, {"--jsonl": tmp_path / "o" / "CAT.jpeg"}, [], folds=True)
+    inputs.check_collisions(one, keys, {"--jsonl": tmp_path / "o" / "CAT.jpeg"}, [], folds=False)
