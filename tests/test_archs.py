@@ -156,14 +156,14 @@ def test_torchvision_arch_with_its_default_layer(resnet18_weights, run_cli, tmp_
                              IMAGES / "coffee.png", "--save-maps", "--output-dir", tmp_path)
     assert code == 0, err
     assert "layer layer4" in err
-    assert np.load(tmp_path / "output_gradcampp.npy").shape == (7, 7)
+    assert np.load(tmp_path / "coffee_gradcampp.npy").shape == (7, 7)
 
 
 def test_layer_override(resnet18_weights, run_cli, tmp_path):
     code, out, err = run_cli("classify", "--arch", "resnet18", "--weights", resnet18_weights, "--layer", "layer3",
                              "-f", IMAGES / "coffee.png", "--save-maps", "--output-dir", tmp_path)
     assert code == 0, err
-    assert np.load(tmp_path / "output_gradcam.npy").shape == (14, 14)
+    assert np.load(tmp_path / "coffee_gradcam.npy").shape == (14, 14)
 
 
 def test_layers_command_marks_the_default(run_cli):

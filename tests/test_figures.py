@@ -190,7 +190,7 @@ def test_display_full_with_pad_puts_the_maps_on_the_whole_photo(run_cli, tmp_pat
 
     assert run_cli("classify", "--arch", "efficientnet_lite0", "-f", IMAGES / PHOTO, "--output-dir", tmp_path,
                    "--max-side", "300", "-q", "--display", "full", "--resize", "pad")[0] == 0
-    full = np.asarray(Image.open(tmp_path / "output_gradcam_heatmap.jpeg"), dtype=np.float64)
+    full = np.asarray(Image.open(tmp_path / "rocket_gradcam_heatmap.jpeg"), dtype=np.float64)
     photo = _photo_at(full.shape[1], full.shape[0])
     # The model saw all of it: no part of the figure is the dimmed photo.
     assert np.abs(full[:, :40] - photo[:, :40] * images.DIM).mean() > 30
@@ -215,17 +215,17 @@ def test_format_png_writes_every_figure_losslessly(run_cli, tmp_path):
             "--max-side", "224", "-q", "--save-maps"]
     assert run_cli(*args, "--format", "png")[0] == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(["output.png", "output_gradcam_heatmap.png", "output_gradcam_overlay.png",
-                            "output_gradcampp_heatmap.png", "output_gradcampp_overlay.png", "output_gradcam.npy",
-                            "output_gradcampp.npy"])
+    assert names == sorted(["coffee.png", "coffee_gradcam_heatmap.png", "coffee_gradcam_overlay.png",
+                            "coffee_gradcampp_heatmap.png", "coffee_gradcampp_overlay.png", "coffee_gradcam.npy",
+                            "coffee_gradcampp.npy"])
     for name in names:
         if name.endswith(".png"):
             assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Lossless: the heatmap is exactly JET of the saved map, upsampled bilinearly (written here with OpenCV).
-    cam = np.load(tmp_path / "output_gradcam.npy")
+    cam = np.load(tmp_path / "coffee_gradcam.npy")
     up = np.clip(cv2.resize(cam, (224, 224), interpolation=cv2.INTER_LINEAR), 0, 1)
     jet = cv2.applyColorMap(np.round(up * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "output_gradcam_heatmap.png")), jet)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "coffee_gradcam_heatmap.png")), jet)
     # -o NAME.png alone says PNG too; a JPEG name with --format png is refused before any work.
     assert run_cli(*args, "-o", "named.png")[0] == 0 and (tmp_path / "named_gradcampp_overlay.png").is_file()
     code, _, err = run_cli(*args, "-o", "named.jpeg", "--format", "png")

@@ -61,7 +61,7 @@ def test_a_model_of_your_own_from_a_file(own, run_cli, monkeypatch):
     line = json.loads((own / "r.jsonl").read_text())
     assert line["name"] in ["red", "green", "blue", "grey"]
     assert len(line["top5"]) == 4
-    assert np.load(own / "output" / "output_gradcampp.npy").shape == (48, 48)  # no pooling: the input's grid
+    assert np.load(own / "output" / "photo_gradcampp.npy").shape == (48, 48)  # no pooling: the input's grid
 
 
 def test_a_model_from_a_package_module(own, run_cli, monkeypatch):

@@ -290,7 +290,7 @@ def test_disagreement_in_the_page_is_that_of_the_saved_maps(tmp_path):
     out = tmp_path / "out"
     assert _run(["classify", *LITE, "-f", IMAGES / "chelsea.png", "--output-dir", out, "--save-maps", "-q",
                  "--report", tmp_path / "r.html"]) == 0
-    maps = [np.load(out / f"output_{m}.npy") for m in ("gradcam", "gradcampp")]
+    maps = [np.load(out / f"chelsea_{m}.npy") for m in ("gradcam", "gradcampp")]
     record = page_data(tmp_path / "r.html")["records"][0]
     assert record["d"] == pytest.approx(reference_disagreement(maps), abs=1e-4)
 

@@ -113,7 +113,7 @@ def test_vit_runs_end_to_end_with_every_method(vit, run_cli, tmp_path):
                              "--output-dir", tmp_path)
     assert code == 0, err
     for method in ("gradcam", "gradcampp", "layercam", "eigencam"):
-        cam = np.load(tmp_path / f"output_{method}.npy")
+        cam = np.load(tmp_path / f"chelsea_{method}.npy")
         assert cam.shape == (14, 14) and cam.max() == pytest.approx(1.0)
 
 
@@ -135,7 +135,7 @@ def test_swin_t_channels_last_blocks(tmp_path, run_cli):
     code, out, err = run_cli("classify", "-f", IMAGES / "coffee.png", "--arch", "swin_t", "--weights", path,
                              "--save-maps", "--output-dir", tmp_path / "out")
     assert code == 0, err
-    assert np.load(tmp_path / "out" / "output_gradcampp.npy").shape == (7, 7)
+    assert np.load(tmp_path / "out" / "coffee_gradcampp.npy").shape == (7, 7)
 
 
 def test_layers_lists_tokens_as_grids(run_cli):
@@ -166,7 +166,7 @@ def test_timm_architectures_offline(tmp_path, run_cli, monkeypatch, name, grid, 
     code, out, err = run_cli("classify", "-f", IMAGES / "chelsea.png", "--arch", f"timm:{name}", "--weights", path,
                              "--save-maps", "--jsonl", tmp_path / "r.jsonl", "--output-dir", tmp_path / "out")
     assert code == 0, err
-    assert np.load(tmp_path / "out" / "output_gradcampp.npy").shape == (grid, grid)
+    assert np.load(tmp_path / "out" / "chelsea_gradcampp.npy").shape == (grid, grid)
     line = json.loads((tmp_path / "r.jsonl").read_text())
     interpolation = timm.models.get_pretrained_cfg(name).interpolation
     x = clf.preprocessing(torch.from_numpy(_chelsea_input(224, interpolation)))
