@@ -2,7 +2,8 @@
 
 For each model, ``campp classify -f images/chelsea.png`` (one photo, CPU) in a fresh process, against the
 floor: a ``python -c`` that imports torch (and torchvision only for a torchvision architecture), maps the
-same weights from their file into the model and runs one forward and backward pass of one 224x224 image.
+same weights from their file into the model and runs one forward pass of one 224x224 image and the backward
+pass to campp's default layer (features.29, _swish), as campp's own pass does.
 Runs are interleaved (floor, campp, floor, campp...) so a machine whose load changes hurts both alike;
 the medians of ``--repeats`` runs are printed, then the figures as JSON on the last line.
 
@@ -42,15 +43,17 @@ model.load_state_dict(state, assign=True)
 model.eval()
 for p in model.parameters():
     p.requires_grad_(False)
-x = torch.rand(1, 3, 224, 224, requires_grad=True)
+layer = dict(model.named_modules())[{layer!r}]
+layer.register_forward_hook(lambda m, i, o: o.detach().requires_grad_())  # the backward stops there, as campp's
+x = torch.rand(1, 3, 224, 224)
 out = model(x)
 out[0, out[0].argmax()].backward()
 """
 
 BUILDS = {
-    "vgg16": ("\nimport torchvision.models", "torchvision.models.vgg16()"),
+    "vgg16": ("\nimport torchvision.models", "torchvision.models.vgg16()", "features.29"),
     "efficientnet_lite0": ("\nfrom efficientnet_lite_pytorch import EfficientNet",
-                           "EfficientNet.from_name('efficientnet-lite0')"),
+                           "EfficientNet.from_name('efficientnet-lite0')", "_swish"),
 }
 
 
@@ -92,8 +95,8 @@ def main() -> None:
         tmp = Path(tmp)
         for name in args.models.split(","):
             weights = vgg16_weights(tmp) if name == "vgg16" else lite0_weights()
-            extra, build = BUILDS[name]
-            floor = [sys.executable, "-c", FLOOR.format(extra=extra, weights=weights, build=build)]
+            extra, build, layer = BUILDS[name]
+            floor = [sys.executable, "-c", FLOOR.format(extra=extra, weights=weights, build=build, layer=layer)]
             campp = [sys.executable, "-m", "campp_cli", "classify", "--arch", name, "--weights", weights,
                      "-f", str(PHOTO), "-o", "cold.jpeg", "--output-dir", str(tmp / "out"), "-gpu", "-1", "-q"]
             runs = {"floor": (floor, env), "campp": (campp, env)}
