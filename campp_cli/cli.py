@@ -471,7 +471,10 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
     from .stages import figure_caption
 
     run = load_engine(engine)
-    clf, label = _load_model(gpu, weights, layer, offline, quiet, engine, label, **request)
+    # One photo explained in one pass (--guided's runs with gradients, never packed): oneDNN's copy of the
+    # weights would cost more than it saves; Score-CAM's many passes pay for it.
+    prepack = not single or needs_any(methods, "forward passes")
+    clf, label = _load_model(gpu, weights, layer, offline, quiet, engine, label, prepack=prepack, **request)
     options = Options(label=label, variant=variant, methods=methods, score_batch=score_batch, max_side=max_side,
                       max_pixels=max_pixels, save_maps=save_maps, guided=guided, batch_size=batch_size,
                       skip_existing=skip_existing, alpha=alpha, display=display)

@@ -753,18 +753,20 @@ def check_fits(module: torch.nn.Module, state: dict, arch: str, path: Path, num_
                            f"values, not floating point ({len(odd)} such tensors): not weights {arch} can use")
 
 
-def prepare_module(module: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+def prepare_module(module: torch.nn.Module, device: torch.device | str, prepack: bool = True) -> torch.nn.Module:
     """Eval mode, on ``device``, weights in channels-last layout, CPU fast paths swapped in.
 
     Channels-last lets oneDNN (CPU) and cuDNN pick their fastest convolutions;
     on the CPU the convolutions also keep oneDNN's reordered copy of their
     weights (:mod:`campp_cli.packing`) and the linear layers back-propagate
     through the weight rows that matter only (:mod:`campp_cli.sparse_linear`).
-    Results agree to float rounding.
+    Results agree to float rounding.  ``prepack=False`` leaves the convolutions plain: reordering VGG16's
+    weights costs about 0.10 s, more than it saves on a single pass (one photo, one call).
     """
     module = module.eval().to(device, memory_format=torch.channels_last)
     if torch.device(device).type == "cpu":
-        pack_convolutions(module)
+        if prepack:
+            pack_convolutions(module)
         sparse_linear_backward(module)
     return module
 
@@ -855,6 +857,7 @@ def load_classifier(
     *,
     model: "str | torch.nn.Module | None" = None,
     preprocessing: "Preprocessing | Overrides | None" = None,
+    prepack: bool = True,
 ) -> Classifier:
     """Build a classifier, load its weights (see :func:`find_weights`), move it to ``device``.
 
@@ -865,6 +868,8 @@ def load_classifier(
     ``weights`` is needed); ``labels``: the class names, one per output (default: ImageNet's, or
     "class k").  ``preprocessing``: a :class:`Preprocessing` to use, or :class:`Overrides` of the
     model's own (input size, mean, std, resize mode).  ``layer``: a name or the module itself.
+    ``prepack``: keep oneDNN's copy of the convolutions' weights (CPU; it pays for itself after a few
+    passes: False for one pass only, see :func:`prepare_module`).
     The last model loaded is kept, so repeated calls from a notebook or a test
     do not re-read hundreds of megabytes.
     """
@@ -878,7 +883,7 @@ def load_classifier(
     stat = Path(weights).stat() if weights is not None and Path(weights).is_file() else None  # else find_weights says
     key = (arch, identity, str(Path(weights).absolute()) if weights else None,
            stat and (stat.st_size, stat.st_mtime_ns), str(device), layer if isinstance(layer, str) else id(layer),
-           num_classes, tuple(labels) if labels else None, repr(preprocessing))
+           num_classes, tuple(labels) if labels else None, repr(preprocessing), prepack)
     if key in _CACHE and not isinstance(model, str):
         return _CACHE[key]
     spec = with_head(model_spec(arch, model, preprocessing), num_classes, labels)
@@ -918,7 +923,7 @@ def load_classifier(
             raise WeightsError(f"{path}: these weights do not load into {spec.name}: {first}") from None
     if target is None:
         target = _target_layer(spec, module, layer, size, "cpu")
-    prepare_module(module, device)
+    prepare_module(module, device, prepack)
     recipe = dict(arch=arch, model=model, weights=str(path.absolute()) if path is not None else None, layer=target,
                   num_classes=num_classes, labels=list(spec.categories), preprocessing=final)
     clf = Classifier(

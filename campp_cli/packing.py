@@ -14,11 +14,6 @@ part of campp's pass before the target layer (parameters frozen, input
 plain); every layer after it sees an input that requires grad and runs as a
 plain ``nn.Conv2d``.  A model converted here still trains and still backs
 guided backpropagation through the plain path.
-
-The copy is made on the second call with the same input shape, not the
-first: reordering VGG16's weights costs about 0.10 s, more than the 13 % it
-saves on one pass, so a one-photo call (a shell loop) never pays for it and
-a batch run pays once.
 """
 
 from __future__ import annotations
@@ -45,13 +40,11 @@ class PackedConv2d(nn.Conv2d):
 
     _packed: tuple | None = None
     _pack_failed: bool = False
-    _seen: tuple | None = None  # the key of the last unpacked call: packed when it comes again
 
     def __getstate__(self):
         # The oneDNN copy cannot be copied or pickled; it is rebuilt on the next call.
         state = dict(super().__getstate__())
         state.pop("_packed", None)
-        state.pop("_seen", None)
         return state
 
     def _packable(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -66,13 +59,9 @@ class PackedConv2d(nn.Conv2d):
             return False
         return not torch.is_autocast_enabled("cpu")
 
-    def _packed_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-        """The oneDNN copy for this call; None on the first call with a new key (see the module's notes)."""
+    def _packed_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         key = (weight.data_ptr(), weight._version, tuple(x.shape))
         if self._packed is None or self._packed[0] != key:
-            if self._seen != key:
-                self._seen = key
-                return None
             with torch.no_grad():
                 packed = torch.ops.mkldnn._reorder_convolution_weight(
                     weight.detach(), list(self.padding), list(self.stride), list(self.dilation),
@@ -84,8 +73,6 @@ class PackedConv2d(nn.Conv2d):
         if self._packable(x, weight, bias):
             try:
                 packed = self._packed_weight(x, weight)
-                if packed is None:
-                    return super()._conv_forward(x, weight, bias)
                 return torch.ops.mkldnn._convolution_pointwise(
                     x, packed, None if bias is None else bias.detach(), list(self.padding),
                     list(self.stride), list(self.dilation), self.groups, "none", [], "")

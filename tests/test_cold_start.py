@@ -166,3 +166,22 @@ def test_efficientnet_lite_never_imports_torchvision(tmp_path):
     assert code == 0, err
     assert not loaded
     assert (tmp_path / "o" / "chelsea.jpeg").is_file()
+
+
+def test_one_photo_in_one_pass_is_not_prepacked(run_cli, tmp_path, monkeypatch):
+    """oneDNN's copy of the convolutions' weights costs more than it saves on one pass: made for a batch run,
+    or for a photo that takes several passes (Score-CAM), never for one photo in one pass."""
+    packed = []
+    real = models.pack_convolutions
+    monkeypatch.setattr(models, "pack_convolutions", lambda module: packed.append(1) or real(module))
+    lite = ("--arch", "efficientnet_lite0", "-gpu", "-1", "-q")
+    cases = [((IMAGES / "chelsea.png",), [], 0), ((IMAGES / "chelsea.png",), ["--guided"], 0),
+             ((IMAGES / "chelsea.png", IMAGES / "coffee.png"), ["-o", "{stem}.jpeg"], 1)]
+    for i, (photos, extra, expected) in enumerate(cases):
+        packed.clear()
+        models._CACHE.clear()
+        args = [a for p in photos for a in ("-f", p)]
+        code, _, err = run_cli("classify", *lite, *args, *extra, "--output-dir", tmp_path / str(i))
+        assert code == 0, err
+        assert len(packed) == expected, (photos, extra)
+    models._CACHE.clear()
