@@ -312,10 +312,13 @@ def _load_model(gpu, weights, layer, offline, quiet, engine="local", label="-1",
 
 
 def _progress(count: int, quiet: bool):
-    """A progress bar on stderr when it is a terminal, else None."""
-    if quiet or not _isatty(sys.stderr):
+    """Progress on stderr (campp_cli.progress): a bar on a terminal, a line every few seconds of a long run on
+    a pipe; None with --quiet or a closed stderr."""
+    from .progress import Progress
+
+    if quiet or sys.stderr is None:
         return None
-    return click.progressbar(length=count, file=sys.stderr, show_pos=True, show_eta=True, label="explaining")
+    return Progress(count, sys.stderr, _isatty(sys.stderr))
 
 
 def _clear_bar_line() -> None:
@@ -328,17 +331,8 @@ def _clear_bar_line() -> None:
 
 
 def _pass_counter(bar):
-    """``on_passes`` for Options: the bar's label counts extra forward passes (Score-CAM) as they run."""
-    if bar is None:
-        return None
-    done = [0]
-
-    def on_passes(n: int) -> None:
-        done[0] += n
-        bar.label = f"explaining ({done[0]} extra forward passes)"
-        bar.update(0)
-
-    return on_passes
+    """``on_passes`` for Options: the bar counts extra forward passes (Score-CAM) as they run, with their ETA."""
+    return bar
 
 
 def _run_with_progress(engine, jobs, clf, options, on_result, bar, command=None):
@@ -448,7 +442,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
     options.on_passes = _pass_counter(bar)
     per_image_lines = not single and not quiet
     # stdout and the bar on one terminal: each line is printed above the bar, which is drawn again below it.
-    above_bar = bar is not None and _isatty(sys.stdout)
+    above_bar = bar is not None and bar.tty and _isatty(sys.stdout)
 
     def on_result(result) -> None:
         if log is not None:
