@@ -123,6 +123,33 @@ def test_missing_weights_offline_is_one_message(run_cli, tmp_path, monkeypatch):
     assert len(err.strip().splitlines()) == 1
     assert "vgg16-397923af.pth" in err and str(tmp_path / "models") in err and "--weights" in err
     assert "Traceback" not in err
+    # The paper's command on a laptop: the message offers the offline model and the exact download.
+    assert "--arch efficientnet_lite0" in err
+    assert "https://download.pytorch.org/models/vgg16-397923af.pth" in err
+
+
+def test_following_the_missing_weights_advice_works(vgg_weights, run_cli, tmp_path, monkeypatch):
+    """The file the message says to download, put where it says (a link to the test's random weights
+    standing in for curl), is the one the next run loads."""
+    import re
+    import shlex
+
+    import campp_cli.models
+
+    monkeypatch.setattr(campp_cli.models, "_CACHE", {})  # this test's model stays out of the other tests' way
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
+    monkeypatch.setenv("CAMPP_MODELS", "models")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("classify", "-f", IMAGES / "chelsea.png", "--output-dir", "o")
+    assert code == 1, err
+    command = shlex.split(re.search(r"e\.g\. (curl .*?) \(or", err).group(1))
+    assert command[:4] == ["curl", "-L", "--create-dirs", "-o"] and command[5].startswith("https://")
+    target = command[4]
+    os.makedirs(os.path.dirname(target))
+    os.symlink(vgg_weights, target)
+    code, _, err = run_cli("classify", "-f", IMAGES / "chelsea.png", "--output-dir", "o")
+    assert code == 0, err
+    assert os.path.samefile(re.search(r"weights (\S+)", err).group(1), target)
 
 
 def test_failed_download_is_one_message(run_cli, tmp_path, monkeypatch):
