@@ -659,11 +659,15 @@ def layers(arch, model_ref, size) -> None:
     side = size or spec.input_size
     chosen = default_layer(spec, module, size=side)
     click.echo(f"{spec.name}: feature maps for a {side}x{side} input (C x H x W)")
-    for fm in feature_maps(module, side):
+    maps = feature_maps(module, side)
+    name_w = max([40] + [len(fm.layer) for fm in maps])  # one column, however long the names
+    c_w = max([5] + [len(str(fm.shape[0])) for fm in maps])
+    dim_w = max([3] + [len(str(d)) for fm in maps for d in fm.shape[1:]])
+    for fm in maps:
         mark = "*" if fm.layer == chosen else " "
         c, h, w = fm.shape
         layout = "" if fm.layout == "nchw" else f"  ({fm.layout})"
-        click.echo(f"{mark} {fm.layer:<40s} {c:5d} x {h:3d} x {w:3d}{layout}")
+        click.echo(f"{mark} {fm.layer:<{name_w}s} {c:{c_w}d} x {h:{dim_w}d} x {w:{dim_w}d}{layout}")
 
 
 @cli.command()
