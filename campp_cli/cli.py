@@ -295,6 +295,14 @@ def _model_request(arch, model_ref, num_classes, labels_path, input_size, mean, 
                 preprocessing=parse_overrides(input_size, mean, std, resize) or None)
 
 
+def _check_something_exists(jobs) -> None:
+    """A usage error, before torch is imported, when no input exists at all (a mistyped -f): nothing to load
+    the model for. One bad path among others fails alone, as any bad image does."""
+    if jobs and all(j.error is not None or not os.path.lexists(j.source) for j in jobs):
+        first = jobs[0]
+        raise UsageError(f"-f {first.error or f'{first.source}: no such file'}")
+
+
 def _load_model(gpu, weights, layer, offline, quiet, engine="local", label="-1", **request):
     """(The model, -l as a class index): the model on -gpu's device; for an engine that places its own
     models, on this CPU (for its classes, input size and layer, and to check the weights before any work
@@ -414,6 +422,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
     single = is_single(list(files))
     keys = output_keys(methods, save_maps, guided)
     jobs = plan(list(files), Path(output_dir), output, recursive, keys=keys, fmt=fmt)
+    _check_something_exists(jobs)
     check_no_overwrite(jobs, keys, {"--jsonl": jsonl, "--report": report_path}, list(files))
     check_writable("--jsonl", jsonl)
     _check_report(report_path, labels_from_folders)
@@ -534,6 +543,7 @@ def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_
     if plot_path is not None and not plot_path.lower().endswith(".png"):
         raise UsageError(f"--plot {plot_path}: give a .png file name")
     jobs = plan(list(files), Path("."), None, recursive, writes=False)
+    _check_something_exists(jobs)
     outputs = {"--json": json_path, "--csv": csv_path, "--plot": plot_path, "--report": report_path}
     for option, path in outputs.items():
         check_writable(option, path)

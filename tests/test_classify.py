@@ -107,6 +107,16 @@ def test_bad_label_exits_2_without_importing_torch(tmp_path):
         assert "Traceback" not in err
 
 
+def test_a_missing_input_is_a_usage_error_before_the_model_loads(tmp_path):
+    """A mistyped -f: exit 2 naming it, torch never imported (it used to load the model first); a missing
+    file among real ones still fails alone, later (test_batch)."""
+    for args in (["classify", "-f", "chelsa.png"], ["evaluate", "-f", "chelsa.png"],
+                 ["classify", "-f", "nothing/here.png", "-f", "gone.jpg", "--arch", "efficientnet_lite0"]):
+        exit_code, torch_loaded, err = fresh_campp(args, tmp_path)
+        assert exit_code == 2 and not torch_loaded, (args, err)
+        assert err.strip().splitlines() == [f"campp: error: -f {args[2]}: no such file"], err
+
+
 def test_console_script_runs(tmp_path):
     """`campp --help` through the installed entry point."""
     exe = os.path.join(os.path.dirname(sys.executable), "campp")
