@@ -315,7 +315,9 @@ def _load_model(gpu, weights, layer, offline, quiet, engine="local", label="-1",
     label = resolve_label(label, clf.categories)
     if not quiet:
         where = describe_device(device) if here else f"--engine {engine}"
-        _say(f"campp: {clf.arch} on {where}, layer {clf.layer}, weights {clf.weights_source}")
+        from .stages import layer_label
+
+        _say(f"campp: {clf.arch} on {where}, layer {layer_label(clf.module, clf.layer)}, weights {clf.weights_source}")
     return clf, label
 
 

@@ -345,7 +345,21 @@ def with_card(result: "Result", row: ExplainedRow, figures: dict[str, np.ndarray
 def figure_caption(clf: Classifier, options: Options) -> str:
     """The strip under a comparison figure: what was explained, where, and how."""
     variant = f", Grad-CAM++ {options.variant}" if "gradcampp" in options.methods else ""
-    return f"model {clf.arch} | layer {clf.layer}{variant}"
+    return f"model {clf.arch} | layer {layer_label(clf.module, clf.layer)}{variant}"
+
+
+def layer_label(module, layer) -> str:
+    """The layer as ``campp layers`` lists it (its dotted name, ``@k`` for a call), with the module's type:
+    "10 (ReLU)" says what a bare number in an ``nn.Sequential`` does not."""
+    from .cam import split_layer
+
+    if not isinstance(layer, str):
+        return str(layer)
+    try:
+        sub = module.get_submodule(split_layer(layer)[0])
+    except (AttributeError, CamppError):
+        return layer
+    return f"{layer} ({type(sub).__name__})"
 
 
 def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None = None,

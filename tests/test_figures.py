@@ -65,6 +65,21 @@ def test_a_caption_strip_names_model_layer_and_variant():
     assert cols[0] < 10 and cols[-1] > 0.3 * strip.shape[1]  # ...a line of them from the left
 
 
+def test_the_caption_names_the_layer_as_campp_layers_lists_it_with_its_type():
+    """The shapes model's layer read "layer 10": now "layer 10 (ReLU)", the name `campp layers` lists."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from campp_cli.stages import Options, figure_caption
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
+    clf = SimpleNamespace(arch="net.py:build", layer="1", module=module)
+    assert figure_caption(clf, Options(methods=["gradcam"])) == "model net.py:build | layer 1 (ReLU)"
+    clf.layer = "1@0"
+    assert "layer 1@0 (ReLU)" in figure_caption(clf, Options(methods=["gradcam"]))
+
+
 def test_titles_say_explained_and_predicted_when_they_differ():
     same = render(_row(0), ["tabby", "tiger cat", "lynx"])[""]
     other = render(_row(1), ["tabby", "tiger cat", "lynx"])[""]
