@@ -249,6 +249,11 @@ def _run_reported(report, engine, jobs, clf, options, on_result, bar, command=No
         raise
 
 
+def _say_report(report) -> None:
+    """Where the report is, and the address to open it at in a browser."""
+    _say(f"campp: report {report.path} (images in {report.assets}); open {Path(report.path).absolute().as_uri()}")
+
+
 def _say_unknown_truth(report) -> None:
     if report is not None and report.unknown_truth:
         path, name = report.unknown_truth[0]
@@ -488,7 +493,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
         report.close()
         _say_unknown_truth(report)
         if not quiet:
-            _say(f"campp: report {report.path} (images in {report.assets})")
+            _say_report(report)
     if not single and not quiet:
         _say(summary.line())
     if summary.failed:
@@ -610,7 +615,7 @@ def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_
             counts = document["boxes"]["images"]
             _say("campp: boxes: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
         if report is not None:
-            _say(f"campp: report {report.path} (images in {report.assets})")
+            _say_report(report)
         _say(summary.line())
     if summary.failed:
         sys.exit(EXIT_FAILURE)
