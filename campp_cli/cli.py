@@ -432,6 +432,8 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
     _check_something_exists(jobs)
     check_no_overwrite(jobs, keys, {"--jsonl": jsonl, "--report": report_path}, list(files))
     check_writable("--jsonl", jsonl)
+    if report_path is not None and os.path.dirname(os.path.abspath(report_path)) == os.path.abspath(output_dir):
+        prepare_output_dir(output_dir)  # --report output/report.html: the output folder is made for it
     _check_report(report_path, labels_from_folders)
     prepare_output_dir(output_dir)
     log = JsonlLog(jsonl) if jsonl else None
