@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_image
+from conftest import read_terminal, write_image
 from PIL import Image
 
 from campp_cli import images
@@ -156,18 +156,10 @@ def test_per_image_lines_print_above_the_bar_on_a_terminal(tiny):
                              "tiny.py:build"], cwd=tiny, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
                             env={**os.environ, "COLUMNS": "120"})
     os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
+    data = read_terminal(master)
     assert proc.wait(timeout=120) == 0
     os.close(master)
-    text = b"".join(chunks).decode("utf-8", "replace")
+    text = data.decode("utf-8", "replace")
     for i in range(3):
         assert f"photos/p{i}.png: " in text and f"-> output/p{i}.jpeg" in text
     assert "3 done, 0 skipped, 0 failed" in text

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import IMAGES, REPO
+from conftest import IMAGES, REPO, read_terminal
 
 SCORECAM_ONE_PHOTO = ["-m", "campp_cli", "classify", "--arch", "efficientnet_lite0", "-f", str(IMAGES / "coffee.png"),
                       "--methods", "gradcam,scorecam", "--score-batch", "96"]
@@ -23,19 +23,6 @@ def _env(**extra) -> dict:
     return env
 
 
-def _read_all(master: int) -> bytes:
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
-
-
 @pytest.mark.slow
 def test_scorecam_moves_the_bar_on_a_terminal_with_an_eta(tmp_path):
     """One photo, Score-CAM: the bar is redrawn for every batch of passes, its count goes up, and an ETA is
@@ -46,7 +33,7 @@ def test_scorecam_moves_the_bar_on_a_terminal_with_an_eta(tmp_path):
     proc = subprocess.Popen([sys.executable, *SCORECAM_ONE_PHOTO, "--output-dir", str(tmp_path)], cwd=tmp_path,
                             stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=_env())
     os.close(slave)
-    text = _read_all(master).decode("utf-8", "replace")
+    text = read_terminal(master).decode("utf-8", "replace")
     assert proc.wait(timeout=300) == 0, text
     os.close(master)
     draws = [d for d in text.split("\r\x1b[K") if d.startswith("explaining")]
