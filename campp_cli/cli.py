@@ -213,7 +213,11 @@ def _report_files(report_path) -> dict:
         return {}
     from .report import assets_folder
 
-    return {f"--report {report_path}": assets_folder(report_path)}
+    folder = assets_folder(report_path)
+    if folder.is_symlink():  # before the inputs are planned: a link could lead into them
+        raise UsageError(f"--report {report_path}: {folder} (where its images go) is a symbolic link; campp never "
+                         f"writes through links")
+    return {f"--report {report_path}": folder}
 
 
 def _open_report(report_path, command, clf, options, engine, total, labels_from_folders, every):
