@@ -257,8 +257,9 @@ def explain(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch.Ten
     ``"all"``.  One forward pass; one backward pass to the layer when a
     requested method needs gradients.  Methods that need extra forward passes
     (Score-CAM) mask ``image`` (RGB in [0, 1], which ``preprocess`` turns into
-    ``x``), ``score_batch`` images a pass, calling ``progress(n)`` as they go;
-    without ``image`` they mask ``x`` itself.
+    ``x``), ``score_batch`` images a pass, calling ``progress(n)`` as they go
+    (and first ``progress.planned(passes, images)`` if it has that method, for
+    an ETA); without ``image`` they mask ``x`` itself.
     """
     check_variant(variant)  # before the pass, not after it
     names = parse_methods(methods)

@@ -214,7 +214,11 @@ def _report_files(report_path) -> dict:
         return {}
     from .report import assets_folder
 
-    return {f"--report {report_path}": assets_folder(report_path)}
+    folder = assets_folder(report_path)
+    if folder.is_symlink():  # before the inputs are planned: a link could lead into them
+        raise UsageError(f"--report {report_path}: {folder} (where its images go) is a symbolic link; campp never "
+                         f"writes through links")
+    return {f"--report {report_path}": folder}
 
 
 def _open_report(report_path, command, clf, options, engine, total, labels_from_folders, every):
@@ -263,6 +267,11 @@ def _run_reported(report, engine, jobs, clf, options, on_result, bar, command=No
         except CamppError:
             pass  # the run's own error is the one to report
         raise
+
+
+def _say_report(report) -> None:
+    """Where the report is, and the address to open it at in a browser."""
+    _say(f"campp: report {report.path} (images in {report.assets}); open {Path(report.path).absolute().as_uri()}")
 
 
 def _say_unknown_truth(report) -> None:
@@ -320,6 +329,14 @@ def _model_request(arch, model_ref, num_classes, labels_path, input_size, mean, 
                 preprocessing=parse_overrides(input_size, mean, std, resize) or None)
 
 
+def _check_something_exists(jobs) -> None:
+    """A usage error, before torch is imported, when no input exists at all (a mistyped -f): nothing to load
+    the model for. One bad path among others fails alone, as any bad image does."""
+    if jobs and all(j.error is not None or not os.path.lexists(j.source) for j in jobs):
+        first = jobs[0]
+        raise UsageError(f"-f {first.error or f'{first.source}: no such file'}")
+
+
 def _load_model(gpu, weights, layer, offline, quiet, engine="local", label="-1", **request):
     """(The model, -l as a class index): the model on -gpu's device; for an engine that places its own
     models, on this CPU (for its classes, input size and layer, and to check the weights before any work
@@ -332,15 +349,20 @@ def _load_model(gpu, weights, layer, offline, quiet, engine="local", label="-1",
     label = resolve_label(label, clf.categories)
     if not quiet:
         where = describe_device(device) if here else f"--engine {engine}"
-        _say(f"campp: {clf.arch} on {where}, layer {clf.layer}, weights {clf.weights_source}")
+        from .stages import layer_label
+
+        _say(f"campp: {clf.arch} on {where}, layer {layer_label(clf.module, clf.layer)}, weights {clf.weights_source}")
     return clf, label
 
 
 def _progress(count: int, quiet: bool):
-    """A progress bar on stderr when it is a terminal, else None."""
-    if quiet or not _isatty(sys.stderr):
+    """Progress on stderr (campp_cli.progress): a bar on a terminal, a line every few seconds of a long run on
+    a pipe; None with --quiet or a closed stderr."""
+    from .progress import Progress
+
+    if quiet or sys.stderr is None:
         return None
-    return click.progressbar(length=count, file=sys.stderr, show_pos=True, show_eta=True, label="explaining")
+    return Progress(count, sys.stderr, _isatty(sys.stderr))
 
 
 def _clear_bar_line() -> None:
@@ -353,17 +375,8 @@ def _clear_bar_line() -> None:
 
 
 def _pass_counter(bar):
-    """``on_passes`` for Options: the bar's label counts extra forward passes (Score-CAM) as they run."""
-    if bar is None:
-        return None
-    done = [0]
-
-    def on_passes(n: int) -> None:
-        done[0] += n
-        bar.label = f"explaining ({done[0]} extra forward passes)"
-        bar.update(0)
-
-    return on_passes
+    """``on_passes`` for Options: the bar counts extra forward passes (Score-CAM) as they run, with their ETA."""
+    return bar
 
 
 def _run_with_progress(engine, jobs, clf, options, on_result, bar, command=None):
@@ -456,10 +469,13 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
     keys = output_keys(methods, save_maps, guided)
     report_files = _report_files(report_path)
     jobs = plan(list(files), Path(output_dir), output, recursive, keys=keys, fmt=fmt, exclude=report_files.values())
+    _check_something_exists(jobs)
     named = {"--jsonl": jsonl, "--report": report_path}
     check_no_overwrite(jobs, keys, named, list(files))
     check_collisions(jobs, keys, named, list(files), report_files, folds=folds_case(output_dir))
     check_writable("--jsonl", jsonl)
+    if report_path is not None and os.path.dirname(os.path.abspath(report_path)) == os.path.abspath(output_dir):
+        prepare_output_dir(output_dir)  # --report output/report.html: the output folder is made for it
     _check_report(report_path, labels_from_folders)
     prepare_output_dir(output_dir)
     log = JsonlLog(jsonl) if jsonl else None
@@ -489,7 +505,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
     options.on_passes = _pass_counter(bar)
     per_image_lines = not single and not quiet
     # stdout and the bar on one terminal: each line is printed above the bar, which is drawn again below it.
-    above_bar = bar is not None and _isatty(sys.stdout)
+    above_bar = bar is not None and bar.tty and _isatty(sys.stdout)
 
     def on_result(result) -> None:
         if log is not None:
@@ -524,7 +540,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
         report.close()
         _say_unknown_truth(report)
         if not quiet:
-            _say(f"campp: report {report.path} (images in {report.assets})")
+            _say_report(report)
     if not single and not quiet:
         _say(summary.line())
     if summary.failed:
@@ -584,6 +600,7 @@ def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_
         raise UsageError(f"--plot {plot_path}: give a .png file name")
     report_files = _report_files(report_path)
     jobs = plan(list(files), Path("."), None, recursive, writes=False, exclude=report_files.values())
+    _check_something_exists(jobs)
     outputs = {"--json": json_path, "--csv": csv_path, "--plot": plot_path, "--report": report_path}
     for option, path in outputs.items():
         check_writable(option, path)
@@ -649,7 +666,7 @@ def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_
             counts = document["boxes"]["images"]
             _say("campp: boxes: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
         if report is not None:
-            _say(f"campp: report {report.path} (images in {report.assets})")
+            _say_report(report)
         _say(summary.line())
     if summary.failed:
         sys.exit(EXIT_FAILURE)
@@ -710,11 +727,15 @@ def layers(arch, model_ref, size) -> None:
     side = size or spec.input_size
     chosen = default_layer(spec, module, size=side)
     click.echo(f"{spec.name}: feature maps for a {side}x{side} input (C x H x W)")
-    for fm in feature_maps(module, side):
+    maps = feature_maps(module, side)
+    name_w = max([40] + [len(fm.layer) for fm in maps])  # one column, however long the names
+    c_w = max([5] + [len(str(fm.shape[0])) for fm in maps])
+    dim_w = max([3] + [len(str(d)) for fm in maps for d in fm.shape[1:]])
+    for fm in maps:
         mark = "*" if fm.layer == chosen else " "
         c, h, w = fm.shape
         layout = "" if fm.layout == "nchw" else f"  ({fm.layout})"
-        click.echo(f"{mark} {fm.layer:<40s} {c:5d} x {h:3d} x {w:3d}{layout}")
+        click.echo(f"{mark} {fm.layer:<{name_w}s} {c:{c_w}d} x {h:{dim_w}d} x {w:{dim_w}d}{layout}")
 
 
 @cli.command()

@@ -409,14 +409,28 @@ def colour_bar(height: int, width: int) -> np.ndarray:
 
 
 def with_colour_bar(image: np.ndarray, blank: bool = False) -> np.ndarray:
-    """The image with the colour bar at its right, after a white gap; ``blank``: the same width left white,
-    so that panels line up."""
+    """The image with the colour bar at its right, after a white gap holding its scale: "max" beside its top
+    (red, the map's maximum) and "0" beside its bottom (blue), each with a tick; ``blank``: the same width left
+    white, so that panels line up."""
     h, w = image.shape[:2]
-    bar_w = gap = max(6, w // 40)
+    bar_w = tick = max(6, w // 40)
+    face = font(max(9, min(18, w // 30)))
+    labels = Image.new("RGB", (1, 1))
+    label_w = int(np.ceil(max(ImageDraw.Draw(labels).textlength(t, font=face) for t in ("max", "0"))))
+    gap = tick // 2 + label_w + tick // 2 + tick
     out = np.full((h, w + gap + bar_w, 3), 255, np.uint8)
     out[:, :w] = image
-    if not blank:
-        out[:, w + gap:] = colour_bar(h, bar_w)
+    if blank:
+        return out
+    out[:, w + gap:] = colour_bar(h, bar_w)
+    strip = Image.fromarray(out[:, w:w + gap].copy())
+    draw = ImageDraw.Draw(strip)
+    right = gap - tick // 2 - tick  # labels end here, ticks run from here to the bar
+    for text, y in (("max", 0), ("0", h - 1)):
+        draw.line([(gap - tick, y), (gap - 1, y)], fill=(60, 60, 60), width=max(1, h // 200))
+        left, top, end, bottom = draw.textbbox((0, 0), text, font=face)  # no anchors: bitmap fonts lack them
+        draw.text((right - end, -top if y == 0 else h - bottom), text, fill=(60, 60, 60), font=face)
+    out[:, w:w + gap] = np.asarray(strip)
     return out
 
 

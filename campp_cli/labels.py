@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 
 from .errors import UsageError, clip
 
@@ -86,6 +87,18 @@ def resolve_label(text: str | int, categories: list[str]) -> int:
     if len(hits) > 1:
         listed = ", ".join(f"{k} {clip(categories[k])!r}" for k in hits[:5])
         raise UsageError(f"-l {clip(value)!r}: several classes have that name ({listed}); give the index")
-    near = difflib.get_close_matches(value, categories, n=3, cutoff=0.5)
+    near = closest(value, categories)
     hint = f"; closest: {', '.join(repr(clip(n)) for n in near)}" if near else ""
     raise UsageError(f"-l {clip(value)!r}: no class of that name{hint}")
+
+
+def closest(value: str, categories: list[str], n: int = 5) -> list[str]:
+    """The class names most like ``value``: those containing it as a word ('cat': 'tiger cat', 'Persian
+    cat'), then as part of a word ('wildcat'), then by edit distance ('crate'); at most ``n``."""
+    if not value:
+        return []
+    word = re.compile(rf"(?<!\w){re.escape(value)}(?!\w)", re.IGNORECASE)
+    found = [c for c in categories if word.search(c)]
+    found += [c for c in categories if value.lower() in c.lower() and c not in found]
+    found += [c for c in difflib.get_close_matches(value, categories, n=n, cutoff=0.5) if c not in found]
+    return list(dict.fromkeys(found))[:n]

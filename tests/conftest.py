@@ -91,3 +91,17 @@ def fresh_campp(args, cwd, stdin: str = "", module: str = "torch") -> tuple[int,
 @pytest.fixture(scope="session")
 def sys_executable() -> str:
     return sys.executable
+
+
+def read_terminal(master: int) -> bytes:
+    """Everything written to a pseudo-terminal's other end until its child closes it."""
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)

@@ -175,6 +175,10 @@ def test_layers_command_marks_the_default(run_cli):
     marked = [l for l in out.splitlines() if l.startswith("*")]
     assert "_swish@1" in marked[0] and "1280 x   7 x   7" in marked[0]
     assert "_swish@0" in out
+    # One column per field, however long a name: every "C x H x W" starts at the same place.
+    rows = out.splitlines()[1:]
+    assert max(len(r[2:].split()[0]) for r in rows) > 40  # names longer than the old 40-character column
+    assert len({r.index(" x ") for r in rows}) == 1 and len({len(r.rstrip()) for r in rows}) == 1
 
 
 @pytest.mark.parametrize("args,needles", [

@@ -110,6 +110,16 @@ def test_bad_label_exits_2_without_importing_torch(tmp_path):
         assert "Traceback" not in err
 
 
+def test_a_missing_input_is_a_usage_error_before_the_model_loads(tmp_path):
+    """A mistyped -f: exit 2 naming it, torch never imported (it used to load the model first); a missing
+    file among real ones still fails alone, later (test_batch)."""
+    for args in (["classify", "-f", "chelsa.png"], ["evaluate", "-f", "chelsa.png"],
+                 ["classify", "-f", "nothing/here.png", "-f", "gone.jpg", "--arch", "efficientnet_lite0"]):
+        exit_code, torch_loaded, err = fresh_campp(args, tmp_path)
+        assert exit_code == 2 and not torch_loaded, (args, err)
+        assert err.strip().splitlines() == [f"campp: error: -f {args[2]}: no such file"], err
+
+
 def test_console_script_runs(tmp_path):
     """`campp --help` through the installed entry point."""
     exe = os.path.join(os.path.dirname(sys.executable), "campp")
@@ -126,6 +136,33 @@ def test_missing_weights_offline_is_one_message(run_cli, tmp_path, monkeypatch):
     assert len(err.strip().splitlines()) == 1
     assert "vgg16-397923af.pth" in err and str(tmp_path / "models") in err and "--weights" in err
     assert "Traceback" not in err
+    # The paper's command on a laptop: the message offers the offline model and the exact download.
+    assert "--arch efficientnet_lite0" in err
+    assert "https://download.pytorch.org/models/vgg16-397923af.pth" in err
+
+
+def test_following_the_missing_weights_advice_works(vgg_weights, run_cli, tmp_path, monkeypatch):
+    """The file the message says to download, put where it says (a link to the test's random weights
+    standing in for curl), is the one the next run loads."""
+    import re
+    import shlex
+
+    import campp_cli.models
+
+    monkeypatch.setattr(campp_cli.models, "_CACHE", {})  # this test's model stays out of the other tests' way
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
+    monkeypatch.setenv("CAMPP_MODELS", "models")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("classify", "-f", IMAGES / "chelsea.png", "--output-dir", "o")
+    assert code == 1, err
+    command = shlex.split(re.search(r"e\.g\. (curl .*?) \(or", err).group(1))
+    assert command[:4] == ["curl", "-L", "--create-dirs", "-o"] and command[5].startswith("https://")
+    target = command[4]
+    os.makedirs(os.path.dirname(target))
+    os.symlink(vgg_weights, target)
+    code, _, err = run_cli("classify", "-f", IMAGES / "chelsea.png", "--output-dir", "o")
+    assert code == 0, err
+    assert os.path.samefile(re.search(r"weights (\S+)", err).group(1), target)
 
 
 def test_failed_download_is_one_message(run_cli, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_image
+from conftest import read_terminal, write_image
 from PIL import Image
 
 from campp_cli import images
@@ -65,6 +65,21 @@ def test_a_caption_strip_names_model_layer_and_variant():
     assert cols[0] < 10 and cols[-1] > 0.3 * strip.shape[1]  # ...a line of them from the left
 
 
+def test_the_caption_names_the_layer_as_campp_layers_lists_it_with_its_type():
+    """The shapes model's layer read "layer 10": now "layer 10 (ReLU)", the name `campp layers` lists."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from campp_cli.stages import Options, figure_caption
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
+    clf = SimpleNamespace(arch="net.py:build", layer="1", module=module)
+    assert figure_caption(clf, Options(methods=["gradcam"])) == "model net.py:build | layer 1 (ReLU)"
+    clf.layer = "1@0"
+    assert "layer 1@0 (ReLU)" in figure_caption(clf, Options(methods=["gradcam"]))
+
+
 def test_titles_say_explained_and_predicted_when_they_differ():
     same = render(_row(0), ["tabby", "tiger cat", "lynx"])[""]
     other = render(_row(1), ["tabby", "tiger cat", "lynx"])[""]
@@ -74,6 +89,33 @@ def test_titles_say_explained_and_predicted_when_they_differ():
     assert (other[band, : expected.shape[1]] == expected[band]).all()
     input_panel = images.titled(images.with_colour_bar(_row(0).display, blank=True), ["Input", "tabby (70.0%)"])
     assert (same[band, : input_panel.shape[1]] == input_panel[band]).all()
+
+
+def test_a_tiny_probability_keeps_its_significant_digits_in_the_titles():
+    """-l on an unlikely class: 2e-5 was titled "(0.0%)"; now "(0.0020%)"."""
+    row = _row(1, probs=(0.99998, 0.00002, 0.0))
+    figure = render(row, ["tabby", "tiger cat", "lynx"])[""]
+    expected = images.titled(images.with_colour_bar(row.display, blank=True),
+                             ["explained: tiger cat (0.0020%)", "predicted: tabby (100.0%)"])
+    band = slice(0, 60)
+    assert (figure[band, : expected.shape[1]] == expected[band]).all()
+
+
+def test_the_colour_bar_has_its_scale_written_beside_it():
+    """Ticks and values: "max" beside the red top, "0" beside the blue bottom (dark pixels in the gap
+    between the panel and the bar, at both ends, none in the middle)."""
+    image = np.full((300, 300, 3), 255, np.uint8)
+    plain_width = images.with_colour_bar(image, blank=True).shape[1]
+    drawn = images.with_colour_bar(image)
+    assert drawn.shape == (300, plain_width, 3)
+    bar_w = max(6, 300 // 40)
+    gap = drawn[:, 300:plain_width - bar_w]
+    dark_rows = np.flatnonzero((gap < 150).all(axis=2).any(axis=1))
+    assert dark_rows.size and dark_rows[0] < 5 and dark_rows[-1] > 294  # a tick and a label at each end
+    assert not ((gap[60:240] < 150).all(axis=2)).any()  # nothing between them
+    top = (gap[:30] < 150).all(axis=2).sum()
+    bottom = (gap[-30:] < 150).all(axis=2).sum()
+    assert top > bottom > 0  # "max" has more ink than "0"
 
 
 def test_alpha_weights_the_heatmap_in_the_overlay():
@@ -114,18 +156,10 @@ def test_per_image_lines_print_above_the_bar_on_a_terminal(tiny):
                              "tiny.py:build"], cwd=tiny, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
                             env={**os.environ, "COLUMNS": "120"})
     os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
+    data = read_terminal(master)
     assert proc.wait(timeout=120) == 0
     os.close(master)
-    text = b"".join(chunks).decode("utf-8", "replace")
+    text = data.decode("utf-8", "replace")
     for i in range(3):
         assert f"photos/p{i}.png: " in text and f"-> output/p{i}.jpeg" in text
     assert "3 done, 0 skipped, 0 failed" in text

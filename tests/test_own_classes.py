@@ -59,6 +59,20 @@ def test_unknown_labels_name_the_closest(value, message):
         resolve_label(value, NAMES)
 
 
+def test_suggestions_prefer_names_that_contain_the_word():
+    """-l cat on ImageNet offered 'crate', 'oxcart', 'castle' (edit distance); the cats come first now."""
+    import torchvision
+
+    imagenet = list(torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+    with pytest.raises(UsageError) as info:
+        resolve_label("cat", imagenet)
+    offered = info.value.message.split("closest: ", 1)[1]
+    assert offered.startswith("'tiger cat', 'Persian cat', 'Siamese cat', 'Egyptian cat'"), offered
+    assert "crate" not in offered and "castle" not in offered
+    with pytest.raises(UsageError, match="closest: 'espresso maker', 'espresso', "):
+        resolve_label("Espress", imagenet)  # part of a word, case-insensitive, before edit distance
+
+
 def test_an_ambiguous_name_lists_the_candidates():
     cats = ["Cat", "CAT", "dog"]
     assert resolve_label("Cat", cats) == 0  # exact wins

@@ -57,7 +57,7 @@ def test_a_model_of_your_own_from_a_file(own, run_cli, monkeypatch):
     code, out, err = run_cli("classify", "-f", "photo.png", "--model", "net.py:build", "--weights", "weights.pth",
                              "--labels", "labels.txt", "--input-size", "48", "--save-maps", "--jsonl", "r.jsonl")
     assert code == 0, err
-    assert "net.py:build on cpu, layer 3, weights weights.pth" in err  # the last conv block's ReLU
+    assert "net.py:build on cpu, layer 3 (ReLU), weights weights.pth" in err  # the last conv block's ReLU
     line = json.loads((own / "r.jsonl").read_text())
     assert line["name"] in ["red", "green", "blue", "grey"]
     assert len(line["top5"]) == 4

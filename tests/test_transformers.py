@@ -208,8 +208,13 @@ def test_timm_weights_from_its_own_cache(tmp_path, monkeypatch):
     assert clf.weights_source == str(snapshot / "model.safetensors")
     torch.testing.assert_close(clf.module.fc.weight.detach(), state["fc.weight"])
     (snapshot / "model.safetensors").unlink()
-    with pytest.raises(Exception, match="no timm:resnet18 weights found.*never downloads them"):
+    with pytest.raises(Exception, match="no timm:resnet18 weights found") as info:
         load_classifier("timm:resnet18", layer="layer3")
+    # Where campp looked (both places, by path) and how to put the weights there; no promise of a download.
+    message = str(info.value)
+    assert str(repo) in message and "timm_resnet18.pth" in message and "does not download" in message
+    assert "huggingface-cli download timm/resnet18.a1_in1k" in message and "pretrained=True" in message
+    assert "network access to fill the cache" not in message
 
 
 def test_timm_names_are_checked(run_cli, tmp_path):

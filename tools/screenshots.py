@@ -65,9 +65,19 @@ def notebook_html(tmp: Path) -> Path:
     return tmp / "notebook.html"
 
 
-def figures(tmp: Path) -> list[Path]:
-    """The comparison figures of classify and the curves of evaluate that the README shows."""
-    import numpy as np
+#: The classify figures the README shows: file in docs/ -> campp classify's arguments (EfficientNet-Lite0); the
+#: espresso canvas is made by :func:`two_espresso`.
+FIGURES = {
+    "chelsea_efficientnet_lite0.jpeg": ["-f", REPO / "images" / "chelsea.png"],
+    "coffee_efficientnet_lite0.jpeg": ["-f", REPO / "images" / "coffee.png"],
+    "coffee_all_methods_efficientnet_lite0.jpeg": ["-f", REPO / "images" / "coffee.png", "--methods", "all",
+                                                   "--max-side", "300"],
+    "two_espresso_efficientnet_lite0.jpeg": ["-f", "two_espresso.png", "-l", "967"],
+}
+
+
+def two_espresso(folder: Path) -> Path:
+    """The canvas of tests/test_archs.py's two_instances: the espresso at 190 and 100 px on white."""
     from PIL import Image
 
     sys.path.insert(0, str(REPO / "tests"))
@@ -75,24 +85,28 @@ def figures(tmp: Path) -> list[Path]:
 
     from campp_cli import images
 
-    lite = ["--arch", "efficientnet_lite0"]
     obj = images.center_square(images.load_rgb(REPO / "images" / "coffee.png"))
-    Image.fromarray(two_instances(obj, 190, 100, False)[0]).save(tmp / "two_espresso.png")
-    made = {
-        "chelsea_efficientnet_lite0.jpeg": ["-f", REPO / "images" / "chelsea.png", "--max-side", "320"],
-        "coffee_efficientnet_lite0.jpeg": ["-f", REPO / "images" / "coffee.png", "--max-side", "400"],
-        "coffee_all_methods_efficientnet_lite0.jpeg": ["-f", REPO / "images" / "coffee.png", "--methods", "all",
-                                                       "--max-side", "300"],
-        "two_espresso_efficientnet_lite0.jpeg": ["-f", tmp / "two_espresso.png", "-l", "967", "--max-side", "400"],
-    }
+    Image.fromarray(two_instances(obj, 190, 100, False)[0]).save(folder / "two_espresso.png")
+    return folder / "two_espresso.png"
+
+
+def figure(name: str, folder: Path) -> Path:
+    """One of :data:`FIGURES`, made in ``folder`` by a real ``campp classify`` run."""
+    if name.startswith("two_espresso"):
+        two_espresso(folder)
+    run([*CAMPP, "classify", "--arch", "efficientnet_lite0", *FIGURES[name], "--output-dir", folder / "figures",
+         "-o", name, "-q"], folder)
+    return folder / "figures" / name
+
+
+def figures(tmp: Path) -> list[Path]:
+    """The comparison figures of classify and the curves of evaluate that the README shows, into docs/."""
     out = []
-    for name, args in made.items():
-        run([*CAMPP, "classify", *lite, *args, "--output-dir", tmp / "figures", "-o", name, "-q"], tmp)
-        shutil.copy(tmp / "figures" / name, DOCS / name)
+    for name in FIGURES:
+        shutil.copy(figure(name, tmp), DOCS / name)
         out.append(DOCS / name)
-    run([*CAMPP, "evaluate", *lite, "-f", REPO / "images", "--boxes", REPO / "images" / "boxes", "--plot",
-         DOCS / "evaluate_efficientnet_lite0.png", "-q"], tmp)
-    assert np.asarray(Image.open(DOCS / "evaluate_efficientnet_lite0.png")).size
+    run([*CAMPP, "evaluate", "--arch", "efficientnet_lite0", "-f", REPO / "images", "--boxes",
+         REPO / "images" / "boxes", "--plot", DOCS / "evaluate_efficientnet_lite0.png", "-q"], tmp)
     return out + [DOCS / "evaluate_efficientnet_lite0.png"]
 
 

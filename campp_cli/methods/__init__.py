@@ -77,7 +77,9 @@ class MethodInput:
     probability of ``classes[j]`` for ``images[j]`` (RGB in [0, 1] before the
     model's normalisation), ``image`` the batch itself (N, 3, S, S),
     ``score_batch`` how many images a pass may take and ``progress(n)`` is
-    called after every n forward passes.
+    called after every n forward passes; if it also has a ``planned(passes,
+    images)`` method, that is called first with how many passes the batch
+    will run (for an ETA).
     """
 
     acts: Any

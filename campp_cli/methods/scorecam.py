@@ -33,6 +33,9 @@ def weights(inp):
     classes = torch.as_tensor(inp.classes, dtype=torch.long, device=image.device)
     w = torch.zeros(n, k, dtype=acts.dtype, device=acts.device)
     batch = max(1, int(inp.score_batch))
+    planned = getattr(inp.progress, "planned", None)  # a progress object that also wants the count to come
+    if planned is not None:
+        planned(len(todo), n)
     for start in range(0, len(todo), batch):
         chunk = todo[start:start + batch]
         masks, owners = [], []
