@@ -272,6 +272,7 @@ def _drive(todo: list[Job], clf: Classifier, options: stages.Options, command: s
         check_shared(cwd, todo, nodes, also=[w for w in [recipe["weights"]] if w] + code)
     on_passes = options.on_passes
     shipped = _shippable(options)
+    command = _shippable_command(command, shipped)
     batch_size = options.batch_size or stages.default_batch_size(_device(gpus_per_actor))
     threads = max(1, (os.cpu_count() or 1) * max(1, len(nodes)) // actors) if gpus_per_actor == 0 else None
     model = dict(recipe=recipe, device=_device(gpus_per_actor), threads=threads)
@@ -401,6 +402,16 @@ def _shippable(options: stages.Options) -> stages.Options:
     copy = stages.Options(**vars(options))
     copy.on_passes = None
     return copy
+
+
+def _shippable_command(command: stages.Command, shipped: stages.Options) -> stages.Command:
+    """The command with the shippable options in place of its own (whose progress callback holds this
+    process's stderr)."""
+    if getattr(command, "options", None) is None:
+        return command
+    out = object.__new__(type(command))
+    out.__dict__.update(vars(command), options=shipped)
+    return out
 
 
 def check_shared(cwd: str, jobs: list[Job], nodes: list[dict], also: list[str] = ()) -> None:
