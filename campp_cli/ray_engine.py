@@ -110,7 +110,8 @@ def connect(address: str | None, actors: int | None = None) -> bool:
         _start_watchdog()  # before Ray's processes start: they all die with this process
         # Logical CPUs: the model actors take one each; decoding and writing tasks (half a CPU each) one per core.
         with _own_signal_handlers():
-            ray.init(num_cpus=(actors or 1) + max(1, cores // 2), **kwargs)
+            # "local": a Ray of its own, even when another one runs on this machine (Ray would join that one)
+            ray.init(address="local", num_cpus=(actors or 1) + max(1, cores // 2), **kwargs)
         _quiet_data()
         return True
     _check_reachable(address)
