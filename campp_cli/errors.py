@@ -7,6 +7,8 @@ package prints or exits.  Library users (notebooks) simply catch them.
 
 from __future__ import annotations
 
+import difflib
+
 #: Longest value (a name, a key, a line of a file) echoed in a message; longer ones are cut with an ellipsis.
 ECHO_LIMIT = 200
 
@@ -21,15 +23,51 @@ def clip(value: object, limit: int = ECHO_LIMIT) -> str:
     return f"{text[:head]}…{text[-max(1, limit - head - 1):]}"
 
 
+def suggest(name: str, choices, n: int = 1, cutoff: float = 0.5) -> str:
+    """"; did you mean X?" (or "X or Y" for ``n`` > 1) for the choices closest to ``name``, or ""."""
+    close = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=cutoff)
+    if not close:
+        return ""
+    return f"; did you mean {', '.join(close[:-1]) + ' or ' if len(close) > 1 else ''}{close[-1]}?"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class CamppError(Exception):
-    """Base class: a failure with a message meant for the user."""
+    """Base class: a failure with a message meant for the user.
+
+    ``param`` names the parameter at fault as the library calls it (``methods``, ``label``) and ``value``
+    the value given: the message reads ``"label 1001: out of range ..."`` from Python, and the CLI, which
+    knows each parameter's flag, prints ``"-l 1001: out of range ..."`` (:meth:`worded`).
+    """
 
     #: Process exit code the CLI uses for this error.
     exit_code = 1
 
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str, *, param: str | None = None, value: object = None):
+        self.text = message
+        self.param = param
+        self.value = value
+        super().__init__(self.worded())
+
+    def worded(self, flags: dict[str, str] | None = None) -> str:
+        """The message, its parameter named by ``flags[param]`` (a flag) where given, else as the library's."""
+        if self.param is None:
+            return self.text
+        name = (flags or {}).get(self.param, self.param)
+        value = "" if self.value is None else f" {clip(self.value)}"
+        return f"{name}{value}: {self.text}"
+
+    @property
+    def message(self) -> str:
+        return self.worded()
+
+    def __reduce__(self):  # an engine ships errors between processes: keep the parameter
+        return _rebuild, (type(self), self.text, self.param, self.value)
 
     def __str__(self) -> str:
         return self.message
@@ -55,3 +93,7 @@ class OutputError(CamppError):
 
 class ModelError(CamppError):
     """The model misbehaves at run time (for example non-finite logits)."""
+
+
+def _rebuild(cls, text: str, param: str | None, value: object) -> CamppError:
+    return cls(text, param=param, value=value)
