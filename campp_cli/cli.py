@@ -774,6 +774,22 @@ def convert(source, target, arch, model_ref, input_size, mean, std, resize) -> N
     click.echo(f"wrote {path}")
 
 
+def flags() -> dict[str, str]:
+    """Each parameter's flag, for errors that name a parameter (``param="label"`` -> ``-l``): every command's
+    options by their click name (``files`` -> ``-f``) and by the keyword their long flag spells (``--model``
+    is ``model``, as the library calls it)."""
+    found: dict[str, str] = {}
+    for command in cli.commands.values():
+        for param in command.params:
+            if not isinstance(param, click.Option) or not param.opts:
+                continue
+            found.setdefault(param.name, param.opts[0])
+            for opt in param.opts:
+                if opt.startswith("--"):
+                    found.setdefault(opt[2:].replace("-", "_"), param.opts[0])
+    return found
+
+
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt."""
 
@@ -846,7 +862,7 @@ def main(argv: list[str] | None = None) -> None:
     except CamppError as exc:
         if debug:
             raise
-        _say(f"campp: error: {exc.message}")
+        _say(f"campp: error: {exc.worded(flags())}")
         code = exc.exit_code
     except BrokenPipeError:
         code = EXIT_FAILURE
