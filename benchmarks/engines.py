@@ -27,9 +27,10 @@ import torch
 from common import classifier
 from PIL import Image
 
-from campp_cli import pipeline, ray_engine
 from campp_cli.inputs import Job
-from campp_cli.stages import Options
+from campp_cli.run.engines import local as pipeline
+from campp_cli.run.engines import ray as ray_engine
+from campp_cli.run.options import Options
 
 
 def photos(folder: Path, count: int) -> list[Path]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from common import classifier
 
-from campp_cli import metrics
+from campp_cli.commands import metrics
 
 
 def measure(clf, args) -> dict:

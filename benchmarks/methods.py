@@ -31,7 +31,7 @@ from campp_cli import images
 from campp_cli.cam import explain
 from campp_cli.methods import list_methods
 from campp_cli.models import get_arch, load_classifier, prepare_module
-from campp_cli.pipeline import to_batch
+from campp_cli.run.stages import to_batch
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_PASS = [m for m in list_methods() if m != "scorecam"]

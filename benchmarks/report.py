@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from campp_cli import images  # noqa: E402
 from campp_cli.report import Report, card_assets  # noqa: E402
-from campp_cli.stages import Result  # noqa: E402
+from campp_cli.run.options import Result  # noqa: E402
 
 METHODS = ["gradcam", "gradcampp", "eigencam"]
 CLASSES = [f"class {i}" for i in range(1000)]

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from campp_cli import explain, images  # noqa: E402
 from campp_cli.models import load_classifier  # noqa: E402
-from campp_cli.pipeline import to_batch  # noqa: E402
+from campp_cli.run.stages import to_batch  # noqa: E402
 
 
 def photos() -> list[Image.Image]:

@@ -2,10 +2,11 @@
 
 From a notebook::
 
-    from campp_cli import load_classifier, explain_image, classify_file
+    from campp_cli import load_classifier, explain_image, classify_file, Run
     clf = load_classifier("efficientnet_lite0", device="cpu")
     explain_image("images/chelsea.png", clf)          # the comparison figure, inline
     result = classify_file("images/cat.jpg", clf, "output", "cat.jpeg")
+    Run("classify", ["images/"], classifier=clf, report="output/report.html").execute()   # what the CLI runs
 
 Heavy modules (torch, OpenCV) load on first use, so ``campp --help`` stays instant.
 """
@@ -34,12 +35,16 @@ _EXPORTS = {
     "cam_maps": "cam",
     "Explanation": "cam",
     "FeatureTap": "cam",
-    "classify_file": "pipeline",
-    "Options": "pipeline",
+    "classify_file": "commands.classify",
+    "Options": "run.options",
+    "Run": "run.run",
+    "Summary": "run.options",
+    "Result": "run.options",
     "load_rgb": "images",
     "overlay": "images",
     "colorize": "images",
     "explain_image": "notebook",
+    "explain_images": "notebook",
     "ImageExplanation": "notebook",
     "CamppError": "errors",
     "UsageError": "errors",

@@ -19,8 +19,14 @@ import numpy as np
 from PIL import Image
 
 from . import images
+from .commands.classify_plan import _check_drawing
+from .commands.planner import Planner
 from .errors import UsageError
-from .methods import DEFAULT_METHODS, parse_methods
+from .inputs import Job
+from .methods import DEFAULT_METHODS
+from .run.options import Options, Result
+from .run.stages import Command, ExplainedRow, result_of
+from .settings import DEFAULT_ALPHA, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 
 
 def _as_rgb(image, max_pixels: int) -> tuple["Image.Image | np.ndarray", str]:
@@ -85,8 +91,8 @@ class ImageExplanation:
         return the paths.  ``name`` is a plain file name, as ``-o`` is (``cat``, ``cat.jpeg``; never a folder
         or ``..``), and no figure may replace the image explained."""
         from .inputs import Job, check_no_overwrite, output_stem
+        from .outputs.files import make_output_folder, write_outputs
         from .settings import FORMATS
-        from .stages import make_output_folder, write_outputs
 
         if format not in FORMATS:
             raise UsageError(f"format {format!r}: use one of {', '.join(FORMATS)}")
@@ -121,29 +127,83 @@ class ImageExplanation:
                 f"<details><summary>top-5</summary><table>{rows}</table></details>")
 
 
-def explain_image(image, clf, methods=DEFAULT_METHODS, label: int | str = -1, variant: str = "official",
-                  alpha: float = images.DEFAULT_ALPHA, max_side: int = images.DEFAULT_MAX_SIDE,
-                  max_pixels: int = images.DEFAULT_MAX_PIXELS, display: str = "crop") -> ImageExplanation:
+def explain_image(image, clf, methods=DEFAULT_METHODS, label: int | str = -1, alpha: float = DEFAULT_ALPHA,
+                  max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS, display: str = "crop",
+                  **settings) -> ImageExplanation:
     """Explain one image (a path, a PIL image or an (H, W, 3) array) with ``clf``.
 
     ``methods``: names, a comma-separated string or ``"all"``; ``label``: a class index, a class name, or
     -1 for the predicted class; ``display``: "crop" (the square the model saw) or "full" (the whole photo,
-    the rest dimmed).  Framed, normalised and drawn as ``campp classify`` does.
+    the rest dimmed); ``settings``: the methods' own (``variant="paper"`` for Grad-CAM++...).  Framed,
+    normalised and drawn as ``campp classify`` does: it is the same :class:`~campp_cli.run.run.Run`.
     """
-    from .labels import resolve_label
-    from .stages import ClassifyCommand, DecodedRow, Options, explain_rows, figure_caption, frame, render
+    (explained,) = explain_images([image], clf, methods, label, alpha, max_side, max_pixels, display, **settings)
+    return explained
 
-    if not 0.0 <= alpha <= 1.0:
-        raise UsageError(f"alpha {alpha}: give a weight between 0 and 1")
-    if display not in images.DISPLAYS:
-        raise UsageError(f"display {display!r}: use one of {', '.join(images.DISPLAYS)}")
-    options = Options(label=resolve_label(str(label), clf.categories), variant=variant,
-                      methods=parse_methods(methods), alpha=alpha, max_side=max_side, max_pixels=max_pixels)
-    rgb, source = _as_rgb(image, max_pixels)
-    decoded = DecodedRow(None, *frame(rgb, clf.input_size, clf.preprocessing, max_side, display))
-    caption = figure_caption(clf, options)
-    (row,) = explain_rows([decoded], clf, options, ClassifyCommand(options, caption))
-    figures = render(row, clf.categories, caption=caption, alpha=alpha)
-    top5 = [(c, clf.categories[c], p) for c, p in row.top(5)]
-    return ImageExplanation(source, row.class_index, clf.categories[row.class_index], row.probability, top5,
-                            row.maps, figures)
+
+def explain_images(images_, clf, methods=DEFAULT_METHODS, label: int | str = -1, alpha: float = DEFAULT_ALPHA,
+                   max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS, display: str = "crop",
+                   batch_size: int | None = None, **settings) -> list[ImageExplanation]:
+    """:func:`explain_image` for several images, in batches; the first image that fails raises its error."""
+    from .run.run import Run
+
+    results: list = []
+    run = Run("explain", list(images_), classifier=clf, methods=methods, label=label, max_pixels=max_pixels,
+              batch_size=batch_size, alpha=alpha, max_side=max_side, display=display, **settings)
+    run.execute(lambda event: results.append(event) if isinstance(event, Result) else None)
+    out = []
+    for result in results:
+        if result.exception is not None:
+            raise result.exception
+        out.append(ImageExplanation(result.input, result.class_index, result.class_name, result.probability,
+                                    result.top5, result.extra["maps"], result.extra["figures"]))
+    return out
+
+
+class ExplainCommand(Command):
+    """The stage command of a notebook's run: every figure drawn and kept in memory, nothing written."""
+
+    writes = False
+
+    def __init__(self, options: Options, caption: str):
+        self.options = options
+        self.caption = caption
+
+    def finish(self, row: ExplainedRow, categories: list[str]) -> Result:
+        from .draw.figures import render
+
+        result = result_of(row, categories, [])
+        result.input = row.job.stem
+        result.extra["figures"] = render(row, categories, caption=self.caption, alpha=self.options.alpha)
+        result.extra["maps"] = row.maps
+        return result
+
+
+class ExplainPlanner(Planner):
+    """A run over images in memory or on disk whose figures stay in memory (``classifier=`` is needed)."""
+
+    prepack = False
+
+    def __init__(self, run, alpha: float = DEFAULT_ALPHA, max_side: int = DEFAULT_MAX_SIDE, display: str = "crop"):
+        super().__init__(run)
+        if run.classifier is None:
+            raise UsageError("a notebook run explains with a loaded classifier: give classifier=")
+        _check_drawing(alpha, display, None)
+        self.drawing = dict(alpha=alpha, max_side=max_side, display=display)
+        self.jobs = [_job(image, run.params.max_pixels) for image in run.params.files]
+
+    def options(self, clf, label: int, **more) -> Options:
+        return super().options(clf, label, **self.drawing, **more)
+
+    def command(self, clf, options, report, tell) -> ExplainCommand:
+        from .draw.figures import figure_caption
+
+        return ExplainCommand(options, figure_caption(clf, options))
+
+
+def _job(image, max_pixels: int) -> Job:
+    """A job for a path (decoded by the run as any file) or an image in memory (decoded here)."""
+    if isinstance(image, (str, os.PathLike)):
+        return Job(Path(image), Path("."), str(image), ".jpeg")
+    photo, name = _as_rgb(image, max_pixels)
+    return Job(photo, Path("."), name, ".jpeg")

@@ -32,3 +32,6 @@ DEFAULT_REPORT_EVERY = 200
 #: --display: what the panels show.
 DISPLAYS = {"crop": "the square the model saw (as the paper)",
             "full": "the whole photo, the maps over the part the model saw, the rest dimmed"}
+
+#: The heatmap's weight in the overlays (--alpha).
+DEFAULT_ALPHA = 0.5

@@ -53,7 +53,7 @@ def vgg(vgg_weights):
 @pytest.fixture()
 def run_cli(capsys):
     """Run ``campp ARGS`` in this process; return (exit code, stdout, stderr)."""
-    from campp_cli.cli import main
+    from campp_cli.cli.main import main
 
     def run(*args: str):
         capsys.readouterr()
@@ -80,7 +80,7 @@ def fresh_campp(args, cwd, stdin: str = "", module: str = "torch") -> tuple[int,
     """``campp ARGS`` in a fresh interpreter: (exit code, whether ``module`` was imported, stderr)."""
     import subprocess
 
-    code = ("import sys\nfrom campp_cli.cli import main\ntry:\n    main(sys.argv[1:])\n"
+    code = ("import sys\nfrom campp_cli.cli.main import main\ntry:\n    main(sys.argv[1:])\n"
             f"except SystemExit as e:\n    print({module!r} in sys.modules, e.code)\n")
     proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=cwd,
                           input=stdin)

@@ -116,7 +116,8 @@ def test_skip_existing_resumes(photos, run_cli, tmp_path):
 
 def test_results_do_not_depend_on_batch_size(photos, tmp_path):
     from campp_cli.models import load_classifier
-    from campp_cli.pipeline import Options, run
+    from campp_cli.run.engines.local import run
+    from campp_cli.run.options import Options
 
     clf = load_classifier("efficientnet_lite0")
     maps = {}
@@ -160,7 +161,8 @@ MEMORY_PROBE = textwrap.dedent("""
     import torch
     from campp_cli.inputs import Job
     from campp_cli.models import Classifier, Preprocessing
-    from campp_cli.pipeline import Options, run
+    from campp_cli.run.engines.local import run
+    from campp_cli.run.options import Options
 
     src, out = Path(sys.argv[1]), Path(sys.argv[2])
     torch.manual_seed(0)

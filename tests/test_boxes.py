@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import IMAGES
 
-from campp_cli import boxes
+from campp_cli.commands import boxes
 
 VOC = """<annotation><filename>{stem}</filename><size><width>{w}</width><height>{h}</height></size>
 {objects}</annotation>"""

@@ -291,10 +291,13 @@ def test_library_api_from_a_notebook(vgg, tmp_path):
 
 
 def test_every_subpackage_is_in_the_wheel():
-    """pyproject lists packages by hand: a new subpackage missing from it would be missing from the wheel."""
+    """pyproject finds the packages (campp_cli*): a folder of modules without an __init__.py would be left out
+    of the wheel, so every folder that holds Python files must have one."""
     tomllib = pytest.importorskip("tomllib")
     from conftest import REPO
+    from setuptools import find_packages
 
-    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    on_disk = {str(p.parent.relative_to(REPO)).replace("/", ".") for p in (REPO / "campp_cli").rglob("__init__.py")}
+    found = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    listed = set(find_packages(str(REPO), include=found["include"]))
+    on_disk = {str(p.parent.relative_to(REPO)).replace("/", ".") for p in (REPO / "campp_cli").rglob("*.py")}
     assert listed == on_disk

@@ -11,7 +11,7 @@ import torch
 from conftest import IMAGES
 from PIL import Image
 
-from campp_cli import metrics
+from campp_cli.commands import metrics
 
 
 class MeanModel(torch.nn.Module):
@@ -221,22 +221,25 @@ def test_evaluate_command_end_to_end(run_cli, tmp_path):
 def test_results_are_reported_before_the_next_batch_is_scored(monkeypatch):
     """The progress bar (and its ETA) moves with every batch: a batch's results are out before the next
     batch goes through the model."""
-    from campp_cli import pipeline
-    from campp_cli.evaluate import EvaluateCommand
+    from campp_cli.commands.evaluate import EvaluateCommand
     from campp_cli.inputs import Job
     from campp_cli.models import load_classifier
 
     events = []
-    real = pipeline.explain_rows
+    from campp_cli.run import stages
+    from campp_cli.run.engines.local import run
+    from campp_cli.run.options import Options
+
+    real = stages.explain_rows
 
     def explain_rows(rows, *args):
         events.append("explain")
         return real(rows, *args)
 
-    monkeypatch.setattr(pipeline, "explain_rows", explain_rows)
+    monkeypatch.setattr(stages, "explain_rows", explain_rows)
     clf = load_classifier("efficientnet_lite0")
     jobs = [Job(p, IMAGES, p.stem, ".jpeg") for p in sorted(IMAGES.glob("*.png"))]  # 4 photos
-    summary = pipeline.run(jobs, clf, pipeline.Options(batch_size=2), lambda r: events.append("result"),
-                           command=EvaluateCommand(steps=2))
+    summary = run(jobs, clf, Options(batch_size=2), lambda r: events.append("result"),
+                  command=EvaluateCommand(steps=2))
     assert summary.done == 4
     assert events == ["explain", "result", "result", "explain", "result", "result"]

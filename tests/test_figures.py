@@ -15,7 +15,8 @@ from conftest import read_terminal, write_image
 from PIL import Image
 
 from campp_cli import images
-from campp_cli.stages import ExplainedRow, render
+from campp_cli.draw.figures import render
+from campp_cli.run.stages import ExplainedRow
 
 TINY = '''
 import torch
@@ -71,7 +72,8 @@ def test_the_caption_names_the_layer_as_campp_layers_lists_it_with_its_type():
 
     import torch
 
-    from campp_cli.stages import Options, figure_caption
+    from campp_cli.draw.figures import figure_caption
+    from campp_cli.run.options import Options
 
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
     clf = SimpleNamespace(arch="net.py:build", layer="1", module=module)

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from campp_cli import images
+from campp_cli.commands.classify import classify_file
 from campp_cli.errors import InputError, OutputError
 from campp_cli.models import Classifier, Preprocessing
-from campp_cli.pipeline import classify_file
 
 OUTPUT_SUFFIXES = ["", "_gradcam_heatmap", "_gradcampp_heatmap", "_gradcam_overlay", "_gradcampp_overlay"]
 
@@ -413,7 +413,7 @@ def test_fuzz_whole_classify_path(tiny_classifier, tmp_path, data):
     out = tmp_path / "out"
     for old in out.glob("*") if out.exists() else []:
         old.unlink()
-    from campp_cli.pipeline import Options
+    from campp_cli.run.options import Options
 
     try:
         result = classify_file(src, tiny_classifier, out, "f.jpeg", Options(max_pixels=4_000_000, max_side=64))

@@ -147,7 +147,7 @@ def test_clip_keeps_both_ends_of_a_long_value():
 
 @pytest.mark.parametrize("control", ["\u202e", "\u2066", "\u200f", "\u2028", "\x1b"])
 def test_bidirectional_and_line_controls_are_escaped_in_printed_lines(control):
-    from campp_cli.cli import printable
+    from campp_cli.cli.console import printable
 
     line = printable(f"cat{control}gnp.exe.png: 281 tabby")
     assert control not in line and ("\\u" in line or "\\x" in line)
@@ -192,7 +192,7 @@ def test_a_huge_class_name_is_fitted_in_few_measurements(monkeypatch):
 
 
 def test_an_annotation_file_over_the_cap_is_refused_from_its_size(tmp_path):
-    from campp_cli import boxes
+    from campp_cli.commands import boxes
 
     obj = ("<object><name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>30</xmax><ymax>40</ymax></bndbox>"
            "</object>")
@@ -205,7 +205,7 @@ def test_an_annotation_file_over_the_cap_is_refused_from_its_size(tmp_path):
 def test_a_fifo_named_like_an_annotation_is_refused_not_waited_on(tmp_path):
     import threading
 
-    from campp_cli import boxes
+    from campp_cli.commands import boxes
 
     fifo = tmp_path / "img.xml"
     os.mkfifo(fifo)

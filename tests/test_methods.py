@@ -382,7 +382,8 @@ def test_grid_stays_readable_up_to_ten_panels(n, expected):
 
 
 def test_class_agnostic_panels_say_so(vgg, tmp_path):
-    from campp_cli.stages import ExplainedRow, render
+    from campp_cli.draw.figures import render
+    from campp_cli.run.stages import ExplainedRow
 
     square = np.full((224, 224, 3), 128, np.uint8)
     expl = explain(vgg.module, vgg.layer, vgg.preprocessing(torch.rand(1, 3, 224, 224)), methods="gradcam,eigencam")
@@ -535,7 +536,7 @@ def test_torchcam_gradcampp_vs_paper_variant_on_real_photos(capsys):
     definition is registered here as a method and computed from campp's pass.
     """
     from campp_cli.models import load_classifier
-    from campp_cli.pipeline import to_batch
+    from campp_cli.run.stages import to_batch
 
     @register_method("relu_cubed", title="torchcam GradCAMpp")
     def relu_cubed(inp):

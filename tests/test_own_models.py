@@ -96,7 +96,7 @@ def test_an_error_inside_the_users_file_names_file_and_line(own, run_cli, monkey
     assert "importing bad.py failed: ZeroDivisionError: division by zero (" in err and "bad.py, line 3)" in err
     assert len(err.strip().splitlines()) == 1
     # --debug: the user's own traceback
-    from campp_cli.cli import main
+    from campp_cli.cli.main import main
 
     with pytest.raises(ModelError) as info:
         main(["--debug", "classify", "-f", "photo.png", "--model", "bad.py:build"])
@@ -175,7 +175,7 @@ def test_the_three_ways_to_make_a_square():
 @pytest.mark.parametrize("resize", ["crop", "squash", "pad"])
 def test_boxes_follow_the_resize_mode(resize):
     """A white box drawn on the photo lands, after framing and resizing, where to_input_frame says."""
-    from campp_cli.boxes import Box, to_input_frame
+    from campp_cli.commands.boxes import Box, to_input_frame
     from campp_cli.images import frame_photo, photo_of
 
     img = np.zeros((100, 160, 3), np.uint8)
@@ -195,7 +195,7 @@ def test_the_resize_mode_reaches_the_model(own, run_cli, monkeypatch):
     Image.fromarray(_halves(50, 100)).save(own / "wide.png")
     seen = []
 
-    from campp_cli import stages
+    from campp_cli.run import stages
 
     real = stages.decode
 
@@ -205,7 +205,7 @@ def test_the_resize_mode_reaches_the_model(own, run_cli, monkeypatch):
         return row
 
     monkeypatch.setattr(stages, "decode", spy)
-    monkeypatch.setattr("campp_cli.pipeline.decode", spy)
+    monkeypatch.setattr("campp_cli.run.stages.decode", spy)
     monkeypatch.chdir(own)
     code, out, err = run_cli("classify", "-f", "wide.png", "--model", "net.py:build", "--input-size", "32",
                              "--resize", "pad", "-q")

@@ -70,7 +70,7 @@ def test_a_long_run_on_a_pipe_prints_progress_lines(tmp_path):
 def test_progress_counts_planned_passes_into_the_eta(monkeypatch):
     """Without the CLI: the share of work done counts passes once they are planned, and the pipe's lines
     follow the interval (env var)."""
-    from campp_cli import progress
+    from campp_cli.cli import progress
 
     monkeypatch.setenv("CAMPP_PROGRESS_INTERVAL", "0")
     out = io.StringIO()

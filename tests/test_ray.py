@@ -44,13 +44,13 @@ def test_help_and_setting_errors_import_neither_ray_nor_torch(tmp_path):
 
 
 def test_engine_choices_come_from_the_registry(run_cli):
-    from campp_cli.engines import list_engines, register_engine, unregister_engine
+    from campp_cli.run.engines import list_engines, register_engine, unregister_engine
 
     register_engine("nowhere", "campp_cli.no_such_module:run", "a test engine", extra="nowhere",
                     requires="campp_no_such_module")
     try:
-        from campp_cli.engines import load_engine
         from campp_cli.errors import UsageError
+        from campp_cli.run.engines import load_engine
 
         assert "nowhere" in list_engines()
         with pytest.raises(UsageError, match=r"pip install 'campp\[nowhere\]'"):
@@ -84,7 +84,7 @@ def local_ray():
     _needs_ray()
     import ray
 
-    from campp_cli import ray_engine
+    from campp_cli.run.engines import ray as ray_engine
 
     started = ray_engine.connect(None, actors=2)
     yield ray
@@ -191,10 +191,10 @@ def test_ray_evaluates_as_the_local_engine_does(local_ray, photos, tmp_path, run
 
 def test_a_broken_model_ends_the_ray_run_in_one_line(local_ray, tmp_path, monkeypatch):
     """An error that ends a local run (non-finite logits) ends a Ray run too, raised on the driver."""
-    from campp_cli import ray_engine
     from campp_cli.errors import CamppError
     from campp_cli.inputs import Job
     from campp_cli.models import load_classifier
+    from campp_cli.run.engines import ray as ray_engine
 
     clf = load_classifier("efficientnet_lite0")
     jobs = [Job(IMAGES / "coffee.png", tmp_path, "coffee", ".jpeg")]
@@ -215,10 +215,10 @@ def test_a_head_and_classes_of_ones_own_reach_the_actors(local_ray, tmp_path):
     import torch
     import torchvision
 
-    from campp_cli import ray_engine
     from campp_cli.inputs import Job
     from campp_cli.models import load_classifier
-    from campp_cli.stages import Options
+    from campp_cli.run.engines import ray as ray_engine
+    from campp_cli.run.options import Options
 
     torch.manual_seed(3)
     torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "three.pth")
@@ -233,11 +233,12 @@ def test_a_head_and_classes_of_ones_own_reach_the_actors(local_ray, tmp_path):
 @pytest.mark.slow
 def test_a_model_of_ones_own_and_its_preprocessing_reach_the_actors(local_ray, tmp_path, monkeypatch):
     """--model FILE.py:FUNCTION, --input-size and --resize: the actors' results equal the local engine's."""
-    from campp_cli import pipeline, ray_engine
     from campp_cli.inputs import Job
     from campp_cli.models import load_classifier
     from campp_cli.preprocessing import Overrides
-    from campp_cli.stages import Options
+    from campp_cli.run.engines import local as pipeline
+    from campp_cli.run.engines import ray as ray_engine
+    from campp_cli.run.options import Options
 
     (tmp_path / "net.py").write_text(
         "import torch\nfrom torch import nn\n\ndef build():\n    torch.manual_seed(0)\n"
@@ -288,9 +289,9 @@ def _jobs(photos: Path, out: Path, count: int):
 
 @pytest.mark.slow
 def test_two_nodes_share_the_work(two_nodes, photos, tmp_path):
-    from campp_cli import ray_engine
     from campp_cli.models import load_classifier
-    from campp_cli.stages import Options
+    from campp_cli.run.engines import ray as ray_engine
+    from campp_cli.run.options import Options
 
     ray, _ = two_nodes
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
@@ -307,9 +308,10 @@ def test_two_nodes_share_the_work(two_nodes, photos, tmp_path):
 
 @pytest.mark.slow
 def test_a_worker_that_dies_is_retried_and_nothing_is_lost(two_nodes, photos, tmp_path):
-    from campp_cli import images, ray_engine
+    from campp_cli import images
     from campp_cli.models import load_classifier
-    from campp_cli.stages import Options
+    from campp_cli.run.engines import ray as ray_engine
+    from campp_cli.run.options import Options
 
     ray, trap = two_nodes
     (trap / "armed").write_text("")
@@ -325,7 +327,7 @@ def test_a_worker_that_dies_is_retried_and_nothing_is_lost(two_nodes, photos, tm
 
 @pytest.mark.slow
 def test_nodes_that_miss_a_path_are_named(two_nodes, tmp_path):
-    from campp_cli import ray_engine
+    from campp_cli.run.engines import ray as ray_engine
 
     ray, _ = two_nodes
     nodes = [n for n in ray.nodes() if n["Alive"]]
@@ -339,8 +341,8 @@ def test_nodes_that_miss_a_path_are_named(two_nodes, tmp_path):
 @pytest.mark.slow
 def test_the_output_folder_is_checked_on_every_node(two_nodes, photos, tmp_path, monkeypatch):
     """A node that does not see the output folder: refused in one line before any work."""
-    from campp_cli import ray_engine
     from campp_cli.errors import UsageError
+    from campp_cli.run.engines import ray as ray_engine
 
     ray, _ = two_nodes
     nodes = [n for n in ray.nodes() if n["Alive"]]
@@ -351,7 +353,9 @@ def test_the_output_folder_is_checked_on_every_node(two_nodes, photos, tmp_path,
         found.update(real([p + ".elsewhere" for p in paths], nodes[1:]))
         return found
 
-    monkeypatch.setattr(ray_engine, "missing_on_nodes", one_node_blind)
+    from campp_cli.run.engines import ray_cluster
+
+    monkeypatch.setattr(ray_cluster, "missing_on_nodes", one_node_blind)
     with pytest.raises(UsageError, match="does not see .* filesystem every node sees"):
         ray_engine.check_shared(os.getcwd(), _jobs(photos, tmp_path / "out", 2), nodes)
     assert not [p for p in (tmp_path / "out").iterdir()]  # the marker is gone

@@ -97,7 +97,7 @@ def test_every_command_calls_the_environments_programs_by_path(command):
 def test_every_campp_command_line_parses(command):
     """campp's own parser (click, torch-free) accepts each campp call: the subcommand, every option and
     every option's value type; runnable or not."""
-    from campp_cli.cli import cli
+    from campp_cli.cli.main import cli
 
     for args in campp_args(command):
         words = list(args)

@@ -130,7 +130,8 @@ TINY_RUN = textwrap.dedent("""
     import torch
     from campp_cli.inputs import plan
     from campp_cli.models import Classifier, Preprocessing
-    from campp_cli.pipeline import Options, run
+    from campp_cli.run.engines.local import run
+    from campp_cli.run.options import Options
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU(),

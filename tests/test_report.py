@@ -22,7 +22,7 @@ from conftest import IMAGES, REPO, fresh_campp, write_image
 from PIL import Image
 
 from campp_cli import report as rp
-from campp_cli.stages import Result
+from campp_cli.run.options import Result
 
 LITE = ["--arch", "efficientnet_lite0"]
 METHODS = ["gradcam", "gradcampp", "eigencam"]
@@ -195,7 +195,7 @@ def build_tree(root: Path) -> Path:
 
 
 def _run(args):
-    from campp_cli.cli import main
+    from campp_cli.cli.main import main
 
     with pytest.raises(SystemExit) as info:
         main([str(a) for a in args])

@@ -17,8 +17,10 @@ from conftest import IMAGES
 from PIL import Image
 from reference import paper_square
 
-from campp_cli import images, stages
+from campp_cli import images
 from campp_cli.inputs import plan
+from campp_cli.run import stages
+from campp_cli.run.options import Options
 
 LITE = ["--arch", "efficientnet_lite0"]
 SHORT_SIDES = [224, 447, 448, 1000, 3000]
@@ -56,7 +58,7 @@ def test_decode_gives_the_reference_input_whatever_the_display(photos):
             for max_side in (224, 448, 1024, 4096):
                 for display in ("crop", "full"):
                     for draws in (True, False):
-                        row = stages.decode(job, 224, stages.Options(max_side=max_side, display=display), draws,
+                        row = stages.decode(job, 224, Options(max_side=max_side, display=display), draws,
                                             preprocessing=pre)
                         assert row.model_input.dtype == np.float32
                         assert np.array_equal(row.model_input, expected), (path.name, max_side, display, draws)
@@ -66,7 +68,7 @@ def test_a_decoded_array_or_pil_image_frames_as_the_file(photos):
     from campp_cli.preprocessing import TF_LITE_PREPROCESSING
 
     path = photos / "s1000.jpg"
-    from_file = stages.decode(plan([str(path)], photos / "out", None)[0], 224, stages.Options(), True,
+    from_file = stages.decode(plan([str(path)], photos / "out", None)[0], 224, Options(), True,
                               preprocessing=TF_LITE_PREPROCESSING).model_input
     rgb = np.asarray(Image.open(path).convert("RGB"))
     for photo in (rgb, Image.fromarray(rgb)):
@@ -95,7 +97,7 @@ def test_classify_evaluate_and_the_notebook_see_the_same_input(photos, run_cli, 
         return real(rows, clf, options, command)
 
     monkeypatch.setattr(stages, "explain_rows", spy)
-    monkeypatch.setattr("campp_cli.pipeline.explain_rows", spy)
+    monkeypatch.setattr("campp_cli.run.stages.explain_rows", spy)
     runs = {
         "base": [],
         "small": ["--max-side", "224"],
@@ -182,7 +184,7 @@ def test_the_same_command_twice_gives_the_same_files(photos, run_cli, tmp_path):
 def test_pad_and_squash_frame_the_photo_once(photos):
     """squash resamples the whole photo once to the input; pad letterboxes it (resized to fit, centred on
     black), and boxes map into the input as the pixels do."""
-    from campp_cli.boxes import Box, to_input_frame
+    from campp_cli.commands.boxes import Box, to_input_frame
 
     img = np.zeros((300, 500, 3), np.uint8)
     img[100:200, 300:400] = 255

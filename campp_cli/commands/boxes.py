@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError, clip
-from .preprocessing import input_frame
+from ..errors import UsageError, clip
+from ..preprocessing import input_frame
 
 #: Zhang et al.'s tolerance for the pointing game, in pixels at the input resolution.
 POINTING_TOLERANCE = 15
@@ -60,7 +60,7 @@ class Annotation:
 @lru_cache(maxsize=1)
 def imagenet_wnids() -> list[str]:
     """ImageNet-1k's WordNet ids in class-index order (from timm's imagenet_synsets.txt, Apache-2.0)."""
-    text = (Path(__file__).parent / "data" / "imagenet_wnids.txt").read_text()
+    text = (Path(__file__).parent.parent / "data" / "imagenet_wnids.txt").read_text()
     return text.split()
 
 

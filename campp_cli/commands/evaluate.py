@@ -1,6 +1,6 @@
 """campp evaluate: the paper's faithfulness metrics and RISE's deletion/insertion over many images.
 
-Runs on the same stages and engines as ``classify`` (:mod:`campp_cli.stages`),
+Runs on the same stages and engines as ``classify`` (:mod:`campp_cli.run.stages`),
 with a command that scores each batch instead of drawing it.
 """
 
@@ -16,16 +16,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import __version__, images
+from .. import __version__, images
+from ..draw.figures import render
+from ..methods import title
+from ..run.options import Options, Result
+from ..run.stages import Command, ExplainedRow, result_of
+from ..settings import DEFAULT_ALPHA
 from . import boxes as boxes_
-from .methods import title
-from .stages import Command, ExplainedRow, Options, Result, render, result_of, with_card
+from .classify import with_card
 
 if TYPE_CHECKING:  # the command is unpickled where rows are written: torch is imported where the model runs
     import torch
 
-    from .cam import Explanation
-    from .models import Classifier
+    from ..cam import Explanation
+    from ..models import Classifier
 
 DEFAULT_STEPS = 16
 
@@ -36,7 +40,7 @@ class EvaluateCommand(Command):
     def __init__(self, steps: int = DEFAULT_STEPS, eval_batch: int | None = None,
                  boxes: dict | None = None, deltas=boxes_.DEFAULT_DELTAS, input_size: int = 224,
                  resize: str = "crop", cards: bool = False, caption: str = "",
-                 alpha: float = images.DEFAULT_ALPHA):
+                 alpha: float = DEFAULT_ALPHA):
         self.cards = self.draws = cards  # the report's figures are the only ones evaluate draws
         self.caption = caption
         self.alpha = alpha

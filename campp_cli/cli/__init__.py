@@ -1,0 +1,1 @@
+"""The command line: :mod:`campp_cli.cli.main` (the group and the exit codes) and one file per subcommand."""

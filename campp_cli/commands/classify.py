@@ -1,0 +1,78 @@
+"""campp classify: figures (and maps, and guided figures) for each image, as the paper's classify.py wrote."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .. import images
+from ..draw.figures import render
+from ..inputs import Job, output_stem, prepare_output_dir
+from ..outputs.files import make_output_folder, write_outputs
+from ..run.options import Options, Result
+from ..run.stages import Command, ExplainedRow, result_of
+from ..settings import DEFAULT_OUTPUT
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..cam import Explanation
+    from ..models import Classifier
+
+
+class ClassifyCommand(Command):
+    """campp classify: figures (and maps, and guided figures) for each image."""
+
+    def __init__(self, options: Options, caption: str = "", cards: bool = False):
+        self.options = options
+        self.caption = caption  # the strip under each comparison figure: model, layer, variant
+        self.cards = cards
+
+    def is_done(self, job: Job) -> "Result | None":
+        paths = job.output_paths(self.options.methods, self.options.save_maps, self.options.guided)
+        if self.options.skip_existing and job.error is None and all(images.is_complete(p) for p in paths):
+            return Result(str(job.source), -1, "", 0.0, [], [str(p) for p in paths], skipped=True)
+        return None
+
+    def extras(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
+        if not self.options.guided:
+            return super().extras(clf, rgb01, expl)
+        from ..cam import guided_backprop
+
+        return list(guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing))
+
+    def finish(self, row: ExplainedRow, categories: list[str]) -> "Result":
+        figures = render(row, categories, row.extra, caption=self.caption, alpha=self.options.alpha)
+        make_output_folder(row.job)
+        written = write_outputs(row.job, figures, row.maps if self.options.save_maps else None)
+        return with_card(result_of(row, categories, written), row, figures, self.cards)
+
+
+def with_card(result: "Result", row: ExplainedRow, figures: dict[str, np.ndarray], cards: bool) -> "Result":
+    """``result`` with its --report images (``extra["card"]``) when ``cards``."""
+    if cards:
+        from ..report import card_assets
+
+        result.extra["card"] = card_assets(row.display, figures, row.maps)
+    return result
+
+
+def classify_file(path: str | os.PathLike, clf: Classifier, out_dir: str | os.PathLike,
+                  output: str = DEFAULT_OUTPUT, options: Options | None = None) -> Result:
+    """The paper's ``classify.py`` for one file: explain, write the five JPEGs, report.
+
+    Raises the image's error (:class:`InputError`, :class:`OutputError`) instead
+    of returning it.
+    """
+    from ..run.engines.local import run
+
+    stem, suffix = output_stem(output)
+    out = prepare_output_dir(out_dir)
+    results: list[Result] = []
+    run([Job(Path(path), out, stem, suffix)], clf, options, results.append)
+    if results[0].exception is not None:
+        raise results[0].exception
+    return results[0]

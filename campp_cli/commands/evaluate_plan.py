@@ -1,0 +1,93 @@
+"""evaluate's planner: its --boxes, thresholds and output files checked before any model loads; the
+document (tables, --json, --csv, --plot) made from the results at the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UsageError, clip
+from .planner import Planner
+
+DEFAULT_STEPS = 16
+DEFAULT_DELTAS = "0,0.25,0.5"
+
+
+class EvaluatePlanner(Planner):
+    """``steps``: deletion/insertion steps; ``eval_batch``: perturbed images per pass; ``boxes``: a folder of
+    Pascal VOC XML files; ``deltas``: Loc's thresholds; ``json``, ``csv``, ``plot``: files to write."""
+
+    def __init__(self, run, steps: int = DEFAULT_STEPS, eval_batch: int | None = None, boxes: str | None = None,
+                 deltas: str = DEFAULT_DELTAS, json: str | None = None, csv: str | None = None,
+                 plot: str | None = None):
+        from . import boxes as boxes_
+
+        super().__init__(run)
+        p = run.params
+        self.check_names(boxes=boxes, json=json, csv=csv, plot=plot, report=p.report, weights=p.weights,
+                         labels=p.labels)
+        self.steps, self.eval_batch, self.boxes_dir = steps, eval_batch, boxes
+        self.deltas = boxes_.parse_deltas(deltas) if isinstance(deltas, str) else tuple(deltas)
+        self.annotations = boxes_.load_folder(boxes) if boxes is not None else None
+        if plot is not None and not plot.lower().endswith(".png"):
+            raise UsageError(f"--plot {plot}: give a .png file name")
+        self.outputs = {"--json": json, "--csv": csv, "--plot": plot, "--report": p.report}
+        self.jobs = self._plan()
+        self.results: list = []
+
+    def _plan(self) -> list:
+        from ..inputs import check_collisions, check_no_overwrite
+        from ..jsonl import check_writable
+
+        self.jobs = self.plan(Path("."), None, writes=False)
+        self.check_something_exists()
+        for option, path in self.outputs.items():
+            check_writable(option, path)
+        files = [str(f) for f in self.run.params.files]
+        check_no_overwrite(self.jobs, [], self.outputs, files)
+        check_collisions(self.jobs, [], self.outputs, files, self.report_files())
+        self.check_report()
+        return self.jobs
+
+    def command(self, clf, options, report, tell):
+        from ..draw.figures import figure_caption
+        from ..run.events import Note
+        from .evaluate import EvaluateCommand
+
+        for note in annotation_notes(self.annotations or {}, clf.categories):
+            tell(Note(note))
+        return EvaluateCommand(self.steps, self.eval_batch, self.annotations, self.deltas, clf.input_size,
+                               clf.preprocessing.resize, cards=report is not None,
+                               caption=figure_caption(clf, options))
+
+    def take(self, result) -> None:
+        self.results.append(result)
+
+    def close(self, clf, options, command, summary) -> dict:
+        from ..images import write_atomic
+        from . import evaluate as ev
+
+        document = ev.report(self.results, clf, options, self.steps, summary.failed, command)
+        json, csv, plot = (self.outputs[k] for k in ("--json", "--csv", "--plot"))
+        if json:
+            write_atomic(json, ev.json_bytes(document))
+        if csv:
+            write_atomic(csv, ev.csv_bytes(self.results, self.deltas if self.annotations is not None else None))
+        if plot:
+            write_atomic(plot, ev.plot_png(self.results))
+        return document
+
+
+def annotation_notes(annotations: dict, categories: list[str]) -> list[str]:
+    """One warning per annotation file that cannot be used, and per object name that is no class."""
+    from .boxes import class_of, closest_names
+
+    notes = []
+    for annotation in annotations.values():
+        if annotation.problem is not None:
+            notes.append(annotation.problem)
+            continue
+        for name in sorted({b.name for b in annotation.boxes if class_of(b.name, categories) is None}):
+            near = closest_names(name, categories)
+            hint = f" (closest: {', '.join(near)})" if near else ""
+            notes.append(f"{annotation.path}: object name {clip(name)!r} is no class of the model{hint}")
+    return notes

@@ -1,0 +1,1 @@
+"""Pictures from arrays: framing, panels, one image's figures."""

@@ -1,0 +1,97 @@
+"""One image's figures, drawn from its explained row: the comparison, each method's heatmap and overlay,
+and guided maps; and the titles and caption they carry."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .. import images
+from ..errors import CamppError
+from ..methods import get_method
+from ..settings import DEFAULT_ALPHA
+
+if TYPE_CHECKING:
+    from ..models import Classifier
+    from ..run.options import Options
+    from ..run.stages import ExplainedRow
+
+
+def percent(p: float) -> str:
+    """A probability for a title: one decimal from 0.1 % up ("70.0%"), two significant digits below it
+    ("0.0020%" for 2e-5, never "0.0%")."""
+    if p >= 0.000995 or p <= 0:
+        return f"{p:.1%}"
+    digits = 1 - math.floor(math.log10(100 * p))  # decimals for two significant digits, never an exponent
+    return f"{100 * p:.{digits}f}%"
+
+
+def figure_caption(clf: Classifier, options: Options) -> str:
+    """The strip under a comparison figure: what was explained, where, and how."""
+    variant = f", Grad-CAM++ {options.variant}" if "gradcampp" in options.methods else ""
+    return f"model {clf.arch} | layer {layer_label(clf.module, clf.layer)}{variant}"
+
+
+def layer_label(module, layer) -> str:
+    """The layer as ``campp layers`` lists it (its dotted name, ``@k`` for a call), with the module's type:
+    "10 (ReLU)" says what a bare number in an ``nn.Sequential`` does not."""
+    from ..cam import split_layer
+
+    if not isinstance(layer, str):
+        return str(layer)
+    try:
+        sub = module.get_submodule(split_layer(layer)[0])
+    except (AttributeError, CamppError):
+        return layer
+    return f"{layer} ({type(sub).__name__})"
+
+
+
+def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None = None,
+           caption: str = "", alpha: float = DEFAULT_ALPHA) -> dict[str, np.ndarray]:
+    """Every figure for one image, keyed by output-name suffix ('' is the comparison).
+
+    One heatmap and one overlay (the heatmap blended at ``alpha``) per method
+    in ``row.maps`` (in its order); ``guided``: the image's guided-backpropagation
+    gradient ``(3, h, w)``, if wanted.  The comparison's method panels carry a
+    colour bar; its titles say "explained" and "predicted" when the explained
+    class (``-l``) is not the predicted one; ``caption`` goes in a strip below.
+    """
+    region = row.region
+    # seen: what the model saw, at panel resolution; place(): it (or a map over it) back in the whole photo
+    seen = row.display if region is None else images.region_pixels(row.display, region)
+    if region is None:
+        place = lambda inside: inside  # noqa: E731
+    else:
+        base = images.dimmed(row.display)  # once for every figure of the photo
+        place = lambda inside: images.on_region(base, region, inside)  # noqa: E731
+    height, width = seen.shape[:2]
+    p = row.probability
+    name = categories[row.class_index]
+    predicted = int(np.argmax(row.probs))
+    explained = f"{name} ({percent(p)})"
+    if predicted != row.class_index:
+        title = [f"explained: {explained}", f"predicted: {categories[predicted]} ({percent(row.probs[predicted])})"]
+        explained = f"explained: {explained}"
+    else:
+        title = ["Input", explained]
+    figures: dict[str, np.ndarray] = {"": seen}  # the comparison first; drawn below
+    guided_figures: dict[str, np.ndarray] = {}
+    panels = [images.titled(images.with_colour_bar(place(seen), blank=True), title)]
+    for method, cam in row.maps.items():
+        heat = images.colorize(images.upsample(cam, width, height))
+        blended = place(images.overlay(seen, heat, alpha))
+        figures[f"_{method}_heatmap"] = place(heat)
+        figures[f"_{method}_overlay"] = blended
+        spec = get_method(method)
+        lines = [spec.title, explained if spec.class_specific else "class-agnostic"]
+        panels.append(images.titled(images.with_colour_bar(blended), lines))
+        if guided is not None:
+            grad = guided.transpose(1, 2, 0)
+            weighted = grad * images.upsample(cam, grad.shape[0])[..., None]
+            guided_figures[f"_guided_{method}"] = place(images.resize_to(images.gradient_image(weighted), width,
+                                                                         height))
+    figures[""] = images.captioned(images.side_by_side(panels), caption) if caption else images.side_by_side(panels)
+    return {**figures, **guided_figures}

@@ -1,0 +1,1 @@
+"""What a run writes: the files of each image, the report."""

@@ -1,0 +1,226 @@
+"""The work of a run as three stages over plain, picklable rows.
+
+* :func:`decode`: a :class:`~campp_cli.inputs.Job` -> :class:`DecodedRow` (model input and
+  display image) or an :class:`InputError` for that image;
+* :func:`explain_rows`: a batch of DecodedRows -> one :class:`ExplainedRow` per image (maps,
+  probabilities, explained class, and what the command adds: guided gradients, evaluate's scores);
+* :func:`finish`: an ExplainedRow -> files written and a :class:`Result`.
+
+An engine (:mod:`campp_cli.run.engines`) only moves rows between them; the maths is in
+:mod:`campp_cli.cam` and :mod:`campp_cli.methods`, the drawing in :mod:`campp_cli.draw`, what each
+command adds in :mod:`campp_cli.commands`.  Rows hold NumPy arrays and paths only, so any engine can
+ship them to another process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from .. import images
+from ..errors import InputError, ModelError, OutputError, UsageError
+from ..inputs import Job
+from ..preprocessing import Preprocessing
+from .options import Options, Result, Summary
+
+if TYPE_CHECKING:  # torch is imported where the model runs, not where rows are decoded or written
+    import torch
+
+    from ..cam import Explanation
+    from ..models import Classifier
+
+
+def prepare(clf: Classifier, options: Options | None, command: "Command | None") -> tuple[Options, "Command"]:
+    """What every engine checks first: the options (default ones), the command (default: classify), the label."""
+    options = options or Options()
+    if command is None:
+        from ..commands.classify import ClassifyCommand
+        from ..draw.figures import figure_caption
+
+        command = ClassifyCommand(options, figure_caption(clf, options))
+    check_label(clf, options.label)
+    return options, command
+
+
+class Tally:
+    """Counts results into a :class:`Summary` and passes each one on; shared by every engine."""
+
+    def __init__(self, report: Callable[[Result], None] | None = None):
+        self.summary = Summary()
+        self.report = report or (lambda r: None)
+
+    def record(self, result: Result) -> None:
+        if result.error is not None:
+            self.summary.failed += 1
+        elif result.skipped:
+            self.summary.skipped += 1
+        else:
+            self.summary.done += 1
+        self.report(result)
+
+
+def begin(jobs: list[Job], command: "Command", tally: Tally) -> list[Job]:
+    """What every engine does first, on the machine that runs campp: finish or undo the sets a killed
+    run left half-written, report the jobs ``--skip-existing`` skips; return the jobs left to do."""
+    for folder in sorted({job.out_dir for job in jobs}) if command.writes else ():
+        images.recover(folder)
+    todo = []
+    for job in jobs:
+        skipped = command.is_done(job)
+        if skipped is not None:
+            tally.record(skipped)
+        else:
+            todo.append(job)
+    return todo
+
+
+def guarded(fn, source, *args) -> Result:
+    """Run one image's step; an error it causes becomes its Result, never the run's end."""
+    try:
+        return fn(*args)
+    except (InputError, OutputError) as exc:  # this image or its files; a broken model ends the run
+        return Result.failure(source, exc)
+
+
+def to_batch(photos: list, clf: Classifier) -> torch.Tensor:
+    """RGB batch in [0, 1] at the model's input size, on its device (before normalisation): each photo (an
+    RGB uint8 array or Pillow image) framed as ``clf.preprocessing`` says, as a run frames it."""
+    return _to_device(np.stack([frame(p, clf.input_size, clf.preprocessing)[0] for p in photos]), clf.device)
+
+
+def check_label(clf: Classifier, label: int) -> None:
+    if not -1 <= label < len(clf.categories):
+        raise UsageError(f"out of range; {clf.arch} has classes 0..{len(clf.categories) - 1}", param="label",
+                         value=label)
+
+
+def _to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    import torch
+
+    x = torch.from_numpy(batch)
+    if device.type == "cuda":  # pinned host memory lets the copy overlap the GPU's work
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+@dataclass
+class DecodedRow:
+    """Stage 1's output: one image ready for the model."""
+
+    job: Job
+    model_input: np.ndarray  # (3, S, S) float32 RGB in [0, 1]
+    display: np.ndarray | None  # (side, side, 3) uint8 at the panel resolution, when figures are drawn
+    region: tuple[int, int, int, int] | None = None  # --display full: where in display the model's square is
+
+
+@dataclass
+class ExplainedRow:
+    """Stage 2's output: everything one image's files and result need."""
+
+    job: Job
+    display: np.ndarray | None
+    class_index: int
+    probs: np.ndarray  # (C,) float32 softmax
+    maps: dict[str, np.ndarray]  # method -> (h, w) float32 in [0, 1]
+    extra: Any = None  # what the command added (guided gradient, evaluate's scores)
+    region: tuple[int, int, int, int] | None = None  # as DecodedRow.region
+
+    @property
+    def probability(self) -> float:
+        return float(self.probs[self.class_index])
+
+    def top(self, k: int = 5) -> list[tuple[int, float]]:
+        from ..cam import top_classes
+
+        return top_classes(self.probs, k)
+
+
+def frame(photo, size: int, preprocessing: "Preprocessing | None" = None,
+          max_side: int | None = None, display: str = "crop"
+          ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int, int, int] | None]:
+    """A decoded photo (a Pillow RGB image or an RGB uint8 array) as the model's input ``(3, size, size)``
+    in [0, 1], framed and resampled as ``preprocessing`` says (default: the central square, bilinear), and,
+    given ``max_side``, what the panels are drawn on at their resolution: the square (``display`` "crop"),
+    or the whole photo and where the square lies in it ("full"; else None).  The input depends on the photo
+    and ``preprocessing`` only: the panels are made separately, from the same full-resolution photo."""
+    pre = preprocessing if preprocessing is not None else Preprocessing()
+    photo = images.photo_of(photo)
+    x = images.model_input(photo, size, pre.resize, pre.interpolation)
+    if max_side is None:
+        return x, None, None
+    if display == "full":
+        return (x, *images.display_full(photo, pre.resize, max_side))
+    return x, images.display_square(photo, pre.resize, max_side), None
+
+
+def decode(job: Job, size: int, options: Options, display: bool,
+           budget: images.PixelBudget | None = None, preprocessing: "Preprocessing | None" = None) -> DecodedRow:
+    """Stage 1: read one image and :func:`frame` it; an :class:`InputError` names it if it cannot be read."""
+    if job.error is not None:
+        raise InputError(job.error)
+    use = lambda photo: frame(photo, size, preprocessing, options.max_side if display else None,  # noqa: E731
+                              options.display)
+    if not isinstance(job.source, (str, os.PathLike)):  # an image in memory (a notebook's), decoded already
+        return DecodedRow(job, *use(job.source))
+    return DecodedRow(job, *images.open_photo(job.source, options.max_pixels, budget, use=use))
+
+
+def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, command: "Command",
+                 progress: Callable[[int], None] | None = None) -> list[ExplainedRow]:
+    """Stage 2: one batch through the model: every requested map, then what the command adds.  ``progress``
+    is told of extra forward passes as they run (see :func:`campp_cli.cam.explain`)."""
+    from ..cam import explain
+
+    rgb01 = _to_device(np.stack([r.model_input for r in rows]), clf.device)
+    try:
+        expl = explain(clf.module, clf.layer, clf.preprocessing(rgb01), classes=options.label,
+                       methods=options.methods, image=rgb01, preprocess=clf.preprocessing, progress=progress,
+                       **options.settings)
+    except ModelError as exc:
+        raise ModelError(f"{exc.message} (model {clf.arch}, weights {clf.weights_source})") from None
+    extras = command.extras(clf, rgb01, expl)
+    return [ExplainedRow(row.job, row.display, int(expl.classes[i]), expl.probs[i],
+                         {m: v[i] for m, v in expl.maps.items()}, extras[i], row.region)
+            for i, row in enumerate(rows)]
+
+
+def finish(row: ExplainedRow, categories: list[str], command: "Command") -> "Result":
+    """Stage 3: the command's files for one image, and its Result."""
+    return command.finish(row, categories)
+
+
+def result_of(row: ExplainedRow, categories: list[str], outputs: list[str]) -> "Result":
+    top5 = [(k, categories[k], p) for k, p in row.top(5)]
+    c = row.class_index
+    return Result(str(row.job.source), c, categories[c], row.probability, top5, outputs)
+
+
+class Command:
+    """What a command (classify, evaluate) adds to the stages.
+
+    ``extras`` runs with the model (extra passes: guided backpropagation,
+    evaluate's perturbations), once per batch; ``finish`` once per image, where
+    the engine likes (a worker thread, another process).
+    """
+
+    #: Whether finish() draws figures (and so needs the photo at panel resolution).
+    draws = True
+    #: Whether it writes into the jobs' output folders (which a run then first recovers after a killed run).
+    writes = True
+    #: Whether finish() also makes the --report images of each image (:func:`campp_cli.report.card_assets`).
+    cards = False
+
+    def is_done(self, job: Job) -> "Result | None":
+        """A skipped Result when this job needs no work (--skip-existing)."""
+        return None
+
+    def extras(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
+        return [None] * len(expl.classes)
+
+    def finish(self, row: ExplainedRow, categories: list[str]) -> "Result":
+        raise NotImplementedError
+
+
