@@ -190,7 +190,10 @@ class ExplainPlanner(Planner):
             raise UsageError("a notebook run explains with a loaded classifier: give classifier=")
         _check_drawing(alpha, display, None)
         self.drawing = dict(alpha=alpha, max_side=max_side, display=display)
-        self.jobs = [_job(image, run.params.max_pixels) for image in run.params.files]
+
+    def plan_jobs(self) -> list:
+        self.jobs = [_job(image, self.run.params.max_pixels) for image in self.run.params.files]
+        return self.jobs
 
     def options(self, clf, label: int, **more) -> Options:
         return super().options(clf, label, **self.drawing, **more)

@@ -27,14 +27,14 @@ class ClassifyPlanner(Planner):
                             skip_existing=skip_existing)
         self.check_names(jsonl=jsonl, report=run.params.report, output_dir=output_dir, weights=run.params.weights,
                          labels=run.params.labels)
-        self.jobs = self._plan(output, format)
+        self.output, self.format = output, format
         self.log = None
 
-    def _plan(self, output: str | None, fmt: str | None) -> list:
+    def plan_jobs(self) -> list:
         from ..inputs import check_collisions, check_no_overwrite, folds_case, output_keys, prepare_output_dir
         from ..jsonl import check_writable
 
-        run, out_dir = self.run, self.output_dir
+        run, out_dir, output, fmt = self.run, self.output_dir, self.output, self.format
         keys = output_keys(run.methods, self.drawing["save_maps"], self.drawing["guided"])
         self.jobs = self.plan(Path(out_dir), output, keys=keys, fmt=fmt)
         self.check_something_exists()

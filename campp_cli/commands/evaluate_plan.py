@@ -19,25 +19,26 @@ class EvaluatePlanner(Planner):
     def __init__(self, run, steps: int = DEFAULT_STEPS, eval_batch: int | None = None, boxes: str | None = None,
                  deltas: str = DEFAULT_DELTAS, json: str | None = None, csv: str | None = None,
                  plot: str | None = None):
-        from . import boxes as boxes_
 
         super().__init__(run)
         p = run.params
         self.check_names(boxes=boxes, json=json, csv=csv, plot=plot, report=p.report, weights=p.weights,
                          labels=p.labels)
-        self.steps, self.eval_batch, self.boxes_dir = steps, eval_batch, boxes
+        self.steps, self.eval_batch, self.boxes_dir, self.deltas = steps, eval_batch, boxes, deltas
+        self.annotations = None
+        self.outputs = {"--json": json, "--csv": csv, "--plot": plot, "--report": p.report}
+        self.results: list = []
+
+    def plan_jobs(self) -> list:
+        from ..inputs import check_collisions, check_no_overwrite
+        from ..jsonl import check_writable
+        from . import boxes as boxes_
+
+        deltas, boxes, plot = self.deltas, self.boxes_dir, self.outputs["--plot"]
         self.deltas = boxes_.parse_deltas(deltas) if isinstance(deltas, str) else tuple(deltas)
         self.annotations = boxes_.load_folder(boxes) if boxes is not None else None
         if plot is not None and not plot.lower().endswith(".png"):
             raise UsageError(f"--plot {plot}: give a .png file name")
-        self.outputs = {"--json": json, "--csv": csv, "--plot": plot, "--report": p.report}
-        self.jobs = self._plan()
-        self.results: list = []
-
-    def _plan(self) -> list:
-        from ..inputs import check_collisions, check_no_overwrite
-        from ..jsonl import check_writable
-
         self.jobs = self.plan(Path("."), None, writes=False)
         self.check_something_exists()
         for option, path in self.outputs.items():

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 
 class Planner:
-    """Shared by every command; subclasses plan ``self.jobs`` in ``__init__``."""
+    """Shared by every command: ``__init__`` checks the command's own arguments, :meth:`plan_jobs` (after the
+    run's model arguments are checked) the inputs and outputs."""
 
     #: Whether the model's convolutions are prepacked (pays from the second pass of a shape on).
     prepack = True
@@ -30,6 +31,10 @@ class Planner:
         self.jobs: list = []
 
     # --- planning ------------------------------------------------------------------------------------------
+
+    def plan_jobs(self) -> list:
+        """The jobs of the run, every output checked; nothing is loaded yet."""
+        return self.jobs
 
     def check_names(self, **paths) -> None:
         """Usage errors for option values whose folder or file names are longer than filesystems allow."""

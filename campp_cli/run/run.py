@@ -91,9 +91,9 @@ class Run:
         self.methods = parse_methods(self.params.methods)
         self.settings = _method_settings(split["method"], self.methods)
         check_label_text(str(self.params.label))
+        self.planner = planner_type(self, **split["own"])  # the command's own arguments, and every name
         self.request = self._model_request()
-        self.planner = planner_type(self, **split["own"])
-        self.jobs = self.planner.jobs
+        self.jobs = self.planner.plan_jobs()
 
     # --- checks, before anything slow ------------------------------------------------------------------
 
