@@ -20,19 +20,17 @@ import click
 from . import __version__
 from .engines import all_settings, check_settings, get_engine, list_engines, users_of
 from .errors import CamppError, OutputError, UsageError, clip
+from .explain.methods import DEFAULT_METHODS, method_settings
 from .labels import check_label_text, read_labels, resolve_label
-from .methods import DEFAULT_METHODS
 from .preprocessing import PRESETS, RESIZE_MODES, parse_overrides
 from .settings import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
     DEFAULT_OUTPUT_DIR,
     DEFAULT_REPORT_EVERY,
-    DEFAULT_SCORE_BATCH,
     DISPLAYS,
     FORMATS,
     MAX_PIXELS_CEILING,
-    VARIANTS,
 )
 
 EXIT_USAGE = 2
@@ -126,6 +124,10 @@ input_options = _options(
     click.option("--recursive", is_flag=True, help="Descend into subfolders of folders given with -f."),
 )
 
+#: The methods' own settings (explain/methods/gradcampp.py declares variant, scorecam.py score_batch).
+_METHOD_SETTINGS = {s.name: s for s in method_settings()}
+_VARIANT, _SCORE_BATCH = _METHOD_SETTINGS["variant"], _METHOD_SETTINGS["score_batch"]
+
 model_options = _options(
     click.option("-l", "--label", default="-1", show_default=True, metavar="CLASS",
                  help="Class to explain: an index (ImageNet: 0..999) or a class name ('tiger cat', or one of "
@@ -161,13 +163,13 @@ model_options = _options(
     click.option("--resize", type=click.Choice(list(RESIZE_MODES)), default=None,
                  help="How a photo becomes the square input: " + "; ".join(
                      f"{k}: {v}" for k, v in RESIZE_MODES.items()) + ". Default: crop."),
-    click.option("--variant", type=click.Choice(VARIANTS), default="official", show_default=True,
-                 help="Grad-CAM++ alphas: 'official' as the authors' code (renormalised), 'paper' as eq. 19."),
+    click.option("--variant", type=click.Choice(_VARIANT.choices), default=_VARIANT.default, show_default=True,
+                 help=_VARIANT.help),
     click.option("--methods", "methods", default=",".join(DEFAULT_METHODS), show_default=True, metavar="LIST",
                  help="Comma-separated methods, or all (see 'campp methods'). Gradient methods share one pass."),
-    click.option("--score-batch", type=click.IntRange(1, 4096), default=DEFAULT_SCORE_BATCH, show_default=True,
-                 metavar="N",
-                 help="Images per forward pass for methods that need extra passes (Score-CAM)."),
+    click.option("--score-batch", type=click.IntRange(int(_SCORE_BATCH.minimum), int(_SCORE_BATCH.maximum)),
+                 default=_SCORE_BATCH.default, show_default=True, metavar=_SCORE_BATCH.metavar,
+                 help=_SCORE_BATCH.help),
     click.option("--offline", is_flag=True, envvar="CAMPP_OFFLINE",
                  help="Never download weights (also CAMPP_OFFLINE=1)."),
 )
@@ -447,6 +449,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
       campp classify -f 'val/*.JPEG' -o '{stem}_cam.jpeg' --skip-existing
       campp classify -f val/ --recursive --report val.html --labels-from-folders
     """
+    from .explain.methods import needs_any, parse_methods
     from .inputs import (
         check_collisions,
         check_no_overwrite,
@@ -457,7 +460,6 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
         prepare_output_dir,
     )
     from .jsonl import JsonlLog, check_writable
-    from .methods import needs_any, parse_methods
 
     # Argument checks that need no model come first: they must be instant.
     settings = _engine_settings(engine, settings, gpu)
@@ -584,9 +586,9 @@ def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_
       campp evaluate --arch efficientnet_lite0 -f images/ --boxes images/boxes --json eval.json
     """
     from . import boxes
+    from .explain.methods import parse_methods
     from .inputs import check_collisions, check_no_overwrite, plan
     from .jsonl import check_writable
-    from .methods import parse_methods
 
     settings = _engine_settings(engine, settings, gpu)
     methods = parse_methods(methods)
@@ -693,7 +695,7 @@ def methods() -> None:
     Gradient methods all come from the same forward and backward pass;
     class-agnostic methods explain the layer, not the class.
     """
-    from .methods import get_method, list_methods
+    from .explain.methods import get_method, list_methods
 
     names = list_methods()
     width = max(len(n) for n in names)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from . import images
 from .errors import UsageError
-from .methods import DEFAULT_METHODS, parse_methods
+from .explain.methods import DEFAULT_METHODS, parse_methods
 
 
 def _as_rgb(image, max_pixels: int) -> tuple["Image.Image | np.ndarray", str]:
