@@ -13,8 +13,6 @@ Heavy modules (torch, OpenCV) load on first use, so ``campp --help`` stays insta
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 
@@ -27,15 +25,15 @@ _EXPORTS = {
     "PRESETS": "preprocessing",
     "register_source": "models",
     "list_sources": "models",
-    "explain": "explain.cam",
-    "list_methods": "explain.methods",
-    "register_method": "explain.methods",
-    "get_method": "explain.methods",
-    "channel_sum": "explain.methods",
-    "MethodInput": "explain.methods",
-    "cam_maps": "explain.cam",
-    "Explanation": "explain.cam",
-    "FeatureTap": "explain.taps",
+    "explain": "cam.explain",
+    "list_methods": "cam.methods",
+    "register_method": "cam.methods",
+    "get_method": "cam.methods",
+    "channel_sum": "cam.methods",
+    "MethodInput": "cam.methods",
+    "cam_maps": "cam.explain",
+    "Explanation": "cam.explain",
+    "FeatureTap": "cam.taps",
     "classify_file": "pipeline",
     "Options": "pipeline",
     "load_rgb": "images",
@@ -58,19 +56,3 @@ def __getattr__(name: str):
         return getattr(module, name)
     raise AttributeError(f"module 'campp_cli' has no attribute {name!r}")
 
-
-class _Package(types.ModuleType):
-    """campp_cli itself, whose ``explain`` stays the function :func:`campp_cli.explain.cam.explain`.
-
-    Importing a subpackage sets it as an attribute of its parent: without this, the first import of the
-    ``campp_cli.explain`` package (which ``campp --help`` does, for the methods) would hide the function
-    behind the package.  The package stays reachable as ever: ``from campp_cli.explain.cam import ...``.
-    """
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _EXPORTS and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
-            return  # a subpackage named like an export: __getattr__ serves the export
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -18,9 +18,9 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .cam.methods import DEFAULT_METHODS, method_settings
 from .engines import all_settings, check_settings, get_engine, list_engines, users_of
 from .errors import CamppError, OutputError, UsageError, clip
-from .explain.methods import DEFAULT_METHODS, method_settings
 from .labels import check_label_text, read_labels, resolve_label
 from .preprocessing import PRESETS, RESIZE_MODES, parse_overrides
 from .settings import (
@@ -124,7 +124,7 @@ input_options = _options(
     click.option("--recursive", is_flag=True, help="Descend into subfolders of folders given with -f."),
 )
 
-#: The methods' own settings (explain/methods/gradcampp.py declares variant, scorecam.py score_batch).
+#: The methods' own settings (cam/methods/gradcampp.py declares variant, scorecam.py score_batch).
 _METHOD_SETTINGS = {s.name: s for s in method_settings()}
 _VARIANT, _SCORE_BATCH = _METHOD_SETTINGS["variant"], _METHOD_SETTINGS["score_batch"]
 
@@ -449,7 +449,7 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
       campp classify -f 'val/*.JPEG' -o '{stem}_cam.jpeg' --skip-existing
       campp classify -f val/ --recursive --report val.html --labels-from-folders
     """
-    from .explain.methods import needs_any, parse_methods
+    from .cam.methods import needs_any, parse_methods
     from .inputs import (
         check_collisions,
         check_no_overwrite,
@@ -586,7 +586,7 @@ def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_
       campp evaluate --arch efficientnet_lite0 -f images/ --boxes images/boxes --json eval.json
     """
     from . import boxes
-    from .explain.methods import parse_methods
+    from .cam.methods import parse_methods
     from .inputs import check_collisions, check_no_overwrite, plan
     from .jsonl import check_writable
 
@@ -695,7 +695,7 @@ def methods() -> None:
     Gradient methods all come from the same forward and backward pass;
     class-agnostic methods explain the layer, not the class.
     """
-    from .explain.methods import get_method, list_methods
+    from .cam.methods import get_method, list_methods
 
     names = list_methods()
     width = max(len(n) for n in names)

@@ -18,13 +18,13 @@ from PIL import Image, ImageDraw
 
 from . import __version__, images
 from . import boxes as boxes_
-from .explain.methods import title
+from .cam.methods import title
 from .stages import Command, ExplainedRow, Options, Result, render, result_of, with_card
 
 if TYPE_CHECKING:  # the command is unpickled where rows are written: torch is imported where the model runs
     import torch
 
-    from .explain.cam import Explanation
+    from .cam.explain import Explanation
     from .models import Classifier
 
 DEFAULT_STEPS = 16

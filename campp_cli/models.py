@@ -21,8 +21,8 @@ from typing import Callable
 
 import torch
 
+from .cam.taps import grid_layout, split_layer, to_grid
 from .errors import CamppError, ModelError, UsageError, WeightsError, clip
-from .explain.taps import grid_layout, split_layer, to_grid
 from .labels import numbered
 from .packing import pack_convolutions
 from .preprocessing import INTERPOLATIONS, TF_LITE_PREPROCESSING, Overrides, Preprocessing
@@ -925,7 +925,7 @@ def load_classifier(
     final = _final_preprocessing(base, preprocessing)
     size = final.size or spec.input_size
     if isinstance(layer, torch.nn.Module):
-        from .explain.taps import layer_name
+        from .cam.taps import layer_name
 
         layer = layer_name(module, layer)
     # Layer errors before the (large) weights are loaded: shapes need no trained weights (a model built

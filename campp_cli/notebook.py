@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image
 
 from . import images
+from .cam.methods import DEFAULT_METHODS, parse_methods
 from .errors import UsageError
-from .explain.methods import DEFAULT_METHODS, parse_methods
 
 
 def _as_rgb(image, max_pixels: int) -> tuple["Image.Image | np.ndarray", str]:

@@ -24,16 +24,16 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from . import images
+from .cam.methods import DEFAULT_METHODS, get_method, parse_methods
+from .cam.methods.scorecam import DEFAULT_SCORE_BATCH
 from .errors import CamppError, InputError, ModelError, OutputError, UsageError
-from .explain.methods import DEFAULT_METHODS, get_method, parse_methods
-from .explain.methods.scorecam import DEFAULT_SCORE_BATCH
 from .inputs import Job, format_of
 from .preprocessing import Preprocessing
 
 if TYPE_CHECKING:  # torch is imported where the model runs, not where rows are decoded or written
     import torch
 
-    from .explain.cam import Explanation
+    from .cam.explain import Explanation
     from .models import Classifier
 
 
@@ -210,7 +210,7 @@ class ExplainedRow:
         return float(self.probs[self.class_index])
 
     def top(self, k: int = 5) -> list[tuple[int, float]]:
-        from .explain.cam import top_classes
+        from .cam.explain import top_classes
 
         return top_classes(self.probs, k)
 
@@ -245,7 +245,7 @@ def decode(job: Job, size: int, options: Options, display: bool,
 
 def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, command: "Command") -> list[ExplainedRow]:
     """Stage 2: one batch through the model: every requested map, then what the command adds."""
-    from .explain.cam import explain
+    from .cam.explain import explain
 
     rgb01 = _to_device(np.stack([r.model_input for r in rows]), clf.device)
     try:
@@ -322,7 +322,7 @@ class ClassifyCommand(Command):
     def extras(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
         if not self.options.guided:
             return super().extras(clf, rgb01, expl)
-        from .explain.guided import guided_backprop
+        from .cam.guided import guided_backprop
 
         return list(guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing))
 
@@ -351,7 +351,7 @@ def figure_caption(clf: Classifier, options: Options) -> str:
 def layer_label(module, layer) -> str:
     """The layer as ``campp layers`` lists it (its dotted name, ``@k`` for a call), with the module's type:
     "10 (ReLU)" says what a bare number in an ``nn.Sequential`` does not."""
-    from .explain.taps import split_layer
+    from .cam.taps import split_layer
 
     if not isinstance(layer, str):
         return str(layer)

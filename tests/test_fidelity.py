@@ -10,9 +10,9 @@ import torch
 from reference import reference_map, vgg_activations_and_grads
 from torch import nn
 
-from campp_cli.explain.cam import cam_maps, explain
-from campp_cli.explain.guided import GuidedReLU, guided_backprop
-from campp_cli.explain.taps import FeatureTap
+from campp_cli.cam.explain import cam_maps, explain
+from campp_cli.cam.guided import GuidedReLU, guided_backprop
+from campp_cli.cam.taps import FeatureTap
 
 CAMPP_TO_REFERENCE = {"gradcam": ("gradcam", "official"), "gradcampp-official": ("gradcampp", "official"),
                       "gradcampp-paper": ("gradcampp", "paper")}

@@ -28,9 +28,8 @@ from reference import (
 from test_fidelity import TARGET, TinyVGG, _same_normalisation, crafted_case
 
 from campp_cli import images
-from campp_cli.errors import UsageError
-from campp_cli.explain.cam import cam_maps, explain
-from campp_cli.explain.methods import (
+from campp_cli.cam.explain import cam_maps, explain
+from campp_cli.cam.methods import (
     DEFAULT_METHODS,
     channel_sum,
     check_method_settings,
@@ -41,7 +40,8 @@ from campp_cli.explain.methods import (
     register_method,
     unregister_method,
 )
-from campp_cli.explain.methods.eigencam import projection
+from campp_cli.cam.methods.eigencam import projection
+from campp_cli.errors import UsageError
 from campp_cli.registry import Setting
 
 #: Every method that needs only A and g (and Eigen-CAM, which needs A alone).
@@ -238,7 +238,7 @@ def test_eigencam_sign_is_stable_where_channel_sums_vanish():
 def test_paper_variant_gives_no_weight_where_eq19_is_undefined():
     """A channel with sum(A) = -2 and g = 1 somewhere: eq. 19's denominator 2g^2 + sum(A) g^3 is 0 there and
     g > 0, so relu(g) * alpha would count it; the paper's variant gives it alpha 0, the authors' code 1 * g^2."""
-    from campp_cli.explain.methods.gradcampp import alphas
+    from campp_cli.cam.methods.gradcampp import alphas
 
     A = np.zeros((1, 1, 2, 2))
     A[0, 0, 0, 0] = -2.0

@@ -10,7 +10,7 @@ A method is a small module that registers a function with
 
 The function receives a :class:`MethodInput` and returns the combination
 ``(N, h, w)`` *before* the common last step, ``relu(.)`` divided by its maximum
-per image (an all-zero map stays zero), which :func:`campp_cli.explain.cam.cam_maps`
+per image (an all-zero map stays zero), which :func:`campp_cli.cam.explain.cam_maps`
 applies to every method alike.  The CLI's choices, figure panels and titles,
 output file names, ``campp evaluate`` and ``campp methods`` are all derived
 from this registry.  Nothing here imports torch: ``campp --help`` and the
@@ -18,16 +18,16 @@ argument checks stay instant (method modules import it inside their functions).
 
 Registering your own method::
 
-    from campp_cli.explain.methods import register_method, channel_sum
+    from campp_cli.cam.methods import register_method, channel_sum
 
     @register_method("gradcam_abs", title="|Grad|-CAM", summary="w_k = mean_ij |g_kij|")
     def gradcam_abs(inp):
         return channel_sum(inp.grads.abs().mean(dim=(2, 3)), inp.acts)
 
 A method may declare its own settings (keyword arguments of
-:func:`campp_cli.explain.cam.explain`, options of the CLI)::
+:func:`campp_cli.cam.explain.explain`, options of the CLI)::
 
-    from campp_cli.explain.methods import Setting
+    from campp_cli.cam.methods import Setting
 
     @register_method("smooth", settings=(Setting("sigma", float, "S", "Blur of the map.", default=1.0),))
     def smooth(inp):

@@ -1,6 +1,6 @@
 """The explaining pass: every requested map from one forward and (at most) one backward pass.
 
-The methods themselves live in :mod:`campp_cli.explain.methods` (a registry); this
+The methods themselves live in :mod:`campp_cli.cam.methods` (a registry); this
 module runs the model and hands each method what it needs: the target
 layer's activations A, the gradient g = dS/dA of the class logit S
 (pre-softmax) when any requested method needs it, and a scoring function for
@@ -44,7 +44,7 @@ def cam_maps(grads: torch.Tensor | None, acts: torch.Tensor, methods=DEFAULT_MET
     """Every requested map from one (A, g) pair, computed in float64, returned as float32.
 
     ``classes``, ``image``, ``score``, ``progress``: what methods that need forward passes take (see
-    :class:`campp_cli.explain.methods.MethodInput`).  ``settings`` and any other keyword: the methods'
+    :class:`campp_cli.cam.methods.MethodInput`).  ``settings`` and any other keyword: the methods'
     own settings (``variant="paper"``), checked, the others at their defaults.
     """
     names = parse_methods(methods)
@@ -111,7 +111,7 @@ def explain(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch.Ten
 
     ``classes``: None (the predicted class), one index for all images, or one
     per image; -1 also means the predicted class.  ``methods``: names from
-    :func:`campp_cli.explain.methods.list_methods`, a comma-separated string, or
+    :func:`campp_cli.cam.methods.list_methods`, a comma-separated string, or
     ``"all"``.  One forward pass; one backward pass to the layer when a
     requested method needs gradients.  Methods that need extra forward passes
     (Score-CAM) mask ``image`` (RGB in [0, 1], which ``preprocess`` turns into
@@ -120,7 +120,7 @@ def explain(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch.Ten
     without ``image`` they mask ``x`` itself.
 
     ``settings`` (a dict) and any other keyword are the methods' own settings
-    (:func:`campp_cli.explain.methods.method_settings`): ``variant="paper"``
+    (:func:`campp_cli.cam.methods.method_settings`): ``variant="paper"``
     (Grad-CAM++), ``score_batch=64`` (Score-CAM's images a pass)...; a name no
     method declares, or a value that does not fit, is a usage error.
     """

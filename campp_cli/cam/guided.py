@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .cam import class_tensor
+from .explain import class_tensor
 from .taps import FrozenParameters
 
 
