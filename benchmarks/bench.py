@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from campp_cli.cam import explain
+from campp_cli.cam.explain import explain
 
 
 def _sync(device: torch.device) -> None:

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from campp_cli import images
-from campp_cli.cam import explain
-from campp_cli.methods import list_methods
+from campp_cli.cam.explain import explain
+from campp_cli.cam.methods import list_methods
 from campp_cli.models import get_arch, load_classifier, prepare_module
 from campp_cli.run.stages import to_batch
 

@@ -26,15 +26,15 @@ _EXPORTS = {
     "PRESETS": "preprocessing",
     "register_source": "models",
     "list_sources": "models",
-    "explain": "cam",
-    "list_methods": "methods",
-    "register_method": "methods",
-    "get_method": "methods",
-    "channel_sum": "methods",
-    "MethodInput": "methods",
-    "cam_maps": "cam",
-    "Explanation": "cam",
-    "FeatureTap": "cam",
+    "explain": "cam.explain",
+    "list_methods": "cam.methods",
+    "register_method": "cam.methods",
+    "get_method": "cam.methods",
+    "channel_sum": "cam.methods",
+    "MethodInput": "cam.methods",
+    "cam_maps": "cam.explain",
+    "Explanation": "cam.explain",
+    "FeatureTap": "cam.taps",
     "classify_file": "commands.classify",
     "Options": "run.options",
     "Run": "run.run",
@@ -60,3 +60,4 @@ def __getattr__(name: str):
         module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
         return getattr(module, name)
     raise AttributeError(f"module 'campp_cli' has no attribute {name!r}")
+

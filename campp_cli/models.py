@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from .cam import grid_layout, split_layer, to_grid
+from .cam.taps import grid_layout, split_layer, to_grid
 from .errors import CamppError, ModelError, UsageError, WeightsError, clip
 from .labels import numbered
 from .packing import pack_convolutions
@@ -925,7 +925,7 @@ def load_classifier(
     final = _final_preprocessing(base, preprocessing)
     size = final.size or spec.input_size
     if isinstance(layer, torch.nn.Module):
-        from .cam import layer_name
+        from .cam.taps import layer_name
 
         layer = layer_name(module, layer)
     # Layer errors before the (large) weights are loaded: shapes need no trained weights (a model built

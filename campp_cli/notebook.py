@@ -19,11 +19,11 @@ import numpy as np
 from PIL import Image
 
 from . import images
+from .cam.methods import DEFAULT_METHODS
 from .commands.classify_plan import _check_drawing
 from .commands.planner import Planner
 from .errors import UsageError
 from .inputs import Job
-from .methods import DEFAULT_METHODS
 from .run.options import Options, Result
 from .run.stages import Command, ExplainedRow, result_of
 from .settings import DEFAULT_ALPHA, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE

@@ -402,7 +402,7 @@ def _scores(s) -> dict:
 
 
 def _titles(methods: list[str]) -> dict[str, str]:
-    from .methods import title
+    from .cam.methods import title
 
     return {m: title(m) for m in methods}
 

@@ -20,12 +20,6 @@ DEFAULT_OUTPUT = "output.jpeg"
 #: one --format adds).
 FORMATS = {"jpeg": (".jpeg", ".jpg"), "png": (".png",)}
 
-#: The two Grad-CAM++ variants (see campp_cli.methods.gradcampp).
-VARIANTS = ("official", "paper")
-
-#: Images per extra forward pass of methods that need them (Score-CAM), unless --score-batch says otherwise.
-DEFAULT_SCORE_BATCH = 32
-
 #: --report: the page is rewritten during a run every this many images (or every tenth done so far, if more).
 DEFAULT_REPORT_EVERY = 200
 

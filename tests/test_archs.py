@@ -11,7 +11,7 @@ from conftest import IMAGES
 from reference import reference_map
 
 from campp_cli import images
-from campp_cli.cam import explain
+from campp_cli.cam.explain import explain
 from campp_cli.models import load_classifier
 from campp_cli.run.stages import to_batch
 

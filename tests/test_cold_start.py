@@ -10,7 +10,7 @@ from conftest import IMAGES, fresh_campp
 from torch import nn
 
 from campp_cli import models
-from campp_cli.cam import explain
+from campp_cli.cam.explain import explain
 
 
 def _reload(monkeypatch, lean: bool, *args, **kwargs):

@@ -10,7 +10,9 @@ import torch
 from reference import reference_map, vgg_activations_and_grads
 from torch import nn
 
-from campp_cli.cam import FeatureTap, GuidedReLU, cam_maps, explain, guided_backprop
+from campp_cli.cam.explain import cam_maps, explain
+from campp_cli.cam.guided import GuidedReLU, guided_backprop
+from campp_cli.cam.taps import FeatureTap
 
 CAMPP_TO_REFERENCE = {"gradcam": ("gradcam", "official"), "gradcampp-official": ("gradcampp", "official"),
                       "gradcampp-paper": ("gradcampp", "paper")}
@@ -43,7 +45,7 @@ TARGET = "features.6"  # the last ReLU, 8x8 at a 32x32 input; features[7:] is th
 
 def campp_map(name: str, A: np.ndarray, g: np.ndarray) -> np.ndarray:
     method, variant = CAMPP_TO_REFERENCE[name]
-    maps = cam_maps(torch.from_numpy(g)[None], torch.from_numpy(A)[None], variant, methods=(method,))
+    maps = cam_maps(torch.from_numpy(g)[None], torch.from_numpy(A)[None], methods=(method,), variant=variant)
     return maps[method][0].numpy()
 
 

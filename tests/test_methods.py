@@ -28,17 +28,21 @@ from reference import (
 from test_fidelity import TARGET, TinyVGG, _same_normalisation, crafted_case
 
 from campp_cli import images
-from campp_cli.cam import cam_maps, explain
-from campp_cli.errors import UsageError
-from campp_cli.methods import (
+from campp_cli.cam.explain import cam_maps, explain
+from campp_cli.cam.methods import (
     DEFAULT_METHODS,
     channel_sum,
+    check_method_settings,
+    get_method,
     list_methods,
+    method_settings,
     parse_methods,
     register_method,
     unregister_method,
 )
-from campp_cli.methods.eigencam import projection
+from campp_cli.cam.methods.eigencam import projection
+from campp_cli.errors import UsageError
+from campp_cli.registry import Setting
 
 #: Every method that needs only A and g (and Eigen-CAM, which needs A alone).
 ONE_PASS = ["gradcam", "xgradcam", "hirescam", "gradcam_elementwise", "layercam", "eigencam"]
@@ -46,7 +50,7 @@ BUILT_IN = ["gradcam", "gradcampp", "xgradcam", "hirescam", "gradcam_elementwise
 
 
 def campp(method, A, g, variant="official"):
-    maps = cam_maps(torch.from_numpy(g)[None], torch.from_numpy(A)[None], variant, methods=(method,))
+    maps = cam_maps(torch.from_numpy(g)[None], torch.from_numpy(A)[None], methods=(method,), variant=variant)
     return maps[method][0].numpy()
 
 
@@ -98,6 +102,67 @@ def test_a_method_of_your_own_in_a_few_lines(tmp_path):
     finally:
         unregister_method("absgrad")
     assert "absgrad" not in list_methods()
+
+
+def test_registering_a_method_name_twice_is_a_value_error():
+    with pytest.raises(ValueError, match="method 'gradcam' is already registered"):
+        register_method("gradcam")(lambda inp: inp.acts.sum(dim=1))
+    assert get_method("gradcam").title == "Grad-CAM"  # the built-in is untouched
+
+
+def test_a_method_declares_its_own_settings():
+    """A setting declared by a method is listed by method_settings(), taken by explain() as a keyword
+    (checked, else its default) and handed to the method in inp.settings, with the run's other settings."""
+    seen = []
+    power = Setting("power", int, "P", "Exponent of the gradient.", minimum=1, maximum=4, default=2)
+
+    @register_method("gradpow", title="g^p-CAM", summary="w_k = mean g^p", settings=(power,))
+    def gradpow(inp):
+        seen.append(dict(inp.settings))
+        return channel_sum((inp.grads ** inp.settings["power"]).mean(dim=(2, 3)), inp.acts)
+
+    try:
+        assert power in method_settings() and method_settings("gradpow") == [power]
+        assert method_settings(["gradcam"]) == [] and [s.name for s in method_settings("gradcampp")] == ["variant"]
+        model, x = TinyVGG(0), torch.randn(1, 3, 32, 32)
+        explain(model, TARGET, x, methods="gradcampp,gradpow")
+        explain(model, TARGET, x, methods="gradpow", power=3, variant="paper")
+        explain(model, TARGET, x, methods="gradpow", settings={"power": 1})
+        assert seen == [{"variant": "official", "power": 2}, {"power": 3}, {"power": 1}]
+        with pytest.raises(UsageError, match="power 5: give at most 4"):
+            explain(model, TARGET, x, methods="gradpow", power=5)
+        expl = explain(model, TARGET, x, methods="gradcampp", variant="paper")
+        assert expl.settings == {"variant": "paper"}
+    finally:
+        unregister_method("gradpow")
+    assert power not in method_settings()
+
+
+def test_check_method_settings_names_the_setting_at_fault():
+    assert check_method_settings({}, ["gradcam", "scorecam"]) == {"score_batch": 32}
+    assert check_method_settings({"variant": "paper", "score_batch": 8.0}, "all") == {"variant": "paper",
+                                                                                      "score_batch": 8}
+    assert check_method_settings({"score_batch": 8}, ["gradcam"]) == {}  # checked, not the run's
+    with pytest.raises(UsageError, match="did you mean variant") as unknown:
+        check_method_settings({"varient": "paper"}, ["gradcampp"])
+    assert unknown.value.param == "varient" and "no method declares" in str(unknown.value)
+    for given, param, needle in (({"variant": "fast"}, "variant", "choose from official, paper"),
+                                 ({"score_batch": 0}, "score_batch", "give at least 1"),
+                                 ({"score_batch": "many"}, "score_batch", "give an integer")):
+        with pytest.raises(UsageError, match=needle) as bad:
+            check_method_settings(given, ["gradcampp"])
+        assert bad.value.param == param, given
+    with pytest.raises(UsageError, match="variant fast"):
+        explain(TinyVGG(0), TARGET, torch.randn(1, 3, 32, 32), variant="fast")
+
+
+@pytest.mark.parametrize("settings", [(Setting("classes", int, "N", "clashes with explain()'s own"),),
+                                      (Setting("variant", str, "V", "another meaning", default="x"),),
+                                      (Setting("k", int, "N", "a default out of range", minimum=1, default=0),)])
+def test_a_method_setting_must_not_clash(settings):
+    with pytest.raises(ValueError):
+        register_method("clashing", settings=settings)(lambda inp: None)
+    assert "clashing" not in list_methods()
 
 
 @pytest.mark.parametrize("name", ["All", "all", "bad-name", "1x"])
@@ -173,7 +238,7 @@ def test_eigencam_sign_is_stable_where_channel_sums_vanish():
 def test_paper_variant_gives_no_weight_where_eq19_is_undefined():
     """A channel with sum(A) = -2 and g = 1 somewhere: eq. 19's denominator 2g^2 + sum(A) g^3 is 0 there and
     g > 0, so relu(g) * alpha would count it; the paper's variant gives it alpha 0, the authors' code 1 * g^2."""
-    from campp_cli.methods.gradcampp import alphas
+    from campp_cli.cam.methods.gradcampp import alphas
 
     A = np.zeros((1, 1, 2, 2))
     A[0, 0, 0, 0] = -2.0

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from campp_cli.cam import explain
+from campp_cli.cam.explain import explain
 from campp_cli.packing import PackedConv2d, _ops_available, pack_convolutions
 
 pytestmark = pytest.mark.skipif(not _ops_available(), reason="this torch build has no oneDNN convolution ops")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from campp_cli import sparse_linear
-from campp_cli.cam import explain
+from campp_cli.cam.explain import explain
 from campp_cli.sparse_linear import SparseGradLinear, input_grad, sparse_linear_backward
 
 

@@ -18,7 +18,7 @@ from conftest import IMAGES
 from reference import reference_map
 from test_fidelity import _same_normalisation
 
-from campp_cli.cam import explain
+from campp_cli.cam.explain import explain
 
 timm = pytest.importorskip("timm", reason="timm is not installed (pip install 'campp[timm]')")
 

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..methods import needs_any
+from ..cam.methods import needs_any
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_OUTPUT_DIR, DISPLAYS, FORMATS
 from .console import echo, say
 from .options import engine_options, input_options, model_options, report_options, run_options

@@ -12,7 +12,7 @@ def methods() -> None:
     Gradient methods all come from the same forward and backward pass;
     class-agnostic methods explain the layer, not the class.
     """
-    from ..methods import get_method, list_methods
+    from ..cam.methods import get_method, list_methods
 
     names = list_methods()
     width = max(len(n) for n in names)

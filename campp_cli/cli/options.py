@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import click
 
-from ..methods import DEFAULT_METHODS
+from ..cam.methods import DEFAULT_METHODS, METHODS
 from ..preprocessing import PRESETS, RESIZE_MODES
 from ..registry import Setting
 from ..run.engines import ENGINES, get_engine, list_engines
-from ..settings import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_REPORT_EVERY,
-    DEFAULT_SCORE_BATCH,
-    MAX_PIXELS_CEILING,
-    VARIANTS,
-)
+from ..settings import DEFAULT_MAX_PIXELS, DEFAULT_REPORT_EVERY, MAX_PIXELS_CEILING
 
 
 def options(*decorators):
@@ -25,6 +19,19 @@ def options(*decorators):
             f = decorator(f)
         return f
     return apply
+
+
+def setting_option(setting: Setting, users: str = ""):
+    """A registered entry's setting as a click option (``users``: who declares it, said in the help)."""
+    if setting.choices is not None:
+        kind = click.Choice(list(setting.choices))
+    else:
+        kind = {int: click.IntRange(setting.minimum, setting.maximum),
+                float: click.FloatRange(setting.minimum, setting.maximum)}.get(setting.kind, str)
+    help = setting.help + (f" ({users})" if users else "")
+    metavar = None if setting.choices is not None else setting.metavar  # a choice lists its values
+    return click.option(setting.flag, setting.name, type=kind, default=setting.default, metavar=metavar,
+                        show_default=setting.default is not None, help=help)
 
 
 input_options = options(
@@ -69,13 +76,9 @@ model_options = options(
     click.option("--resize", type=click.Choice(list(RESIZE_MODES)), default=None,
                  help="How a photo becomes the square input: " + "; ".join(
                      f"{k}: {v}" for k, v in RESIZE_MODES.items()) + ". Default: crop."),
-    click.option("--variant", type=click.Choice(VARIANTS), default="official", show_default=True,
-                 help="Grad-CAM++ alphas: 'official' as the authors' code (renormalised), 'paper' as eq. 19."),
     click.option("--methods", "methods", default=",".join(DEFAULT_METHODS), show_default=True, metavar="LIST",
                  help="Comma-separated methods, or all (see 'campp methods'). Gradient methods share one pass."),
-    click.option("--score-batch", type=click.IntRange(1, 4096), default=DEFAULT_SCORE_BATCH, show_default=True,
-                 metavar="N",
-                 help="Images per forward pass for methods that need extra passes (Score-CAM)."),
+    *[setting_option(s) for s in METHODS.settings()],  # each method's own: --variant, --score-batch...
     click.option("--offline", is_flag=True, envvar="CAMPP_OFFLINE",
                  help="Never download weights (also CAMPP_OFFLINE=1)."),
 )
@@ -104,18 +107,6 @@ report_options = options(
                       "train/cat/...) or a WordNet id starting its file name; the report marks right and wrong "
                       "predictions."),
 )
-
-
-def setting_option(setting: Setting, users: str = ""):
-    """A registered entry's setting as a click option (``users``: who declares it, said in the help)."""
-    if setting.choices is not None:
-        kind = click.Choice(list(setting.choices))
-    else:
-        kind = {int: click.IntRange(setting.minimum, setting.maximum),
-                float: click.FloatRange(setting.minimum, setting.maximum)}.get(setting.kind, str)
-    help = setting.help + (f" ({users})" if users else "")
-    return click.option(setting.flag, setting.name, type=kind, default=setting.default, metavar=setting.metavar,
-                        show_default=setting.default is not None, help=help)
 
 
 def _engine_help(name: str) -> str:

@@ -19,7 +19,7 @@ from ..settings import DEFAULT_OUTPUT
 if TYPE_CHECKING:
     import torch
 
-    from ..cam import Explanation
+    from ..cam.explain import Explanation
     from ..models import Classifier
 
 
@@ -40,7 +40,7 @@ class ClassifyCommand(Command):
     def extras(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
         if not self.options.guided:
             return super().extras(clf, rgb01, expl)
-        from ..cam import guided_backprop
+        from ..cam.guided import guided_backprop
 
         return list(guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing))
 

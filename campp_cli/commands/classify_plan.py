@@ -53,7 +53,7 @@ class ClassifyPlanner(Planner):
     def prepack(self) -> bool:
         """One photo explained in one pass (--guided's runs with gradients, never packed): oneDNN's copy of the
         weights would cost more than it saves; Score-CAM's many passes pay for it."""
-        from ..methods import needs_any
+        from ..cam.methods import needs_any
 
         return not self.run.single or needs_any(self.run.methods, "forward passes")
 

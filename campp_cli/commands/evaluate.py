@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .. import __version__, images
+from ..cam.methods import title
 from ..draw.figures import render
-from ..methods import title
 from ..run.options import Options, Result
 from ..run.stages import Command, ExplainedRow, result_of
 from ..settings import DEFAULT_ALPHA
@@ -28,7 +28,7 @@ from .classify import with_card
 if TYPE_CHECKING:  # the command is unpickled where rows are written: torch is imported where the model runs
     import torch
 
-    from ..cam import Explanation
+    from ..cam.explain import Explanation
     from ..models import Classifier
 
 DEFAULT_STEPS = 16

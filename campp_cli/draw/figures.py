@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import images
+from ..cam.methods import get_method
 from ..errors import CamppError
-from ..methods import get_method
 from ..settings import DEFAULT_ALPHA
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def figure_caption(clf: Classifier, options: Options) -> str:
 def layer_label(module, layer) -> str:
     """The layer as ``campp layers`` lists it (its dotted name, ``@k`` for a call), with the module's type:
     "10 (ReLU)" says what a bare number in an ``nn.Sequential`` does not."""
-    from ..cam import split_layer
+    from ..cam.taps import split_layer
 
     if not isinstance(layer, str):
         return str(layer)

@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..cam.methods import DEFAULT_METHODS, parse_methods
 from ..errors import CamppError
-from ..methods import DEFAULT_METHODS, parse_methods
 from ..settings import DEFAULT_ALPHA, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 
 

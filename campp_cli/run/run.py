@@ -19,9 +19,9 @@ import sys
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
+from ..cam.methods import DEFAULT_METHODS, parse_methods
 from ..errors import UsageError
 from ..labels import check_label_text, read_labels
-from ..methods import DEFAULT_METHODS, parse_methods
 from ..preprocessing import parse_overrides
 from ..settings import DEFAULT_MAX_PIXELS, DEFAULT_REPORT_EVERY
 from .engines import ENGINES, check_settings, get_engine
@@ -215,12 +215,16 @@ def run(command: str = "classify", files=(), listener: Listener | None = None, *
     return Run(command, files, **params).execute(listener)
 
 
-def _method_setting_names() -> set[str]:  # MERGE: methods.method_settings()
-    return {"variant", "score_batch"}
+def _method_setting_names() -> set[str]:
+    from ..cam.methods import method_settings
+
+    return {s.name for s in method_settings()}
 
 
-def _method_settings(given: dict, methods) -> dict:  # MERGE: methods.check_method_settings(given, methods)
-    return {"variant": given.get("variant") or "official", "score_batch": given.get("score_batch") or 32}
+def _method_settings(given: dict, methods) -> dict:
+    from ..cam.methods import check_method_settings
+
+    return check_method_settings(given, methods)
 
 
 def _unknown_truth(report) -> str:

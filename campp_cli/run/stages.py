@@ -29,7 +29,7 @@ from .options import Options, Result, Summary
 if TYPE_CHECKING:  # torch is imported where the model runs, not where rows are decoded or written
     import torch
 
-    from ..cam import Explanation
+    from ..cam.explain import Explanation
     from ..models import Classifier
 
 
@@ -133,7 +133,7 @@ class ExplainedRow:
         return float(self.probs[self.class_index])
 
     def top(self, k: int = 5) -> list[tuple[int, float]]:
-        from ..cam import top_classes
+        from ..cam.explain import top_classes
 
         return top_classes(self.probs, k)
 
@@ -172,7 +172,7 @@ def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, comm
                  progress: Callable[[int], None] | None = None) -> list[ExplainedRow]:
     """Stage 2: one batch through the model: every requested map, then what the command adds.  ``progress``
     is told of extra forward passes as they run (see :func:`campp_cli.cam.explain`)."""
-    from ..cam import explain
+    from ..cam.explain import explain
 
     rgb01 = _to_device(np.stack([r.model_input for r in rows]), clf.device)
     try:

@@ -14,7 +14,15 @@ channels; torchcam's subtracts the logit of the unmasked input first, then
 takes the same softmax over channels.
 """
 
+from ...registry import Setting
 from . import channel_sum, nonzero, register_method
+
+#: Images per extra forward pass, unless ``score_batch=`` (``--score-batch``) says otherwise.
+DEFAULT_SCORE_BATCH = 32
+
+#: ``score_batch=`` (``--score-batch``).
+SCORE_BATCH = Setting("score_batch", int, "N", "Images per forward pass for methods that need extra passes "
+                      "(Score-CAM).", minimum=1, maximum=4096, default=DEFAULT_SCORE_BATCH)
 
 
 def weights(inp):
@@ -32,7 +40,7 @@ def weights(inp):
     todo = [(int(i), int(c)) for i, c in torch.nonzero(live)]
     classes = torch.as_tensor(inp.classes, dtype=torch.long, device=image.device)
     w = torch.zeros(n, k, dtype=acts.dtype, device=acts.device)
-    batch = max(1, int(inp.score_batch))
+    batch = max(1, int(inp.settings["score_batch"]))
     planned = getattr(inp.progress, "planned", None)  # a progress object that also wants the count to come
     if planned is not None:
         planned(len(todo), n)
@@ -58,6 +66,7 @@ def weights(inp):
 
 @register_method("scorecam", title="Score-CAM", needs="forward passes",
                  reference="Wang et al., CVPR-W 2020, arXiv:1910.01279",
-                 summary="w_k = softmax probability of the class on the image x min-max(upsampled A_k)")
+                 summary="w_k = softmax probability of the class on the image x min-max(upsampled A_k)",
+                 settings=(SCORE_BATCH,))
 def scorecam(inp):
     return channel_sum(weights(inp), inp.acts)

@@ -16,20 +16,22 @@ alpha and only scale the weights, which the max-normalisation removes, so
 exp(S) is never evaluated (it overflows float32 past S ~ 88).
 """
 
-from ..errors import UsageError
-from ..settings import VARIANTS
+from ...registry import Setting
 from . import channel_sum, nonzero, register_method
 
+#: The two Grad-CAM++ variants.
+VARIANTS = ("official", "paper")
 
-def check_variant(variant: str) -> None:
-    if variant not in VARIANTS:
-        raise UsageError(f"unknown Grad-CAM++ variant {variant!r}; choose from {', '.join(VARIANTS)}")
+#: ``variant=`` (``--variant``): which alphas.
+VARIANT = Setting("variant", str, "NAME",
+                  "Grad-CAM++ alphas: 'official' as the authors' code (renormalised), 'paper' as eq. 19.",
+                  default="official", choices=VARIANTS)
 
 
 def alphas(grads, acts, variant: str = "official"):
     """Grad-CAM++ pixel weights alpha (eq. 19 with the exp(S) factors cancelled; the official code's
     guard against 0/0)."""
-    check_variant(variant)
+    VARIANT.check(variant)
     g2 = grads * grads
     g3 = g2 * grads
     act_sum = acts.sum(dim=(2, 3), keepdim=True)
@@ -47,6 +49,7 @@ def weights(grads, acts, variant: str = "official"):
 
 
 @register_method("gradcampp", title="Grad-CAM++", reference="Chattopadhyay et al., WACV 2018, arXiv:1710.11063",
-                 summary="w_k = sum_ij alpha_kij relu(g_kij), alpha from eq. 19 (--variant official|paper)")
+                 summary="w_k = sum_ij alpha_kij relu(g_kij), alpha from eq. 19 (--variant official|paper)",
+                 settings=(VARIANT,))
 def gradcampp(inp):
-    return channel_sum(weights(inp.grads, inp.acts, inp.variant), inp.acts)
+    return channel_sum(weights(inp.grads, inp.acts, inp.settings["variant"]), inp.acts)

@@ -1,0 +1,245 @@
+"""The methods registry: every explanation method campp knows, in one place.
+
+A method is a small module that registers a function with
+:func:`register_method`, saying what it needs:
+
+* ``"activations"``: the target layer's activations A only (class-agnostic);
+* ``"gradients"``: A and the gradient g = dS/dA of the explained class's logit S,
+  which all such methods share from campp's one forward and one backward pass;
+* ``"forward passes"``: A plus extra forward passes of the model (Score-CAM).
+
+The function receives a :class:`MethodInput` and returns the combination
+``(N, h, w)`` *before* the common last step, ``relu(.)`` divided by its maximum
+per image (an all-zero map stays zero), which :func:`campp_cli.cam.explain.cam_maps`
+applies to every method alike.  The CLI's choices, figure panels and titles,
+output file names, ``campp evaluate`` and ``campp methods`` are all derived
+from this registry.  Nothing here imports torch: ``campp --help`` and the
+argument checks stay instant (method modules import it inside their functions).
+
+Registering your own method::
+
+    from campp_cli.cam.methods import register_method, channel_sum
+
+    @register_method("gradcam_abs", title="|Grad|-CAM", summary="w_k = mean_ij |g_kij|")
+    def gradcam_abs(inp):
+        return channel_sum(inp.grads.abs().mean(dim=(2, 3)), inp.acts)
+
+A method may declare its own settings (keyword arguments of
+:func:`campp_cli.cam.explain.explain`, options of the CLI)::
+
+    from campp_cli.cam.methods import Setting
+
+    @register_method("smooth", settings=(Setting("sigma", float, "S", "Blur of the map.", default=1.0),))
+    def smooth(inp):
+        ...  # inp.settings["sigma"]
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from ...errors import UsageError, suggest
+from ...registry import Registry, Setting
+
+#: What a method may need, cheapest first.
+NEEDS = ("activations", "gradients", "forward passes")
+
+#: The methods of a run unless told otherwise (the paper's pair).
+DEFAULT_METHODS = ("gradcam", "gradcampp")
+
+#: Keywords of explain() and cam_maps() themselves: no method setting may take one of these names.
+RESERVED = frozenset({"model", "layer", "x", "classes", "methods", "image", "preprocess", "progress", "settings",
+                      "grads", "acts", "score"})
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One registered method, what it needs and the settings it reads."""
+
+    name: str
+    title: str
+    compute: Callable[["MethodInput"], Any]
+    needs: str = "gradients"
+    class_specific: bool = True
+    reference: str = ""
+    summary: str = ""
+    settings: tuple[Setting, ...] = ()
+
+    @property
+    def passes(self) -> str:
+        """What it costs, in words: the shared pass, or that plus extra forward passes."""
+        if self.needs == "forward passes":
+            return "one forward + K extra forward passes per image"
+        if self.needs == "activations":
+            return "one forward pass (no backward)"
+        return "the shared forward + backward pass"
+
+
+@dataclass
+class MethodInput:
+    """What a method's function gets for a batch of N images (float64 tensors).
+
+    ``acts``: (N, K, h, w) activations of the target layer; ``grads``: dS/dA,
+    same shape, or None when no requested method needs gradients; ``classes``:
+    (N,) explained classes; ``settings``: every setting the run's methods
+    declare, with its value (``settings["variant"]``: the Grad-CAM++ variant,
+    ``settings["score_batch"]``: how many images a Score-CAM pass may take).
+    For methods that need forward passes: ``score(images, classes)`` returns
+    the softmax probability of ``classes[j]`` for ``images[j]`` (RGB in [0, 1]
+    before the model's normalisation), ``image`` the batch itself (N, 3, S, S)
+    and ``progress(n)`` is called after every n forward passes; if it also has
+    a ``planned(passes, images)`` method, that is called first with how many
+    passes the batch will run (for an ETA).
+    """
+
+    acts: Any
+    grads: Any = None
+    classes: Any = None
+    image: Any = None
+    score: Callable | None = None
+    progress: Callable[[int], None] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_settings(name: str, settings: tuple) -> None:
+    """A method's settings: Setting objects, keyword-safe names, each meaning what other methods mean by it."""
+    for setting in settings:
+        if not isinstance(setting, Setting):
+            raise ValueError(f"method {name}: settings must be Setting objects, not {type(setting).__name__}")
+        if not setting.name.isidentifier() or setting.name in RESERVED:
+            raise ValueError(f"method {name}: setting name {setting.name!r} must be a Python name other than "
+                             f"{', '.join(sorted(RESERVED))}")
+        try:
+            setting.check(setting.default)
+        except UsageError as exc:
+            raise ValueError(f"method {name}: the default of setting {setting.name!r} does not fit it: {exc}") from None
+        for other in METHODS:
+            if other.name != name and any(s.name == setting.name and s != setting for s in other.settings):
+                raise ValueError(f"method {name}: setting {setting.name!r} is declared differently by method "
+                                 f"{other.name}; declare the same Setting or pick another name")
+
+
+def _check_method(name: str, method: Method) -> None:
+    if not _NAME.match(name or "") or name == "all":
+        raise ValueError(f"method name {name!r}: use lower-case letters, digits and _, starting with a letter "
+                         f"('all' is reserved)")
+    if method.needs not in NEEDS:
+        raise ValueError(f"method {name}: needs must be one of {', '.join(NEEDS)}, not {method.needs!r}")
+    _check_settings(name, method.settings)
+
+
+#: Every registered method, in registration order (built-ins first).
+METHODS: Registry[Method] = Registry("method", "methods", check=_check_method)
+
+
+def register_method(name: str, *, title: str | None = None, needs: str = "gradients", class_specific: bool = True,
+                    reference: str = "", summary: str = "", settings: Iterable[Setting] = (), replace: bool = False):
+    """Decorator: register ``fn(MethodInput) -> (N, h, w)`` under ``name``.
+
+    ``name`` is lower-case letters, digits and ``_`` (it becomes part of file
+    names); ``settings``: the :class:`~campp_cli.registry.Setting` s the method
+    reads from ``inp.settings`` (explain() takes each as a keyword);
+    ``replace=True`` lets a notebook re-run its cell.
+    """
+    settings = tuple(settings)
+
+    def decorate(fn):
+        method = Method(name, title or name, fn, needs, class_specific, reference, summary, settings)
+        METHODS.register(name, method, replace=replace)
+        return fn
+
+    return decorate
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method (for notebooks and tests); unknown names are ignored."""
+    METHODS.unregister(name)
+
+
+def list_methods() -> list[str]:
+    """Every registered method name, in registration order (built-ins first)."""
+    return METHODS.list()
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:  # the registry's message, plus "all"
+        names = METHODS.list()
+        raise UsageError(f"unknown method {name!r}{suggest(name, names)} (choose from {', '.join(names)}, or all)",
+                         param=METHODS.param)
+    return METHODS.get(name)
+
+
+def parse_methods(spec: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``"gradcam,layercam"``, ``"all"`` or a list of names -> a checked tuple, each name once, in order."""
+    if spec is None:
+        return DEFAULT_METHODS
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [str(s).strip().lower() for s in items if str(s).strip()]
+    if not names:
+        raise UsageError("give at least one method name, or all", param=METHODS.param)
+    if "all" in names:
+        return tuple(METHODS.list())
+    for name in names:
+        get_method(name)
+    return tuple(dict.fromkeys(names))
+
+
+def method_settings(names: str | Iterable[str] | None = None) -> list[Setting]:
+    """The settings the methods ``names`` declare (as :func:`parse_methods` reads them; None: every registered
+    method), each name once, in registration order."""
+    if names is None:
+        return METHODS.settings()
+    seen: dict[str, Setting] = {}
+    for name in parse_methods(names):
+        for setting in get_method(name).settings:
+            seen.setdefault(setting.name, setting)
+    return list(seen.values())
+
+
+def check_method_settings(given: dict[str, Any], names: str | Iterable[str] | None = None) -> dict[str, Any]:
+    """Every setting of the methods ``names`` with its value: ``given``'s, checked, else the default.
+
+    A setting that no registered method declares is a usage error naming it; a value that does not fit its
+    setting is one too (:meth:`Setting.check`).  Settings of registered methods outside ``names`` are checked,
+    then left out.
+    """
+    declared = {s.name: s for s in method_settings()}
+    checked = {}
+    for key, value in given.items():
+        if key not in declared:
+            raise UsageError(f"no method declares this setting{suggest(key, declared)} "
+                             f"(the methods' settings: {', '.join(declared) or 'none'})", param=key)
+        checked[key] = declared[key].check(value)
+    wanted = method_settings(names)
+    return {s.name: s.default if checked.get(s.name) is None else checked[s.name] for s in wanted}
+
+
+def title(name: str) -> str:
+    return get_method(name).title
+
+
+def needs_any(names, need: str) -> bool:
+    """Whether any of the methods ``names`` needs ``need`` (one of :data:`NEEDS`)."""
+    return any(get_method(n).needs == need for n in names)
+
+
+def nonzero(x):
+    """``x`` with exact zeros replaced by one: the guard against 0/0 every method uses."""
+    return x.where(x != 0, x.new_ones(()))
+
+
+def channel_sum(weights, acts):
+    """``sum_k weights[n, k] * acts[n, k]``: (N, K) and (N, K, h, w) -> (N, h, w)."""
+    import torch
+
+    return torch.einsum("nk,nkhw->nhw", weights, acts)
+
+
+# The built-in methods register themselves on import, in the order campp lists them.
+# isort: off
+from . import gradcam, gradcampp, xgradcam, hirescam, elementwise, layercam, eigencam, scorecam  # noqa: E402,F401
+# isort: on

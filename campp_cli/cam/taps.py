@@ -1,0 +1,163 @@
+"""Hooks and layer addressing: a layer's output as a gradient leaf, layer names, token grids.
+
+:class:`FeatureTap` hooks one layer (a dotted name, ``name@k`` for the k-th
+call of a module that runs several times, or the module itself) and exposes
+its output as an (N, C, H, W) grid, whatever the layer's layout: a CNN's
+feature map, Swin's channels-last map or a transformer's tokens
+(:func:`grid_layout`, :func:`to_grid`).  While it is active the model's
+parameters are frozen (:class:`FrozenParameters`), so autograd records
+nothing before the layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ModelError, UsageError
+
+
+class FrozenParameters:
+    """Parameters' requires_grad off for the duration (restored on exit)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self._flags = []
+
+    def __enter__(self):
+        self._flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        for p, _ in self._flags:
+            p.requires_grad_(False)
+        return self
+
+    def __exit__(self, *exc):
+        for p, flag in self._flags:
+            p.requires_grad_(flag)
+
+
+def split_layer(spec: str) -> tuple[str, int | None]:
+    """``"name@k"`` (the k-th call of a module that runs several times) -> ``("name", k)``."""
+    name, sep, call = spec.partition("@")
+    if not sep:
+        return spec, None
+    if not call.isdigit():
+        raise UsageError(f"--layer {spec}: after '@' give the call number (0, 1, ...)")
+    return name, int(call)
+
+
+def layer_name(model: torch.nn.Module, layer: "str | torch.nn.Module") -> str:
+    """``layer`` as a dotted name: a name is kept, a module of ``model`` is looked up by identity."""
+    if isinstance(layer, str):
+        return layer
+    if isinstance(layer, torch.nn.Module):
+        for name, module in model.named_modules():
+            if module is layer and name:
+                return name
+        raise UsageError(f"layer {type(layer).__name__}: this module is not a submodule of the model")
+    raise UsageError(f"layer {layer!r}: give a dotted module name or the module itself")
+
+
+#: At most this many class, distillation or register tokens before the patch tokens of a transformer.
+MAX_PREFIX_TOKENS = 16
+
+
+def grid_layout(shape: tuple[int, ...]) -> tuple[str, int] | None:
+    """How a layer output of ``shape`` lays out a square grid of positions, or None.
+
+    ``("nchw", 0)``: a CNN feature map; ``("nhwc", 0)``: channels last (Swin's
+    blocks); ``("tokens", P)``: a transformer's (N, T, C) tokens, P prefix
+    tokens (class, distillation, registers) then a square grid of patches.
+    """
+    if len(shape) == 4:
+        _, a, b, c = shape
+        return ("nhwc", 0) if a == b and b != c else ("nchw", 0)
+    if len(shape) == 3:
+        side = math.isqrt(shape[1])
+        prefix = shape[1] - side * side
+        if side >= 2 and prefix <= min(MAX_PREFIX_TOKENS, 2 * side):
+            return ("tokens", prefix)
+    return None
+
+
+def to_grid(output: torch.Tensor, layout: tuple[str, int]) -> torch.Tensor:
+    """A layer output as an (N, C, H, W) grid (prefix tokens dropped)."""
+    kind, prefix = layout
+    if kind == "nhwc":
+        return output.permute(0, 3, 1, 2)
+    if kind == "tokens":
+        n, t, c = output.shape
+        side = math.isqrt(t - prefix)
+        return output[:, prefix:, :].reshape(n, side, side, c).permute(0, 3, 1, 2)
+    return output
+
+
+def from_grid(grid: torch.Tensor, layout: tuple[str, int], output: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`to_grid`: ``grid`` in the layout of ``output`` (whose prefix tokens it takes)."""
+    kind, prefix = layout
+    if kind == "nhwc":
+        return grid.permute(0, 2, 3, 1)
+    if kind == "tokens":
+        n, c = grid.shape[:2]
+        patches = grid.permute(0, 2, 3, 1).reshape(n, -1, c)
+        return torch.cat([output[:, :prefix, :].detach(), patches], dim=1) if prefix else patches
+    return grid
+
+
+class FeatureTap:
+    """Context manager that exposes one layer's output as a gradient leaf.
+
+    On entry it freezes the model's parameters (their ``requires_grad`` flags
+    are restored on exit, whatever happens) and hooks ``layer``; the hook
+    replaces the layer's output with a detached copy that requires grad, so
+    autograd records only what comes after it.  The hook is always removed.
+
+    ``layer`` is a dotted module name, or ``name@k`` for the k-th call (from 0)
+    of a module the forward pass runs several times, or the module object itself.
+    A transformer's tokens (or Swin's channels-last map) are seen as the
+    (N, C, H, W) grid :func:`to_grid` makes of them; the model goes on with
+    the same values in its own layout.
+    """
+
+    def __init__(self, model: torch.nn.Module, layer: "str | torch.nn.Module"):
+        layer = layer_name(model, layer)
+        name, self.call = split_layer(layer)
+        modules = dict(model.named_modules())
+        if name not in modules:
+            raise UsageError(f"--layer {layer}: the model has no such module")
+        self.model = model
+        self.layer = layer
+        self.module = modules[name]
+        self.activation: torch.Tensor | None = None  # (N, C, H, W) whatever the layer's layout
+        self.layout: tuple[str, int] | None = None
+        self.calls = 0
+        self._handle = None
+        self._frozen = FrozenParameters(model)
+
+    def _hook(self, module, inputs, output):
+        index, self.calls = self.calls, self.calls + 1
+        if self.call is None and index > 0:
+            raise ModelError(f"layer {self.layer} runs more than once per forward pass; "
+                             f"pick one call with --layer {self.layer}@0, @1, ...")
+        if index != (self.call or 0):
+            return None
+        if not isinstance(output, torch.Tensor):
+            raise UsageError(f"--layer {self.layer}: its output is not a single tensor")
+        self.layout = grid_layout(tuple(output.shape))
+        if self.layout is None:
+            raise UsageError(f"--layer {self.layer}: its output {tuple(output.shape)} is neither a feature map "
+                             f"(N, C, H, W) nor transformer tokens (N, T, C) on a square grid")
+        # A copy: the next module may work in place, which a leaf cannot allow.
+        self.activation = to_grid(output.detach(), self.layout).clone().requires_grad_(True)
+        return from_grid(self.activation, self.layout, output)
+
+    def __enter__(self) -> "FeatureTap":
+        self._frozen.__enter__()
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self._frozen.__exit__(*exc)
