@@ -30,7 +30,8 @@ import torch
 from campp_cli import images
 from campp_cli.cam import explain
 from campp_cli.methods import list_methods
-from campp_cli.models import get_arch, load_classifier, prepare_module
+from campp_cli.models.loading import load_classifier, prepare_module
+from campp_cli.models.spec import get_arch
 from campp_cli.pipeline import to_batch
 
 REPO = Path(__file__).resolve().parents[1]

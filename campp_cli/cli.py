@@ -20,9 +20,9 @@ import click
 from . import __version__
 from .engines import all_settings, check_settings, get_engine, list_engines, users_of
 from .errors import CamppError, OutputError, UsageError, clip
-from .labels import check_label_text, read_labels, resolve_label
 from .methods import DEFAULT_METHODS
-from .preprocessing import PRESETS, RESIZE_MODES, parse_overrides
+from .models.labels import check_label_text, read_labels, resolve_label
+from .models.preprocessing import PRESETS, RESIZE_MODES, parse_overrides
 from .settings import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
@@ -231,7 +231,7 @@ def _open_report(report_path, command, clf, options, engine, total, labels_from_
 
     import torch
 
-    from .models import describe_device
+    from .models.devices import describe_device
     from .report import Report
 
     here = get_engine(engine).on_this_machine
@@ -341,7 +341,8 @@ def _load_model(gpu, weights, layer, offline, quiet, engine="local", label="-1",
     """(The model, -l as a class index): the model on -gpu's device; for an engine that places its own
     models, on this CPU (for its classes, input size and layer, and to check the weights before any work
     is sent out)."""
-    from .models import describe_device, load_classifier, resolve_device
+    from .models.devices import describe_device, resolve_device
+    from .models.loading import load_classifier
 
     here = get_engine(engine).on_this_machine
     device = resolve_device(gpu if here else -1, warn=_say)
@@ -718,8 +719,9 @@ def layers(arch, model_ref, size) -> None:
     A transformer's tokens are listed as the grid they form (prefix tokens dropped;
     'tokens+1': one class token), Swin's channels-last maps as 'nhwc'.
     """
-    from .models import default_layer, feature_maps, model_spec
-    from .preprocessing import Overrides
+    from .models.layers import default_layer, feature_maps
+    from .models.preprocessing import Overrides
+    from .models.spec import model_spec
 
     request = _model_request(arch, model_ref, None, None, size, None, None, None)
     spec = model_spec(request["arch"], request["model"], Overrides(size=size))
@@ -768,7 +770,7 @@ def convert(source, target, arch, model_ref, input_size, mean, std, resize) -> N
     check_convert_target(source, target)
     request = _model_request(arch, model_ref, None, None, input_size, mean, std, resize)
 
-    from .models import convert_weights
+    from .models.weights import convert_weights
 
     path = convert_weights(source, target, request["arch"], request["preprocessing"], request["model"])
     click.echo(f"wrote {path}")

@@ -130,7 +130,7 @@ def explain_image(image, clf, methods=DEFAULT_METHODS, label: int | str = -1, va
     -1 for the predicted class; ``display``: "crop" (the square the model saw) or "full" (the whole photo,
     the rest dimmed).  Framed, normalised and drawn as ``campp classify`` does.
     """
-    from .labels import resolve_label
+    from .models.labels import resolve_label
     from .stages import ClassifyCommand, DecodedRow, Options, explain_rows, figure_caption, frame, render
 
     if not 0.0 <= alpha <= 1.0:

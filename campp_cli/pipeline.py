@@ -14,7 +14,7 @@ from typing import Callable
 
 from . import images
 from .inputs import Job, output_stem, prepare_output_dir  # noqa: F401 (re-exported)
-from .models import Classifier
+from .models.loading import Classifier
 from .settings import DEFAULT_OUTPUT
 from .stages import (  # noqa: F401 (re-exported)
     ClassifyCommand,

@@ -47,7 +47,7 @@ from .errors import CamppError, UsageError
 from .inputs import Job
 
 if TYPE_CHECKING:
-    from .models import Classifier
+    from .models.loading import Classifier
 
 #: A test hook: when this names a folder holding a file ``armed``, the first finishing task to rename it to
 #: ``fired`` kills its own worker process, as a crashed node would (tests/test_ray.py).
@@ -485,7 +485,7 @@ class _Explainer:
     def __init__(self, cwd: str, model: dict, options: stages.Options, command: stages.Command, stop: str = ""):
         import torch
 
-        from .models import load_classifier
+        from .models.loading import load_classifier
 
         _enter(cwd)
         if model["threads"]:

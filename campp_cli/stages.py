@@ -27,14 +27,15 @@ from . import images
 from .errors import CamppError, InputError, ModelError, OutputError, UsageError
 from .inputs import Job, format_of
 from .methods import DEFAULT_METHODS, get_method, parse_methods
-from .preprocessing import Preprocessing
+from .models.devices import default_batch_size  # noqa: F401 (its home is models.devices)
+from .models.preprocessing import Preprocessing
 from .settings import DEFAULT_SCORE_BATCH
 
 if TYPE_CHECKING:  # torch is imported where the model runs, not where rows are decoded or written
     import torch
 
     from .cam import Explanation
-    from .models import Classifier
+    from .models.loading import Classifier
 
 
 @dataclass
@@ -167,11 +168,6 @@ def to_batch(photos: list, clf: Classifier) -> torch.Tensor:
 def check_label(clf: Classifier, label: int) -> None:
     if not -1 <= label < len(clf.categories):
         raise UsageError(f"-l {label}: out of range; {clf.arch} has classes 0..{len(clf.categories) - 1}")
-
-
-def default_batch_size(device: "torch.device | str") -> int:
-    """Big enough to keep the device busy, small enough for memory (VGG16 at 224: ~0.1 GB an image on CUDA)."""
-    return 32 if getattr(device, "type", str(device)).startswith("cuda") else 8
 
 
 def _to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -12,7 +12,7 @@ from reference import reference_map
 
 from campp_cli import images
 from campp_cli.cam import explain
-from campp_cli.models import load_classifier
+from campp_cli.models.loading import load_classifier
 from campp_cli.pipeline import to_batch
 
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat

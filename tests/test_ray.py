@@ -194,7 +194,7 @@ def test_a_broken_model_ends_the_ray_run_in_one_line(local_ray, tmp_path, monkey
     from campp_cli import ray_engine
     from campp_cli.errors import CamppError
     from campp_cli.inputs import Job
-    from campp_cli.models import load_classifier
+    from campp_cli.models.loading import load_classifier
 
     clf = load_classifier("efficientnet_lite0")
     jobs = [Job(IMAGES / "coffee.png", tmp_path, "coffee", ".jpeg")]
@@ -217,7 +217,7 @@ def test_a_head_and_classes_of_ones_own_reach_the_actors(local_ray, tmp_path):
 
     from campp_cli import ray_engine
     from campp_cli.inputs import Job
-    from campp_cli.models import load_classifier
+    from campp_cli.models.loading import load_classifier
     from campp_cli.stages import Options
 
     torch.manual_seed(3)
@@ -235,8 +235,8 @@ def test_a_model_of_ones_own_and_its_preprocessing_reach_the_actors(local_ray, t
     """--model FILE.py:FUNCTION, --input-size and --resize: the actors' results equal the local engine's."""
     from campp_cli import pipeline, ray_engine
     from campp_cli.inputs import Job
-    from campp_cli.models import load_classifier
-    from campp_cli.preprocessing import Overrides
+    from campp_cli.models.loading import load_classifier
+    from campp_cli.models.preprocessing import Overrides
     from campp_cli.stages import Options
 
     (tmp_path / "net.py").write_text(
@@ -289,7 +289,7 @@ def _jobs(photos: Path, out: Path, count: int):
 @pytest.mark.slow
 def test_two_nodes_share_the_work(two_nodes, photos, tmp_path):
     from campp_cli import ray_engine
-    from campp_cli.models import load_classifier
+    from campp_cli.models.loading import load_classifier
     from campp_cli.stages import Options
 
     ray, _ = two_nodes
@@ -308,7 +308,7 @@ def test_two_nodes_share_the_work(two_nodes, photos, tmp_path):
 @pytest.mark.slow
 def test_a_worker_that_dies_is_retried_and_nothing_is_lost(two_nodes, photos, tmp_path):
     from campp_cli import images, ray_engine
-    from campp_cli.models import load_classifier
+    from campp_cli.models.loading import load_classifier
     from campp_cli.stages import Options
 
     ray, trap = two_nodes
