@@ -291,10 +291,12 @@ def test_library_api_from_a_notebook(vgg, tmp_path):
 
 
 def test_every_subpackage_is_in_the_wheel():
-    """pyproject lists packages by hand: a new subpackage missing from it would be missing from the wheel."""
+    """pyproject names the packages by a pattern: every subpackage on disk must match it, or the wheel lacks it."""
     tomllib = pytest.importorskip("tomllib")
     from conftest import REPO
+    from setuptools import find_packages
 
-    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    listed = set(find_packages(str(REPO), include=find["include"]))
     on_disk = {str(p.parent.relative_to(REPO)).replace("/", ".") for p in (REPO / "campp_cli").rglob("__init__.py")}
     assert listed == on_disk

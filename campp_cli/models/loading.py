@@ -163,21 +163,12 @@ def load_classifier(
     prepare_module(module, device, prepack)
     recipe = dict(arch=arch, model=model, weights=str(path.absolute()) if path is not None else None, layer=target,
                   num_classes=num_classes, labels=list(spec.categories), preprocessing=final)
-    clf = Classifier(
-        arch=spec.name,
-        module=module,
-        layer=target,
-        preprocessing=final,
-        categories=list(spec.categories),
-        device=device,
-        input_size=final.size or spec.input_size,
-        weights_source=str(path) if path is not None else f"as built by {spec.name}",
-        num_classes=num_classes,
-        recipe=recipe,
-    )
     _CACHE.clear()
-    _CACHE[key] = clf
-    return clf
+    _CACHE[key] = Classifier(arch=spec.name, module=module, layer=target, preprocessing=final,
+                             categories=list(spec.categories), device=device, input_size=final.size or spec.input_size,
+                             weights_source=str(path) if path is not None else f"as built by {spec.name}",
+                             num_classes=num_classes, recipe=recipe)
+    return _CACHE[key]
 
 
 def _built(spec: ArchSpec, path: Path | None, layer, preprocessing, num_classes: int | None):
