@@ -46,7 +46,7 @@ def contenders(model: torch.nn.Module, prepared: torch.nn.Module, layer: str, x:
     ``model`` is the network as torchvision builds it, which is what the other
     libraries are given (as their users would); ``prepared`` is the same
     network as campp loads it (channels-last; on the CPU, convolutions prepacked
-    and linear layers with a sparse input gradient; see models.prepare_module).
+    and linear layers with a sparse input gradient; see models.loading.prepare_module).
     """
     module = dict(model.named_modules())[layer]
 
@@ -144,7 +144,7 @@ def bench_cli(arch: str, weights: Path, n: int, device_flag: str, workdir: Path,
     # The floor: start Python, import torch, load the model, n bare forwards.
     floor_code = (
         "import torch\n"
-        "from campp_cli.models import load_classifier\n"
+        "from campp_cli.models.loading import load_classifier\n"
         f"clf = load_classifier({arch!r}, weights={str(weights)!r}, "
         f"device={'cpu' if device_flag == '-1' else 'cuda:' + device_flag!r})\n"
         "x = torch.rand(1, 3, clf.input_size, clf.input_size, device=clf.device)\n"
@@ -205,7 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--throughput", default="", help="comma-separated batch sizes for images/s (e.g. 1,8,32)")
     args = parser.parse_args(argv)
 
-    from campp_cli.models import default_layer, get_arch, prepare_module
+    from campp_cli.models.layers import default_layer
+    from campp_cli.models.loading import prepare_module
+    from campp_cli.models.spec import get_arch
 
     device = torch.device(args.device)
     spec = get_arch(args.arch)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from campp_cli.models import load_classifier
+from campp_cli.models.loading import load_classifier
 
 
 def classifier(arch: str, scratch: Path):

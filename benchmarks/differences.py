@@ -22,7 +22,7 @@ from methods import REPO, _Tapped
 
 from campp_cli import images
 from campp_cli.cam.explain import explain
-from campp_cli.models import load_classifier
+from campp_cli.models.loading import load_classifier
 from campp_cli.run.stages import to_batch
 
 

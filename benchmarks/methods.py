@@ -30,7 +30,8 @@ import torch
 from campp_cli import images
 from campp_cli.cam.explain import explain
 from campp_cli.cam.methods import list_methods
-from campp_cli.models import get_arch, load_classifier, prepare_module
+from campp_cli.models.loading import load_classifier, prepare_module
+from campp_cli.models.spec import get_arch
 from campp_cli.run.stages import to_batch
 
 REPO = Path(__file__).resolve().parents[1]

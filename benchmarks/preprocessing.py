@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from campp_cli import images  # noqa: E402
-from campp_cli.models import load_classifier  # noqa: E402
+from campp_cli.models.loading import load_classifier  # noqa: E402
 
 
 def generated_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:

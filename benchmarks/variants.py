@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from campp_cli import explain, images  # noqa: E402
-from campp_cli.models import load_classifier  # noqa: E402
+from campp_cli.models.loading import load_classifier  # noqa: E402
 from campp_cli.run.stages import to_batch  # noqa: E402
 
 

@@ -18,14 +18,14 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_classifier": "models",
-    "resolve_device": "models",
-    "Classifier": "models",
-    "Preprocessing": "preprocessing",
-    "Overrides": "preprocessing",
-    "PRESETS": "preprocessing",
-    "register_source": "models",
-    "list_sources": "models",
+    "load_classifier": "models.loading",
+    "resolve_device": "models.devices",
+    "Classifier": "models.loading",
+    "Preprocessing": "models.preprocessing",
+    "Overrides": "models.preprocessing",
+    "PRESETS": "models.preprocessing",
+    "register_source": "models.spec",
+    "list_sources": "models.spec",
     "explain": "cam.explain",
     "list_methods": "cam.methods",
     "register_method": "cam.methods",

@@ -33,7 +33,7 @@ except ImportError:  # Windows: no flock; recovery falls back to process ids
 
 from .errors import InputError, OutputError
 from .inputs import is_stream
-from .preprocessing import INTERPOLATIONS, input_frame, square_region
+from .models.preprocessing import INTERPOLATIONS, input_frame, square_region
 from .settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DISPLAYS, MIN_PANEL_SIDE  # noqa: F401 (re-exported)
 
 # Pillow allocates a large image in 16 MB blocks, which glibc serves from per-thread heaps that keep

@@ -45,7 +45,7 @@ def vgg_weights() -> Path:
 @pytest.fixture(scope="session")
 def vgg(vgg_weights):
     """The classifier as campp loads it (CPU)."""
-    from campp_cli.models import load_classifier
+    from campp_cli.models.loading import load_classifier
 
     return load_classifier("vgg16", device="cpu")
 

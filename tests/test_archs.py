@@ -12,7 +12,7 @@ from reference import reference_map
 
 from campp_cli import images
 from campp_cli.cam.explain import explain
-from campp_cli.models import load_classifier
+from campp_cli.models.loading import load_classifier
 from campp_cli.run.stages import to_batch
 
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -201,3 +201,31 @@ def test_weights_for_another_arch_name_the_keys(resnet18_weights, run_cli, tmp_p
                              "--output-dir", tmp_path)  # vgg16 by default
     assert code == 1
     assert "do not fit vgg16" in err and "features.0.weight" in err and "conv1.weight" in err
+
+
+def test_model_sources_are_one_registry():
+    """A prefix taken twice is an error unless replaced; bare names go to the first source that serves them
+    (the paper's VGG16 before torchvision's); errors name the library's keyword, ``arch``."""
+    from campp_cli.errors import UsageError
+    from campp_cli.models.spec import SOURCES, get_arch, list_sources, register_source
+
+    with pytest.raises(ValueError, match="'timm' is already registered"):
+        register_source("timm", lambda name: None)
+    with pytest.raises(ValueError, match="use letters, digits and _"):
+        register_source("a-b", lambda name: None)
+    vgg = get_arch("vgg16")
+    assert vgg.default_layer == "features.29" and get_arch("vgg13").default_layer is None
+    register_source("mine", lambda name: vgg)
+    try:
+        register_source("mine", lambda name: vgg, replace=True)
+        assert list_sources() == ["mine", "timm"] and get_arch("mine:anything") is vgg
+    finally:
+        SOURCES.unregister("mine")
+        get_arch.cache_clear()
+    assert list_sources() == ["timm"]
+    with pytest.raises(UsageError, match=r"^arch resnet19: unknown architecture; did you mean resnet18"):
+        get_arch("resnet19")
+    with pytest.raises(UsageError, match=r"^arch mine:x: no model source 'mine'; sources: timm"):
+        get_arch("mine:x")
+    with pytest.raises(UsageError, match=r"^arch vgg16:x: no model source 'vgg16'"):
+        get_arch("vgg16:x")  # a bare-name source is no prefix

@@ -115,7 +115,7 @@ def test_skip_existing_resumes(photos, run_cli, tmp_path):
 
 
 def test_results_do_not_depend_on_batch_size(photos, tmp_path):
-    from campp_cli.models import load_classifier
+    from campp_cli.models.loading import load_classifier
     from campp_cli.run.engines.local import run
     from campp_cli.run.options import Options
 
@@ -160,9 +160,10 @@ MEMORY_PROBE = textwrap.dedent("""
     from pathlib import Path
     import torch
     from campp_cli.inputs import Job
-    from campp_cli.models import Classifier, Preprocessing
     from campp_cli.run.engines.local import run
     from campp_cli.run.options import Options
+    from campp_cli.models.loading import Classifier
+    from campp_cli.models.preprocessing import Preprocessing
 
     src, out = Path(sys.argv[1]), Path(sys.argv[2])
     torch.manual_seed(0)

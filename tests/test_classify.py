@@ -147,9 +147,9 @@ def test_following_the_missing_weights_advice_works(vgg_weights, run_cli, tmp_pa
     import re
     import shlex
 
-    import campp_cli.models
+    import campp_cli.models.loading
 
-    monkeypatch.setattr(campp_cli.models, "_CACHE", {})  # this test's model stays out of the other tests' way
+    monkeypatch.setattr(campp_cli.models.loading, "_CACHE", {})  # this test's model stays out of the other tests' way
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
     monkeypatch.setenv("CAMPP_MODELS", "models")
     monkeypatch.chdir(tmp_path)
@@ -169,12 +169,12 @@ def test_failed_download_is_one_message(run_cli, tmp_path, monkeypatch):
     """With downloads allowed, an offline machine still gets the message, not a traceback."""
     import urllib.error
 
-    import campp_cli.models as models
+    import campp_cli.models.weights as weights
 
     def offline(url, *args, **kwargs):
         raise urllib.error.URLError("Temporary failure in name resolution")
 
-    monkeypatch.setattr(models.torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(weights.torch.hub, "load_state_dict_from_url", offline)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
     monkeypatch.delenv("CAMPP_OFFLINE")
     code, out, err = run_cli("classify", "-f", IMAGES / "chelsea.png", "--output-dir", tmp_path / "o")
@@ -240,7 +240,7 @@ def test_gpu_without_cuda_warns_and_runs_on_the_cpu(run_cli, tmp_path, monkeypat
 
 def test_resolve_device_without_cuda_is_an_error_for_the_library(monkeypatch):
     from campp_cli.errors import UsageError
-    from campp_cli.models import resolve_device
+    from campp_cli.models.devices import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UsageError, match="no CUDA device"):

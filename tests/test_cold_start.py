@@ -9,19 +9,22 @@ import torch
 from conftest import IMAGES, fresh_campp
 from torch import nn
 
-from campp_cli import models
 from campp_cli.cam.explain import explain
+from campp_cli.errors import UsageError
+from campp_cli.models import labels, loading
+from campp_cli.models.preprocessing import Preprocessing
+from campp_cli.models.spec import SOURCES, ArchSpec, get_arch, register_source
 
 
 def _reload(monkeypatch, lean: bool, *args, **kwargs):
-    models._CACHE.clear()
+    loading._CACHE.clear()
     if not lean:
-        monkeypatch.setattr(models, "_empty_module", lambda spec: None)  # the ordinary build and copying load
+        monkeypatch.setattr(loading, "_empty_module", lambda spec: None)  # the ordinary build and copying load
     try:
-        return models.load_classifier(*args, **kwargs)
+        return loading.load_classifier(*args, **kwargs)
     finally:
         monkeypatch.undo()
-        models._CACHE.clear()
+        loading._CACHE.clear()
 
 
 def _explained(clf, seed: int = 0):
@@ -45,7 +48,7 @@ def test_lean_loading_gives_the_same_results_bitwise(vgg_weights, monkeypatch, a
 
 def test_the_model_is_built_without_values_and_holds_the_mapped_tensors(vgg_weights, monkeypatch):
     seen = {}
-    assign, read = models._assign_weights, models.read_weights
+    assign, read = loading._assign_weights, loading.read_weights
 
     def spy_assign(module, state):
         seen["devices"] = {t.device.type for t in [*module.parameters(), *module.buffers()]}
@@ -56,13 +59,13 @@ def test_the_model_is_built_without_values_and_holds_the_mapped_tensors(vgg_weig
         seen["state"] = state
         return state, meta
 
-    monkeypatch.setattr(models, "_assign_weights", spy_assign)
-    monkeypatch.setattr(models, "read_weights", spy_read)
-    models._CACHE.clear()
+    monkeypatch.setattr(loading, "_assign_weights", spy_assign)
+    monkeypatch.setattr(loading, "read_weights", spy_read)
+    loading._CACHE.clear()
     try:
-        clf = models.load_classifier("vgg16", device="cpu")
+        clf = loading.load_classifier("vgg16", device="cpu")
     finally:
-        models._CACHE.clear()
+        loading._CACHE.clear()
     assert seen["devices"] == {"meta"}  # no random initialisation ran on real tensors
     weight = clf.module.classifier[0].weight  # 400 MB of the 528: used where it lies in the file
     assert weight.data_ptr() == seen["state"]["classifier.0.weight"].data_ptr()
@@ -79,11 +82,11 @@ def test_no_initialisation_runs_for_a_model_about_to_be_loaded(vgg_weights, monk
         return real(tensor, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.init, "normal_", spy)  # VGG16's Linear layers
-    models._CACHE.clear()
+    loading._CACHE.clear()
     try:
-        models.load_classifier("vgg16", device="cpu")
+        loading.load_classifier("vgg16", device="cpu")
     finally:
-        models._CACHE.clear()
+        loading._CACHE.clear()
     assert filled and set(filled) == {"meta"}
 
 
@@ -115,19 +118,18 @@ def test_builders_that_need_values_still_load(tmp_path, monkeypatch, compute_at_
     reference = _Buffered(False, False).eval()
     path = tmp_path / "w.pth"
     torch.save(reference.state_dict(), path)
-    spec = models.ArchSpec(name="test:buffered", builder=lambda: _Buffered(compute_at_build, data_dependent),
-                           categories=("a", "b", "c"), preprocessing=models.Preprocessing(), input_size=16,
-                           weights_filename="")
-    monkeypatch.setitem(models._SOURCES, "test", lambda name: spec)
-    models.get_arch.cache_clear()
-    models._CACHE.clear()
+    spec = ArchSpec(name="test:buffered", builder=lambda: _Buffered(compute_at_build, data_dependent),
+                    categories=("a", "b", "c"), preprocessing=Preprocessing(), input_size=16, weights_filename="")
+    register_source("test", lambda name: spec)
+    loading._CACHE.clear()
     try:
-        clf = models.load_classifier("test:buffered", weights=path, device="cpu", layer="features.3")
-        with pytest.raises(models.UsageError, match="no such feature map"):
-            models.load_classifier("test:buffered", weights=path, device="cpu", layer="features.9")
+        clf = loading.load_classifier("test:buffered", weights=path, device="cpu", layer="features.3")
+        with pytest.raises(UsageError, match="no such feature map"):
+            loading.load_classifier("test:buffered", weights=path, device="cpu", layer="features.9")
     finally:
-        models.get_arch.cache_clear()
-        models._CACHE.clear()
+        SOURCES.unregister("test")
+        get_arch.cache_clear()
+        loading._CACHE.clear()
     assert all(t.device.type == "cpu" for t in [*clf.module.parameters(), *clf.module.buffers()])
     assert float(clf.module.scale) == 2.0  # the non-persistent buffer has its value
     x = torch.randn(1, 3, 16, 16)
@@ -140,23 +142,23 @@ def test_weights_of_another_dtype_load_as_the_architecture_declares(tmp_path):
     reference = _Buffered(False, False).eval()
     path = tmp_path / "w64.pth"
     torch.save({k: v.double() for k, v in reference.state_dict().items()}, path)
-    spec = models.ArchSpec(name="test:buffered", builder=lambda: _Buffered(False, False), categories=("a", "b", "c"),
-                           preprocessing=models.Preprocessing(), input_size=16, weights_filename="")
-    models.register_source("dtype", lambda name: spec)
-    models._CACHE.clear()
+    spec = ArchSpec(name="test:buffered", builder=lambda: _Buffered(False, False), categories=("a", "b", "c"),
+                    preprocessing=Preprocessing(), input_size=16, weights_filename="")
+    register_source("dtype", lambda name: spec)
+    loading._CACHE.clear()
     try:
-        clf = models.load_classifier("dtype:x", weights=path, device="cpu", layer="features.3")
+        clf = loading.load_classifier("dtype:x", weights=path, device="cpu", layer="features.3")
     finally:
-        models._SOURCES.pop("dtype")
-        models.get_arch.cache_clear()
-        models._CACHE.clear()
+        SOURCES.unregister("dtype")
+        get_arch.cache_clear()
+        loading._CACHE.clear()
     assert {p.dtype for p in clf.module.parameters()} == {torch.float32}
 
 
 def test_imagenet_names_are_torchvision_s():
     import torchvision
 
-    assert models._imagenet_categories() == tuple(torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+    assert labels.imagenet_categories() == tuple(torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def test_efficientnet_lite_never_imports_torchvision(tmp_path):
@@ -172,16 +174,16 @@ def test_one_photo_in_one_pass_is_not_prepacked(run_cli, tmp_path, monkeypatch):
     """oneDNN's copy of the convolutions' weights costs more than it saves on one pass: made for a batch run,
     or for a photo that takes several passes (Score-CAM), never for one photo in one pass."""
     packed = []
-    real = models.pack_convolutions
-    monkeypatch.setattr(models, "pack_convolutions", lambda module: packed.append(1) or real(module))
+    real = loading.pack_convolutions
+    monkeypatch.setattr(loading, "pack_convolutions", lambda module: packed.append(1) or real(module))
     lite = ("--arch", "efficientnet_lite0", "-gpu", "-1", "-q")
     cases = [((IMAGES / "chelsea.png",), [], 0), ((IMAGES / "chelsea.png",), ["--guided"], 0),
              ((IMAGES / "chelsea.png", IMAGES / "coffee.png"), ["-o", "{stem}.jpeg"], 1)]
     for i, (photos, extra, expected) in enumerate(cases):
         packed.clear()
-        models._CACHE.clear()
+        loading._CACHE.clear()
         args = [a for p in photos for a in ("-f", p)]
         code, _, err = run_cli("classify", *lite, *args, *extra, "--output-dir", tmp_path / str(i))
         assert code == 0, err
         assert len(packed) == expected, (photos, extra)
-    models._CACHE.clear()
+    loading._CACHE.clear()

@@ -20,7 +20,8 @@ from PIL import Image
 from campp_cli import images
 from campp_cli.commands.classify import classify_file
 from campp_cli.errors import InputError, OutputError
-from campp_cli.models import Classifier, Preprocessing
+from campp_cli.models.loading import Classifier
+from campp_cli.models.preprocessing import Preprocessing
 
 OUTPUT_SUFFIXES = ["", "_gradcam_heatmap", "_gradcampp_heatmap", "_gradcam_overlay", "_gradcampp_overlay"]
 

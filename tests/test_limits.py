@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from conftest import IMAGES, fresh_campp
 
-from campp_cli import inputs, labels
+from campp_cli import inputs
 from campp_cli.errors import UsageError, WeightsError
+from campp_cli.models import labels
 
 CHELSEA = IMAGES / "chelsea.png"
 
@@ -83,7 +84,7 @@ def test_counters_still_skip_names_taken_by_other_inputs(tmp_path):
 
 def test_labels_from_an_endless_stream_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(labels, "MAX_LABELS_BYTES", 1 << 20)
-    with pytest.raises(UsageError, match=r"--labels /dev/zero: larger than 1 MB"):
+    with pytest.raises(UsageError, match=r"^labels /dev/zero: larger than 1 MB"):
         labels.read_labels("/dev/zero")
 
 
@@ -245,7 +246,7 @@ def _zip_with_big_pickle(path: Path, extra_mb: int) -> Path:
 
 
 def test_a_pth_whose_pickle_inflates_past_the_cap_is_refused_before_reading(tmp_path):
-    from campp_cli.models import read_checkpoint
+    from campp_cli.models.weights import read_checkpoint
 
     path = _zip_with_big_pickle(tmp_path / "w.pth", 70)
     assert path.stat().st_size < 1 << 20
@@ -256,19 +257,19 @@ def test_a_pth_whose_pickle_inflates_past_the_cap_is_refused_before_reading(tmp_
 
 
 def test_every_zip_member_counts_against_what_the_architecture_needs(tmp_path, monkeypatch):
-    from campp_cli import models
+    from campp_cli.models import weights
 
-    monkeypatch.setattr(models, "MAX_PICKLE_BYTES", 1 << 30, raising=False)  # only the total is checked here
+    monkeypatch.setattr(weights, "MAX_PICKLE_BYTES", 1 << 30, raising=False)  # only the total is checked here
     path = _zip_with_big_pickle(tmp_path / "w.pth", 70)
     with pytest.raises(WeightsError, match="refused: its tensors take 7\\d MB once read"):
-        models.read_checkpoint(path, expected_bytes=1000)
+        weights.read_checkpoint(path, expected_bytes=1000)
 
 
 def test_a_legacy_pth_larger_than_the_architecture_needs_is_refused_from_its_size(tmp_path):
     """A legacy (not zip) .pth is read whole: refuse it from its size (a sparse file here: no disk used)."""
     import torch
 
-    from campp_cli.models import read_checkpoint
+    from campp_cli.models.weights import read_checkpoint
 
     path = tmp_path / "legacy.pth"
     torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=False)
@@ -304,7 +305,7 @@ def _hostile_npy(path: Path, claim: _Claim) -> Path:
 _READ_NPY = """
 import sys, tracemalloc
 from campp_cli.errors import WeightsError
-from campp_cli.npy_weights import read_npy_dict
+from campp_cli.models.npy import read_npy_dict
 tracemalloc.start()
 try:
     read_npy_dict(sys.argv[1])
@@ -337,7 +338,7 @@ def test_an_npy_pickle_claiming_a_huge_array_is_refused_before_allocating(tmp_pa
 
 
 def test_an_honest_npy_still_reads(tmp_path):
-    from campp_cli.npy_weights import read_npy_dict
+    from campp_cli.models.npy import read_npy_dict
 
     layers = {"conv1_1": [np.arange(6, dtype=np.float32).reshape(1, 2, 3), np.ones(3, np.float32)],
               "names": np.array(["a", "b"], dtype=object)}
@@ -425,7 +426,7 @@ def test_weights_that_are_not_floating_point_are_refused(own, run_cli, dtype):
 def test_the_head_hint_only_when_the_head_is_what_differs(tmp_path):
     import torch
 
-    from campp_cli.models import check_fits
+    from campp_cli.models.weights import check_fits
 
     namespace: dict = {}
     exec(NET, namespace)
@@ -443,7 +444,7 @@ def test_the_head_hint_only_when_the_head_is_what_differs(tmp_path):
 def test_a_huge_key_is_clipped_in_the_message():
     import torch
 
-    from campp_cli.models import check_fits
+    from campp_cli.models.weights import check_fits
 
     namespace: dict = {}
     exec(NET, namespace)

@@ -600,7 +600,7 @@ def test_torchcam_gradcampp_vs_paper_variant_on_real_photos(capsys):
     torchcam cannot hook Lite0's final map (its module runs twice), so its
     definition is registered here as a method and computed from campp's pass.
     """
-    from campp_cli.models import load_classifier
+    from campp_cli.models.loading import load_classifier
     from campp_cli.run.stages import to_batch
 
     @register_method("relu_cubed", title="torchcam GradCAMpp")

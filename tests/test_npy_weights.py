@@ -51,7 +51,7 @@ def caffe_input(rgb01: np.ndarray) -> torch.Tensor:
 
 def test_npy_gives_the_torch_models_logits_and_maps(npy_model):
     from campp_cli.cam.explain import explain
-    from campp_cli.models import load_classifier
+    from campp_cli.models.loading import load_classifier
 
     model, path = npy_model
     clf = load_classifier("vgg16", weights=path)

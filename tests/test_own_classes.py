@@ -8,7 +8,7 @@ import pytest
 from conftest import IMAGES
 
 from campp_cli.errors import UsageError
-from campp_cli.labels import read_labels, resolve_label
+from campp_cli.models.labels import read_labels, resolve_label
 
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -12,7 +12,7 @@ from conftest import IMAGES, fresh_campp, write_image
 from torch import nn
 
 from campp_cli.errors import ModelError, UsageError
-from campp_cli.preprocessing import PRESETS, Overrides, Preprocessing, parse_overrides
+from campp_cli.models.preprocessing import PRESETS, Overrides, Preprocessing, parse_overrides
 
 NET = '''
 import torch
@@ -223,7 +223,7 @@ def test_convert_stores_the_preprocessing(own, run_cli, monkeypatch):
     code, out, err = run_cli("convert", "weights.pth", "mine.pth", "--model", "net.py:build", "--input-size", "40",
                              "--mean", "none", "--resize", "squash")
     assert code == 0, err
-    from campp_cli.models import load_classifier
+    from campp_cli.models.loading import load_classifier
 
     clf = load_classifier(model="net.py:build", weights="mine.pth")
     assert clf.input_size == 40 and clf.preprocessing.resize == "squash"
@@ -254,7 +254,7 @@ def test_load_classifier_takes_a_module():
     x = torch.rand(2, 3, 20, 20)
     expl = explain(clf.module, clf.layer, clf.preprocessing(x))
     assert expl.maps["gradcampp"].shape == (2, 18, 18)
-    with pytest.raises(UsageError, match="--labels: 2 names, but Sequential has 3 outputs"):
+    with pytest.raises(UsageError, match="^labels: 2 names, but Sequential has 3 outputs"):
         load_classifier(model=net, labels=["a", "b"])
     with pytest.raises(UsageError, match="std and scale must not be 0"):
         load_classifier(model=net, preprocessing=Preprocessing(std=(1.0, 0.0, 1.0)))

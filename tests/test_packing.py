@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from campp_cli.cam.explain import explain
-from campp_cli.packing import PackedConv2d, _ops_available, pack_convolutions
+from campp_cli.models.fast.packing import PackedConv2d, _ops_available, pack_convolutions
 
 pytestmark = pytest.mark.skipif(not _ops_available(), reason="this torch build has no oneDNN convolution ops")
 

@@ -193,7 +193,7 @@ def test_a_broken_model_ends_the_ray_run_in_one_line(local_ray, tmp_path, monkey
     """An error that ends a local run (non-finite logits) ends a Ray run too, raised on the driver."""
     from campp_cli.errors import CamppError
     from campp_cli.inputs import Job
-    from campp_cli.models import load_classifier
+    from campp_cli.models.loading import load_classifier
     from campp_cli.run.engines import ray as ray_engine
 
     clf = load_classifier("efficientnet_lite0")
@@ -216,7 +216,7 @@ def test_a_head_and_classes_of_ones_own_reach_the_actors(local_ray, tmp_path):
     import torchvision
 
     from campp_cli.inputs import Job
-    from campp_cli.models import load_classifier
+    from campp_cli.models.loading import load_classifier
     from campp_cli.run.engines import ray as ray_engine
     from campp_cli.run.options import Options
 
@@ -234,8 +234,8 @@ def test_a_head_and_classes_of_ones_own_reach_the_actors(local_ray, tmp_path):
 def test_a_model_of_ones_own_and_its_preprocessing_reach_the_actors(local_ray, tmp_path, monkeypatch):
     """--model FILE.py:FUNCTION, --input-size and --resize: the actors' results equal the local engine's."""
     from campp_cli.inputs import Job
-    from campp_cli.models import load_classifier
-    from campp_cli.preprocessing import Overrides
+    from campp_cli.models.loading import load_classifier
+    from campp_cli.models.preprocessing import Overrides
     from campp_cli.run.engines import local as pipeline
     from campp_cli.run.engines import ray as ray_engine
     from campp_cli.run.options import Options
@@ -289,7 +289,7 @@ def _jobs(photos: Path, out: Path, count: int):
 
 @pytest.mark.slow
 def test_two_nodes_share_the_work(two_nodes, photos, tmp_path):
-    from campp_cli.models import load_classifier
+    from campp_cli.models.loading import load_classifier
     from campp_cli.run.engines import ray as ray_engine
     from campp_cli.run.options import Options
 
@@ -309,7 +309,7 @@ def test_two_nodes_share_the_work(two_nodes, photos, tmp_path):
 @pytest.mark.slow
 def test_a_worker_that_dies_is_retried_and_nothing_is_lost(two_nodes, photos, tmp_path):
     from campp_cli import images
-    from campp_cli.models import load_classifier
+    from campp_cli.models.loading import load_classifier
     from campp_cli.run.engines import ray as ray_engine
     from campp_cli.run.options import Options
 

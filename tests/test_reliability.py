@@ -129,9 +129,10 @@ TINY_RUN = textwrap.dedent("""
     from pathlib import Path
     import torch
     from campp_cli.inputs import plan
-    from campp_cli.models import Classifier, Preprocessing
     from campp_cli.run.engines.local import run
     from campp_cli.run.options import Options
+    from campp_cli.models.loading import Classifier
+    from campp_cli.models.preprocessing import Preprocessing
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
@@ -390,7 +391,7 @@ def test_19_four_10000px_rgba_pngs_with_four_workers(tmp_path, capsys):
 def test_20_a_checkpoint_that_inflates_is_refused_from_its_directory(tmp_path):
     import torchvision
 
-    from campp_cli.models import load_classifier
+    from campp_cli.models.loading import load_classifier
 
     state = torchvision.models.resnet18().state_dict()
     state["fc.weight"] = torch.zeros(1000, 300_000)  # 1.2 GB of zeros
@@ -521,7 +522,7 @@ def test_15_malformed_inputs_are_refused_cleanly(run_cli, tmp_path):
 
 
 def test_15_npy_with_an_empty_fc6(tmp_path):
-    from campp_cli.npy_weights import CONV_LAYERS, load_npy_weights
+    from campp_cli.models.npy import CONV_LAYERS, load_npy_weights
 
     layers = {n: [np.zeros((3, 3, 3, 3), np.float32), np.zeros(3, np.float32)] for n in CONV_LAYERS}
     layers["fc6"] = [np.zeros((25088, 0), np.float32), np.zeros(0, np.float32)]
@@ -812,7 +813,7 @@ def test_24_3_convert_never_overwrites_its_source(own_net, run_cli, monkeypatch)
         assert (code, loaded) == (2, False) and "is the SOURCE" in err, (target, err)
     assert (own_net / "w.pth").read_bytes() == before
     from campp_cli.errors import UsageError
-    from campp_cli.models import convert_weights
+    from campp_cli.models.weights import convert_weights
 
     with pytest.raises(UsageError, match="is the SOURCE"):
         convert_weights("w.pth", "hard.pth", model="net.py:build")

@@ -49,7 +49,7 @@ def _reference_input(path: Path, size: int, interpolation: str) -> np.ndarray:
 def test_decode_gives_the_reference_input_whatever_the_display(photos):
     """Every display option, and no display at all (evaluate), give the same model input bit for bit, and
     it is the reference framing of the whole-resolution photo."""
-    from campp_cli.preprocessing import TF_LITE_PREPROCESSING, Preprocessing
+    from campp_cli.models.preprocessing import TF_LITE_PREPROCESSING, Preprocessing
 
     for pre in (TF_LITE_PREPROCESSING, Preprocessing()):  # bicubic and bilinear
         for path in sorted(photos.iterdir()):
@@ -65,7 +65,7 @@ def test_decode_gives_the_reference_input_whatever_the_display(photos):
 
 
 def test_a_decoded_array_or_pil_image_frames_as_the_file(photos):
-    from campp_cli.preprocessing import TF_LITE_PREPROCESSING
+    from campp_cli.models.preprocessing import TF_LITE_PREPROCESSING
 
     path = photos / "s1000.jpg"
     from_file = stages.decode(plan([str(path)], photos / "out", None)[0], 224, Options(), True,

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from campp_cli import sparse_linear
 from campp_cli.cam.explain import explain
-from campp_cli.sparse_linear import SparseGradLinear, input_grad, sparse_linear_backward
+from campp_cli.models.fast import sparse_linear
+from campp_cli.models.fast.sparse_linear import SparseGradLinear, input_grad, sparse_linear_backward
 
 
 def grad_with_density(n: int, out: int, density: float, seed: int) -> torch.Tensor:

@@ -68,7 +68,7 @@ def test_vit_b16_maps_match_a_hand_reshape_and_pytorch_grad_cam(vit):
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from campp_cli.models import load_classifier
+    from campp_cli.models.loading import load_classifier
 
     model, path = vit
     clf = load_classifier("vit_b_16", weights=path)
@@ -118,7 +118,7 @@ def test_vit_runs_end_to_end_with_every_method(vit, run_cli, tmp_path):
 
 
 def test_swin_t_channels_last_blocks(tmp_path, run_cli):
-    from campp_cli.models import load_classifier
+    from campp_cli.models.loading import load_classifier
 
     torch.manual_seed(3)
     model = torchvision.models.swin_t().eval()
@@ -154,7 +154,7 @@ def test_layers_lists_tokens_as_grids(run_cli):
     ("vit_tiny_patch16_224", 14, (0.5, 0.5, 0.5)),
 ])
 def test_timm_architectures_offline(tmp_path, run_cli, monkeypatch, name, grid, mean):
-    from campp_cli.models import load_classifier
+    from campp_cli.models.loading import load_classifier
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(8)
@@ -191,7 +191,8 @@ def test_timm_weights_from_its_own_cache(tmp_path, monkeypatch):
     import huggingface_hub.constants
     from safetensors.torch import save_file
 
-    from campp_cli.models import get_arch, load_classifier
+    from campp_cli.models.loading import load_classifier
+    from campp_cli.models.spec import get_arch
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..preprocessing import PRESETS, RESIZE_MODES
+from ..models.preprocessing import PRESETS, RESIZE_MODES
 
 
 @click.command()
@@ -38,7 +38,7 @@ def convert(source, target, arch, model, input_size, mean, std, resize) -> None:
     check_convert_target(source, target)
     request = model_request(arch, model, None, None, input_size, mean, std, resize)
 
-    from ..models import convert_weights
+    from ..models.weights import convert_weights
 
     path = convert_weights(source, target, request["arch"], request["preprocessing"], request["model"])
     click.echo(f"wrote {path}")

@@ -18,8 +18,9 @@ def layers(arch, model, size) -> None:
     A transformer's tokens are listed as the grid they form (prefix tokens dropped;
     'tokens+1': one class token), Swin's channels-last maps as 'nhwc'.
     """
-    from ..models import default_layer, feature_maps, model_spec
-    from ..preprocessing import Overrides
+    from ..models.layers import default_layer, feature_maps
+    from ..models.preprocessing import Overrides
+    from ..models.spec import model_spec
     from ..run.run import model_request
 
     request = model_request(arch, model, input_size=size)

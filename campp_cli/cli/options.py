@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from ..cam.methods import DEFAULT_METHODS, METHODS
-from ..preprocessing import PRESETS, RESIZE_MODES
+from ..models.preprocessing import PRESETS, RESIZE_MODES
 from ..registry import Setting
 from ..run.engines import ENGINES, get_engine, list_engines
 from ..settings import DEFAULT_MAX_PIXELS, DEFAULT_REPORT_EVERY, MAX_PIXELS_CEILING

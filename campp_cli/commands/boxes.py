@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError, clip
-from ..preprocessing import input_frame
+from ..models.preprocessing import input_frame
 
 #: Zhang et al.'s tolerance for the pointing game, in pixels at the input resolution.
 POINTING_TOLERANCE = 15

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..cam.explain import Explanation
-    from ..models import Classifier
+    from ..models.loading import Classifier
 
 
 class ClassifyCommand(Command):

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # the command is unpickled where rows are written: torch is i
     import torch
 
     from ..cam.explain import Explanation
-    from ..models import Classifier
+    from ..models.loading import Classifier
 
 DEFAULT_STEPS = 16
 

@@ -14,7 +14,7 @@ from ..errors import CamppError
 from ..settings import DEFAULT_ALPHA
 
 if TYPE_CHECKING:
-    from ..models import Classifier
+    from ..models.loading import Classifier
     from ..run.options import Options
     from ..run.stages import ExplainedRow
 

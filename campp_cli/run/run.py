@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 from ..cam.methods import DEFAULT_METHODS, parse_methods
 from ..errors import UsageError
-from ..labels import check_label_text, read_labels
-from ..preprocessing import parse_overrides
+from ..models.labels import check_label_text, read_labels
+from ..models.preprocessing import parse_overrides
 from ..settings import DEFAULT_MAX_PIXELS, DEFAULT_REPORT_EVERY
 from .engines import ENGINES, check_settings, get_engine
 from .events import Finished, Loaded, Note, Passes, Planned
@@ -145,8 +145,9 @@ class Run:
         return summary
 
     def _classifier(self, tell: Listener):
-        from ..labels import resolve_label
-        from ..models import describe_device, load_classifier, resolve_device
+        from ..models.devices import describe_device, resolve_device
+        from ..models.labels import resolve_label
+        from ..models.loading import load_classifier
 
         here = get_engine(self.params.engine).on_this_machine
         clf = self.classifier
@@ -182,7 +183,7 @@ class Run:
         import torch
 
         from .. import __version__
-        from ..models import describe_device
+        from ..models.devices import describe_device
         from ..report import Report
 
         label, engine = options.label, self.params.engine

@@ -23,14 +23,14 @@ import numpy as np
 from .. import images
 from ..errors import InputError, ModelError, OutputError, UsageError
 from ..inputs import Job
-from ..preprocessing import Preprocessing
+from ..models.preprocessing import Preprocessing
 from .options import Options, Result, Summary
 
 if TYPE_CHECKING:  # torch is imported where the model runs, not where rows are decoded or written
     import torch
 
     from ..cam.explain import Explanation
-    from ..models import Classifier
+    from ..models.loading import Classifier
 
 
 def prepare(clf: Classifier, options: Options | None, command: "Command | None") -> tuple[Options, "Command"]:

@@ -14,7 +14,8 @@ from typing import Callable
 
 from ... import images
 from ...inputs import Job
-from ...models import Classifier, default_batch_size
+from ...models.devices import default_batch_size
+from ...models.loading import Classifier
 from .. import stages
 from ..options import Options, Result, Summary
 from ..stages import Command, Tally

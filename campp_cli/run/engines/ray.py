@@ -38,7 +38,7 @@ from ray.experimental import internal_kv
 
 from ...errors import UsageError
 from ...inputs import Job
-from ...models import default_batch_size
+from ...models.devices import default_batch_size
 from .. import stages
 from ..options import Options, Result, Summary
 from . import ray_tasks
@@ -46,7 +46,7 @@ from .ray_cluster import _stop_watchdog, check_shared, connect, missing_on_nodes
 from .shipping import CANCELLED, InOrder
 
 if TYPE_CHECKING:
-    from ...models import Classifier
+    from ...models.loading import Classifier
 
 
 def run(jobs: list[Job], clf: Classifier, options: Options | None = None,

@@ -74,7 +74,7 @@ class Explainer:
     def __init__(self, cwd: str, model: dict, options: Options, command: stages.Command, stop: str = ""):
         import torch
 
-        from ...models import load_classifier
+        from ...models.loading import load_classifier
 
         enter(cwd)
         if model["threads"]:

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .errors import UsageError, WeightsError
+from ..errors import UsageError, WeightsError
 
 #: Largest value a normalised input may reach (or a mean or std be): float32, which the model computes in,
 #: ends at 3.4e38, and a model fed values near it gives infinities.
@@ -137,17 +137,17 @@ PRESETS = {
 TF_LITE_PREPROCESSING = Preprocessing(mean=(127 / 255,) * 3, std=(128 / 255,) * 3, interpolation="bicubic")
 
 
-def _triple(option: str, text: str) -> tuple[float, float, float]:
+def _triple(param: str, text: str) -> tuple[float, float, float]:
     parts = [p.strip() for p in text.replace(";", ",").split(",")]
     try:
         values = tuple(float(p) for p in parts)
     except ValueError:
-        raise UsageError(f"{option} {text}: give three numbers R,G,B (e.g. 0.485,0.456,0.406) or a preset: "
-                         f"{', '.join(PRESETS)}") from None
+        raise UsageError(f"give three numbers R,G,B (e.g. 0.485,0.456,0.406) or a preset: {', '.join(PRESETS)}",
+                         param=param, value=text) from None
     if len(values) != 3:
-        raise UsageError(f"{option} {text}: give three numbers R,G,B, not {len(values)}")
+        raise UsageError(f"give three numbers R,G,B, not {len(values)}", param=param, value=text)
     if not all(math.isfinite(v) for v in values):
-        raise UsageError(f"{option} {text}: the numbers must be finite")
+        raise UsageError("the numbers must be finite", param=param, value=text)
     return values  # type: ignore[return-value]
 
 
@@ -182,27 +182,47 @@ def parse_overrides(input_size: int | None = None, mean: str | None = None, std:
                     resize: str | None = None) -> Overrides:
     """``--input-size``, ``--mean R,G,B|PRESET``, ``--std R,G,B``, ``--resize MODE`` checked, before any import."""
     if input_size is not None and not 8 <= input_size <= 8192:
-        raise UsageError(f"--input-size {input_size}: give a side between 8 and 8192 pixels")
+        raise UsageError("give a side between 8 and 8192 pixels", param="input_size", value=input_size)
     if resize is not None and resize not in RESIZE_MODES:
-        raise UsageError(f"--resize {resize}: use one of {', '.join(RESIZE_MODES)}")
+        raise UsageError(f"use one of {', '.join(RESIZE_MODES)}", param="resize", value=resize)
     preset = None
     mean_values = None
     if mean is not None:
         if mean.strip().lower() in PRESETS:
             preset = mean.strip().lower()
         else:
-            mean_values = _triple("--mean", mean)
-    std_values = _triple("--std", std) if std is not None else None
+            mean_values = _triple("mean", mean)
+    std_values = _triple("std", std) if std is not None else None
     if std_values is not None and any(v == 0 for v in std_values):
-        raise UsageError(f"--std {std}: a standard deviation of 0 would divide by zero")
+        raise UsageError("a standard deviation of 0 would divide by zero", param="std", value=std)
     # The scale and the mean may come from the model: bound them by the largest a preset has (Caffe's 255).
     if mean_values is not None and _overflow(mean_values, (1.0,) * 3, 255.0):
-        raise UsageError(f"--mean {mean}: {_overflow(mean_values, (1.0,) * 3, 255.0)}")
+        raise UsageError(_overflow(mean_values, (1.0,) * 3, 255.0), param="mean", value=mean)
     if std_values is not None:
         overflow = _overflow(mean_values or (255.0,) * 3, std_values, 255.0)
         if overflow:
-            raise UsageError(f"--std {std}: {overflow}; give standard deviations such as 0.229,0.224,0.225")
+            raise UsageError(f"{overflow}; give standard deviations such as 0.229,0.224,0.225", param="std",
+                             value=std)
     return Overrides(input_size, resize, preset, mean_values, std_values)
+
+
+def check_preprocessing(given: "Preprocessing | Overrides | None") -> None:
+    """A usage error unless ``given`` is None, :class:`Overrides` or a sound :class:`Preprocessing`."""
+    if isinstance(given, Preprocessing):
+        problem = given.problem()
+        if problem:
+            raise UsageError(problem, param="preprocessing")
+    elif given is not None and not isinstance(given, Overrides):
+        raise UsageError(f"give a Preprocessing, Overrides or None, not {type(given).__name__}",
+                         param="preprocessing")
+
+
+def final_preprocessing(base: Preprocessing, given: "Preprocessing | Overrides | None") -> Preprocessing:
+    """``given`` itself, or ``base`` changed by ``given``'s overrides."""
+    check_preprocessing(given)
+    if isinstance(given, Preprocessing):
+        return given
+    return given.apply(base) if given is not None else base
 
 
 def square_region(width: int, height: int, resize: str = "crop") -> tuple[int, int, int, int]:

@@ -100,5 +100,5 @@ class SparseGradLinear(nn.Linear):
 
 def sparse_linear_backward(model: nn.Module) -> int:
     """Turn every plain CPU ``nn.Linear`` of ``model`` into a :class:`SparseGradLinear` (see
-    :func:`campp_cli.packing.swap_cpu_class`)."""
+    :func:`campp_cli.models.fast.packing.swap_cpu_class`)."""
     return swap_cpu_class(model, nn.Linear, SparseGradLinear)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WeightsError, clip
+from ..errors import WeightsError, clip
 
 #: Caffe VGG16's own preprocessing: RGB [0,1] * 255, to BGR, minus the BGR mean, no std.
 CAFFE_PREPROCESSING = {"mean": [103.939, 116.779, 123.68], "std": [1.0, 1.0, 1.0], "scale": 255.0, "bgr": True}
@@ -189,7 +189,7 @@ def npy_to_state_dict(layers: dict, path: str | Path = "vgg16.npy") -> dict:
 
 
 def load_npy_weights(path: str | Path) -> tuple[dict, dict]:
-    """``(state_dict, metadata)`` as :func:`campp_cli.models.read_checkpoint` returns them."""
+    """``(state_dict, metadata)`` as :func:`campp_cli.models.weights.read_checkpoint` returns them."""
     try:
         state = npy_to_state_dict(read_npy_dict(path), path)
     except WeightsError:
