@@ -28,7 +28,7 @@ from common import classifier
 from PIL import Image
 
 from campp_cli import pipeline, ray_engine
-from campp_cli.inputs import Job
+from campp_cli.io.inputs import Job
 from campp_cli.stages import Options
 
 

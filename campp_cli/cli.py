@@ -311,7 +311,7 @@ def _engine_settings(engine: str, given: dict, gpu: int | None) -> dict:
 
 def _check_names(**paths) -> None:
     """Usage errors for option values whose folder or file names are longer than filesystems allow."""
-    from .inputs import check_name_length
+    from .io.names import check_name_length
 
     for option, path in paths.items():
         if path is not None:
@@ -447,16 +447,9 @@ def classify(files, recursive, output, output_dir, label, gpu, arch, model_ref, 
       campp classify -f 'val/*.JPEG' -o '{stem}_cam.jpeg' --skip-existing
       campp classify -f val/ --recursive --report val.html --labels-from-folders
     """
-    from .inputs import (
-        check_collisions,
-        check_no_overwrite,
-        folds_case,
-        is_single,
-        output_keys,
-        plan,
-        prepare_output_dir,
-    )
-    from .jsonl import JsonlLog, check_writable
+    from .io.inputs import is_single, plan
+    from .io.jsonl import JsonlLog, check_writable
+    from .io.names import check_collisions, check_no_overwrite, folds_case, output_keys, prepare_output_dir
     from .methods import needs_any, parse_methods
 
     # Argument checks that need no model come first: they must be instant.
@@ -584,8 +577,9 @@ def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_
       campp evaluate --arch efficientnet_lite0 -f images/ --boxes images/boxes --json eval.json
     """
     from . import boxes
-    from .inputs import check_collisions, check_no_overwrite, plan
-    from .jsonl import check_writable
+    from .io.inputs import plan
+    from .io.jsonl import check_writable
+    from .io.names import check_collisions, check_no_overwrite
     from .methods import parse_methods
 
     settings = _engine_settings(engine, settings, gpu)
@@ -610,7 +604,7 @@ def evaluate(files, recursive, label, gpu, arch, model_ref, layer, weights, num_
 
     from . import evaluate as ev
     from .engines import load_engine
-    from .images import write_atomic
+    from .io.durable import write_atomic
     from .pipeline import Options
     from .stages import figure_caption
 
@@ -763,7 +757,7 @@ def convert(source, target, arch, model_ref, input_size, mean, std, resize) -> N
       campp classify -f images/chelsea.png --weights models/vgg16_caffe.pth
       campp convert w.pth mine.pth --model net.py:build --input-size 64 --mean none
     """
-    from .inputs import check_convert_target
+    from .io.names import check_convert_target
 
     check_convert_target(source, target)
     request = _model_request(arch, model_ref, None, None, input_size, mean, std, resize)

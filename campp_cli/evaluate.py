@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import __version__, images
+from . import __version__
 from . import boxes as boxes_
+from .draw import geometry, panels
 from .methods import title
 from .stages import Command, ExplainedRow, Options, Result, render, result_of, with_card
 
@@ -36,7 +37,7 @@ class EvaluateCommand(Command):
     def __init__(self, steps: int = DEFAULT_STEPS, eval_batch: int | None = None,
                  boxes: dict | None = None, deltas=boxes_.DEFAULT_DELTAS, input_size: int = 224,
                  resize: str = "crop", cards: bool = False, caption: str = "",
-                 alpha: float = images.DEFAULT_ALPHA):
+                 alpha: float = panels.DEFAULT_ALPHA):
         self.cards = self.draws = cards  # the report's figures are the only ones evaluate draws
         self.caption = caption
         self.alpha = alpha
@@ -81,7 +82,7 @@ class EvaluateCommand(Command):
                                    for b in mine) if f is not None]
         if not framed:
             return {"status": "boxes outside the crop"}
-        return {"status": "boxed", "scores": {m: boxes_.score(images.upsample(cam, size), framed, self.deltas)
+        return {"status": "boxed", "scores": {m: boxes_.score(geometry.upsample(cam, size), framed, self.deltas)
                                                for m, cam in row.maps.items()}}
 
 
@@ -250,7 +251,7 @@ def plot_png(results: list[Result], width: int = 1000, height: int = 420) -> byt
     methods = list(scored[0]) if scored else []
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    font = images.font(14)
+    font = panels.font(14)
     panel_w = width // 2
     for p, kind in enumerate(("deletion", "insertion")):
         x0, y0 = p * panel_w + 60, 40

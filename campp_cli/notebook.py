@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import images
+from . import settings
+from .draw import panels
 from .errors import UsageError
+from .io import decode
 from .methods import DEFAULT_METHODS, parse_methods
 
 
@@ -27,9 +29,9 @@ def _as_rgb(image, max_pixels: int) -> tuple["Image.Image | np.ndarray", str]:
     """A path, a PIL image or an (H, W, 3) array (uint8, or floats in [0, 1]) as an RGB photo (decoded as
     ``campp classify`` decodes files: transparency on white, 16-bit scaled), and its name."""
     if isinstance(image, (str, os.PathLike)):
-        return images.open_photo(image, max_pixels), str(image)
+        return decode.open_photo(image, max_pixels), str(image)
     if isinstance(image, Image.Image):
-        return images.photo_of(image), "<PIL image>"
+        return decode.photo_of(image), "<PIL image>"
     if isinstance(image, np.ndarray):
         arr = image
         if arr.ndim == 2:
@@ -84,7 +86,8 @@ class ImageExplanation:
         """Write the figures (as ``campp classify`` names them; ``format`` "jpeg" or "png") into ``folder``;
         return the paths.  ``name`` is a plain file name, as ``-o`` is (``cat``, ``cat.jpeg``; never a folder
         or ``..``), and no figure may replace the image explained."""
-        from .inputs import Job, check_no_overwrite, output_stem
+        from .io.inputs import Job
+        from .io.names import check_no_overwrite, output_stem
         from .settings import FORMATS
         from .stages import make_output_folder, write_outputs
 
@@ -122,8 +125,8 @@ class ImageExplanation:
 
 
 def explain_image(image, clf, methods=DEFAULT_METHODS, label: int | str = -1, variant: str = "official",
-                  alpha: float = images.DEFAULT_ALPHA, max_side: int = images.DEFAULT_MAX_SIDE,
-                  max_pixels: int = images.DEFAULT_MAX_PIXELS, display: str = "crop") -> ImageExplanation:
+                  alpha: float = panels.DEFAULT_ALPHA, max_side: int = settings.DEFAULT_MAX_SIDE,
+                  max_pixels: int = settings.DEFAULT_MAX_PIXELS, display: str = "crop") -> ImageExplanation:
     """Explain one image (a path, a PIL image or an (H, W, 3) array) with ``clf``.
 
     ``methods``: names, a comma-separated string or ``"all"``; ``label``: a class index, a class name, or
@@ -135,8 +138,8 @@ def explain_image(image, clf, methods=DEFAULT_METHODS, label: int | str = -1, va
 
     if not 0.0 <= alpha <= 1.0:
         raise UsageError(f"alpha {alpha}: give a weight between 0 and 1")
-    if display not in images.DISPLAYS:
-        raise UsageError(f"display {display!r}: use one of {', '.join(images.DISPLAYS)}")
+    if display not in settings.DISPLAYS:
+        raise UsageError(f"display {display!r}: use one of {', '.join(settings.DISPLAYS)}")
     options = Options(label=resolve_label(str(label), clf.categories), variant=variant,
                       methods=parse_methods(methods), alpha=alpha, max_side=max_side, max_pixels=max_pixels)
     rgb, source = _as_rgb(image, max_pixels)

@@ -12,8 +12,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from . import images
-from .inputs import Job, output_stem, prepare_output_dir  # noqa: F401 (re-exported)
+from .io.decode import PixelBudget
+from .io.inputs import Job  # noqa: F401 (re-exported)
+from .io.names import output_stem, prepare_output_dir  # noqa: F401 (re-exported)
 from .models import Classifier
 from .settings import DEFAULT_OUTPUT
 from .stages import (  # noqa: F401 (re-exported)
@@ -60,7 +61,7 @@ def run(jobs: list[Job], clf: Classifier, options: Options | None = None,
     finishers = ThreadPoolExecutor(options.workers, thread_name_prefix="campp-finish")
     pending: deque[Future] = deque()
 
-    budget = images.PixelBudget(options.max_pixels)  # pixels decoded at once, across the threads
+    budget = PixelBudget(options.max_pixels)  # pixels decoded at once, across the threads
 
     def submit_decodes(chunk):
         return [decoders.submit(guarded, decode, job.source, job, clf.input_size, options, command.draws, budget,

@@ -44,7 +44,7 @@ from ray.experimental import internal_kv
 
 from . import stages
 from .errors import CamppError, UsageError
-from .inputs import Job
+from .io.inputs import Job
 
 if TYPE_CHECKING:
     from .models import Classifier

@@ -1,6 +1,6 @@
 """The work of a run as three stages over plain, picklable rows, and what each command adds.
 
-* :func:`decode`: a :class:`~campp_cli.inputs.Job` -> :class:`DecodedRow` (model input and
+* :func:`decode`: a :class:`~campp_cli.io.inputs.Job` -> :class:`DecodedRow` (model input and
   display image) or an :class:`InputError` for that image;
 * :func:`explain_rows`: a batch of DecodedRows -> one :class:`ExplainedRow` per image (maps,
   probabilities, explained class, and what the command adds: guided gradients, evaluate's scores);
@@ -8,7 +8,7 @@
 
 An engine (:func:`campp_cli.pipeline.run`, today's threads) only moves rows
 between them; the maths is in :mod:`campp_cli.cam` and :mod:`campp_cli.methods`,
-the drawing in :mod:`campp_cli.images`.  Rows hold NumPy arrays and paths only,
+the drawing in :mod:`campp_cli.draw`.  Rows hold NumPy arrays and paths only,
 so any engine can ship them to another process.
 """
 
@@ -23,12 +23,35 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from . import images
+from .draw.encode import ENCODERS
+from .draw.geometry import (
+    dimmed,
+    display_full,
+    display_square,
+    model_input,
+    on_region,
+    region_pixels,
+    resize_to,
+    upsample,
+)
+from .draw.panels import (
+    DEFAULT_ALPHA,
+    captioned,
+    colorize,
+    gradient_image,
+    overlay,
+    side_by_side,
+    titled,
+    with_colour_bar,
+)
 from .errors import CamppError, InputError, ModelError, OutputError, UsageError
-from .inputs import Job, format_of
+from .io.decode import PixelBudget, open_photo, photo_of
+from .io.durable import is_complete, recover, write_all_atomic
+from .io.inputs import Job
+from .io.names import format_of
 from .methods import DEFAULT_METHODS, get_method, parse_methods
 from .preprocessing import Preprocessing
-from .settings import DEFAULT_SCORE_BATCH
+from .settings import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DEFAULT_SCORE_BATCH
 
 if TYPE_CHECKING:  # torch is imported where the model runs, not where rows are decoded or written
     import torch
@@ -46,15 +69,15 @@ class Options:
     methods: tuple[str, ...] = DEFAULT_METHODS  # names from campp_cli.methods.list_methods()
     score_batch: int = DEFAULT_SCORE_BATCH  # images per extra forward pass of methods that need them (Score-CAM)
     on_passes: Callable[[int], None] | None = None  # called with the count of each batch of extra passes
-    max_side: int = images.DEFAULT_MAX_SIDE
-    max_pixels: int = images.DEFAULT_MAX_PIXELS
+    max_side: int = DEFAULT_MAX_SIDE
+    max_pixels: int = DEFAULT_MAX_PIXELS
     save_maps: bool = False
     guided: bool = False  # also guided maps of every method (a second, full backward pass)
     batch_size: int | None = None  # None: default_batch_size(device)
     workers: int = max(1, min(4, os.cpu_count() or 1))  # decoding and writing threads
     skip_existing: bool = False  # resume: skip images whose outputs are all there
-    alpha: float = images.DEFAULT_ALPHA  # the heatmap's weight in the overlays
-    display: str = "crop"  # images.DISPLAYS: the square the model saw, or the whole photo
+    alpha: float = DEFAULT_ALPHA  # the heatmap's weight in the overlays
+    display: str = "crop"  # settings.DISPLAYS: the square the model saw, or the whole photo
 
 
 @dataclass
@@ -137,7 +160,7 @@ def begin(jobs: list[Job], command: "Command", tally: Tally) -> list[Job]:
     """What every engine does first, on the machine that runs campp: finish or undo the sets a killed
     run left half-written, report the jobs ``--skip-existing`` skips; return the jobs left to do."""
     for folder in sorted({job.out_dir for job in jobs}):
-        images.recover(folder)
+        recover(folder)
     todo = []
     for job in jobs:
         skipped = command.is_done(job)
@@ -160,7 +183,7 @@ def to_batch(photos: list, clf: Classifier) -> torch.Tensor:
     """RGB batch in [0, 1] at the model's input size, on its device (before normalisation): each photo (an
     RGB uint8 array or Pillow image) framed as ``clf.preprocessing`` says, as a run frames it."""
     pre = clf.preprocessing
-    return _to_device(np.stack([images.model_input(p, clf.input_size, pre.resize, pre.interpolation)
+    return _to_device(np.stack([model_input(p, clf.input_size, pre.resize, pre.interpolation)
                                 for p in photos]), clf.device)
 
 
@@ -224,21 +247,21 @@ def frame(photo, size: int, preprocessing: "Preprocessing | None" = None,
     or the whole photo and where the square lies in it ("full"; else None).  The input depends on the photo
     and ``preprocessing`` only: the panels are made separately, from the same full-resolution photo."""
     pre = preprocessing if preprocessing is not None else Preprocessing()
-    photo = images.photo_of(photo)
-    x = images.model_input(photo, size, pre.resize, pre.interpolation)
+    photo = photo_of(photo)
+    x = model_input(photo, size, pre.resize, pre.interpolation)
     if max_side is None:
         return x, None, None
     if display == "full":
-        return (x, *images.display_full(photo, pre.resize, max_side))
-    return x, images.display_square(photo, pre.resize, max_side), None
+        return (x, *display_full(photo, pre.resize, max_side))
+    return x, display_square(photo, pre.resize, max_side), None
 
 
 def decode(job: Job, size: int, options: Options, display: bool,
-           budget: images.PixelBudget | None = None, preprocessing: "Preprocessing | None" = None) -> DecodedRow:
+           budget: PixelBudget | None = None, preprocessing: "Preprocessing | None" = None) -> DecodedRow:
     """Stage 1: read one image and :func:`frame` it; an :class:`InputError` names it if it cannot be read."""
     if job.error is not None:
         raise InputError(job.error)
-    framed = images.open_photo(job.source, options.max_pixels, budget, use=lambda photo: frame(
+    framed = open_photo(job.source, options.max_pixels, budget, use=lambda photo: frame(
         photo, size, preprocessing, options.max_side if display else None, options.display))
     return DecodedRow(job, *framed)
 
@@ -315,7 +338,7 @@ class ClassifyCommand(Command):
 
     def is_done(self, job: Job) -> "Result | None":
         paths = job.output_paths(self.options.methods, self.options.save_maps, self.options.guided)
-        if self.options.skip_existing and job.error is None and all(images.is_complete(p) for p in paths):
+        if self.options.skip_existing and job.error is None and all(is_complete(p) for p in paths):
             return Result(str(job.source), -1, "", 0.0, [], [str(p) for p in paths], skipped=True)
         return None
 
@@ -363,7 +386,7 @@ def layer_label(module, layer) -> str:
 
 
 def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None = None,
-           caption: str = "", alpha: float = images.DEFAULT_ALPHA) -> dict[str, np.ndarray]:
+           caption: str = "", alpha: float = DEFAULT_ALPHA) -> dict[str, np.ndarray]:
     """Every figure for one image, keyed by output-name suffix ('' is the comparison).
 
     One heatmap and one overlay (the heatmap blended at ``alpha``) per method
@@ -374,12 +397,12 @@ def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None =
     """
     region = row.region
     # seen: what the model saw, at panel resolution; place(): it (or a map over it) back in the whole photo
-    seen = row.display if region is None else images.region_pixels(row.display, region)
+    seen = row.display if region is None else region_pixels(row.display, region)
     if region is None:
         place = lambda inside: inside  # noqa: E731
     else:
-        base = images.dimmed(row.display)  # once for every figure of the photo
-        place = lambda inside: images.on_region(base, region, inside)  # noqa: E731
+        base = dimmed(row.display)  # once for every figure of the photo
+        place = lambda inside: on_region(base, region, inside)  # noqa: E731
     height, width = seen.shape[:2]
     p = row.probability
     name = categories[row.class_index]
@@ -392,33 +415,32 @@ def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None =
         title = ["Input", explained]
     figures: dict[str, np.ndarray] = {"": seen}  # the comparison first; drawn below
     guided_figures: dict[str, np.ndarray] = {}
-    panels = [images.titled(images.with_colour_bar(place(seen), blank=True), title)]
+    panels = [titled(with_colour_bar(place(seen), blank=True), title)]
     for method, cam in row.maps.items():
-        heat = images.colorize(images.upsample(cam, width, height))
-        blended = place(images.overlay(seen, heat, alpha))
+        heat = colorize(upsample(cam, width, height))
+        blended = place(overlay(seen, heat, alpha))
         figures[f"_{method}_heatmap"] = place(heat)
         figures[f"_{method}_overlay"] = blended
         spec = get_method(method)
         lines = [spec.title, explained if spec.class_specific else "class-agnostic"]
-        panels.append(images.titled(images.with_colour_bar(blended), lines))
+        panels.append(titled(with_colour_bar(blended), lines))
         if guided is not None:
             grad = guided.transpose(1, 2, 0)
-            weighted = grad * images.upsample(cam, grad.shape[0])[..., None]
-            guided_figures[f"_guided_{method}"] = place(images.resize_to(images.gradient_image(weighted), width,
-                                                                         height))
-    figures[""] = images.captioned(images.side_by_side(panels), caption) if caption else images.side_by_side(panels)
+            weighted = grad * upsample(cam, grad.shape[0])[..., None]
+            guided_figures[f"_guided_{method}"] = place(resize_to(gradient_image(weighted), width, height))
+    figures[""] = captioned(side_by_side(panels), caption) if caption else side_by_side(panels)
     return {**figures, **guided_figures}
 
 
 def write_outputs(job: Job, figures: dict[str, np.ndarray], maps: dict[str, np.ndarray] | None = None) -> list[str]:
     """Write every figure (and maps as .npy), all or nothing; return the paths in order."""
-    encode = images.ENCODERS[format_of(job.suffix) or "jpeg"]
+    encode = ENCODERS[format_of(job.suffix) or "jpeg"]
     files = {job.path(k): encode(v) for k, v in figures.items()}
     for method, cam in (maps or {}).items():
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(cam, dtype=np.float32))
         files[job.path(f".npy:{method}")] = buf.getvalue()
-    images.write_all_atomic(files, source=str(job.source))
+    write_all_atomic(files, source=str(job.source))
     return [str(p) for p in files]
 
 

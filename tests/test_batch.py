@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import IMAGES, REPO, write_image
 
-from campp_cli.inputs import plan
+from campp_cli.io.inputs import plan
 
 LITE = ["--arch", "efficientnet_lite0"]
 
@@ -158,7 +158,7 @@ MEMORY_PROBE = textwrap.dedent("""
     import resource, sys
     from pathlib import Path
     import torch
-    from campp_cli.inputs import Job
+    from campp_cli.io.inputs import Job
     from campp_cli.models import Classifier, Preprocessing
     from campp_cli.pipeline import Options, run
 

@@ -223,7 +223,7 @@ def test_results_are_reported_before_the_next_batch_is_scored(monkeypatch):
     batch goes through the model."""
     from campp_cli import pipeline
     from campp_cli.evaluate import EvaluateCommand
-    from campp_cli.inputs import Job
+    from campp_cli.io.inputs import Job
     from campp_cli.models import load_classifier
 
     events = []

@@ -1,0 +1,5 @@
+"""Pictures, from arrays to arrays: framing a photo (:mod:`.geometry`), panels (:mod:`.panels`) and the bytes
+of a figure (:mod:`.encode`).
+
+Nothing is imported here: OpenCV and Pillow are imported by the modules that use them.
+"""
