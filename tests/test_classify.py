@@ -291,10 +291,18 @@ def test_library_api_from_a_notebook(vgg, tmp_path):
 
 
 def test_every_subpackage_is_in_the_wheel():
-    """pyproject lists packages by hand: a new subpackage missing from it would be missing from the wheel."""
+    """Every subpackage on disk goes in the wheel: the packages pyproject lists, or those its ``packages.find``
+    finds (a subpackage its pattern missed would be missing from the wheel)."""
     tomllib = pytest.importorskip("tomllib")
+    setuptools = pytest.importorskip("setuptools")
     from conftest import REPO
 
-    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    if isinstance(packages, list):
+        listed = set(packages)
+    else:
+        find = packages["find"]
+        listed = set(setuptools.find_packages(where=str(REPO), include=find.get("include", ["*"]),
+                                              exclude=find.get("exclude", ())))
     on_disk = {str(p.parent.relative_to(REPO)).replace("/", ".") for p in (REPO / "campp_cli").rglob("__init__.py")}
     assert listed == on_disk
