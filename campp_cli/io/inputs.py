@@ -294,7 +294,7 @@ def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool =
     names.check_template(template, fmt)
     if writes:
         _check_not_an_input_folder(specs, out_root)
-    longest = names.output_stem(names.fill(template, "x" * 150), fmt)
+    longest = names.output_stem(names.fill(template, "x" * 150), fmt)  # the longest stem a template makes
     names.check_output_name(template, *longest, keys)
     sources = expand(specs, recursive, skip=((out_root,) if writes else ()) + tuple(exclude))
     if not sources:
