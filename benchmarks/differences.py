@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from methods import REPO, _Tapped
 
-from campp_cli import images
 from campp_cli.cam.explain import explain
+from campp_cli.draw import geometry
+from campp_cli.io import decode
 from campp_cli.models.loading import load_classifier
 from campp_cli.run.stages import to_batch
 
@@ -60,7 +61,7 @@ def main() -> None:
     tc = {"gradcampp": TGradCAMpp, "xgradcam": TXGradCAM, "layercam": TLayerCAM, "scorecam": TScoreCAM}
     report: dict = {"pytorch_grad_cam": {}, "torchcam": {}}
     for name in ("chelsea", "coffee"):
-        square = images.center_square(images.load_rgb(REPO / "images" / f"{name}.png"))
+        square = geometry.center_square(decode.load_rgb(REPO / "images" / f"{name}.png"))
         rgb = to_batch([square], clf)
         x = clf.preprocessing(rgb)
         ours = explain(clf.module, clf.layer, x, methods="all", variant="paper", image=rgb,

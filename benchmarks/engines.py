@@ -27,7 +27,7 @@ import torch
 from common import classifier
 from PIL import Image
 
-from campp_cli.inputs import Job
+from campp_cli.io.inputs import Job
 from campp_cli.run.engines import local as pipeline
 from campp_cli.run.engines import ray as ray_engine
 from campp_cli.run.options import Options

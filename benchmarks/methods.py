@@ -27,9 +27,10 @@ from pathlib import Path
 
 import torch
 
-from campp_cli import images
 from campp_cli.cam.explain import explain
 from campp_cli.cam.methods import list_methods
+from campp_cli.draw import geometry
+from campp_cli.io import decode
 from campp_cli.models.loading import load_classifier, prepare_module
 from campp_cli.models.spec import get_arch
 from campp_cli.run.stages import to_batch
@@ -154,7 +155,7 @@ def bench_scorecam(repeats: int, batch: int) -> dict:
     plain = _Tapped(copy.deepcopy(clf.module).to(memory_format=torch.contiguous_format)).eval()
     rows = {}
     for path in sorted((REPO / "images").glob("*.*g")):
-        square = images.center_square(images.load_rgb(path))
+        square = geometry.center_square(decode.load_rgb(path))
         rgb = to_batch([square], clf)
         x = clf.preprocessing(rgb)
         passes.clear()

@@ -3,7 +3,7 @@
     python benchmarks/naming.py --inputs 2000 4000 8000 16000
 
 For N inputs ``dK/x.png`` given in one @list (the files need not exist to be named), prints the seconds
-:func:`campp_cli.inputs.plan` takes and how many names it tried (calls of ``output_stem``): one per input
+:func:`campp_cli.io.inputs.plan` takes and how many names it tried (calls of ``output_stem``): one per input
 and a few more, where it used to try x, x_2, x_3, ... from the start for every input (N^2 / 2 tries).
 """
 
@@ -18,22 +18,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from campp_cli import inputs  # noqa: E402
-from campp_cli.inputs import output_keys  # noqa: E402
+from campp_cli.io import inputs, names  # noqa: E402
+from campp_cli.io.names import output_keys  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", type=int, nargs="+", default=[2000, 4000, 8000])
     args = parser.parse_args()
-    real = inputs.output_stem
+    real = names.output_stem
     tries = [0]
 
     def counted(*a, **k):
         tries[0] += 1
         return real(*a, **k)
 
-    inputs.output_stem = counted
+    names.output_stem = counted
     keys = output_keys(["gradcam", "gradcampp"])
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.inputs:

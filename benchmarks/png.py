@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from campp_cli.images import encode_jpeg
+from campp_cli.draw.encode import encode_jpeg
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ EfficientNet-Lite0 with its real ImageNet weights (the one real model available 
 (the five in images/ and ``--generated`` crops of them at varied sizes, aspect ratios, flips and JPEG
 qualities) prepared five ways:
 
-* ``campp``: campp's own framing (``campp_cli.images.model_input``: the paper's central square, then one
+* ``campp``: campp's own framing (``campp_cli.draw.geometry.model_input``: the paper's central square, then one
   antialiased Pillow resample with the model's filter, bicubic for Lite0) and normalisation;
 * ``campp 0.1``: the previous release's (central square, OpenCV's INTER_AREA; the display-dependent reduced
   decoding left out, so this is its best case);
@@ -38,7 +38,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from campp_cli import images  # noqa: E402
+from campp_cli.draw import geometry  # noqa: E402
+from campp_cli.io import decode  # noqa: E402
 from campp_cli.models.loading import load_classifier  # noqa: E402
 
 
@@ -78,11 +79,11 @@ def pipelines(clf):
                                                                                  pretrained=False)))
 
     def campp(photo: Image.Image) -> torch.Tensor:
-        return pre(torch.from_numpy(images.model_input(photo, 224, pre.resize, pre.interpolation))[None])[0]
+        return pre(torch.from_numpy(geometry.model_input(photo, 224, pre.resize, pre.interpolation))[None])[0]
 
     def campp_old(photo: Image.Image) -> torch.Tensor:
         rgb = np.asarray(photo)
-        square = images.center_square(rgb)
+        square = geometry.center_square(rgb)
         interp = cv2.INTER_AREA if square.shape[0] > 224 else cv2.INTER_LINEAR
         small = cv2.resize(square, (224, 224), interpolation=interp)
         return pre(torch.from_numpy(small.transpose(2, 0, 1).astype(np.float32) / 255)[None])[0]
@@ -92,7 +93,7 @@ def pipelines(clf):
         return pre(F.to_tensor(small)[None])[0]
 
     def square_tensor(photo: Image.Image) -> torch.Tensor:
-        square = torch.from_numpy(np.ascontiguousarray(images.center_square(np.asarray(photo)).transpose(2, 0, 1)))
+        square = torch.from_numpy(np.ascontiguousarray(geometry.center_square(np.asarray(photo)).transpose(2, 0, 1)))
         small = F.resize(square.float()[None], [224, 224], interpolation=InterpolationMode.BICUBIC, antialias=True)
         return pre(small.clamp(0, 255).round() / 255)[0]
 
@@ -111,7 +112,7 @@ def main() -> None:
         ways = pipelines(clf)
         probs = {name: [] for name in ways}
         for path in paths:
-            photo = images.open_photo(path)
+            photo = decode.open_photo(path)
             batch = torch.stack([fn(photo) for fn in ways.values()])
             with torch.inference_mode():
                 p = torch.softmax(clf.module(batch.to(memory_format=torch.channels_last)), 1).numpy()

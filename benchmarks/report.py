@@ -23,7 +23,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from campp_cli import images  # noqa: E402
+from campp_cli.draw import geometry  # noqa: E402
+from campp_cli.draw.panels import colorize, overlay, side_by_side, with_colour_bar  # noqa: E402
+from campp_cli.io import decode  # noqa: E402
 from campp_cli.report import Report, card_assets  # noqa: E402
 from campp_cli.run.options import Result  # noqa: E402
 
@@ -36,11 +38,11 @@ def cards_from_photos(side: int = 224) -> list[dict]:
     rng = np.random.default_rng(0)
     cards = []
     for path in sorted((REPO / "images").glob("*.*g")):
-        square = images.display_square(images.open_photo(path), "crop", side)
+        square = geometry.display_square(decode.open_photo(path), "crop", side)
         maps = {m: rng.random((7, 7)).astype(np.float32) for m in METHODS}
-        heat = {f"_{m}_heatmap": images.colorize(images.upsample(c, side)) for m, c in maps.items()}
-        panels = [square] + [images.with_colour_bar(images.overlay(square, h)) for h in heat.values()]
-        cards.append(card_assets(square, {"": images.side_by_side(panels), **heat}, maps))
+        heat = {f"_{m}_heatmap": colorize(geometry.upsample(c, side)) for m, c in maps.items()}
+        panels = [square] + [with_colour_bar(overlay(square, h)) for h in heat.values()]
+        cards.append(card_assets(square, {"": side_by_side(panels), **heat}, maps))
     return cards
 
 

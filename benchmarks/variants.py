@@ -23,13 +23,14 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from campp_cli import explain, images  # noqa: E402
+from campp_cli import explain  # noqa: E402
+from campp_cli.io import decode  # noqa: E402
 from campp_cli.models.loading import load_classifier  # noqa: E402
 from campp_cli.run.stages import to_batch  # noqa: E402
 
 
 def photos() -> list[Image.Image]:
-    out = [images.open_photo(p) for p in sorted((REPO / "images").glob("*.*")) if p.suffix in (".png", ".jpg")]
+    out = [decode.open_photo(p) for p in sorted((REPO / "images").glob("*.*")) if p.suffix in (".png", ".jpg")]
     rng = np.random.default_rng(0)
     for k in range(20):
         src = out[k % 5]

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import images
 from .cam.methods import DEFAULT_METHODS
 from .commands.classify_plan import _check_drawing
 from .commands.planner import Planner
 from .errors import UsageError
-from .inputs import Job
+from .io import decode
+from .io.inputs import Job
 from .run.options import Options, Result
 from .run.stages import Command, ExplainedRow, result_of
 from .settings import DEFAULT_ALPHA, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
@@ -33,9 +33,9 @@ def _as_rgb(image, max_pixels: int) -> tuple["Image.Image | np.ndarray", str]:
     """A path, a PIL image or an (H, W, 3) array (uint8, or floats in [0, 1]) as an RGB photo (decoded as
     ``campp classify`` decodes files: transparency on white, 16-bit scaled), and its name."""
     if isinstance(image, (str, os.PathLike)):
-        return images.open_photo(image, max_pixels), str(image)
+        return decode.open_photo(image, max_pixels), str(image)
     if isinstance(image, Image.Image):
-        return images.photo_of(image), "<PIL image>"
+        return decode.photo_of(image), "<PIL image>"
     if isinstance(image, np.ndarray):
         arr = image
         if arr.ndim == 2:
@@ -90,7 +90,8 @@ class ImageExplanation:
         """Write the figures (as ``campp classify`` names them; ``format`` "jpeg" or "png") into ``folder``;
         return the paths.  ``name`` is a plain file name, as ``-o`` is (``cat``, ``cat.jpeg``; never a folder
         or ``..``), and no figure may replace the image explained."""
-        from .inputs import Job, check_no_overwrite, output_stem
+        from .io.inputs import Job
+        from .io.names import check_no_overwrite, output_stem
         from .outputs.files import make_output_folder, write_outputs
         from .settings import FORMATS
 

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import images
+from .draw import encode, geometry, panels
 from .errors import OutputError, UsageError
+from .io import durable, names, tempfiles
 from .settings import DEFAULT_REPORT_EVERY
 
 #: Height in pixels of the card thumbnails (the comparison figure shrunk).
@@ -56,7 +57,7 @@ def disagreement(maps: dict[str, np.ndarray]) -> float | None:
     if len(arrays) < 2:
         return None
     side = max(max(a.shape) for a in arrays)
-    flat = [(images.upsample(a.astype(np.float32), side) if a.shape != (side, side) else a).ravel()
+    flat = [(geometry.upsample(a.astype(np.float32), side) if a.shape != (side, side) else a).ravel()
             .astype(np.float64) for a in arrays]
     values = []
     for i in range(len(flat)):
@@ -77,12 +78,12 @@ def card_assets(photo: np.ndarray, figures: dict[str, np.ndarray], maps: dict[st
     comparison = figures[""]
     h, w = comparison.shape[:2]
     tw = max(1, round(w * THUMB_HEIGHT / h))
-    thumb = images.resize_to(comparison, tw, THUMB_HEIGHT)
+    thumb = geometry.resize_to(comparison, tw, THUMB_HEIGHT)
     return {
-        "thumb": images.encode_jpeg(thumb, THUMB_QUALITY),
+        "thumb": encode.encode_jpeg(thumb, THUMB_QUALITY),
         "size": [tw, THUMB_HEIGHT],
-        "photo": images.encode_jpeg(photo, ASSET_QUALITY),
-        "heatmaps": {m: images.encode_jpeg(figures[f"_{m}_heatmap"], ASSET_QUALITY) for m in maps},
+        "photo": encode.encode_jpeg(photo, ASSET_QUALITY),
+        "heatmaps": {m: encode.encode_jpeg(figures[f"_{m}_heatmap"], ASSET_QUALITY) for m in maps},
         "disagreement": disagreement(maps),
     }
 
@@ -118,7 +119,7 @@ def check_path(path: str | os.PathLike | None) -> None:
     """Usage errors for a --report path, before any model loads."""
     if path is None:
         return
-    from .jsonl import check_writable
+    from .io.jsonl import check_writable
 
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
@@ -129,7 +130,7 @@ def check_path(path: str | os.PathLike | None) -> None:
         raise UsageError(f"--report {path.name.encode('utf-8', 'backslashreplace').decode()}: give a file name "
                          f"that is valid UTF-8") from None
     check_writable("--report", path)
-    if images.is_stream(path):
+    if names.is_stream(path):
         raise UsageError(f"--report {path}: not a regular file (the page is replaced as the run goes on)")
     folder = assets_folder(path)
     if folder.is_symlink():
@@ -160,7 +161,7 @@ class Report:
 
     def __init__(self, path: str | os.PathLike, command: str, header: dict, methods: list[str],
                  categories: list[str], total: int, labels_from_folders: bool = False,
-                 every: int = DEFAULT_REPORT_EVERY, alpha: float = images.DEFAULT_ALPHA):
+                 every: int = DEFAULT_REPORT_EVERY, alpha: float = panels.DEFAULT_ALPHA):
         check_path(path)
         self.path = Path(path)
         self.assets = assets_folder(self.path)
@@ -184,7 +185,7 @@ class Report:
         # What a killed run left half-written: its temporary files (of processes no longer running).
         for folder in [self.path.parent, self.assets,
                        *(p for p in self.assets.iterdir() if p.is_dir() and not p.is_symlink())]:
-            images.recover(folder)
+            durable.recover(folder)
         # An earlier page at this path: what --skip-existing skips is shown as that run found it.
         self._earlier: dict[str, tuple[dict, int]] = {}  # input -> (its record, the slot of its images)
         self._earlier_methods: set[str] = set()
@@ -356,7 +357,7 @@ class Report:
         title = title.encode("utf-8", "backslashreplace").decode("utf-8")  # a name that is not valid UTF-8
         page = _template().replace(_DATA_MARK, blob, 1).replace(_TITLE_MARK, html.escape(title), 1)
         try:
-            images.write_atomic(self.path, page.encode("utf-8"))
+            durable.write_atomic(self.path, page.encode("utf-8"))
         except OSError as exc:
             raise OutputError(f"--report {self.path}: cannot write ({exc.strerror or exc})") from None
         self._written_at = len(self.records)
@@ -368,11 +369,11 @@ class Report:
 def _replace(target: Path, data: bytes) -> None:
     """``target`` replaced by ``data`` in one rename (readers see the old image or the new one); not synced:
     a report's images can be made again, and a run writes thousands.  The temporary file is locked while it
-    exists, so that another run's recovery leaves it alone (see :func:`campp_cli.images.recover`)."""
-    tmp = target.with_name(images.temp_name(f"{images._tag(target.name)}.part"))
-    fd = images.create_locked(tmp)
+    exists, so that another run's recovery leaves it alone (see :func:`campp_cli.io.durable.recover`)."""
+    tmp = target.with_name(tempfiles.temp_name(f"{tempfiles.short_tag(target.name)}.part"))
+    fd = tempfiles.create_locked(tmp)
     try:
-        images._write_fd(fd, data)
+        tempfiles.write_fd(fd, data)
         os.replace(tmp, target)
     except BaseException:
         try:

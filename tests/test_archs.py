@@ -10,8 +10,9 @@ import torchvision
 from conftest import IMAGES
 from reference import reference_map
 
-from campp_cli import images
 from campp_cli.cam.explain import explain
+from campp_cli.draw import geometry
+from campp_cli.io import decode
 from campp_cli.models.loading import load_classifier
 from campp_cli.run.stages import to_batch
 
@@ -29,7 +30,7 @@ def lite0():
 
 
 def explain_file(clf, name, variant="official", label=-1):
-    square = images.center_square(images.load_rgb(IMAGES / f"{name}.png"))
+    square = geometry.center_square(decode.load_rgb(IMAGES / f"{name}.png"))
     x = clf.preprocessing(to_batch([square], clf))
     return square, explain(clf.module, clf.layer, x, classes=label, variant=variant)
 
@@ -49,7 +50,7 @@ def assert_peaks_in_box(clf, name):
     square, expl = explain_file(clf, name)
     x0, y0, x1, y1 = BOXES[name]
     for method in ("gradcam", "gradcampp"):
-        up = images.upsample(expl.maps[method][0], square.shape[0])
+        up = geometry.upsample(expl.maps[method][0], square.shape[0])
         y, x = np.unravel_index(np.argmax(up), up.shape)
         assert x0 <= x <= x1 and y0 <= y <= y1, (method, x, y)
 
@@ -95,7 +96,7 @@ def weaker_share(cam: np.ndarray, box_a, box_b) -> float:
 
 def two_instance_shares(clf, name: str) -> dict[str, list[float]]:
     """Weaker-copy shares over the design, explaining the class the model gives the photo alone."""
-    obj = images.center_square(images.load_rgb(IMAGES / f"{name}.png"))
+    obj = geometry.center_square(decode.load_rgb(IMAGES / f"{name}.png"))
     klass = int(explain(clf.module, clf.layer, clf.preprocessing(to_batch([obj], clf))).classes[0])
     shares: dict[str, list[float]] = {"gradcam": [], "gradcampp": []}
     for small in SMALL_SIDES:
@@ -103,7 +104,7 @@ def two_instance_shares(clf, name: str) -> dict[str, list[float]]:
             canvas, box_a, box_b = two_instances(obj, 190, small, big_on_right)
             expl = explain(clf.module, clf.layer, clf.preprocessing(to_batch([canvas], clf)), classes=klass)
             for method in shares:
-                shares[method].append(weaker_share(images.upsample(expl.maps[method][0], 400), box_a, box_b))
+                shares[method].append(weaker_share(geometry.upsample(expl.maps[method][0], 400), box_a, box_b))
     return shares
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import IMAGES, REPO, write_image
 
-from campp_cli.inputs import plan
+from campp_cli.io.inputs import plan
 
 LITE = ["--arch", "efficientnet_lite0"]
 
@@ -159,11 +159,11 @@ MEMORY_PROBE = textwrap.dedent("""
     import resource, sys
     from pathlib import Path
     import torch
-    from campp_cli.inputs import Job
     from campp_cli.run.engines.local import run
     from campp_cli.run.options import Options
     from campp_cli.models.loading import Classifier
     from campp_cli.models.preprocessing import Preprocessing
+    from campp_cli.io.inputs import Job
 
     src, out = Path(sys.argv[1]), Path(sys.argv[2])
     torch.manual_seed(0)

@@ -222,7 +222,7 @@ def test_results_are_reported_before_the_next_batch_is_scored(monkeypatch):
     """The progress bar (and its ETA) moves with every batch: a batch's results are out before the next
     batch goes through the model."""
     from campp_cli.commands.evaluate import EvaluateCommand
-    from campp_cli.inputs import Job
+    from campp_cli.io.inputs import Job
     from campp_cli.models.loading import load_classifier
 
     events = []

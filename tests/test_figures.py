@@ -14,7 +14,7 @@ import pytest
 from conftest import read_terminal, write_image
 from PIL import Image
 
-from campp_cli import images
+from campp_cli.draw import encode, geometry, panels
 from campp_cli.draw.figures import render
 from campp_cli.run.stages import ExplainedRow
 
@@ -86,10 +86,10 @@ def test_titles_say_explained_and_predicted_when_they_differ():
     same = render(_row(0), ["tabby", "tiger cat", "lynx"])[""]
     other = render(_row(1), ["tabby", "tiger cat", "lynx"])[""]
     band = slice(0, 60)
-    expected = images.titled(images.with_colour_bar(_row(1).display, blank=True),
+    expected = panels.titled(panels.with_colour_bar(_row(1).display, blank=True),
                              ["explained: tiger cat (20.0%)", "predicted: tabby (70.0%)"])
     assert (other[band, : expected.shape[1]] == expected[band]).all()
-    input_panel = images.titled(images.with_colour_bar(_row(0).display, blank=True), ["Input", "tabby (70.0%)"])
+    input_panel = panels.titled(panels.with_colour_bar(_row(0).display, blank=True), ["Input", "tabby (70.0%)"])
     assert (same[band, : input_panel.shape[1]] == input_panel[band]).all()
 
 
@@ -97,7 +97,7 @@ def test_a_tiny_probability_keeps_its_significant_digits_in_the_titles():
     """-l on an unlikely class: 2e-5 was titled "(0.0%)"; now "(0.0020%)"."""
     row = _row(1, probs=(0.99998, 0.00002, 0.0))
     figure = render(row, ["tabby", "tiger cat", "lynx"])[""]
-    expected = images.titled(images.with_colour_bar(row.display, blank=True),
+    expected = panels.titled(panels.with_colour_bar(row.display, blank=True),
                              ["explained: tiger cat (0.0020%)", "predicted: tabby (100.0%)"])
     band = slice(0, 60)
     assert (figure[band, : expected.shape[1]] == expected[band]).all()
@@ -107,8 +107,8 @@ def test_the_colour_bar_has_its_scale_written_beside_it():
     """Ticks and values: "max" beside the red top, "0" beside the blue bottom (dark pixels in the gap
     between the panel and the bar, at both ends, none in the middle)."""
     image = np.full((300, 300, 3), 255, np.uint8)
-    plain_width = images.with_colour_bar(image, blank=True).shape[1]
-    drawn = images.with_colour_bar(image)
+    plain_width = panels.with_colour_bar(image, blank=True).shape[1]
+    drawn = panels.with_colour_bar(image)
     assert drawn.shape == (300, plain_width, 3)
     bar_w = max(6, 300 // 40)
     gap = drawn[:, 300:plain_width - bar_w]
@@ -211,12 +211,12 @@ def test_display_full_shows_the_whole_photo_with_the_maps_on_the_square_the_mode
     photo = _photo_at(width, height)
     # Outside the square: the photo, dimmed; inside: the same heatmap as --display crop draws.
     for strip in (np.s_[:, : left - 2], np.s_[:, left + side + 2:]):
-        assert np.abs(full[strip] - photo[strip] * images.DIM).mean() < 6
+        assert np.abs(full[strip] - photo[strip] * geometry.DIM).mean() < 6
     inside = full[:, left + 2: left + side - 2]
     expected = np.asarray(Image.fromarray(crop.astype(np.uint8)).resize((side, side), Image.BILINEAR),
                           dtype=np.float64)[:, 2: side - 2]
     assert np.abs(inside - expected).mean() < 6
-    assert np.abs(inside - photo[:, left + 2: left + side - 2] * images.DIM).mean() > 30  # not dimmed photo
+    assert np.abs(inside - photo[:, left + 2: left + side - 2] * geometry.DIM).mean() > 30  # not dimmed photo
     comparison = Image.open(tmp_path / "full.jpeg")
     assert comparison.width > 2 * width  # three panels of the whole photo
 
@@ -229,8 +229,8 @@ def test_display_full_with_pad_puts_the_maps_on_the_whole_photo(run_cli, tmp_pat
     full = np.asarray(Image.open(tmp_path / "rocket_gradcam_heatmap.jpeg"), dtype=np.float64)
     photo = _photo_at(full.shape[1], full.shape[0])
     # The model saw all of it: no part of the figure is the dimmed photo.
-    assert np.abs(full[:, :40] - photo[:, :40] * images.DIM).mean() > 30
-    assert np.abs(full[:, -40:] - photo[:, -40:] * images.DIM).mean() > 30
+    assert np.abs(full[:, :40] - photo[:, :40] * geometry.DIM).mean() > 30
+    assert np.abs(full[:, -40:] - photo[:, -40:] * geometry.DIM).mean() > 30
 
 
 def test_display_is_checked_before_torch(tmp_path):
@@ -290,4 +290,4 @@ def test_format_png_for_a_folder_and_resuming_it(run_cli, tmp_path):
 def test_every_format_has_an_encoder():
     from campp_cli.settings import FORMATS
 
-    assert set(images.ENCODERS) == set(FORMATS)
+    assert set(encode.ENCODERS) == set(FORMATS)

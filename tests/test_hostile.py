@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from campp_cli import images
 from campp_cli.commands.classify import classify_file
 from campp_cli.errors import InputError, OutputError
+from campp_cli.io import decode, durable, tempfiles
 from campp_cli.models.loading import Classifier
 from campp_cli.models.preprocessing import Preprocessing
 
@@ -123,7 +123,7 @@ GOOD = {
 def test_awkward_images_decode_to_rgb(tmp_path, name):
     path = tmp_path / name
     GOOD[name](path)
-    rgb = images.load_rgb(path)
+    rgb = decode.load_rgb(path)
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
 
 
@@ -131,12 +131,12 @@ def test_decoding_details(tmp_path):
     for name in ("rgba.png", "la.png", "palette_transparent.png", "exif_rotated.jpg", "deep16.png",
                  "animated.gif"):
         GOOD[name](tmp_path / name)
-    assert (images.load_rgb(tmp_path / "rgba.png") == 255).all()  # transparent -> white
-    assert (images.load_rgb(tmp_path / "la.png") == 255).all()
-    assert images.load_rgb(tmp_path / "exif_rotated.jpg").shape == (64, 48, 3)  # 64x48 stored, shown 48x64
-    deep = images.load_rgb(tmp_path / "deep16.png")
+    assert (decode.load_rgb(tmp_path / "rgba.png") == 255).all()  # transparent -> white
+    assert (decode.load_rgb(tmp_path / "la.png") == 255).all()
+    assert decode.load_rgb(tmp_path / "exif_rotated.jpg").shape == (64, 48, 3)  # 64x48 stored, shown 48x64
+    deep = decode.load_rgb(tmp_path / "deep16.png")
     assert deep[0, 0, 0] == 0 and deep[0, -1, 0] == 255 and 100 < deep[0, 32, 0] < 160
-    gif = images.load_rgb(tmp_path / "animated.gif")
+    gif = decode.load_rgb(tmp_path / "animated.gif")
     assert gif[..., 0].mean() > 200 and gif[..., 1].mean() < 50  # the first (red) frame
 
 
@@ -206,7 +206,7 @@ def test_bomb_is_refused_from_its_header_fast(tmp_path):
     make_bomb(tmp_path / "bomb.png")
     start = time.perf_counter()
     with pytest.raises(InputError, match="exceeds --max-pixels"):
-        images.load_rgb(tmp_path / "bomb.png")
+        decode.load_rgb(tmp_path / "bomb.png")
     assert time.perf_counter() - start < 1.0
 
 
@@ -228,7 +228,7 @@ def test_paths_that_are_not_files(vgg, run_cli, tmp_path):
         # nothing there at all is a usage error before the model loads; a FIFO fails when it is read
         assert code == (1 if path == fifo else 2) and reason in err and str(path) in err
     with pytest.raises(InputError, match="is a directory"):
-        images.load_rgb(tmp_path)
+        decode.load_rgb(tmp_path)
 
 
 def test_unreadable_file(vgg, run_cli, tmp_path, monkeypatch):
@@ -237,7 +237,7 @@ def test_unreadable_file(vgg, run_cli, tmp_path, monkeypatch):
     if os.geteuid() == 0:  # root reads anything: make the read itself fail
         def deny(*args, **kwargs):
             raise PermissionError(13, "Permission denied", str(path))
-        monkeypatch.setattr(images, "open", deny, raising=False)
+        monkeypatch.setattr(decode, "open", deny, raising=False)
     code, _, err = run_cli("classify", "-f", path, "--output-dir", tmp_path / "o")
     assert code == 1 and "permission denied" in err and str(path) in err
 
@@ -319,7 +319,7 @@ def test_failing_writer_leaves_nothing(vgg, tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr(images.os, "write", write)
+    monkeypatch.setattr(tempfiles.os, "write", write)
     with pytest.raises(OutputError, match="No space left"):
         classify_file(IMAGES / "coffee.png", vgg, tmp_path, "full.jpeg")
     assert calls["n"] >= 3
@@ -337,7 +337,7 @@ def test_interrupted_rename_leaves_only_complete_files(vgg, tmp_path, monkeypatc
             raise KeyboardInterrupt  # like a Ctrl-C or a kill arriving mid-way
         return real_replace(src, dst)
 
-    monkeypatch.setattr(images.os, "replace", replace)
+    monkeypatch.setattr(durable.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         classify_file(IMAGES / "coffee.png", vgg, tmp_path, "cut.jpeg")
     left = list(tmp_path.iterdir())
@@ -380,7 +380,7 @@ def mutated_images(draw):
 @given(data=st.one_of(mutated_images(), st.binary(max_size=512)))
 def test_fuzz_decoder_never_raises_anything_else(data):
     try:
-        rgb = images.decode_rgb(data, "fuzz", max_pixels=4_000_000)
+        rgb = decode.decode_rgb(data, "fuzz", max_pixels=4_000_000)
     except InputError as exc:
         assert str(exc).startswith("fuzz: ") and "\n" not in str(exc)
     else:

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest import IMAGES, fresh_campp
 
-from campp_cli import inputs
 from campp_cli.errors import UsageError, WeightsError
+from campp_cli.io import inputs, names
 from campp_cli.models import labels
 
 CHELSEA = IMAGES / "chelsea.png"
@@ -58,7 +58,7 @@ def test_same_named_inputs_are_named_in_linear_work(tmp_path, monkeypatch):
     listing = tmp_path / "list.txt"
     listing.write_text("".join(f"d{i}/x.png\n" for i in range(n)))  # need not exist to be named
     calls = [0]
-    real = inputs.output_stem
+    real = names.output_stem
 
     def counted(*args, **kwargs):
         calls[0] += 1
@@ -66,7 +66,7 @@ def test_same_named_inputs_are_named_in_linear_work(tmp_path, monkeypatch):
             raise AssertionError(f"naming {n} inputs took more than {3 * n} tries")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(inputs, "output_stem", counted)
+    monkeypatch.setattr(names, "output_stem", counted)
     jobs = inputs.plan([f"@{listing}"], tmp_path / "out", None, keys=["", "_gradcam_heatmap"])
     assert [j.stem for j in jobs[:3]] == ["x", "x_2", "x_3"] and jobs[-1].stem == f"x_{n}"
     assert len({j.stem for j in jobs}) == n
@@ -162,7 +162,7 @@ def test_a_huge_class_name_is_fitted_in_few_measurements(monkeypatch):
     one measurement of the whole remaining text per two characters dropped, 580 s for one photo)."""
     from PIL import ImageDraw
 
-    from campp_cli import images
+    from campp_cli.draw import panels
 
     measured = []
     real = ImageDraw.ImageDraw.textlength
@@ -176,17 +176,17 @@ def test_a_huge_class_name_is_fitted_in_few_measurements(monkeypatch):
     monkeypatch.setattr(ImageDraw.ImageDraw, "textlength", counted)
     name = "".join(chr(ord("a") + k % 26) for k in range(20_000))
     rgb = np.zeros((224, 224, 3), np.uint8)
-    out = images.titled(rgb, ["Grad-CAM++", f"{name} (70.0%)"])
-    assert out.shape[1] == 224 and len(measured) <= 40 and max(measured) <= images.MAX_TITLE_CHARS
+    out = panels.titled(rgb, ["Grad-CAM++", f"{name} (70.0%)"])
+    assert out.shape[1] == 224 and len(measured) <= 40 and max(measured) <= panels.MAX_TITLE_CHARS
 
     from PIL import Image
 
     draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
-    face = images.font(max(12, 224 // 22))
-    fitted = images._fit(draw, name, face, 216)
+    face = panels.font(max(12, 224 // 22))
+    fitted = panels._fit(draw, name, face, 216)
     assert fitted.endswith("…") and fitted[:-1] == name[:len(fitted) - 1]
     assert real(draw, fitted, font=face) <= 216 < real(draw, name[:len(fitted)] + "…", font=face)
-    assert images._fit(draw, "tabby cat", face, 216) == "tabby cat"
+    assert panels._fit(draw, "tabby cat", face, 216) == "tabby cat"
 
 
 # --------------------------------------------------------------------------- --boxes files (15)

@@ -27,7 +27,6 @@ from reference import (
 )
 from test_fidelity import TARGET, TinyVGG, _same_normalisation, crafted_case
 
-from campp_cli import images
 from campp_cli.cam.explain import cam_maps, explain
 from campp_cli.cam.methods import (
     DEFAULT_METHODS,
@@ -41,7 +40,10 @@ from campp_cli.cam.methods import (
     unregister_method,
 )
 from campp_cli.cam.methods.eigencam import projection
+from campp_cli.draw import geometry
+from campp_cli.draw.panels import side_by_side
 from campp_cli.errors import UsageError
+from campp_cli.io import decode
 from campp_cli.registry import Setting
 
 #: Every method that needs only A and g (and Eigen-CAM, which needs A alone).
@@ -443,7 +445,7 @@ def _runs(mask) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("n,expected", [(3, [3]), (5, [5]), (6, [3, 3]), (7, [4, 3]), (10, [5, 5])])
 def test_grid_stays_readable_up_to_ten_panels(n, expected):
     panels = [np.zeros((100, 80, 3), np.uint8) for _ in range(n)]
-    assert _panel_grid(images.side_by_side(panels)) == expected
+    assert _panel_grid(side_by_side(panels)) == expected
 
 
 def test_class_agnostic_panels_say_so(vgg, tmp_path):
@@ -611,7 +613,7 @@ def test_torchcam_gradcampp_vs_paper_variant_on_real_photos(capsys):
     gaps = {}
     try:
         for name in ("chelsea", "coffee"):
-            square = images.center_square(images.load_rgb(IMAGES / f"{name}.png"))
+            square = geometry.center_square(decode.load_rgb(IMAGES / f"{name}.png"))
             x = clf.preprocessing(to_batch([square], clf))
             maps = explain(clf.module, clf.layer, x, variant="paper", methods="gradcampp,relu_cubed").maps
             gaps[name] = float(np.abs(_min_max(maps["gradcampp"][0]) - _min_max(maps["relu_cubed"][0])).max())

@@ -158,7 +158,8 @@ def _halves(height: int, width: int) -> np.ndarray:
 
 
 def test_the_three_ways_to_make_a_square():
-    from campp_cli.images import frame_photo, photo_of
+    from campp_cli.draw.geometry import frame_photo
+    from campp_cli.io.decode import photo_of
 
     img = _halves(20, 40)
     to_square = lambda mode, side: np.asarray(frame_photo(photo_of(img), side, mode))  # noqa: E731
@@ -176,7 +177,8 @@ def test_the_three_ways_to_make_a_square():
 def test_boxes_follow_the_resize_mode(resize):
     """A white box drawn on the photo lands, after framing and resizing, where to_input_frame says."""
     from campp_cli.commands.boxes import Box, to_input_frame
-    from campp_cli.images import frame_photo, photo_of
+    from campp_cli.draw.geometry import frame_photo
+    from campp_cli.io.decode import photo_of
 
     img = np.zeros((100, 160, 3), np.uint8)
     box = Box("thing", 70, 20, 130, 60)

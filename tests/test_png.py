@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from campp_cli.images import PNG_PARAMS, encode_png
+from campp_cli.draw.encode import PNG_PARAMS, encode_png
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (37, 53, 3), (480, 640, 3)])

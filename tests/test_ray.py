@@ -192,7 +192,7 @@ def test_ray_evaluates_as_the_local_engine_does(local_ray, photos, tmp_path, run
 def test_a_broken_model_ends_the_ray_run_in_one_line(local_ray, tmp_path, monkeypatch):
     """An error that ends a local run (non-finite logits) ends a Ray run too, raised on the driver."""
     from campp_cli.errors import CamppError
-    from campp_cli.inputs import Job
+    from campp_cli.io.inputs import Job
     from campp_cli.models.loading import load_classifier
     from campp_cli.run.engines import ray as ray_engine
 
@@ -215,7 +215,7 @@ def test_a_head_and_classes_of_ones_own_reach_the_actors(local_ray, tmp_path):
     import torch
     import torchvision
 
-    from campp_cli.inputs import Job
+    from campp_cli.io.inputs import Job
     from campp_cli.models.loading import load_classifier
     from campp_cli.run.engines import ray as ray_engine
     from campp_cli.run.options import Options
@@ -233,7 +233,7 @@ def test_a_head_and_classes_of_ones_own_reach_the_actors(local_ray, tmp_path):
 @pytest.mark.slow
 def test_a_model_of_ones_own_and_its_preprocessing_reach_the_actors(local_ray, tmp_path, monkeypatch):
     """--model FILE.py:FUNCTION, --input-size and --resize: the actors' results equal the local engine's."""
-    from campp_cli.inputs import Job
+    from campp_cli.io.inputs import Job
     from campp_cli.models.loading import load_classifier
     from campp_cli.models.preprocessing import Overrides
     from campp_cli.run.engines import local as pipeline
@@ -282,7 +282,7 @@ def two_nodes(tmp_path_factory):
 
 
 def _jobs(photos: Path, out: Path, count: int):
-    from campp_cli.inputs import Job
+    from campp_cli.io.inputs import Job
 
     return [Job(p, out, p.stem, ".jpeg") for p in sorted(photos.iterdir())[:count]]
 
@@ -308,7 +308,7 @@ def test_two_nodes_share_the_work(two_nodes, photos, tmp_path):
 
 @pytest.mark.slow
 def test_a_worker_that_dies_is_retried_and_nothing_is_lost(two_nodes, photos, tmp_path):
-    from campp_cli import images
+    from campp_cli.io import durable
     from campp_cli.models.loading import load_classifier
     from campp_cli.run.engines import ray as ray_engine
     from campp_cli.run.options import Options
@@ -321,7 +321,7 @@ def test_a_worker_that_dies_is_retried_and_nothing_is_lost(two_nodes, photos, tm
     assert (trap / "fired").exists(), "the trap did not kill a worker"
     assert (summary.done, summary.failed) == (8, 0)
     for r in results:
-        assert len(r.outputs) == 5 and all(images.is_complete(p) for p in r.outputs)
+        assert len(r.outputs) == 5 and all(durable.is_complete(p) for p in r.outputs)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".campp-")]  # no journal, no temporary
 
 

@@ -21,8 +21,8 @@ import torch
 from conftest import IMAGES, REPO, fresh_campp, write_image
 from PIL import Image
 
-from campp_cli import images
 from campp_cli.errors import InputError, OutputError, WeightsError
+from campp_cli.io import decode, durable, tempfiles
 
 LITE = ["--arch", "efficientnet_lite0"]
 SET = ["", "_gradcam_heatmap", "_gradcam_overlay", "_gradcampp_heatmap", "_gradcampp_overlay"]
@@ -96,11 +96,11 @@ def test_2_recovery_removes_half_renamed_sets_and_stale_temporaries(tmp_path):
     journal = tmp_path / f".campp-{dead}-pending-0123456789abcdef.json"
     journal.write_text(json.dumps(["a.jpeg", "a_gradcam_heatmap.jpeg", "a_gradcam_overlay.jpeg"]))
     (tmp_path / f".campp-{dead}-0123456789abcdef-2.part").write_bytes(b"half")
-    mine = tmp_path / images.temp_name("fedcba9876543210-0.part")  # a live writer's (locked): left alone
-    fd = images.create_locked(mine)
+    mine = tmp_path / tempfiles.temp_name("fedcba9876543210-0.part")  # a live writer's (locked): left alone
+    fd = tempfiles.create_locked(mine)
     os.write(fd, b"in flight")
     try:
-        assert images.recover(tmp_path) == 4
+        assert durable.recover(tmp_path) == 4
     finally:
         os.close(fd)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["keep.jpeg", mine.name])
@@ -116,10 +116,10 @@ def test_2_a_failed_rename_leaves_no_part_of_the_set(tmp_path, monkeypatch):
             raise OSError(5, "Input/output error")
         return real(src, dst)
 
-    monkeypatch.setattr(images.os, "replace", flaky)
+    monkeypatch.setattr(durable.os, "replace", flaky)
     files = {tmp_path / f"x{k}.jpeg": b"\xff\xd8 data \xff\xd9" for k in range(5)}
     with pytest.raises(Exception, match="Input/output error"):
-        images.write_all_atomic(files, source="in.png")
+        durable.write_all_atomic(files, source="in.png")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -128,11 +128,11 @@ TINY_RUN = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     import torch
-    from campp_cli.inputs import plan
     from campp_cli.run.engines.local import run
     from campp_cli.run.options import Options
     from campp_cli.models.loading import Classifier
     from campp_cli.models.preprocessing import Preprocessing
+    from campp_cli.io.inputs import plan
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
@@ -161,13 +161,13 @@ def test_2_sigkill_at_every_rename(tmp_path):
         proc = subprocess.run([sys.executable, "-c", KILLABLE_RUN, src, out, "0"], env=env, cwd=REPO,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == -signal.SIGKILL, (k, proc.stderr)
-        images.recover(out)  # what the next run does first
+        durable.recover(out)  # what the next run does first
         complete = []
         for stem in stems:
             present = [s for s in SET if (out / f"{stem}{s}.jpeg").exists()]
             assert present in ([], SET), (k, stem, present)  # whole sets or nothing
             if present:
-                assert all(images.is_complete(out / f"{stem}{s}.jpeg") for s in SET)
+                assert all(durable.is_complete(out / f"{stem}{s}.jpeg") for s in SET)
                 complete.append(stem)
         assert not [p for p in out.iterdir() if p.name.startswith(".campp-")], k
         proc = subprocess.run([sys.executable, "-c", KILLABLE_RUN, src, out, "1"], cwd=REPO, capture_output=True,
@@ -198,7 +198,7 @@ def test_2_sigterm_is_an_abort_with_consistent_files(tmp_path):
     on_disk = sorted(p.name for p in out.glob("*.jpeg") if not p.stem.endswith(("heatmap", "overlay")))
     assert sorted(Path(d["outputs"][0]).name for d in done) == on_disk  # the log matches the disk
     for d in done:
-        assert all(images.is_complete(p) for p in d["outputs"])
+        assert all(durable.is_complete(p) for p in d["outputs"])
     assert not list(out.glob(".campp-*"))
 
 
@@ -229,7 +229,7 @@ def test_4_empty_and_truncated_outputs_are_redone(run_cli, tmp_path):
     (out / "p2_gradcampp.npy").write_bytes(npy[:-8])
     code, _, err = run_cli(*args)
     assert code == 0 and "3 done, 0 skipped" in err, err
-    assert images.is_complete(out / "p1.jpeg") and np.load(out / "p2_gradcampp.npy").shape == (7, 7)
+    assert durable.is_complete(out / "p1.jpeg") and np.load(out / "p2_gradcampp.npy").shape == (7, 7)
 
 
 # --------------------------------------------------------------------------- 5. JSONL is never torn
@@ -318,12 +318,12 @@ def test_18_icon_whose_frame_is_a_bomb(tmp_path):
     path.write_bytes(_ico_claiming_16px(png))
     start = time.perf_counter()
     with pytest.raises(InputError, match="13000x13000"):
-        images.load_rgb(path)
+        decode.load_rgb(path)
     assert time.perf_counter() - start < 1.0
     small = io.BytesIO()
     Image.new("RGBA", (16, 16), (255, 0, 0, 255)).save(small, "PNG")
     (tmp_path / "fine.ico").write_bytes(_ico_claiming_16px(small.getvalue()))
-    assert images.load_rgb(tmp_path / "fine.ico").shape == (16, 16, 3)
+    assert decode.load_rgb(tmp_path / "fine.ico").shape == (16, 16, 3)
 
 
 def test_19_large_images_are_converted_in_strips_at_full_resolution(tmp_path, monkeypatch):
@@ -338,13 +338,13 @@ def test_19_large_images_are_converted_in_strips_at_full_resolution(tmp_path, mo
         return real(a, b)
 
     monkeypatch.setattr(Image, "alpha_composite", spy)
-    rgb = images.load_rgb(tmp_path / "big.png")
+    rgb = decode.load_rgb(tmp_path / "big.png")
     assert rgb.shape == (3000, 4000, 3) and (rgb[..., 1] == 128).all() and (rgb[..., 0] == 0).all()
     assert sizes and max(w * h for w, h in sizes) <= 4000 * 256
 
 
 def test_19_the_pixel_budget_waits(tmp_path):
-    budget = images.PixelBudget(100)
+    budget = decode.PixelBudget(100)
     order = []
     import threading
 
@@ -477,7 +477,7 @@ def test_13_closed_and_full_streams(tmp_path):
     lines = proc.stderr.decode().strip().splitlines()
     assert proc.returncode == 1 and "--jsonl /dev/full: cannot write" in lines[-1], lines
     for folder in "bcd":  # whatever was written is whole
-        assert all(images.is_complete(p) for p in (tmp_path / folder).glob("*.jpeg"))
+        assert all(durable.is_complete(p) for p in (tmp_path / folder).glob("*.jpeg"))
 
 
 def test_14_library_chatter_is_silenced(tmp_path):
@@ -552,9 +552,9 @@ def test_17_errors_name_the_input_and_the_weights(vgg, run_cli, tmp_path, monkey
     def full(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(images.os, "replace", full)
+    monkeypatch.setattr(durable.os, "replace", full)
     code, _, err = run_cli("classify", "-f", IMAGES / "coffee.png", "--output-dir", tmp_path / "o")
-    monkeypatch.setattr(images.os, "replace", real)
+    monkeypatch.setattr(durable.os, "replace", real)
     assert code == 1 and str(IMAGES / "coffee.png") in err and "coffee.jpeg" in err, err
     state = torchvision.models.vgg16().state_dict()
     state["classifier.6.bias"][:] = float("nan")
@@ -605,7 +605,7 @@ def test_fuzz_2000_mutated_files_in_one_run(tmp_path):
         if r["error"] is not None:
             assert r["error"].startswith(r["input"] + ": ") and "\n" not in r["error"]
         else:
-            assert len(r["outputs"]) == 5 and all(images.is_complete(p) for p in r["outputs"])
+            assert len(r["outputs"]) == 5 and all(durable.is_complete(p) for p in r["outputs"])
     failed = sum(r["error"] is not None for r in results)
     print(f"\n[fuzz] 2000 mutated files: {2000 - failed} explained, {failed} refused, each naming its file")
 
@@ -696,7 +696,7 @@ def test_24_1_a_live_runs_temporaries_are_left_alone_whatever_their_id(tmp_path)
     stale.write_bytes(b"left by a killed run whose id is now this process's")
     with open(held, "rb+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
-        assert images.recover(tmp_path) == 1
+        assert durable.recover(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == [held.name]
 
 
@@ -718,15 +718,15 @@ def test_24_2_a_fifo_or_a_device_is_written_into_never_replaced(tmp_path):
     got = []
     reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
     reader.start()
-    images.write_atomic(fifo, b'{"a": 1}\n')
+    durable.write_atomic(fifo, b'{"a": 1}\n')
     reader.join(timeout=30)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and got == [b'{"a": 1}\n']
     null = _device(tmp_path / "null", 3)
-    images.write_atomic(null, b"discarded")
+    durable.write_atomic(null, b"discarded")
     assert stat.S_ISCHR(os.lstat(null).st_mode)
     full = _device(tmp_path / "full", 7)
     with pytest.raises(OutputError, match="No space left on device"):
-        images.write_atomic(full, b"x" * 10)
+        durable.write_atomic(full, b"x" * 10)
     assert stat.S_ISCHR(os.lstat(full).st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "null", "pipe.json"]  # no temporary left
 
@@ -737,7 +737,7 @@ def test_24_2_a_set_never_replaces_a_fifo(tmp_path):
     os.mkfifo(tmp_path / "x_gradcam_heatmap.jpeg")
     files = {tmp_path / f"x{s}.jpeg": b"\xff\xd8 data \xff\xd9" for s in ("", "_gradcam_heatmap")}
     with pytest.raises(OutputError, match="x_gradcam_heatmap.jpeg.*not a regular file"):
-        images.write_all_atomic(files, source="x.png")
+        durable.write_all_atomic(files, source="x.png")
     assert [p.name for p in tmp_path.iterdir()] == ["x_gradcam_heatmap.jpeg"]
     assert stat.S_ISFIFO(os.lstat(tmp_path / "x_gradcam_heatmap.jpeg").st_mode)
 
@@ -841,7 +841,7 @@ def test_24_4_a_run_that_fails_before_any_work_keeps_the_jsonl(run_cli, tmp_path
 
 @pytest.mark.parametrize("how", ["short write", "half, then ENOSPC"])
 def test_24_7_a_jsonl_line_is_whole_or_absent_on_a_full_disk(tmp_path, monkeypatch, how):
-    from campp_cli import jsonl
+    from campp_cli.io import jsonl
 
     log = jsonl.JsonlLog(tmp_path / "r.jsonl")
     log.write({"input": "first.png", "class": 1})
@@ -943,19 +943,19 @@ def _case_insensitive_lstat(real):
 
 
 def test_24_21_detecting_a_disk_that_folds_case(tmp_path, monkeypatch):
-    from campp_cli import inputs
+    from campp_cli.io import names
 
-    inputs._folds.cache_clear()
-    assert inputs.folds_case(tmp_path) is False  # this disk tells case apart
-    inputs._folds.cache_clear()
-    monkeypatch.setattr(inputs.os, "lstat", _case_insensitive_lstat(os.lstat))
-    assert inputs.folds_case(tmp_path / "not" / "made" / "yet") is True  # probed in the nearest folder there is
+    names._folds.cache_clear()
+    assert names.folds_case(tmp_path) is False  # this disk tells case apart
+    names._folds.cache_clear()
+    monkeypatch.setattr(names.os, "lstat", _case_insensitive_lstat(os.lstat))
+    assert names.folds_case(tmp_path / "not" / "made" / "yet") is True  # probed in the nearest folder there is
     assert list(tmp_path.iterdir()) == []  # the probe is gone
-    inputs._folds.cache_clear()
+    names._folds.cache_clear()
 
 
 def test_24_21_names_equal_but_for_case_or_normalisation_are_told_apart(tmp_path, monkeypatch):
-    from campp_cli import inputs
+    from campp_cli.io import inputs, names
 
     photos = tmp_path / "photos"
     (photos / "Sub").mkdir(parents=True)
@@ -970,15 +970,15 @@ def test_24_21_names_equal_but_for_case_or_normalisation_are_told_apart(tmp_path
         return [unicodedata.normalize("NFC", str(j.path(k).relative_to(tmp_path / "o"))).casefold()
                 for j in jobs for k in keys]
 
-    monkeypatch.setattr(inputs, "folds_case", lambda folder: True, raising=False)
+    monkeypatch.setattr(names, "folds_case", lambda folder: True, raising=False)
     jobs = inputs.plan([str(photos)], tmp_path / "o", None, recursive=True, keys=keys)
     assert len(jobs) == 6 and len(set(files(jobs))) == 12  # twelve files a case-blind disk tells apart
-    monkeypatch.setattr(inputs, "folds_case", lambda folder: False)
+    monkeypatch.setattr(names, "folds_case", lambda folder: False)
     jobs = inputs.plan([str(photos)], tmp_path / "o", None, recursive=True, keys=keys)
     assert {j.stem for j in jobs} == {"Cat", "cat", "caf\u00e9", "cafe\u0301", "x"}  # elsewhere names stay as given
     from campp_cli.errors import UsageError
 
     one = inputs.plan([str(photos / "cat.png")], tmp_path / "o", None, keys=keys)  # o/cat.jpeg...
     with pytest.raises(UsageError, match="CAT.jpeg is also the output"):
-        inputs.check_collisions(one, keys, {"--jsonl": tmp_path / "o" / "CAT.jpeg"}, [], folds=True)
-    inputs.check_collisions(one, keys, {"--jsonl": tmp_path / "o" / "CAT.jpeg"}, [], folds=False)
+        names.check_collisions(one, keys, {"--jsonl": tmp_path / "o" / "CAT.jpeg"}, [], folds=True)
+    names.check_collisions(one, keys, {"--jsonl": tmp_path / "o" / "CAT.jpeg"}, [], folds=False)

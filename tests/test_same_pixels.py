@@ -17,8 +17,8 @@ from conftest import IMAGES
 from PIL import Image
 from reference import paper_square
 
-from campp_cli import images
-from campp_cli.inputs import plan
+from campp_cli.draw import geometry
+from campp_cli.io.inputs import plan
 from campp_cli.run import stages
 from campp_cli.run.options import Options
 
@@ -190,13 +190,13 @@ def test_pad_and_squash_frame_the_photo_once(photos):
     img[100:200, 300:400] = 255
     photo = Image.fromarray(img)
     for mode in ("squash", "pad"):
-        x = images.model_input(photo, 100, mode, "bilinear")
+        x = geometry.model_input(photo, 100, mode, "bilinear")
         ys, xs = np.nonzero(x[0] > 0.5)
         x0, y0, x1, y1 = to_input_frame(Box("w", 300, 100, 400, 200), 500, 300, 100, mode)
         assert abs(xs.min() - x0) <= 1 and abs(xs.max() + 1 - x1) <= 1, mode
         assert abs(ys.min() - y0) <= 1 and abs(ys.max() + 1 - y1) <= 1, mode
-    pad = images.model_input(photo, 100, "pad", "bilinear")
+    pad = geometry.model_input(photo, 100, "pad", "bilinear")
     assert (pad[:, :20] == 0).all() and (pad[:, 80:] == 0).all()  # 500x300 -> 100x60 at rows 20..79
-    squash = images.model_input(photo, 100, "squash", "bilinear")
+    squash = geometry.model_input(photo, 100, "squash", "bilinear")
     expected = np.asarray(photo.resize((100, 100), Image.Resampling.BILINEAR)).transpose(2, 0, 1) / 255
     assert np.abs(squash - expected).max() < 1e-6

@@ -83,9 +83,10 @@ def two_espresso(folder: Path) -> Path:
     sys.path.insert(0, str(REPO / "tests"))
     from test_archs import two_instances
 
-    from campp_cli import images
+    from campp_cli.draw import geometry
+    from campp_cli.io import decode
 
-    obj = images.center_square(images.load_rgb(REPO / "images" / "coffee.png"))
+    obj = geometry.center_square(decode.load_rgb(REPO / "images" / "coffee.png"))
     Image.fromarray(two_instances(obj, 190, 100, False)[0]).save(folder / "two_espresso.png")
     return folder / "two_espresso.png"
 

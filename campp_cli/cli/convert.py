@@ -32,7 +32,7 @@ def convert(source, target, arch, model, input_size, mean, std, resize) -> None:
       campp classify -f images/chelsea.png --weights models/vgg16_caffe.pth
       campp convert w.pth mine.pth --model net.py:build --input-size 64 --mean none
     """
-    from ..inputs import check_convert_target
+    from ..io.names import check_convert_target
     from ..run.run import model_request
 
     check_convert_target(source, target)

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import images
 from ..draw.figures import render
-from ..inputs import Job, output_stem, prepare_output_dir
+from ..io.durable import is_complete
+from ..io.inputs import Job
+from ..io.names import output_stem, prepare_output_dir
 from ..outputs.files import make_output_folder, write_outputs
 from ..run.options import Options, Result
 from ..run.stages import Command, ExplainedRow, result_of
@@ -33,7 +34,7 @@ class ClassifyCommand(Command):
 
     def is_done(self, job: Job) -> "Result | None":
         paths = job.output_paths(self.options.methods, self.options.save_maps, self.options.guided)
-        if self.options.skip_existing and job.error is None and all(images.is_complete(p) for p in paths):
+        if self.options.skip_existing and job.error is None and all(is_complete(p) for p in paths):
             return Result(str(job.source), -1, "", 0.0, [], [str(p) for p in paths], skipped=True)
         return None
 

@@ -31,8 +31,8 @@ class ClassifyPlanner(Planner):
         self.log = None
 
     def plan_jobs(self) -> list:
-        from ..inputs import check_collisions, check_no_overwrite, folds_case, output_keys, prepare_output_dir
-        from ..jsonl import check_writable
+        from ..io.jsonl import check_writable
+        from ..io.names import check_collisions, check_no_overwrite, folds_case, output_keys, prepare_output_dir
 
         run, out_dir, output, fmt = self.run, self.output_dir, self.output, self.format
         keys = output_keys(run.methods, self.drawing["save_maps"], self.drawing["guided"])
@@ -59,7 +59,7 @@ class ClassifyPlanner(Planner):
 
     @contextlib.contextmanager
     def opened(self):
-        from ..jsonl import JsonlLog
+        from ..io.jsonl import JsonlLog
 
         self.log = JsonlLog(self.jsonl) if self.jsonl else None
         try:

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .. import __version__, images
+from .. import __version__
 from ..cam.methods import title
+from ..draw import geometry, panels
 from ..draw.figures import render
 from ..run.options import Options, Result
 from ..run.stages import Command, ExplainedRow, result_of
@@ -85,7 +86,7 @@ class EvaluateCommand(Command):
                                    for b in mine) if f is not None]
         if not framed:
             return {"status": "boxes outside the crop"}
-        return {"status": "boxed", "scores": {m: boxes_.score(images.upsample(cam, size), framed, self.deltas)
+        return {"status": "boxed", "scores": {m: boxes_.score(geometry.upsample(cam, size), framed, self.deltas)
                                                for m, cam in row.maps.items()}}
 
 
@@ -254,7 +255,7 @@ def plot_png(results: list[Result], width: int = 1000, height: int = 420) -> byt
     methods = list(scored[0]) if scored else []
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    font = images.font(14)
+    font = panels.font(14)
     panel_w = width // 2
     for p, kind in enumerate(("deletion", "insertion")):
         x0, y0 = p * panel_w + 60, 40

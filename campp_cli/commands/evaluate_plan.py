@@ -30,8 +30,8 @@ class EvaluatePlanner(Planner):
         self.results: list = []
 
     def plan_jobs(self) -> list:
-        from ..inputs import check_collisions, check_no_overwrite
-        from ..jsonl import check_writable
+        from ..io.jsonl import check_writable
+        from ..io.names import check_collisions, check_no_overwrite
         from . import boxes as boxes_
 
         deltas, boxes, plot = self.deltas, self.boxes_dir, self.outputs["--plot"]
@@ -64,7 +64,7 @@ class EvaluatePlanner(Planner):
         self.results.append(result)
 
     def close(self, clf, options, command, summary) -> dict:
-        from ..images import write_atomic
+        from ..io.durable import write_atomic
         from . import evaluate as ev
 
         document = ev.report(self.results, clf, options, self.steps, summary.failed, command)

@@ -38,7 +38,7 @@ class Planner:
 
     def check_names(self, **paths) -> None:
         """Usage errors for option values whose folder or file names are longer than filesystems allow."""
-        from ..inputs import check_name_length
+        from ..io.names import check_name_length
 
         for option, path in paths.items():
             if path is not None:
@@ -75,7 +75,7 @@ class Planner:
             raise UsageError(f"-f {first.error or f'{first.source}: no such file'}")
 
     def plan(self, out_root: Path, output: str | None = None, writes: bool = True, **more) -> list:
-        from ..inputs import plan
+        from ..io.inputs import plan
 
         files = [str(f) for f in self.run.params.files]
         return plan(files, out_root, output, self.run.params.recursive, writes=writes,

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import images
 from ..cam.methods import get_method
 from ..errors import CamppError
 from ..settings import DEFAULT_ALPHA
+from .geometry import dimmed, on_region, region_pixels, resize_to, upsample
+from .panels import captioned, colorize, gradient_image, overlay, side_by_side, titled, with_colour_bar
 
 if TYPE_CHECKING:
     from ..models.loading import Classifier
@@ -61,12 +62,12 @@ def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None =
     """
     region = row.region
     # seen: what the model saw, at panel resolution; place(): it (or a map over it) back in the whole photo
-    seen = row.display if region is None else images.region_pixels(row.display, region)
+    seen = row.display if region is None else region_pixels(row.display, region)
     if region is None:
         place = lambda inside: inside  # noqa: E731
     else:
-        base = images.dimmed(row.display)  # once for every figure of the photo
-        place = lambda inside: images.on_region(base, region, inside)  # noqa: E731
+        base = dimmed(row.display)  # once for every figure of the photo
+        place = lambda inside: on_region(base, region, inside)  # noqa: E731
     height, width = seen.shape[:2]
     p = row.probability
     name = categories[row.class_index]
@@ -79,19 +80,19 @@ def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None =
         title = ["Input", explained]
     figures: dict[str, np.ndarray] = {"": seen}  # the comparison first; drawn below
     guided_figures: dict[str, np.ndarray] = {}
-    panels = [images.titled(images.with_colour_bar(place(seen), blank=True), title)]
+    panels = [titled(with_colour_bar(place(seen), blank=True), title)]
     for method, cam in row.maps.items():
-        heat = images.colorize(images.upsample(cam, width, height))
-        blended = place(images.overlay(seen, heat, alpha))
+        heat = colorize(upsample(cam, width, height))
+        blended = place(overlay(seen, heat, alpha))
         figures[f"_{method}_heatmap"] = place(heat)
         figures[f"_{method}_overlay"] = blended
         spec = get_method(method)
         lines = [spec.title, explained if spec.class_specific else "class-agnostic"]
-        panels.append(images.titled(images.with_colour_bar(blended), lines))
+        panels.append(titled(with_colour_bar(blended), lines))
         if guided is not None:
             grad = guided.transpose(1, 2, 0)
-            weighted = grad * images.upsample(cam, grad.shape[0])[..., None]
-            guided_figures[f"_guided_{method}"] = place(images.resize_to(images.gradient_image(weighted), width,
+            weighted = grad * upsample(cam, grad.shape[0])[..., None]
+            guided_figures[f"_guided_{method}"] = place(resize_to(gradient_image(weighted), width,
                                                                          height))
-    figures[""] = images.captioned(images.side_by_side(panels), caption) if caption else images.side_by_side(panels)
+    figures[""] = captioned(side_by_side(panels), caption) if caption else side_by_side(panels)
     return {**figures, **guided_figures}

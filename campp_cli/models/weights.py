@@ -254,8 +254,8 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, arch: str = 
     """Write ``src`` (``.npy``, ``.pth`` or ``.safetensors``) as a plain state_dict plus the preprocessing
     it needs: the source's own (the paper's Caffe one for ``vgg16.npy``), else the architecture's, changed
     by ``preprocessing``; later loads use it unless told otherwise."""
-    from ..images import write_atomic  # atomic: a failed conversion leaves no partial file
-    from ..inputs import check_convert_target
+    from ..io.durable import write_atomic
+    from ..io.names import check_convert_target
 
     src, dst = Path(src), Path(dst)
     if not src.is_file():

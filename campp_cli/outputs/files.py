@@ -7,20 +7,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import images
+from ..draw.encode import ENCODERS
 from ..errors import OutputError
-from ..inputs import Job, format_of
+from ..io.durable import write_all_atomic
+from ..io.inputs import Job
+from ..io.names import format_of
 
 
 def write_outputs(job: Job, figures: dict[str, np.ndarray], maps: dict[str, np.ndarray] | None = None) -> list[str]:
     """Write every figure (and maps as .npy), all or nothing; return the paths in order."""
-    encode = images.ENCODERS[format_of(job.suffix) or "jpeg"]
+    encode = ENCODERS[format_of(job.suffix) or "jpeg"]
     files = {job.path(k): encode(v) for k, v in figures.items()}
     for method, cam in (maps or {}).items():
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(cam, dtype=np.float32))
         files[job.path(f".npy:{method}")] = buf.getvalue()
-    images.write_all_atomic(files, source=str(job.source))
+    write_all_atomic(files, source=str(job.source))
     return [str(p) for p in files]
 
 

@@ -118,7 +118,7 @@ class Run:
     @property
     def single(self) -> bool:
         """One photo named by path: the paper's one call per photo."""
-        from ..inputs import is_single
+        from ..io.inputs import is_single
 
         return is_single([str(f) for f in self.params.files])
 

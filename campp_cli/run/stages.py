@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .. import images
+from ..draw.geometry import display_full, display_square, model_input
 from ..errors import InputError, ModelError, OutputError, UsageError
-from ..inputs import Job
+from ..io.decode import PixelBudget, open_photo, photo_of
+from ..io.durable import recover
+from ..io.inputs import Job
 from ..models.preprocessing import Preprocessing
 from .options import Options, Result, Summary
 
@@ -66,7 +68,7 @@ def begin(jobs: list[Job], command: "Command", tally: Tally) -> list[Job]:
     """What every engine does first, on the machine that runs campp: finish or undo the sets a killed
     run left half-written, report the jobs ``--skip-existing`` skips; return the jobs left to do."""
     for folder in sorted({job.out_dir for job in jobs}) if command.writes else ():
-        images.recover(folder)
+        recover(folder)
     todo = []
     for job in jobs:
         skipped = command.is_done(job)
@@ -147,17 +149,17 @@ def frame(photo, size: int, preprocessing: "Preprocessing | None" = None,
     or the whole photo and where the square lies in it ("full"; else None).  The input depends on the photo
     and ``preprocessing`` only: the panels are made separately, from the same full-resolution photo."""
     pre = preprocessing if preprocessing is not None else Preprocessing()
-    photo = images.photo_of(photo)
-    x = images.model_input(photo, size, pre.resize, pre.interpolation)
+    photo = photo_of(photo)
+    x = model_input(photo, size, pre.resize, pre.interpolation)
     if max_side is None:
         return x, None, None
     if display == "full":
-        return (x, *images.display_full(photo, pre.resize, max_side))
-    return x, images.display_square(photo, pre.resize, max_side), None
+        return (x, *display_full(photo, pre.resize, max_side))
+    return x, display_square(photo, pre.resize, max_side), None
 
 
 def decode(job: Job, size: int, options: Options, display: bool,
-           budget: images.PixelBudget | None = None, preprocessing: "Preprocessing | None" = None) -> DecodedRow:
+           budget: PixelBudget | None = None, preprocessing: "Preprocessing | None" = None) -> DecodedRow:
     """Stage 1: read one image and :func:`frame` it; an :class:`InputError` names it if it cannot be read."""
     if job.error is not None:
         raise InputError(job.error)
@@ -165,7 +167,7 @@ def decode(job: Job, size: int, options: Options, display: bool,
                               options.display)
     if not isinstance(job.source, (str, os.PathLike)):  # an image in memory (a notebook's), decoded already
         return DecodedRow(job, *use(job.source))
-    return DecodedRow(job, *images.open_photo(job.source, options.max_pixels, budget, use=use))
+    return DecodedRow(job, *open_photo(job.source, options.max_pixels, budget, use=use))
 
 
 def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, command: "Command",

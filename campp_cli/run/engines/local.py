@@ -12,8 +12,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
-from ... import images
-from ...inputs import Job
+from ...io.decode import PixelBudget
+from ...io.inputs import Job
 from ...models.devices import default_batch_size
 from ...models.loading import Classifier
 from .. import stages
@@ -48,7 +48,7 @@ class _Threads:
         self.batch_size = options.batch_size or default_batch_size(clf.device)
         self.decoders = ThreadPoolExecutor(options.workers, thread_name_prefix="campp-decode")
         self.finishers = ThreadPoolExecutor(options.workers, thread_name_prefix="campp-finish")
-        self.budget = images.PixelBudget(options.max_pixels)  # pixels decoded at once, across the threads
+        self.budget = PixelBudget(options.max_pixels)  # pixels decoded at once, across the threads
         self.pending: deque[Future] = deque()  # every image's outcome, in input order
 
     def run(self, todo: list[Job]) -> None:

@@ -37,7 +37,7 @@ import ray.data
 from ray.experimental import internal_kv
 
 from ...errors import UsageError
-from ...inputs import Job
+from ...io.inputs import Job
 from ...models.devices import default_batch_size
 from .. import stages
 from ..options import Options, Result, Summary

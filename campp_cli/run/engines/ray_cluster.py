@@ -18,7 +18,7 @@ import ray
 import ray.data
 
 from ...errors import UsageError, first_line
-from ...inputs import Job
+from ...io.inputs import Job
 
 
 def connect(address: str | None, actors: int | None = None) -> bool:

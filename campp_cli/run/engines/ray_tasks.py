@@ -16,7 +16,7 @@ import ray
 from ray.experimental import internal_kv
 
 from ...errors import CamppError
-from ...inputs import Job
+from ...io.inputs import Job
 from .. import stages
 from ..options import Options, Result
 from .shipping import CANCELLED, objects

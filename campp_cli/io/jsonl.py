@@ -14,8 +14,8 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import OutputError, UsageError
-from .inputs import is_stream
+from ..errors import OutputError, UsageError
+from .names import is_stream
 
 try:
     import fcntl
