@@ -2,7 +2,7 @@
 
     python benchmarks/report.py --cards 10000 50000 [--repeat 5] [--chromium /usr/bin/chromium]
 
-Each report is written by campp's own :class:`campp_cli.report.Report` from results shaped as a classify
+Each report is written by campp's own :class:`campp_cli.outputs.report.Report` from results shaped as a classify
 run with three methods and --labels-from-folders gives them (real JPEG thumbnails of the committed photos,
 top-5, disagreement, true class).  Measured: the HTML file's size, the size of its image folder per image,
 and the time from navigation to the page's script having drawn its first cards (``data-ready``) and to the
@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from campp_cli import images  # noqa: E402
-from campp_cli.report import Report, card_assets  # noqa: E402
+from campp_cli.outputs.report import Report  # noqa: E402
+from campp_cli.outputs.report_cards import card_assets  # noqa: E402
 from campp_cli.stages import Result  # noqa: E402
 
 METHODS = ["gradcam", "gradcampp", "eigencam"]

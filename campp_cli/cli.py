@@ -199,7 +199,7 @@ report_options = _options(
 
 
 def _check_report(report_path, labels_from_folders) -> None:
-    from .report import check_path
+    from .outputs.report import check_path
 
     if labels_from_folders and report_path is None:
         raise UsageError("--labels-from-folders marks right and wrong predictions in a report: give --report "
@@ -212,7 +212,7 @@ def _report_files(report_path) -> dict:
     nothing."""
     if report_path is None:
         return {}
-    from .report import assets_folder
+    from .outputs.report import assets_folder
 
     folder = assets_folder(report_path)
     if folder.is_symlink():  # before the inputs are planned: a link could lead into them
@@ -232,7 +232,7 @@ def _open_report(report_path, command, clf, options, engine, total, labels_from_
     import torch
 
     from .models import describe_device
-    from .report import Report
+    from .outputs.report import Report
 
     here = get_engine(engine).on_this_machine
     obj = click.get_current_context().find_root().obj or {}

@@ -1,0 +1,1 @@
+"""What a run writes besides its figures: the HTML report (``--report FILE.html``)."""
