@@ -476,6 +476,12 @@ def test_browser_sort_by_probability(browser, classify_run):
     page.select_option("#sort", "p-asc")
     shown = [float(p) for p in page.eval_on_selector_all(".card .p[data-p]", "els => els.map(e => e.dataset.p)")]
     assert shown == pytest.approx(expected[::-1], abs=1e-6)
+    records = [r for r in page_data(base / "report.html")["records"] if "disagreement" in r]
+    page.select_option("#sort", "disagree")
+    by_disagreement = sorted(records, key=lambda r: -r["disagreement"])
+    assert shown_names(page)[:len(records)] == [Path(r["input"]).name for r in by_disagreement] and records
+    page.select_option("#sort", "name")
+    assert shown_names(page) == sorted(shown_names(page), key=str.lower)
     assert errors == []
     page.close()
 
