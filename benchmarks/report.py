@@ -2,7 +2,7 @@
 
     python benchmarks/report.py --cards 10000 50000 [--repeat 5] [--chromium /usr/bin/chromium]
 
-Each report is written by campp's own :class:`campp_cli.report.Report` from results shaped as a classify
+Each report is written by campp's own :class:`campp_cli.outputs.report.Report` from results shaped as a classify
 run with three methods and --labels-from-folders gives them (real JPEG thumbnails of the committed photos,
 top-5, disagreement, true class).  Measured: the HTML file's size, the size of its image folder per image,
 and the time from navigation to the page's script having drawn its first cards (``data-ready``) and to the
@@ -23,10 +23,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from campp_cli.draw import geometry  # noqa: E402
-from campp_cli.draw.panels import colorize, overlay, side_by_side, with_colour_bar  # noqa: E402
+from campp_cli.draw import geometry, panels  # noqa: E402
 from campp_cli.io import decode  # noqa: E402
-from campp_cli.report import Report, card_assets  # noqa: E402
+from campp_cli.outputs.report import Report  # noqa: E402
+from campp_cli.outputs.report_cards import card_assets  # noqa: E402
 from campp_cli.run.options import Result  # noqa: E402
 
 METHODS = ["gradcam", "gradcampp", "eigencam"]
@@ -40,9 +40,9 @@ def cards_from_photos(side: int = 224) -> list[dict]:
     for path in sorted((REPO / "images").glob("*.*g")):
         square = geometry.display_square(decode.open_photo(path), "crop", side)
         maps = {m: rng.random((7, 7)).astype(np.float32) for m in METHODS}
-        heat = {f"_{m}_heatmap": colorize(geometry.upsample(c, side)) for m, c in maps.items()}
-        panels = [square] + [with_colour_bar(overlay(square, h)) for h in heat.values()]
-        cards.append(card_assets(square, {"": side_by_side(panels), **heat}, maps))
+        heat = {f"_{m}_heatmap": panels.colorize(geometry.upsample(c, side)) for m, c in maps.items()}
+        shown = [square] + [panels.with_colour_bar(panels.overlay(square, h)) for h in heat.values()]
+        cards.append(card_assets(square, {"": panels.side_by_side(shown), **heat}, maps))
     return cards
 
 

@@ -149,9 +149,10 @@ def test_ray_writes_what_the_local_engine_writes(local_ray, photos, tmp_path, ru
     pages = {e: page_data(tmp_path / f"{e}.html") for e in runs}
     assert pages["ray"]["counts"] == pages["local"]["counts"] == {"done": 15, "failed": 1, "skipped": 0, "total": 16}
     for i, (a, b) in enumerate(zip(pages["ray"]["records"], pages["local"]["records"], strict=True)):
-        assert a["n"] == b["n"] and a.get("c") == b.get("c") and a.get("err") == b.get("err")
-        if "d" in b:
-            assert a["d"] == pytest.approx(b["d"], abs=1e-3)
+        assert a["input"] == b["input"] and a.get("class_name") == b.get("class_name")
+        assert a.get("error") == b.get("error")
+        if "disagreement" in b:
+            assert a["disagreement"] == pytest.approx(b["disagreement"], abs=1e-3)
             for kind in ("thumb", "photo", *methods.split(",")):
                 assert (tmp_path / "ray_files" / f"{i // 1000:03d}" / f"{i:06d}_{kind}.jpeg").is_file()
     # The per-image lines on stdout, in the same order.
@@ -179,9 +180,9 @@ def test_ray_evaluates_as_the_local_engine_does(local_ray, photos, tmp_path, run
 
     pages = {e: page_data(tmp_path / f"{e}.html") for e in docs}
     for a, b in zip(pages["ray"]["records"], pages["local"]["records"], strict=True):
-        assert a["n"] == b["n"] and a["s"].keys() == b["s"].keys()
-        for m in a["s"]:
-            assert a["s"][m]["drop"] == pytest.approx(b["s"][m]["drop"], abs=1e-2)
+        assert a["input"] == b["input"] and a["scores"].keys() == b["scores"].keys()
+        for m in a["scores"]:
+            assert a["scores"][m]["drop_percent"] == pytest.approx(b["scores"][m]["drop_percent"], abs=1e-2)
     for method, stats in docs["local"]["methods"].items():
         other = docs["ray"]["methods"][method]
         assert stats["n"] == other["n"] == 4

@@ -21,7 +21,8 @@ import pytest
 from conftest import IMAGES, REPO, fresh_campp, write_image
 from PIL import Image
 
-from campp_cli import report as rp
+from campp_cli.outputs import report as rp
+from campp_cli.outputs import report_cards as cards
 from campp_cli.run.options import Result
 
 LITE = ["--arch", "efficientnet_lite0"]
@@ -29,12 +30,28 @@ METHODS = ["gradcam", "gradcampp", "eigencam"]
 CHROMIUM = os.environ.get("CAMPP_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def page_data(path: Path) -> dict:
+def raw_page_data(path: Path) -> dict:
     """The JSON blob of a report page, read as a browser's script would find it."""
     text = path.read_text(encoding="utf-8")
     match = re.search(r'<script type="application/json" id="campp-data">(.*?)</script>', text, re.S)
     assert match, "no data blob"
     return json.loads(match.group(1))
+
+
+def _named(names: list[str], row: list) -> dict:
+    assert isinstance(row, list) and len(row) <= len(names), row
+    return {k: v for k, v in zip(names, row) if v is not None}
+
+
+def page_data(path: Path) -> dict:
+    """The JSON blob of a report page, its records (arrays in the order of "columns") as dicts of named fields,
+    each method's scores too (arrays in the order of "score_columns")."""
+    data = raw_page_data(path)
+    records = [_named(data["columns"], row) for row in data["records"]]
+    for record in records:
+        if "scores" in record:
+            record["scores"] = {m: _named(data["score_columns"], s) for m, s in record["scores"].items()}
+    return {**data, "records": records}
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -50,37 +67,37 @@ def test_disagreement_is_one_minus_correlation_averaged_over_pairs():
     rng = np.random.default_rng(3)
     for k in (2, 3, 5):
         maps = [rng.random((7, 7)).astype(np.float32) for _ in range(k)]
-        got = rp.disagreement({f"m{i}": m for i, m in enumerate(maps)})
+        got = cards.disagreement({f"m{i}": m for i, m in enumerate(maps)})
         assert got == pytest.approx(reference_disagreement(maps), abs=1e-6)
 
 
 def test_disagreement_edge_cases():
     x = np.linspace(0, 1, 49, dtype=np.float32).reshape(7, 7)
-    assert rp.disagreement({"a": x}) is None
-    assert rp.disagreement({"a": x, "b": x}) == pytest.approx(0, abs=1e-9)
-    assert rp.disagreement({"a": x, "b": 0.5 * x + 0.2}) == pytest.approx(0, abs=1e-6)  # scale and offset
-    assert rp.disagreement({"a": x, "b": 1 - x}) == pytest.approx(2, abs=1e-6)  # opposite
+    assert cards.disagreement({"a": x}) is None
+    assert cards.disagreement({"a": x, "b": x}) == pytest.approx(0, abs=1e-9)
+    assert cards.disagreement({"a": x, "b": 0.5 * x + 0.2}) == pytest.approx(0, abs=1e-6)  # scale and offset
+    assert cards.disagreement({"a": x, "b": 1 - x}) == pytest.approx(2, abs=1e-6)  # opposite
     flat = np.full((7, 7), 0.3, np.float32)
-    assert rp.disagreement({"a": flat, "b": flat}) == 0
-    assert rp.disagreement({"a": flat, "b": x}) == 1
+    assert cards.disagreement({"a": flat, "b": flat}) == 0
+    assert cards.disagreement({"a": flat, "b": x}) == 1
     # Different sizes are compared at the larger: a map and its own upsampling agree.
     import cv2
 
     big = cv2.resize(x, (14, 14), interpolation=cv2.INTER_LINEAR)
-    assert rp.disagreement({"a": x, "b": big}) < 0.01
+    assert cards.disagreement({"a": x, "b": big}) < 0.01
 
 
 def test_true_class_from_folder_or_wordnet_prefix():
     names = ["cat", "Dog", "tiger cat"]
-    assert rp.true_class("data/cat/1.png", names)[0] == 0
-    assert rp.true_class("data/dog/1.png", names)[0] == 1  # ignoring case
-    assert rp.true_class("data/tiger cat/x.jpg", names)[0] == 2
-    assert rp.true_class("data/horse/1.png", names) == (None, "horse")
-    wnids = (Path(rp.__file__).parent / "data" / "imagenet_wnids.txt").read_text().split()
+    assert cards.true_class("data/cat/1.png", names)[0] == 0
+    assert cards.true_class("data/dog/1.png", names)[0] == 1  # ignoring case
+    assert cards.true_class("data/tiger cat/x.jpg", names)[0] == 2
+    assert cards.true_class("data/horse/1.png", names) == (None, "horse")
+    wnids = (REPO / "campp_cli" / "data" / "imagenet_wnids.txt").read_text().split()
     thousand = [f"class {i}" for i in range(1000)]
-    assert rp.true_class(f"val/{wnids[7]}/ILSVRC2012_val_1.JPEG", thousand)[0] == 7
-    assert rp.true_class(f"flat/{wnids[42]}_10026.JPEG", thousand)[0] == 42  # the file name's prefix
-    assert rp.true_class(f"flat/{wnids[42]}x.JPEG", thousand)[0] is None  # not a prefix followed by _ - .
+    assert cards.true_class(f"val/{wnids[7]}/ILSVRC2012_val_1.JPEG", thousand)[0] == 7
+    assert cards.true_class(f"flat/{wnids[42]}_10026.JPEG", thousand)[0] == 42  # the file name's prefix
+    assert cards.true_class(f"flat/{wnids[42]}x.JPEG", thousand)[0] is None  # not a prefix followed by _ - .
 
 
 def _fake_result(name: str, p: float = 0.5, card: bool = True) -> Result:
@@ -109,7 +126,7 @@ def test_page_data_survives_hostile_file_names(tmp_path):
     report.close()
     text = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert text.count("</script>") == 2  # the data blob's and the code's, no more
-    assert [r["n"] for r in page_data(tmp_path / "r.html")["records"]] == names
+    assert [r["input"] for r in page_data(tmp_path / "r.html")["records"]] == names
 
 
 def test_records_assets_and_failures(tmp_path):
@@ -122,12 +139,60 @@ def test_records_assets_and_failures(tmp_path):
     data = page_data(tmp_path / "r.html")
     one, two, three = data["records"]
     assert data["counts"] == {"done": 1, "failed": 1, "skipped": 1, "total": 3} and data["final"] is True
-    assert one["p"] == 0.9 and one["c"] == "dog" and one["t5"][0] == ["dog", 0.9] and one["d"] == 0.25
-    assert two["err"] == "x/two.png: not an image" and three["skip"]
+    assert one["probability"] == 0.9 and one["class_name"] == "dog" and one["top5"][0] == ["dog", 0.9]
+    assert one["disagreement"] == 0.25 and one["class_index"] == 1 and one["thumb_size"] == [240, 120]
+    assert two["error"] == "x/two.png: not an image" and three["skipped"]
     folder = tmp_path / "r_files" / "000"
     assert sorted(p.name for p in folder.iterdir()) == ["000000_gradcam.jpeg", "000000_photo.jpeg",
                                                        "000000_thumb.jpeg"]
     assert Image.open(folder / "000000_thumb.jpeg").size == (64, 32)
+
+
+def test_the_page_names_each_field_once_and_holds_each_card_as_an_array(tmp_path):
+    """50,000 cards must not carry 50,000 copies of every field's name: the blob names the fields once
+    ("columns", "top5_columns", "score_columns") and each record is an array in that order."""
+    for n in (3, 60):
+        report = _report(tmp_path, n, name=f"r{n}.html")
+        for i in range(n):
+            report.add(_fake_result(f"{i}.png", card=i % 2 == 0))
+        report.close()
+        data = raw_page_data(tmp_path / f"r{n}.html")
+        assert data["columns"] == list(cards.COLUMNS) and data["top5_columns"] == ["class_name", "probability"]
+        assert all(isinstance(row, list) and row[:3] == [f"{i}.png", 1, "dog"] for i, row in enumerate(data["records"]))
+        assert all(row[-1] is not None for row in data["records"])  # absent last values are left out
+        text = (tmp_path / f"r{n}.html").read_text(encoding="utf-8")
+        assert text.count('"thumb_size"') == text.count('"disagreement"') == 1, n  # in "columns" only
+    assert page_data(tmp_path / "r3.html")["records"][1] == {"input": "1.png", "class_index": 1, "class_name": "dog",
+                                                             "probability": 0.5, "top5": [["dog", 0.5], ["cat", 0.5]]}
+
+
+def _page_with(path: Path, data: dict) -> None:
+    path.write_text('<html><script type="application/json" id="campp-data">' + json.dumps(data) + "</script></html>",
+                    encoding="utf-8")
+
+
+def test_a_page_of_an_older_format_is_no_earlier_run(tmp_path):
+    """An earlier page whose records are objects with one-letter keys (campp before the records had column
+    names), or whose rows are damaged: no crash, and a skipped image is a plain skipped card."""
+    figure = tmp_path / "one.jpeg"
+    figure.write_bytes(b"jpeg")
+    stamp = cards.figure_stamp(figure)
+    old = {"command": "classify", "methods": ["gradcam"], "records": [
+        {"n": "x/one.png", "ci": 1, "c": "dog", "p": 0.9, "t5": [["dog", 0.9]], "wh": [240, 120], "f": stamp}]}
+    damaged = {"command": "classify", "methods": ["gradcam"], "columns": list(cards.COLUMNS),
+               "records": ["x/one.png", {"input": "x/one.png"}, [1, 2, 3] * 20, None]}
+    for data in (old, damaged, {**old, "columns": list(cards.COLUMNS)}, {**damaged, "columns": "input"}):
+        _page_with(tmp_path / "r.html", data)
+        report = _report(tmp_path, 2)
+        assert report._earlier == {}
+        report.add(Result("x/one.png", -1, "", 0.0, [], [str(figure)], skipped=True))
+        report.add(_fake_result("x/two.png"))
+        report.close()
+        one, two = page_data(tmp_path / "r.html")["records"]
+        assert one == {"input": "x/one.png", "skipped": 1} and "image_slot" not in two
+    # The page just written is of this format: a run after it finds what it found.
+    report = _report(tmp_path, 1)
+    assert set(report._earlier) == {"x/two.png"} and report._earlier["x/two.png"][1] == 1
 
 
 def test_page_is_rewritten_during_the_run_and_marked_final_at_the_end(tmp_path):
@@ -218,7 +283,7 @@ def test_classify_report_of_a_real_run(classify_run, capsys):
     base, code, lines = classify_run
     assert code == 1  # one broken image
     data = page_data(base / "report.html")
-    records = {Path(r["n"]).name: r for r in data["records"]}
+    records = {Path(r["input"]).name: r for r in data["records"]}
     assert data["final"] and data["counts"] == {"done": 5, "failed": 1, "skipped": 0, "total": 6}
     assert data["methods"] == METHODS and data["header"]["model"] == "efficientnet_lite0"
     assert data["header"]["argv"].startswith("campp classify --arch efficientnet_lite0")
@@ -226,28 +291,30 @@ def test_classify_report_of_a_real_run(classify_run, capsys):
         name = Path(line["input"]).name
         record = records[name]
         if "error" in line:
-            assert record["err"] == line["error"]
+            assert record["error"] == line["error"]
             continue
-        assert record["c"] == line["name"] and record["p"] == pytest.approx(line["probability"], abs=1e-6)
-        assert [n for n, _ in record["t5"]] == [t["name"] for t in line["top5"]]
+        assert record["class_name"] == line["name"] and record["class_index"] == line["class"]
+        assert record["probability"] == pytest.approx(line["probability"], abs=1e-6)
+        assert [n for n, _ in record["top5"]] == [t["name"] for t in line["top5"]]
         truth = dict(TREE.values()).get(next(p for p, _ in TREE.values() if Path(p).name == name))
         if truth is None:
-            assert "ok" not in record and "tc" not in record
+            assert "correct" not in record and "true_class" not in record
         else:
-            assert record["tc"] == truth and record["ok"] == int(line["top5"][0]["name"] == truth)
+            assert record["true_class"] == truth and record["correct"] == int(line["top5"][0]["name"] == truth)
         i = data["records"].index(record)
         for kind in ["thumb", "photo", *METHODS]:
             with Image.open(base / "report_files" / rp.asset_name(i, kind)) as im:
                 im.load()
                 if kind == "thumb":
-                    assert im.height == rp.THUMB_HEIGHT
+                    assert im.height == cards.THUMB_HEIGHT
                 else:
                     assert im.size == (160, 160)  # the panel size, as --max-side says
-    assert sum(r.get("ok", 0) for r in data["records"]) >= 2 and any(r.get("ok") == 0 for r in data["records"])
+    assert sum(r.get("correct", 0) for r in data["records"]) >= 2
+    assert any(r.get("correct") == 0 for r in data["records"])
 
 
 def _slot_files(base: Path, data: dict, record: dict) -> list[Path]:
-    slot = record.get("a", data["records"].index(record))
+    slot = record.get("image_slot", data["records"].index(record))
     return [base / "r_files" / rp.asset_name(slot, kind) for kind in ["thumb", "photo", *data["methods"]]]
 
 
@@ -262,7 +329,7 @@ def test_a_resumed_run_shows_what_the_earlier_run_found(tmp_path):
             "--skip-existing", "-q"]
     assert _run(args) == 0
     data = page_data(tmp_path / "r.html")
-    first = {r["n"]: r for r in data["records"]}
+    first = {r["input"]: r for r in data["records"]}
     p1 = str(photos / "p1.png")
     p1_images = [f.read_bytes() for f in _slot_files(tmp_path, data, first[p1])]
     # Now p1 is skipped (reported first, at index 0: p0's), p0 redone, and a new photo comes in.
@@ -271,19 +338,20 @@ def test_a_resumed_run_shows_what_the_earlier_run_found(tmp_path):
     assert _run(args) == 0
     data = page_data(tmp_path / "r.html")
     assert data["counts"] == {"done": 2, "failed": 0, "skipped": 1, "total": 3}
-    records = {r["n"]: r for r in data["records"]}
+    records = {r["input"]: r for r in data["records"]}
     kept = records[p1]
-    assert kept["skip"] == 1 and data["records"].index(kept) == 0
-    assert (kept["c"], kept["p"], kept["t5"], kept["wh"]) == (first[p1]["c"], first[p1]["p"], first[p1]["t5"],
-                                                               first[p1]["wh"])
+    assert kept["skipped"] == 1 and data["records"].index(kept) == 0
+    fields = ("class_index", "class_name", "probability", "top5", "thumb_size", "figure_stamp")
+    assert [kept[k] for k in fields] == [first[p1][k] for k in fields]
     assert [f.read_bytes() for f in _slot_files(tmp_path, data, kept)] == p1_images  # not overwritten
     slots = [_slot_files(tmp_path, data, r) for r in data["records"]]
     assert all(f.is_file() for files in slots for f in files) and len({files[0] for files in slots}) == 3
     # p1's figure rewritten since (by a run without --report): the earlier results are no longer its own.
     (tmp_path / "o" / "p1.jpeg").write_bytes((tmp_path / "o" / "a.jpeg").read_bytes())
     assert _run(args) == 0
-    records = {r["n"]: r for r in page_data(tmp_path / "r.html")["records"]}
-    assert "c" in records[str(photos / "p0.png")] and "c" not in records[p1] and records[p1]["skip"] == 1
+    records = {r["input"]: r for r in page_data(tmp_path / "r.html")["records"]}
+    assert "class_name" in records[str(photos / "p0.png")] and "class_name" not in records[p1]
+    assert records[p1]["skipped"] == 1
 
 
 def test_disagreement_in_the_page_is_that_of_the_saved_maps(tmp_path):
@@ -292,7 +360,7 @@ def test_disagreement_in_the_page_is_that_of_the_saved_maps(tmp_path):
                  "--report", tmp_path / "r.html"]) == 0
     maps = [np.load(out / f"chelsea_{m}.npy") for m in ("gradcam", "gradcampp")]
     record = page_data(tmp_path / "r.html")["records"][0]
-    assert record["d"] == pytest.approx(reference_disagreement(maps), abs=1e-4)
+    assert record["disagreement"] == pytest.approx(reference_disagreement(maps), abs=1e-4)
 
 
 def test_a_failed_single_photo_still_gets_its_report(tmp_path):
@@ -300,7 +368,7 @@ def test_a_failed_single_photo_still_gets_its_report(tmp_path):
     bad.write_bytes(b"nothing")
     assert _run(["classify", *LITE, "-f", bad, "--output-dir", tmp_path / "out", "--report", tmp_path / "r.html"]) == 1
     data = page_data(tmp_path / "r.html")
-    assert data["final"] is False and data["counts"]["failed"] == 1 and "bad.png" in data["records"][0]["err"]
+    assert data["final"] is False and data["counts"]["failed"] == 1 and "bad.png" in data["records"][0]["error"]
 
 
 @pytest.fixture(scope="module")
@@ -324,17 +392,21 @@ def test_evaluate_report_holds_the_summary_and_every_images_scores(evaluate_run)
     import csv
 
     rows = list(csv.DictReader((base / "eval.csv").open()))
-    by_input = {r["n"]: r for r in data["records"]}
+    by_input = {r["input"]: r for r in data["records"]}
     for row in rows:
-        s = by_input[row["input"]]["s"][row["method"]]
-        assert s["drop"] == pytest.approx(float(row["drop_percent"]), abs=1e-3)
-        assert s["del"] == pytest.approx(float(row["deletion_auc"]), abs=1e-4)
-        assert len(s["dc"]) == len(s["ic"]) == 5  # steps + 1 points
+        s = by_input[row["input"]]["scores"][row["method"]]
+        assert s["probability"] == pytest.approx(float(row["probability"]), abs=1e-5)
+        assert s["explanation_probability"] == pytest.approx(float(row["explanation_probability"]), abs=1e-5)
+        assert s["drop_percent"] == pytest.approx(float(row["drop_percent"]), abs=1e-3)
+        assert s["deletion_auc"] == pytest.approx(float(row["deletion_auc"]), abs=1e-4)
+        assert s["insertion_auc"] == pytest.approx(float(row["insertion_auc"]), abs=1e-4)
+        assert len(s["deletion_curve"]) == len(s["insertion_curve"]) == 5  # steps + 1 points
         if row["boxes"] == "boxed":
-            assert s["pg"] == int(row["pointing_hit"])
+            assert s["pointing_hit"] == int(row["pointing_hit"])
+            assert s["energy_pointing"] == pytest.approx(float(row["energy_pointing"]), abs=1e-4)
     for m in document["methods"]:  # mean curves: the mean of the images' curves
-        curves = np.array([r["s"][m]["dc"] for r in data["records"]])
-        assert data["curves"][m]["dc"] == pytest.approx(curves.mean(axis=0).tolist(), abs=1e-4)
+        curves = np.array([r["scores"][m]["deletion_curve"] for r in data["records"]])
+        assert data["curves"][m]["deletion_curve"] == pytest.approx(curves.mean(axis=0).tolist(), abs=1e-4)
 
 
 @pytest.mark.slow
@@ -352,7 +424,7 @@ def test_a_killed_run_leaves_the_report_of_what_was_done(tmp_path):
     data = page_data(tmp_path / "r.html")
     assert data["final"] is False and 1 <= len(data["records"]) < len(TREE)
     for i, record in enumerate(data["records"]):
-        assert (tmp_path / "r_files" / rp.asset_name(i, "thumb")).is_file(), record["n"]
+        assert (tmp_path / "r_files" / rp.asset_name(i, "thumb")).is_file(), record["input"]
 
 
 # ----------------------------------------------------------------------------- in a real browser
@@ -404,6 +476,12 @@ def test_browser_sort_by_probability(browser, classify_run):
     page.select_option("#sort", "p-asc")
     shown = [float(p) for p in page.eval_on_selector_all(".card .p[data-p]", "els => els.map(e => e.dataset.p)")]
     assert shown == pytest.approx(expected[::-1], abs=1e-6)
+    records = [r for r in page_data(base / "report.html")["records"] if "disagreement" in r]
+    page.select_option("#sort", "disagree")
+    by_disagreement = sorted(records, key=lambda r: -r["disagreement"])
+    assert shown_names(page)[:len(records)] == [Path(r["input"]).name for r in by_disagreement] and records
+    page.select_option("#sort", "name")
+    assert shown_names(page) == sorted(shown_names(page), key=str.lower)
     assert errors == []
     page.close()
 
@@ -496,7 +574,8 @@ def test_browser_big_report_draws_cards_as_the_reader_scrolls(browser, tmp_path)
     """50,000 cards: the page draws a first screenful and more as the reader scrolls."""
     report = _report(tmp_path, 50_000, every=10**9)
     for i in range(50_000):
-        report.records.append({"n": f"img/{i}.png", "ci": 1, "c": "dog", "p": (i % 997) / 997, "t5": [["dog", 0.5]]})
+        report.records.append({"input": f"img/{i}.png", "class_index": 1, "class_name": "dog",
+                               "probability": (i % 997) / 997, "top5": [["dog", 0.5]]})
     report.close()
     page, errors = open_report(browser, tmp_path / "r.html")
     first = page.eval_on_selector_all(".card", "c => c.length")

@@ -55,7 +55,7 @@ class ClassifyCommand(Command):
 def with_card(result: "Result", row: ExplainedRow, figures: dict[str, np.ndarray], cards: bool) -> "Result":
     """``result`` with its --report images (``extra["card"]``) when ``cards``."""
     if cards:
-        from ..report import card_assets
+        from ..outputs.report_cards import card_assets
 
         result.extra["card"] = card_assets(row.display, figures, row.maps)
     return result

@@ -50,7 +50,7 @@ class Planner:
         report = self.run.params.report
         if report is None:
             return {}
-        from ..report import assets_folder
+        from ..outputs.report import assets_folder
 
         folder = assets_folder(report)
         if folder.is_symlink():  # before the inputs are planned: a link could lead into them
@@ -59,7 +59,7 @@ class Planner:
         return {f"--report {report}": folder}
 
     def check_report(self) -> None:
-        from ..report import check_path
+        from ..outputs.report import check_path
 
         if self.run.params.labels_from_folders and self.run.params.report is None:
             raise UsageError("--labels-from-folders marks right and wrong predictions in a report: give --report "

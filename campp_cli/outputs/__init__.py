@@ -1,1 +1,1 @@
-"""What a run writes: the files of each image, the report."""
+"""What a run writes: each image's files (:mod:`.files`) and the HTML report (:mod:`.report`, :mod:`.report_cards`)."""

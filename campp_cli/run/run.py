@@ -184,7 +184,7 @@ class Run:
 
         from .. import __version__
         from ..models.devices import describe_device
-        from ..report import Report
+        from ..outputs.report import Report
 
         label, engine = options.label, self.params.engine
         header = {

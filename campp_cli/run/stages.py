@@ -212,7 +212,8 @@ class Command:
     draws = True
     #: Whether it writes into the jobs' output folders (which a run then first recovers after a killed run).
     writes = True
-    #: Whether finish() also makes the --report images of each image (:func:`campp_cli.report.card_assets`).
+    #: Whether finish() also makes the --report images of each image
+    #: (:func:`~campp_cli.outputs.report_cards.card_assets`).
     cards = False
 
     def is_done(self, job: Job) -> "Result | None":
