@@ -96,7 +96,9 @@ class _Threads:
 
     def _drain(self, limit: int) -> None:
         while len(self.pending) > limit:
-            self.record(self.pending.popleft().result())
+            result = self.pending[0].result()  # a signal while waiting leaves it queued, for _record_finished
+            self.pending.popleft()
+            self.record(result)
 
     def _shutdown(self) -> None:
         self.decoders.shutdown(wait=True, cancel_futures=True)
