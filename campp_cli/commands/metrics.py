@@ -139,47 +139,15 @@ def score_all(model: torch.nn.Module, preprocess: Callable, rgb01: torch.Tensor,
     model in batches of ``eval_batch`` under ``torch.inference_mode``; see :func:`passes_per_image`.
     ``y``: the class probabilities on the images, from the explaining pass.
     """
-    n, _, h, w = rgb01.shape
+    n = rgb01.shape[0]
     names = list(maps)
-    cls = torch.as_tensor(classes, dtype=torch.long, device=rgb01.device)
-    black, blur = deletion_baseline(rgb01), insertion_baseline(rgb01)
-    ups = {m: upsample_maps(maps[m], h) for m in names}
-    ranks = {}
-    for m in names:
-        orders = torch.from_numpy(_orders(ups[m])).to(rgb01.device)
-        r = torch.empty_like(orders)
-        r.scatter_(1, orders, torch.arange(h * w, device=rgb01.device).expand(n, -1))
-        ranks[m] = r
-    counts = [round(k * h * w / steps) for k in range(steps + 1)]
-
-    # Every frame as (key, image, builder); keys: ("black",), ("blur",), (m, "o"), (m, "del", k), (m, "ins", k).
-    def frame(spec) -> torch.Tensor:
-        key, i = spec
-        if key == ("black",):
-            return black[i]
-        if key == ("blur",):
-            return blur[i]
-        m = key[0]
-        if key[1] == "o":
-            return rgb01[i] * torch.from_numpy(ups[m][i]).to(rgb01.device, rgb01.dtype)[None]
-        mask = (ranks[m][i] < counts[key[2]]).to(rgb01.dtype).view(1, h, w)
-        if key[1] == "del":
-            return rgb01[i] * (1 - mask) + black[i] * mask
-        return blur[i] * (1 - mask) + rgb01[i] * mask
-
+    frames = _Frames(rgb01, maps, steps, deletion_baseline(rgb01), insertion_baseline(rgb01))
     specs = [(("black",), i) for i in range(n)] + [(("blur",), i) for i in range(n)]
     for m in names:
         specs += [((m, "o"), i) for i in range(n)]
         specs += [((m, kind, k), i) for kind in ("del", "ins") for k in range(1, steps) for i in range(n)]
-    probs: dict = {}
-    with torch.inference_mode():
-        for start in range(0, len(specs), eval_batch):
-            chunk = specs[start:start + eval_batch]
-            frames = torch.stack([frame(spec) for spec in chunk])
-            logits = model(preprocess(frames)).float()
-            idx = torch.tensor([i for _, i in chunk], device=rgb01.device)
-            p = torch.softmax(logits, dim=1).gather(1, cls[idx][:, None]).squeeze(1).cpu().numpy()
-            probs.update({spec: float(v) for spec, v in zip(chunk, p)})
+    cls = torch.as_tensor(classes, dtype=torch.long, device=rgb01.device)
+    probs = _probabilities(model, preprocess, frames, specs, cls, eval_batch)
     out = {}
     for m in names:
         scores = []
@@ -190,6 +158,54 @@ def score_all(model: torch.nn.Module, preprocess: Callable, rgb01: torch.Tensor,
             scores.append(ImageScores(yi, probs[((m, "o"), i)], np.array(deletion), np.array(insertion)))
         out[m] = scores
     return out
+
+
+class _Frames:
+    """The perturbed images of a batch, made on demand from their keys: ("black",), ("blur",), (m, "o"),
+    (m, "del", k), (m, "ins", k), each with its image's index."""
+
+    def __init__(self, rgb01: torch.Tensor, maps: dict[str, np.ndarray], steps: int, black: torch.Tensor,
+                 blur: torch.Tensor):
+        n, _, h, w = rgb01.shape
+        self.rgb01, self.black, self.blur, self.h, self.w = rgb01, black, blur, h, w
+        self.ups = {m: upsample_maps(maps[m], h) for m in maps}
+        self.ranks = {}
+        for m in maps:
+            orders = torch.from_numpy(_orders(self.ups[m])).to(rgb01.device)
+            r = torch.empty_like(orders)
+            r.scatter_(1, orders, torch.arange(h * w, device=rgb01.device).expand(n, -1))
+            self.ranks[m] = r
+        self.counts = [round(k * h * w / steps) for k in range(steps + 1)]
+
+    def __call__(self, spec) -> torch.Tensor:
+        key, i = spec
+        rgb01 = self.rgb01
+        if key == ("black",):
+            return self.black[i]
+        if key == ("blur",):
+            return self.blur[i]
+        m = key[0]
+        if key[1] == "o":
+            return rgb01[i] * torch.from_numpy(self.ups[m][i]).to(rgb01.device, rgb01.dtype)[None]
+        mask = (self.ranks[m][i] < self.counts[key[2]]).to(rgb01.dtype).view(1, self.h, self.w)
+        if key[1] == "del":
+            return rgb01[i] * (1 - mask) + self.black[i] * mask
+        return self.blur[i] * (1 - mask) + rgb01[i] * mask
+
+
+def _probabilities(model: torch.nn.Module, preprocess: Callable, frames: _Frames, specs: list, cls: torch.Tensor,
+                   eval_batch: int) -> dict:
+    """{spec: the explained class's probability on that frame}, the frames in batches of ``eval_batch``."""
+    probs: dict = {}
+    device = cls.device
+    with torch.inference_mode():
+        for start in range(0, len(specs), eval_batch):
+            chunk = specs[start:start + eval_batch]
+            logits = model(preprocess(torch.stack([frames(spec) for spec in chunk]))).float()
+            idx = torch.tensor([i for _, i in chunk], device=device)
+            p = torch.softmax(logits, dim=1).gather(1, cls[idx][:, None]).squeeze(1).cpu().numpy()
+            probs.update({spec: float(v) for spec, v in zip(chunk, p)})
+    return probs
 
 
 def score_batch(model: torch.nn.Module, preprocess: Callable, rgb01: torch.Tensor, maps: np.ndarray,
