@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from campp_cli.io import inputs, names  # noqa: E402
-from campp_cli.io.names import output_keys  # noqa: E402
+from campp_cli.outputs.kinds import keys as output_keys  # noqa: E402
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from .commands.planner import Planner
 from .errors import UsageError
 from .io import decode
 from .io.inputs import Job
+from .outputs.kinds import key
 from .run.options import Options, Result
 from .run.stages import Command, ExplainedRow, result_of
 from .settings import DEFAULT_ALPHA, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
@@ -72,7 +73,7 @@ class ImageExplanation:
 
     def figure(self) -> Image.Image:
         """The comparison figure: the input and one overlay per method."""
-        return Image.fromarray(self.figures[""])
+        return Image.fromarray(self.figures[key("comparison")])
 
     def _method(self, method: str) -> str:
         if method not in self.maps:
@@ -80,10 +81,10 @@ class ImageExplanation:
         return method
 
     def overlay(self, method: str = "gradcampp") -> Image.Image:
-        return Image.fromarray(self.figures[f"_{self._method(method)}_overlay"])
+        return Image.fromarray(self.figures[key("overlay", self._method(method))])
 
     def heatmap(self, method: str = "gradcampp") -> Image.Image:
-        return Image.fromarray(self.figures[f"_{self._method(method)}_heatmap"])
+        return Image.fromarray(self.figures[key("heatmap", self._method(method))])
 
     def save(self, folder: str | os.PathLike = "output", name: str = "explained", format: str = "jpeg"
              ) -> list[str]:
@@ -117,7 +118,7 @@ class ImageExplanation:
             self.figure().show()
 
     def _repr_png_(self) -> bytes:
-        return _png(self.figures[""])
+        return _png(self.figures[key("comparison")])
 
     def _repr_html_(self) -> str:
         data = base64.b64encode(self._repr_png_()).decode("ascii")

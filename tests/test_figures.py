@@ -14,7 +14,7 @@ import pytest
 from conftest import read_terminal, write_image
 from PIL import Image
 
-from campp_cli.draw import encode, geometry, panels
+from campp_cli.draw import geometry, panels
 from campp_cli.draw.figures import render
 from campp_cli.run.stages import ExplainedRow
 
@@ -288,6 +288,15 @@ def test_format_png_for_a_folder_and_resuming_it(run_cli, tmp_path):
 
 
 def test_every_format_has_an_encoder():
+    """Every figure format --format offers is a registered file format whose encoder gives the bytes of that
+    format (a file of it is whole by its own check)."""
+    import io
+
+    from campp_cli.io.formats import FILE_FORMATS
     from campp_cli.settings import FORMATS
 
-    assert set(encode.ENCODERS) == set(FORMATS)
+    assert {f.name for f in FILE_FORMATS if f.figure} == set(FORMATS)
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    for fmt in FILE_FORMATS:
+        data = fmt.encode(rgb if fmt.figure else rgb[..., 0].astype(np.float32))
+        assert fmt.whole(io.BytesIO(data), len(data)) and not fmt.whole(io.BytesIO(data[:-4]), len(data) - 4)

@@ -309,7 +309,7 @@ def test_two_nodes_share_the_work(two_nodes, photos, tmp_path):
 
 @pytest.mark.slow
 def test_a_worker_that_dies_is_retried_and_nothing_is_lost(two_nodes, photos, tmp_path):
-    from campp_cli.io import durable
+    from campp_cli.io import formats
     from campp_cli.models.loading import load_classifier
     from campp_cli.run.engines import ray as ray_engine
     from campp_cli.run.options import Options
@@ -322,7 +322,7 @@ def test_a_worker_that_dies_is_retried_and_nothing_is_lost(two_nodes, photos, tm
     assert (trap / "fired").exists(), "the trap did not kill a worker"
     assert (summary.done, summary.failed) == (8, 0)
     for r in results:
-        assert len(r.outputs) == 5 and all(durable.is_complete(p) for p in r.outputs)
+        assert len(r.outputs) == 5 and all(formats.is_complete(p) for p in r.outputs)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".campp-")]  # no journal, no temporary
 
 

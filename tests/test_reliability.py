@@ -22,7 +22,7 @@ from conftest import IMAGES, REPO, fresh_campp, write_image
 from PIL import Image
 
 from campp_cli.errors import InputError, OutputError, WeightsError
-from campp_cli.io import decode, durable, tempfiles
+from campp_cli.io import decode, durable, formats, tempfiles
 
 LITE = ["--arch", "efficientnet_lite0"]
 SET = ["", "_gradcam_heatmap", "_gradcam_overlay", "_gradcampp_heatmap", "_gradcampp_overlay"]
@@ -167,7 +167,7 @@ def test_2_sigkill_at_every_rename(tmp_path):
             present = [s for s in SET if (out / f"{stem}{s}.jpeg").exists()]
             assert present in ([], SET), (k, stem, present)  # whole sets or nothing
             if present:
-                assert all(durable.is_complete(out / f"{stem}{s}.jpeg") for s in SET)
+                assert all(formats.is_complete(out / f"{stem}{s}.jpeg") for s in SET)
                 complete.append(stem)
         assert not [p for p in out.iterdir() if p.name.startswith(".campp-")], k
         proc = subprocess.run([sys.executable, "-c", KILLABLE_RUN, src, out, "1"], cwd=REPO, capture_output=True,
@@ -198,7 +198,7 @@ def test_2_sigterm_is_an_abort_with_consistent_files(tmp_path):
     on_disk = sorted(p.name for p in out.glob("*.jpeg") if not p.stem.endswith(("heatmap", "overlay")))
     assert sorted(Path(d["outputs"][0]).name for d in done) == on_disk  # the log matches the disk
     for d in done:
-        assert all(durable.is_complete(p) for p in d["outputs"])
+        assert all(formats.is_complete(p) for p in d["outputs"])
     assert not list(out.glob(".campp-*"))
 
 
@@ -229,7 +229,7 @@ def test_4_empty_and_truncated_outputs_are_redone(run_cli, tmp_path):
     (out / "p2_gradcampp.npy").write_bytes(npy[:-8])
     code, _, err = run_cli(*args)
     assert code == 0 and "3 done, 0 skipped" in err, err
-    assert durable.is_complete(out / "p1.jpeg") and np.load(out / "p2_gradcampp.npy").shape == (7, 7)
+    assert formats.is_complete(out / "p1.jpeg") and np.load(out / "p2_gradcampp.npy").shape == (7, 7)
 
 
 # --------------------------------------------------------------------------- 5. JSONL is never torn
@@ -477,7 +477,7 @@ def test_13_closed_and_full_streams(tmp_path):
     lines = proc.stderr.decode().strip().splitlines()
     assert proc.returncode == 1 and "--jsonl /dev/full: cannot write" in lines[-1], lines
     for folder in "bcd":  # whatever was written is whole
-        assert all(durable.is_complete(p) for p in (tmp_path / folder).glob("*.jpeg"))
+        assert all(formats.is_complete(p) for p in (tmp_path / folder).glob("*.jpeg"))
 
 
 def test_14_library_chatter_is_silenced(tmp_path):
@@ -605,7 +605,7 @@ def test_fuzz_2000_mutated_files_in_one_run(tmp_path):
         if r["error"] is not None:
             assert r["error"].startswith(r["input"] + ": ") and "\n" not in r["error"]
         else:
-            assert len(r["outputs"]) == 5 and all(durable.is_complete(p) for p in r["outputs"])
+            assert len(r["outputs"]) == 5 and all(formats.is_complete(p) for p in r["outputs"])
     failed = sum(r["error"] is not None for r in results)
     print(f"\n[fuzz] 2000 mutated files: {2000 - failed} explained, {failed} refused, each naming its file")
 

@@ -143,7 +143,7 @@ def test_records_assets_and_failures(tmp_path):
     assert one["disagreement"] == 0.25 and one["class_index"] == 1 and one["thumb_size"] == [240, 120]
     assert two["error"] == "x/two.png: not an image" and three["skipped"]
     folder = tmp_path / "r_files" / "000"
-    assert sorted(p.name for p in folder.iterdir()) == ["000000_gradcam.jpeg", "000000_photo.jpeg",
+    assert sorted(p.name for p in folder.iterdir()) == ["000000_heatmap_gradcam.jpeg", "000000_photo.jpeg",
                                                        "000000_thumb.jpeg"]
     assert Image.open(folder / "000000_thumb.jpeg").size == (64, 32)
 
@@ -302,8 +302,8 @@ def test_classify_report_of_a_real_run(classify_run, capsys):
         else:
             assert record["true_class"] == truth and record["correct"] == int(line["top5"][0]["name"] == truth)
         i = data["records"].index(record)
-        for kind in ["thumb", "photo", *METHODS]:
-            with Image.open(base / "report_files" / rp.asset_name(i, kind)) as im:
+        for kind, method in [("thumb", None), ("photo", None), *[("heatmap", m) for m in METHODS]]:
+            with Image.open(base / "report_files" / rp.asset_name(i, kind, method)) as im:
                 im.load()
                 if kind == "thumb":
                     assert im.height == cards.THUMB_HEIGHT
@@ -315,7 +315,8 @@ def test_classify_report_of_a_real_run(classify_run, capsys):
 
 def _slot_files(base: Path, data: dict, record: dict) -> list[Path]:
     slot = record.get("image_slot", data["records"].index(record))
-    return [base / "r_files" / rp.asset_name(slot, kind) for kind in ["thumb", "photo", *data["methods"]]]
+    return [base / "r_files" / rp.asset_name(slot, kind, method)
+            for kind, method in [("thumb", None), ("photo", None), *[("heatmap", m) for m in data["methods"]]]]
 
 
 def test_a_resumed_run_shows_what_the_earlier_run_found(tmp_path):
@@ -664,7 +665,7 @@ def test_every_image_address_the_page_builds_survives_a_quote_in_the_report_name
     assert len(thumbs) == 2 and len(panels) == 3  # the photo, and the photo under the one method's heatmap
     for src in thumbs + panels:
         assert (page.parent / unquote(src)).is_file(), src
-    assert sorted(set(Path(unquote(s)).name for s in panels)) == ["000000_gradcam.jpeg", "000000_photo.jpeg"]
+    assert sorted(set(Path(unquote(s)).name for s in panels)) == ["000000_heatmap_gradcam.jpeg", "000000_photo.jpeg"]
     titles = _attributes(built["grid"], "span", "title")
     assert "photos/o'hara's cat.png" in titles and "photos/dog.png" in titles
 

@@ -47,22 +47,7 @@ EXIT_FAILURE = 1
               help="What the figures show: " + "; ".join(f"{k}: {v}" for k, v in DISPLAYS.items()) + ".")
 @report_options
 def classify(quiet: bool, files, **params) -> None:
-    """Explain photos: top-5 classes on stdout, figures per photo in the output folder.
-
-    \b
-    Writes, for -o NAME.jpeg and each METHOD of --methods (default gradcam,gradcampp):
-      NAME.jpeg                    the input and one panel per method
-      NAME_METHOD_heatmap.jpeg     JET heatmap of the method's map
-      NAME_METHOD_overlay.jpeg     heatmap blended over the input
-      NAME_METHOD.npy              with --save-maps
-      NAME_guided_METHOD.jpeg      with --guided
-
-    \b
-    Several photos (one model load, batched):
-      campp classify -f photos/ --recursive --jsonl results.jsonl
-      campp classify -f 'val/*.JPEG' -o '{stem}_cam.jpeg' --skip-existing
-      campp classify -f val/ --recursive --report val.html --labels-from-folders
-    """
+    # The help is classify.__doc__ below: its list of files comes from the output kinds.
     from ..run.run import Run
     from .main import command_line
 
@@ -74,6 +59,29 @@ def classify(quiet: bool, files, **params) -> None:
         printer.close()
     if summary.failed:
         sys.exit(EXIT_FAILURE)
+
+
+def _help() -> str:
+    from ..outputs.kinds import file_list
+
+    rows = file_list()
+    width = max(len(name) for name, _ in rows) + 4
+    files = "\n".join(f"  {name:<{width}}{what}" for name, what in rows)
+    return f"""Explain photos: top-5 classes on stdout, figures per photo in the output folder.
+
+\b
+Writes, for -o NAME.jpeg and each METHOD of --methods (default gradcam,gradcampp):
+{files}
+
+\b
+Several photos (one model load, batched):
+  campp classify -f photos/ --recursive --jsonl results.jsonl
+  campp classify -f 'val/*.JPEG' -o '{{stem}}_cam.jpeg' --skip-existing
+  campp classify -f val/ --recursive --report val.html --labels-from-folders
+"""
+
+
+classify.help = _help()
 
 
 class ClassifyPrinter(Printer):

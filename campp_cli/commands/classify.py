@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..draw.figures import render
-from ..io.durable import is_complete
+from ..io.formats import is_complete
 from ..io.inputs import Job
 from ..io.names import output_stem, prepare_output_dir
+from ..outputs import kinds
 from ..outputs.files import make_output_folder, write_outputs
 from ..run.options import Options, Result
 from ..run.stages import Command, ExplainedRow, result_of
@@ -33,7 +34,8 @@ class ClassifyCommand(Command):
         self.cards = cards
 
     def is_done(self, job: Job) -> "Result | None":
-        paths = job.output_paths(self.options.methods, self.options.save_maps, self.options.guided)
+        o = self.options
+        paths = job.output_paths(kinds.keys(o.methods, save_maps=o.save_maps, guided=o.guided))
         if self.options.skip_existing and job.error is None and all(is_complete(p) for p in paths):
             return Result(str(job.source), -1, "", 0.0, [], [str(p) for p in paths], skipped=True)
         return None

@@ -32,10 +32,11 @@ class ClassifyPlanner(Planner):
 
     def plan_jobs(self) -> list:
         from ..io.jsonl import check_writable
-        from ..io.names import check_collisions, check_no_overwrite, folds_case, output_keys, prepare_output_dir
+        from ..io.names import check_collisions, check_no_overwrite, folds_case, prepare_output_dir
+        from ..outputs.kinds import keys as output_keys
 
         run, out_dir, output, fmt = self.run, self.output_dir, self.output, self.format
-        keys = output_keys(run.methods, self.drawing["save_maps"], self.drawing["guided"])
+        keys = output_keys(run.methods, save_maps=self.drawing["save_maps"], guided=self.drawing["guided"])
         self.jobs = self.plan(Path(out_dir), output, keys=keys, fmt=fmt)
         self.check_something_exists()
         named, files = {"--jsonl": self.jsonl, "--report": run.params.report}, [str(f) for f in run.params.files]

@@ -1,4 +1,4 @@
-"""Figures as file bytes: JPEG (Pillow) and PNG (OpenCV), by --format."""
+"""Figures as file bytes: JPEG (Pillow) and PNG (OpenCV); :mod:`campp_cli.io.formats` names them by --format."""
 
 from __future__ import annotations
 
@@ -29,6 +29,3 @@ def encode_png(rgb: np.ndarray) -> bytes:
         raise ValueError("PNG encoding failed")
     return data.tobytes()
 
-
-#: How figures are encoded, by --format (see campp_cli.settings.FORMATS).
-ENCODERS = {"jpeg": encode_jpeg, "png": encode_png}

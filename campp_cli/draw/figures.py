@@ -10,6 +10,7 @@ import numpy as np
 
 from ..cam.methods import get_method
 from ..errors import CamppError
+from ..outputs.kinds import key
 from ..settings import DEFAULT_ALPHA
 from .geometry import dimmed, on_region, region_pixels, resize_to, upsample
 from .panels import captioned, colorize, gradient_image, overlay, side_by_side, titled, with_colour_bar
@@ -78,21 +79,21 @@ def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None =
         explained = f"explained: {explained}"
     else:
         title = ["Input", explained]
-    figures: dict[str, np.ndarray] = {"": seen}  # the comparison first; drawn below
+    figures: dict[str, np.ndarray] = {key("comparison"): seen}  # the comparison first; drawn below
     guided_figures: dict[str, np.ndarray] = {}
     panels = [titled(with_colour_bar(place(seen), blank=True), title)]
     for method, cam in row.maps.items():
         heat = colorize(upsample(cam, width, height))
         blended = place(overlay(seen, heat, alpha))
-        figures[f"_{method}_heatmap"] = place(heat)
-        figures[f"_{method}_overlay"] = blended
+        figures[key("heatmap", method)] = place(heat)
+        figures[key("overlay", method)] = blended
         spec = get_method(method)
         lines = [spec.title, explained if spec.class_specific else "class-agnostic"]
         panels.append(titled(with_colour_bar(blended), lines))
         if guided is not None:
             grad = guided.transpose(1, 2, 0)
             weighted = grad * upsample(cam, grad.shape[0])[..., None]
-            guided_figures[f"_guided_{method}"] = place(resize_to(gradient_image(weighted), width,
+            guided_figures[key("guided", method)] = place(resize_to(gradient_image(weighted), width,
                                                                          height))
-    figures[""] = captioned(side_by_side(panels), caption) if caption else side_by_side(panels)
+    figures[key("comparison")] = captioned(side_by_side(panels), caption) if caption else side_by_side(panels)
     return {**figures, **guided_figures}

@@ -300,35 +300,3 @@ def _undo_set(folder: Path, journal: str) -> int:
                 _unlink(target)
                 removed += 1
     return removed
-
-
-def is_complete(path: str | os.PathLike) -> bool:
-    """Whether an output file is whole: a JPEG from its start marker to its end marker, a .npy whose
-    size matches its header, any other file non-empty.  Links do not count."""
-    path = Path(path)
-    try:
-        if path.is_symlink() or not path.is_file():
-            return False
-        size = path.stat().st_size
-        if size == 0:
-            return False
-        suffix = path.suffix.lower()
-        with open(path, "rb") as fh:
-            if suffix in (".jpeg", ".jpg"):
-                head = fh.read(2)
-                fh.seek(-2, os.SEEK_END)
-                return head == b"\xff\xd8" and fh.read(2) == b"\xff\xd9"
-            if suffix == ".npy":
-                import numpy as np
-
-                version = np.lib.format.read_magic(fh)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
-                shape, _, dtype = read_header(fh)
-                return fh.tell() + int(np.prod(shape)) * dtype.itemsize == size
-            if suffix == ".png":
-                fh.seek(-12, os.SEEK_END)
-                return fh.read(12)[4:8] == b"IEND"
-    except (OSError, ValueError):
-        return False
-    return True

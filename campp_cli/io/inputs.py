@@ -44,13 +44,13 @@ class Job:
     root: Path | None = None  # the output folder out_dir lies in (never written through a link)
 
     def path(self, key: str) -> Path:
-        """The output file for a key of :func:`~campp_cli.io.names.output_keys`: "" for the comparison,
-        "_gradcam_heatmap"..., ".npy:gradcam" for a map."""
+        """The output file for an output key (:func:`campp_cli.outputs.kinds.keys`): "" for the comparison,
+        "_gradcam_heatmap"..., "_gradcam.npy" for a map."""
         return self.out_dir / names.name_of(self.stem, self.suffix, key)
 
-    def output_paths(self, methods, save_maps: bool = False, guided: bool = False) -> list[Path]:
-        """Every file this job writes for ``methods``, the comparison figure first."""
-        return [self.path(k) for k in names.output_keys(methods, save_maps, guided)]
+    def output_paths(self, keys: list[str]) -> list[Path]:
+        """The files of ``keys``, in their order."""
+        return [self.path(k) for k in keys]
 
 
 def _is_glob(text: str) -> bool:
@@ -275,7 +275,7 @@ def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool =
     """Jobs for the -f values: one named file keeps ``-o`` as given; several use a template.
 
     ``keys``: the name suffixes every job writes (figures and maps, see
-    :func:`~campp_cli.io.names.output_keys`); no two jobs get a file name in common.  ``writes``:
+    :func:`campp_cli.outputs.kinds.keys`); no two jobs get a file name in common.  ``writes``:
     whether ``out_root`` receives outputs (then it is never searched for inputs).  ``fmt``: --format, the
     figures' format when ``output`` does not name one (default: JPEG).  ``exclude``: other folders that
     receive outputs (the report's images), never searched either.  Where ``out_root`` lies on a disk

@@ -27,16 +27,6 @@ if TYPE_CHECKING:
 NAME_MAX = 255
 
 
-def figure_keys(methods, guided: bool = False) -> list[str]:
-    """Name suffixes of the figures for ``methods``, in the order they are written and reported."""
-    keys = [""]
-    for m in methods:
-        keys += [f"_{m}_heatmap", f"_{m}_overlay"]
-    if guided:
-        keys += [f"_guided_{m}" for m in methods]
-    return keys
-
-
 def format_of(suffix: str) -> str | None:
     """The --format a file suffix names ("jpeg", "png"), or None."""
     return next((f for f, suffixes in FORMATS.items() if suffix.lower() in suffixes), None)
@@ -138,15 +128,9 @@ def check_output_name(output: str | None, stem: str, suffix: str, keys: list[str
 
 
 def name_of(stem: str, suffix: str, key: str) -> str:
-    """The file name for a key: a figure's suffix ("", "_gradcam_heatmap") or ".npy:METHOD" for a map."""
-    if key.startswith(".npy:"):
-        return f"{stem}_{key[5:]}.npy"
-    return f"{stem}{key}{suffix}"
-
-
-def output_keys(methods, save_maps: bool = False, guided: bool = False) -> list[str]:
-    """Every file a job writes, as keys for :func:`name_of`."""
-    return figure_keys(methods, guided) + ([f".npy:{m}" for m in methods] if save_maps else [])
+    """The file name for an output key (:mod:`campp_cli.outputs.kinds`): a figure's ("", "_gradcam_heatmap")
+    takes the figures' ``suffix``; a key with a suffix of its own ("_gradcam.npy") keeps it."""
+    return f"{stem}{key}" if "." in key else f"{stem}{key}{suffix}"
 
 
 def input_files(specs: list[str]) -> list[Path]:

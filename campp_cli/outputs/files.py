@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 
-from ..draw.encode import ENCODERS
 from ..errors import OutputError
 from ..io.durable import write_all_atomic
 from ..io.inputs import Job
 from ..io.names import format_of
+from . import kinds
 
 
 def write_outputs(job: Job, figures: dict[str, np.ndarray], maps: dict[str, np.ndarray] | None = None) -> list[str]:
-    """Write every figure (and maps as .npy), all or nothing; return the paths in order."""
-    encode = ENCODERS[format_of(job.suffix) or "jpeg"]
-    files = {job.path(k): encode(v) for k, v in figures.items()}
+    """Write every figure (keyed by output key) and map (as its kind says), all or nothing; return the paths in
+    order."""
+    fmt = format_of(job.suffix) or "jpeg"
+    files = {job.path(k): kinds.encode(k, v, fmt) for k, v in figures.items()}
     for method, cam in (maps or {}).items():
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(cam, dtype=np.float32))
-        files[job.path(f".npy:{method}")] = buf.getvalue()
+        map_key = kinds.key("map", method)
+        files[job.path(map_key)] = kinds.encode(map_key, cam, fmt)
     write_all_atomic(files, source=str(job.source))
     return [str(p) for p in files]
 

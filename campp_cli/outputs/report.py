@@ -31,6 +31,7 @@ from ..io.names import is_stream
 from ..io.tempfiles import create_locked, short_tag, temp_name, write_fd
 from ..settings import DEFAULT_ALPHA, DEFAULT_REPORT_EVERY
 from . import report_cards as cards
+from .kinds import report_asset, report_patterns
 
 PER_FOLDER = 1000  # images per subfolder of FILE_files/
 _TEMPLATE = "report.html"
@@ -72,9 +73,10 @@ def assets_folder(path: str | os.PathLike) -> Path:
     return path.with_name(path.stem + "_files")
 
 
-def asset_name(index: int, kind: str) -> str:
-    """The path of an image's asset inside FILE_files/ (the page's script builds the same names)."""
-    return f"{index // PER_FOLDER:03d}/{index:06d}_{kind}.jpeg"
+def asset_name(index: int, kind: str, method: str | None = None) -> str:
+    """The path inside FILE_files/ of the card ``index``'s image of ``kind`` ("thumb", "photo", "heatmap" with
+    its ``method``; :mod:`campp_cli.outputs.kinds` names them, and the page's script builds the same names)."""
+    return f"{index // PER_FOLDER:03d}/{report_asset('report_' + kind, index, method)}"
 
 
 class Report:
@@ -232,9 +234,10 @@ class Report:
         return record
 
     def _write_assets(self, index: int, card: dict) -> None:
-        files = {"thumb": card["thumb"], "photo": card["photo"], **card["heatmaps"]}
-        for kind, data in files.items():
-            target = self.assets / asset_name(index, kind)
+        files = {asset_name(index, "thumb"): card["thumb"], asset_name(index, "photo"): card["photo"],
+                 **{asset_name(index, "heatmap", m): data for m, data in card["heatmaps"].items()}}
+        for name, data in files.items():
+            target = self.assets / name
             try:
                 if target.parent.name not in self._folders:
                     if target.parent.is_symlink():
@@ -262,6 +265,7 @@ class Report:
             "alpha": self.alpha,
             "assets": self.assets.name,
             "per_folder": PER_FOLDER,
+            "asset_names": report_patterns(),
             "truth": self.labels_from_folders,
             **cards.blob_columns(),
             "records": cards.as_rows(self.records),

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..draw.encode import encode_jpeg
 from ..draw.geometry import resize_to, upsample
+from .kinds import key
 
 #: Height in pixels of the card thumbnails (the comparison figure shrunk).
 THUMB_HEIGHT = 120
@@ -85,7 +86,7 @@ def card_assets(photo: np.ndarray, figures: dict[str, np.ndarray], maps: dict[st
     """The report's images of one image, encoded: the thumbnail of the comparison figure, the photo (the
     square the model saw, at panel size), each method's heatmap (from ``figures``, as
     :func:`campp_cli.stages.render` draws them); and how much the methods' ``maps`` disagree."""
-    comparison = figures[""]
+    comparison = figures[key("comparison")]
     h, w = comparison.shape[:2]
     tw = max(1, round(w * THUMB_HEIGHT / h))
     thumb = resize_to(comparison, tw, THUMB_HEIGHT)
@@ -93,7 +94,7 @@ def card_assets(photo: np.ndarray, figures: dict[str, np.ndarray], maps: dict[st
         "thumb": encode_jpeg(thumb, THUMB_QUALITY),
         "size": [tw, THUMB_HEIGHT],
         "photo": encode_jpeg(photo, ASSET_QUALITY),
-        "heatmaps": {m: encode_jpeg(figures[f"_{m}_heatmap"], ASSET_QUALITY) for m in maps},
+        "heatmaps": {m: encode_jpeg(figures[key("heatmap", m)], ASSET_QUALITY) for m in maps},
         "disagreement": disagreement(maps),
     }
 
