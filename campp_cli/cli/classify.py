@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..cam.methods import needs_any
+from ..cam.methods import needs_any, settings_in_words
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_OUTPUT_DIR, DISPLAYS, FORMATS
 from .console import echo, say
 from .options import engine_options, input_options, model_options, report_options, run_options
@@ -112,8 +112,10 @@ class ClassifyPrinter(Printer):
         echo(f"{result.input}: top-5")
         for rank, (c, name, p) in enumerate(result.top5, 1):
             echo(f"  {rank}. {c:4d} {name:<32s} {p:.4f}")
+        variants = "".join(f", {label} {value}" for label, value in settings_in_words(self.run.methods,
+                                                                                      self.run.settings))
         echo(f"explained: {result.class_index} {result.class_name} (p={result.probability:.4f}, {how}, methods "
-             f"{','.join(self.run.methods)}, Grad-CAM++ variant {self.run.settings.get('variant', 'official')})")
+             f"{','.join(self.run.methods)}{variants})")
         for path in result.outputs:
             echo(f"wrote {path}")
 

@@ -9,17 +9,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .. import __version__
 from ..cam.methods import title
 from ..draw import geometry, panels
 from ..draw.figures import render
+from ..models.devices import default_eval_batch, versions
 from ..run.options import Options, Result
 from ..run.stages import Command, ExplainedRow, result_of
 from ..settings import DEFAULT_ALPHA
@@ -90,11 +89,6 @@ class EvaluateCommand(Command):
                                                for m, cam in row.maps.items()}}
 
 
-def default_eval_batch(device) -> int:
-    """Perturbed images per forward pass: a GPU wants hundreds; on a CPU more than a few dozen gains nothing."""
-    return 256 if getattr(device, "type", str(device)).startswith("cuda") else 32
-
-
 def summarise(results: list[Result], methods, resamples: int = 2000) -> dict:
     """{method: n, metrics and 95 % intervals} over the images that were scored."""
     from . import metrics
@@ -155,7 +149,6 @@ def win_matrix(results: list[Result], methods) -> dict[str, dict[str, float]]:
 def report(results: list[Result], clf: Classifier, options: Options, steps: int, failed: int,
            command: "EvaluateCommand | None" = None) -> dict:
     """The --json document."""
-    import torch
 
     from . import metrics
 
@@ -164,7 +157,7 @@ def report(results: list[Result], clf: Classifier, options: Options, steps: int,
         "win_percent": win_matrix(results, options.methods),
         "model": clf.arch,
         "layer": clf.layer,
-        "variant": options.variant,
+        "settings": options.settings,
         "label": options.label,
         "steps": steps,
         "forward_passes_per_image": metrics.passes_per_image(len(options.methods), steps),
@@ -173,7 +166,7 @@ def report(results: list[Result], clf: Classifier, options: Options, steps: int,
         "images": sum(1 for r in results if "scores" in r.extra),
         "failed": failed,
         "weights": clf.weights_source,
-        "versions": {"campp": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": versions(),
     }
     if command is not None and command.boxes is not None:
         located, counts = localisation(results, options.methods, command.deltas)

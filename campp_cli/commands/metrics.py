@@ -26,6 +26,8 @@ import cv2
 import numpy as np
 import torch
 
+from ..draw.geometry import upsample
+
 #: RISE's insertion baseline: a Gaussian blur of the image (kernel 11, sigma 5 at 224 pixels).
 BLUR_KERNEL = 11
 BLUR_SIGMA = 5.0
@@ -45,8 +47,7 @@ def class_probability(model: torch.nn.Module, preprocess, rgb01: torch.Tensor, c
 
 def upsample_maps(maps: np.ndarray, size: int) -> np.ndarray:
     """(N, h, w) maps in [0, 1] -> (N, size, size), bilinear, as the figures show them."""
-    return np.stack([np.clip(cv2.resize(m.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR),
-                             0.0, 1.0) for m in maps])
+    return np.stack([upsample(m, size) for m in maps])
 
 
 def average_drop(y: np.ndarray, o: np.ndarray) -> float:

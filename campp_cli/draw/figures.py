@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..cam.methods import get_method
+from ..cam.methods import get_method, settings_in_words
 from ..errors import CamppError
 from ..outputs.kinds import key
 from ..settings import DEFAULT_ALPHA
@@ -32,8 +32,9 @@ def percent(p: float) -> str:
 
 def figure_caption(clf: Classifier, options: Options) -> str:
     """The strip under a comparison figure: what was explained, where, and how."""
-    variant = f", Grad-CAM++ {options.variant}" if "gradcampp" in options.methods else ""
-    return f"model {clf.arch} | layer {layer_label(clf.module, clf.layer)}{variant}"
+    variants = "".join(f", {label.rsplit(' ', 1)[0]} {value}"
+                       for label, value in settings_in_words(options.methods, options.settings))
+    return f"model {clf.arch} | layer {layer_label(clf.module, clf.layer)}{variants}"
 
 
 def layer_label(module, layer) -> str:

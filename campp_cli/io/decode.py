@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ..settings import DEFAULT_MAX_PIXELS
 
 # Pillow allocates a large image in 16 MB blocks, which glibc serves from per-thread heaps that keep
@@ -184,7 +184,7 @@ def _decode(fh, name: str, max_pixels: int, budget: PixelBudget | None, use=None
     except UnidentifiedImageError:
         raise InputError(f"{name}: not an image format campp can read") from None
     except Exception as exc:  # decoders of hostile bytes raise anything; one line for all
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         if "truncated" in reason.lower():
             reason = "truncated image data"
         raise InputError(f"{name}: cannot decode image: {reason}") from None

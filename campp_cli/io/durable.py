@@ -129,6 +129,25 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     write_all_atomic({Path(path): data})
 
 
+def replace_unsynced(target: Path, data: bytes) -> None:
+    """``target`` replaced by ``data`` in one rename (readers see the old image or the new one); not synced:
+    a report's images can be made again, and a run writes thousands.  The temporary file is locked while it
+    exists, so that another run's recovery leaves it alone (see :func:`recover`)."""
+    tmp = target.with_name(temp_name(f"{short_tag(target.name)}.part"))
+    fd = create_locked(tmp)
+    try:
+        write_fd(fd, data)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    finally:
+        os.close(fd)
+
+
 _counter = itertools.count()
 
 

@@ -49,6 +49,26 @@ def describe_device(device: torch.device) -> str:
     return "cpu"
 
 
+def on_cuda(device: "torch.device | str") -> bool:
+    return getattr(device, "type", str(device)).startswith("cuda")
+
+
 def default_batch_size(device: "torch.device | str") -> int:
     """Big enough to keep the device busy, small enough for memory (VGG16 at 224: ~0.1 GB an image on CUDA)."""
-    return 32 if getattr(device, "type", str(device)).startswith("cuda") else 8
+    return 32 if on_cuda(device) else 8
+
+
+def default_eval_batch(device: "torch.device | str") -> int:
+    """Perturbed images per forward pass: a GPU wants hundreds; on a CPU more than a few dozen gains nothing."""
+    return 256 if on_cuda(device) else 32
+
+
+def versions() -> dict[str, str]:
+    """What a run's records name: campp's, torch's and Python's versions."""
+    import platform
+
+    import torch
+
+    from .. import __version__
+
+    return {"campp": __version__, "torch": torch.__version__, "python": platform.python_version()}

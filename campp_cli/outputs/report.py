@@ -26,9 +26,8 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import OutputError, UsageError
-from ..io.durable import recover, write_atomic
+from ..io.durable import recover, replace_unsynced, write_atomic
 from ..io.names import is_stream
-from ..io.tempfiles import create_locked, short_tag, temp_name, write_fd
 from ..settings import DEFAULT_ALPHA, DEFAULT_REPORT_EVERY
 from . import report_cards as cards
 from .kinds import report_asset, report_patterns
@@ -244,7 +243,7 @@ class Report:
                         raise OSError(40, "a symbolic link (campp never writes through links)")
                     target.parent.mkdir(exist_ok=True)
                     self._folders.add(target.parent.name)
-                _replace(target, data)
+                replace_unsynced(target, data)
             except OSError as exc:
                 raise OutputError(f"--report {self.path}: cannot write {target} ({_reason(exc)}); "
                                   f"the run stops here") from None
@@ -301,25 +300,6 @@ class Report:
 def _reason(exc: OSError) -> str:
     """What an OSError says went wrong, without its errno and path (the message names the path)."""
     return str(exc.strerror or exc)
-
-
-def _replace(target: Path, data: bytes) -> None:
-    """``target`` replaced by ``data`` in one rename (readers see the old image or the new one); not synced:
-    a report's images can be made again, and a run writes thousands.  The temporary file is locked while it
-    exists, so that another run's recovery leaves it alone (see :func:`campp_cli.images.recover`)."""
-    tmp = target.with_name(temp_name(f"{short_tag(target.name)}.part"))
-    fd = create_locked(tmp)
-    try:
-        write_fd(fd, data)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    finally:
-        os.close(fd)
 
 
 def _titles(methods: list[str]) -> dict[str, str]:

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cam.methods import DEFAULT_METHODS, parse_methods
+from ..cam.methods import DEFAULT_METHODS, check_method_settings, parse_methods
 from ..errors import CamppError
 from ..settings import DEFAULT_ALPHA, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 
@@ -41,17 +41,13 @@ class Options:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", parse_methods(self.methods))
-        object.__setattr__(self, "settings", dict(self.settings or {}))
+        # Every setting of the methods, checked, defaults filled: the same options give the same run.
+        object.__setattr__(self, "settings", check_method_settings(dict(self.settings or {}), self.methods))
         if self.workers is None:
             object.__setattr__(self, "workers", default_workers())
 
     def replace(self, **changes) -> "Options":
         return dataclasses.replace(self, **changes)
-
-    @property
-    def variant(self) -> str:
-        """Grad-CAM++'s variant, as the figures' captions and the report's header name it."""
-        return self.settings.get("variant", "official")
 
 
 @dataclass

@@ -177,22 +177,20 @@ class Run:
         """The --report being written for this run, or None."""
         if self.params.report is None:
             return None
-        import platform
         import time
 
-        import torch
-
-        from .. import __version__
-        from ..models.devices import describe_device
+        from ..cam.methods import settings_in_words
+        from ..models.devices import describe_device, versions
         from ..outputs.report import Report
 
         label, engine = options.label, self.params.engine
         header = {
             "argv": self.argv or argv_line(),
-            "model": clf.arch, "weights": clf.weights_source, "layer": clf.layer, "variant": options.variant,
+            "model": clf.arch, "weights": clf.weights_source, "layer": clf.layer,
+            "settings": settings_in_words(options.methods, options.settings),
             "label": "the predicted class" if label == -1 else f"{label} {clf.categories[label]} (-l)",
             "device": describe_device(clf.device) if get_engine(engine).on_this_machine else f"--engine {engine}",
-            "versions": {"campp": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            "versions": versions(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         return Report(self.params.report, self.command, header, list(options.methods), clf.categories,

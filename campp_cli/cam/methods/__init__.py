@@ -218,6 +218,19 @@ def check_method_settings(given: dict[str, Any], names: str | Iterable[str] | No
     return {s.name: s.default if checked.get(s.name) is None else checked[s.name] for s in wanted}
 
 
+def settings_in_words(names, settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) for each setting of the methods ``names`` that picks a variant of its method (a setting
+    with choices), as captions, the CLI's summary line and the report's header show them:
+    ``("Grad-CAM++ variant", "official")``."""
+    out = []
+    for name in parse_methods(names):
+        method = get_method(name)
+        for setting in method.settings:
+            if setting.choices is not None and setting.name in settings:
+                out.append((f"{method.title} {setting.name}", str(settings[setting.name])))
+    return out
+
+
 def title(name: str) -> str:
     return get_method(name).title
 
