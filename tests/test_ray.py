@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -451,8 +450,10 @@ def test_a_signal_stops_a_ray_run_as_it_stops_a_local_one(tmp_path, sig, code, w
     on_disk = sorted(p.name for p in out.iterdir() if p.name.endswith(".jpeg") and "_" not in p.name)
     assert sorted(Path(line["outputs"][0]).name for line in lines) == on_disk
     assert len([s for s in stdout.splitlines() if " -> " in s]) == len(lines)
-    data = json.loads(re.search(r'id="campp-data">(.*?)</script>', report.read_text(), re.S).group(1))
-    assert sorted(r["n"] for r in data["records"]) == sorted(line["input"] for line in lines)
+    from test_report import page_data
+
+    data = page_data(report)
+    assert sorted(r["input"] for r in data["records"]) == sorted(line["input"] for line in lines)
     assert not [p for p in out.iterdir() if p.name.startswith(".campp-")]  # no temporary or journal left
 
 

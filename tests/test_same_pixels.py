@@ -90,11 +90,11 @@ def test_classify_evaluate_and_the_notebook_see_the_same_input(photos, run_cli, 
     notebook_name = [""]
     real = stages.explain_rows
 
-    def spy(rows, clf, options, command):
+    def spy(rows, clf, options, command, *more):
         for row in rows:
             name = Path(row.job.source).name if row.job is not None else notebook_name[0]  # explain_image: none
             seen[(tag, name)] = row.model_input.copy()
-        return real(rows, clf, options, command)
+        return real(rows, clf, options, command, *more)
 
     monkeypatch.setattr(stages, "explain_rows", spy)
     monkeypatch.setattr("campp_cli.run.stages.explain_rows", spy)
