@@ -37,7 +37,7 @@ class EvaluatePlanner(Planner):
         deltas, boxes, plot = self.deltas, self.boxes_dir, self.outputs["plot"]
         self.deltas = boxes_.parse_deltas(deltas) if isinstance(deltas, str) else tuple(deltas)
         self.annotations = boxes_.load_folder(boxes) if boxes is not None else None
-        if plot is not None and not plot.lower().endswith(".png"):
+        if plot is not None and not str(plot).lower().endswith(".png"):
             raise UsageError("give a .png file name", param="plot", value=plot)
         self.jobs = self.plan(Path("."), None, writes=False)
         self.check_something_exists()
