@@ -43,31 +43,48 @@ class CamppError(Exception):
     ``param`` names the parameter at fault as the library calls it (``methods``, ``label``) and ``value``
     the value given: the message reads ``"label 1001: out of range ..."`` from Python, and the CLI, which
     knows each parameter's flag, prints ``"-l 1001: out of range ..."`` (:meth:`worded`).
+
+    A message may write parameters itself, each as ``{name}``: ``param``'s own and those listed in ``also``;
+    one that starts with ``{param}`` (a sentence: "{output_dir} x is the folder given with {files} y") gets
+    nothing put in front of it, ``value`` is then only kept.  :meth:`worded` fills each in as its flag, or as
+    the library's name::
+
+        UsageError("{jsonl} a.txt and {report} a.txt are the same file", param="jsonl", value="a.txt",
+                   also=("report",))
+
+    reads ``jsonl a.txt and report a.txt ...`` from Python and ``--jsonl a.txt and --report a.txt ...`` on
+    the command line.  Only the names of ``param`` and ``also`` are filled in: other braces (``{stem}``)
+    stay as written.
     """
 
     #: Process exit code the CLI uses for this error.
     exit_code = 1
 
-    def __init__(self, message: str, *, param: str | None = None, value: object = None):
+    def __init__(self, message: str, *, param: str | None = None, value: object = None,
+                 also: tuple[str, ...] = ()):
         self.text = message
         self.param = param
         self.value = value
+        self.also = tuple(also)
         super().__init__(self.worded())
 
     def worded(self, flags: dict[str, str] | None = None) -> str:
-        """The message, its parameter named by ``flags[param]`` (a flag) where given, else as the library's."""
-        if self.param is None:
-            return self.text
-        name = (flags or {}).get(self.param, self.param)
+        """The message, its parameters named by ``flags[name]`` (a flag) where given, else as the library's."""
+        flags = flags or {}
+        text = self.text
+        for name in (self.param, *self.also) if self.param is not None else self.also:
+            text = text.replace(f"{{{name}}}", flags.get(name, name))
+        if self.param is None or self.text.startswith(f"{{{self.param}}}"):
+            return text
         value = "" if self.value is None else f" {clip(self.value)}"
-        return f"{name}{value}: {self.text}"
+        return f"{flags.get(self.param, self.param)}{value}: {text}"
 
     @property
     def message(self) -> str:
         return self.worded()
 
     def __reduce__(self):  # an engine ships errors between processes: keep the parameter
-        return _rebuild, (type(self), self.text, self.param, self.value)
+        return _rebuild, (type(self), self.text, self.param, self.value, self.also)
 
     def __str__(self) -> str:
         return self.message
@@ -95,5 +112,5 @@ class ModelError(CamppError):
     """The model misbehaves at run time (for example non-finite logits)."""
 
 
-def _rebuild(cls, text: str, param: str | None, value: object) -> CamppError:
-    return cls(text, param=param, value=value)
+def _rebuild(cls, text: str, param: str | None, value: object, also: tuple[str, ...] = ()) -> CamppError:
+    return cls(text, param=param, value=value, also=also)

@@ -101,7 +101,7 @@ class ImageExplanation:
         stem, suffix = output_stem(str(name), format, ("name", "folder", "format"))
         out = Path(folder)
         job = Job(Path(self.source), out, stem, suffix, root=out)
-        check_no_overwrite([job], list(self.figures), {}, [])
+        check_no_overwrite([job], list(self.figures), {}, [], folder="folder")
         make_output_folder(job)
         return write_outputs(job, self.figures)
 

@@ -90,7 +90,7 @@ def test_labels_from_an_endless_stream_are_refused(tmp_path, monkeypatch):
 
 def test_list_from_an_endless_stream_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(inputs, "MAX_LIST_BYTES", 1 << 20)
-    with pytest.raises(UsageError, match=r"-f @/dev/zero: the list is larger than 1 MB"):
+    with pytest.raises(UsageError, match=r"^files @/dev/zero: the list is larger than 1 MB"):
         inputs.plan(["@/dev/zero"], tmp_path / "out", None)
 
 

@@ -854,7 +854,7 @@ def test_24_7_a_jsonl_line_is_whole_or_absent_on_a_full_disk(tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(jsonl.os, "write", full_disk)
-    with pytest.raises(OutputError, match="--jsonl .*r.jsonl: cannot write \\(No space left on device"):
+    with pytest.raises(OutputError, match="^jsonl .*r.jsonl: cannot write \\(No space left on device"):
         log.write({"input": "second.png", "class": 2, "outputs": ["x" * 100]})
     monkeypatch.setattr(jsonl.os, "write", real)
     log.close()
@@ -980,5 +980,5 @@ def test_24_21_names_equal_but_for_case_or_normalisation_are_told_apart(tmp_path
 
     one = inputs.plan([str(photos / "cat.png")], tmp_path / "o", None, keys=keys)  # o/cat.jpeg...
     with pytest.raises(UsageError, match="CAT.jpeg is also the output"):
-        names.check_collisions(one, keys, {"--jsonl": tmp_path / "o" / "CAT.jpeg"}, [], folds=True)
-    names.check_collisions(one, keys, {"--jsonl": tmp_path / "o" / "CAT.jpeg"}, [], folds=False)
+        names.check_collisions(one, keys, {"jsonl": tmp_path / "o" / "CAT.jpeg"}, [], folds=True)
+    names.check_collisions(one, keys, {"jsonl": tmp_path / "o" / "CAT.jpeg"}, [], folds=False)

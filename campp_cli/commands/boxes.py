@@ -106,11 +106,11 @@ def load_folder(folder: str | os.PathLike) -> dict[str, Annotation]:
     """{file stem: Annotation} for every ``*.xml`` in ``folder`` (not recursive)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UsageError(f"--boxes {folder}: not a folder")
+        raise UsageError("not a folder", param="boxes", value=folder)
     try:
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".xml")
     except OSError as exc:
-        raise UsageError(f"--boxes {folder}: cannot read the folder ({exc.strerror or exc})") from None
+        raise UsageError(f"cannot read the folder ({exc.strerror or exc})", param="boxes", value=folder) from None
     return {p.stem: read_voc(p) for p in files}
 
 
@@ -209,11 +209,14 @@ def key(delta: float) -> str:
     return f"{delta:g}"
 
 
+_DELTAS = "give numbers in [0, 1), comma-separated (e.g. 0,0.25,0.5)"
+
+
 def parse_deltas(text: str) -> tuple[float, ...]:
     try:
         deltas = tuple(float(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise UsageError(f"--delta {text}: give numbers in [0, 1), comma-separated (e.g. 0,0.25,0.5)") from None
+        raise UsageError(_DELTAS, param="deltas", value=text) from None
     if not deltas or not all(0 <= d < 1 for d in deltas):
-        raise UsageError(f"--delta {text}: give numbers in [0, 1), comma-separated (e.g. 0,0.25,0.5)")
+        raise UsageError(_DELTAS, param="deltas", value=text)
     return deltas

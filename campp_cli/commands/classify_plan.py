@@ -39,10 +39,10 @@ class ClassifyPlanner(Planner):
         keys = output_keys(run.methods, save_maps=self.drawing["save_maps"], guided=self.drawing["guided"])
         self.jobs = self.plan(Path(out_dir), output, keys=keys, fmt=fmt)
         self.check_something_exists()
-        named, files = {"--jsonl": self.jsonl, "--report": run.params.report}, [str(f) for f in run.params.files]
+        named, files = {"jsonl": self.jsonl, "report": run.params.report}, [str(f) for f in run.params.files]
         check_no_overwrite(self.jobs, keys, named, files)
         check_collisions(self.jobs, keys, named, files, self.report_files(), folds=folds_case(out_dir))
-        check_writable("--jsonl", self.jsonl)
+        check_writable("jsonl", self.jsonl)
         report = run.params.report
         if report is not None and os.path.dirname(os.path.abspath(report)) == os.path.abspath(out_dir):
             prepare_output_dir(out_dir)  # --report output/report.html: the output folder is made for it

@@ -26,7 +26,7 @@ class EvaluatePlanner(Planner):
                          labels=p.labels)
         self.steps, self.eval_batch, self.boxes_dir, self.deltas = steps, eval_batch, boxes, deltas
         self.annotations = None
-        self.outputs = {"--json": json, "--csv": csv, "--plot": plot, "--report": p.report}
+        self.outputs = {"json": json, "csv": csv, "plot": plot, "report": p.report}
         self.results: list = []
 
     def plan_jobs(self) -> list:
@@ -34,15 +34,15 @@ class EvaluatePlanner(Planner):
         from ..io.names import check_collisions, check_no_overwrite
         from . import boxes as boxes_
 
-        deltas, boxes, plot = self.deltas, self.boxes_dir, self.outputs["--plot"]
+        deltas, boxes, plot = self.deltas, self.boxes_dir, self.outputs["plot"]
         self.deltas = boxes_.parse_deltas(deltas) if isinstance(deltas, str) else tuple(deltas)
         self.annotations = boxes_.load_folder(boxes) if boxes is not None else None
-        if plot is not None and not plot.lower().endswith(".png"):
-            raise UsageError(f"--plot {plot}: give a .png file name")
+        if plot is not None and not str(plot).lower().endswith(".png"):
+            raise UsageError("give a .png file name", param="plot", value=plot)
         self.jobs = self.plan(Path("."), None, writes=False)
         self.check_something_exists()
-        for option, path in self.outputs.items():
-            check_writable(option, path)
+        for param, path in self.outputs.items():
+            check_writable(param, path)
         files = [str(f) for f in self.run.params.files]
         check_no_overwrite(self.jobs, [], self.outputs, files)
         check_collisions(self.jobs, [], self.outputs, files, self.report_files())
@@ -68,7 +68,7 @@ class EvaluatePlanner(Planner):
         from . import evaluate as ev
 
         document = ev.report(self.results, clf, options, self.steps, summary.failed, command)
-        json, csv, plot = (self.outputs[k] for k in ("--json", "--csv", "--plot"))
+        json, csv, plot = (self.outputs[k] for k in ("json", "csv", "plot"))
         if json:
             write_atomic(json, ev.json_bytes(document))
         if csv:

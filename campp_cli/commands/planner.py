@@ -40,12 +40,12 @@ class Planner:
         """Usage errors for option values whose folder or file names are longer than filesystems allow."""
         from ..io.names import check_name_length
 
-        for option, path in paths.items():
+        for param, path in paths.items():
             if path is not None:
-                check_name_length(f"--{option.replace('_', '-')}", path)
+                check_name_length(param, path)
 
     def report_files(self) -> dict:
-        """``{"--report FILE.html": FILE_files}``, the folder the report's images go to (never searched for
+        """``{"report": (FILE.html, FILE_files)}``: the folder the report's images go to (never searched for
         inputs), or nothing."""
         report = self.run.params.report
         if report is None:
@@ -54,16 +54,16 @@ class Planner:
 
         folder = assets_folder(report)
         if folder.is_symlink():  # before the inputs are planned: a link could lead into them
-            raise UsageError(f"--report {report}: {folder} (where its images go) is a symbolic link; campp never "
-                             f"writes through links")
-        return {f"--report {report}": folder}
+            raise UsageError(f"{folder} (where its images go) is a symbolic link; campp never writes through links",
+                             param="report", value=report)
+        return {"report": (report, folder)}
 
     def check_report(self) -> None:
         from ..outputs.report import check_path
 
         if self.run.params.labels_from_folders and self.run.params.report is None:
-            raise UsageError("--labels-from-folders marks right and wrong predictions in a report: give --report "
-                             "FILE.html too")
+            raise UsageError("{labels_from_folders} marks right and wrong predictions in a report: give {report} "
+                             "FILE.html too", param="labels_from_folders", also=("report",))
         check_path(self.run.params.report)
 
     def check_something_exists(self) -> None:
@@ -72,14 +72,15 @@ class Planner:
         jobs = self.jobs
         if jobs and all(j.error is not None or not os.path.lexists(j.source) for j in jobs):
             first = jobs[0]
-            raise UsageError(f"-f {first.error or f'{first.source}: no such file'}")
+            shown, _, problem = (first.error or f"{first.source}: no such file").rpartition(": ")
+            raise UsageError(problem, param="files", value=shown)
 
     def plan(self, out_root: Path, output: str | None = None, writes: bool = True, **more) -> list:
         from ..io.inputs import plan
 
         files = [str(f) for f in self.run.params.files]
         return plan(files, out_root, output, self.run.params.recursive, writes=writes,
-                    exclude=self.report_files().values(), **more)
+                    exclude=[folder for _, folder in self.report_files().values()], **more)
 
     # --- the run ---------------------------------------------------------------------------------------------
 

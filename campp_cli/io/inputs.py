@@ -57,23 +57,23 @@ def _is_glob(text: str) -> bool:
     return any(c in text for c in "*?[")
 
 
-def read_capped(source: str | os.PathLike | None, cap: int, where: str, *, unreadable: str, too_large: str,
-                not_text: str, encoding: str = "utf-8-sig") -> str:
+def read_capped(source: str | os.PathLike | None, cap: int, param: str, value: object, *, unreadable: str,
+                too_large: str, not_text: str, encoding: str = "utf-8-sig") -> str:
     """The text of the file ``source`` (None: standard input), read up to one byte past ``cap`` (never
-    stat-ed: a FIFO or /dev/zero has no size).  A usage error ``where: ...`` if it cannot be read, holds more
-    than ``cap`` bytes or is not ``encoding`` text; the messages are templates: ``unreadable`` with
-    ``{reason}``, ``too_large`` with ``{mb}`` (``cap`` in MB), ``not_text`` with the decoder's ``{reason}``
-    and ``{start}``."""
+    stat-ed: a FIFO or /dev/zero has no size).  A usage error naming ``param`` and its ``value`` if it cannot
+    be read, holds more than ``cap`` bytes or is not ``encoding`` text; the messages are templates:
+    ``unreadable`` with ``{reason}``, ``too_large`` with ``{mb}`` (``cap`` in MB), ``not_text`` with the
+    decoder's ``{reason}`` and ``{start}``."""
     try:
         data = _read_stdin(cap + 1) if source is None else _read_file(source, cap + 1)
     except OSError as exc:
-        raise UsageError(f"{where}: " + unreadable.format(reason=exc.strerror or exc)) from None
+        raise UsageError(unreadable.format(reason=exc.strerror or exc), param=param, value=value) from None
     if len(data) > cap:
-        raise UsageError(f"{where}: " + too_large.format(mb=cap // 2**20))
+        raise UsageError(too_large.format(mb=cap // 2**20), param=param, value=value)
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise UsageError(f"{where}: " + not_text.format(reason=exc.reason, start=exc.start)) from None
+        raise UsageError(not_text.format(reason=exc.reason, start=exc.start), param=param, value=value) from None
 
 
 def _read_file(path: str | os.PathLike, size: int) -> bytes:
@@ -92,15 +92,15 @@ def _read_list(spec: str) -> list[str]:
     """``@list.txt`` (or ``@-`` for stdin): one path a line; blank lines and # comments skipped.  At most
     :data:`MAX_LIST_BYTES` read, lines of at most :data:`MAX_LINE_BYTES`."""
     source = spec[1:]
-    text = read_capped(None if source == "-" else source, MAX_LIST_BYTES, f"-f {clip(spec)}",
+    text = read_capped(None if source == "-" else source, MAX_LIST_BYTES, "files", spec,
                        unreadable="cannot read the list ({reason})",
                        too_large="the list is larger than {mb} MB; split it", not_text="the list is not UTF-8 text",
                        encoding="utf-8-sig" if source != "-" else "utf-8")
     lines = []
     for number, line in enumerate(text.splitlines(), 1):
         if len(line.encode("utf-8", "surrogateescape")) > MAX_LINE_BYTES:
-            raise UsageError(f"-f {clip(spec)}: line {number} is longer than {MAX_LINE_BYTES} bytes, more than "
-                             f"a path can be ({clip(line, 60)!r})")
+            raise UsageError(f"line {number} is longer than {MAX_LINE_BYTES} bytes, more than a path can be "
+                             f"({clip(line, 60)!r})", param="files", value=spec)
         if line.strip() and not line.lstrip().startswith("#"):
             lines.append(line.strip())
     return lines
@@ -230,10 +230,11 @@ def expand(specs: list[str], recursive: bool = False, skip=None, _lists: tuple =
         if spec.startswith("@") and len(spec) > 1:
             key = "-" if spec == "@-" else os.path.realpath(spec[1:])
             if key in _lists:
-                raise UsageError(f"-f {spec}: the list names itself (directly or through another list)")
+                raise UsageError("the list names itself (directly or through another list)", param="files",
+                                 value=spec)
             found += expand(_read_list(spec), recursive, skip, _lists + (key,))
             continue
-        names.check_name_length("-f", spec)
+        names.check_name_length("files", spec)
         path = Path(spec)
         if path.is_dir():
             files = _folder_images(path, recursive, skip)
@@ -262,7 +263,7 @@ def is_single(specs: list[str]) -> bool:
     """One -f naming one file (not a folder, pattern or list): the paper's one-photo mode."""
     for spec in specs:
         if not (spec.startswith("@") and len(spec) > 1):
-            names.check_name_length("-f", spec)
+            names.check_name_length("files", spec)
     if len(specs) != 1 or specs[0].startswith("@"):
         return False
     path = Path(specs[0])
@@ -284,7 +285,7 @@ def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool =
     """
     ext = FORMATS[fmt or "jpeg"][0]
     keys = keys if keys is not None else [""]
-    names.check_name_length("--output-dir", out_root)
+    names.check_name_length("output_dir", out_root)
     if is_single(specs):
         # Named after the photo unless -o says otherwise: a shell loop over photos overwrites nothing.
         stem, suffix = names.output_stem(output or names.safe_stem(Path(specs[0])) + ext, fmt)
@@ -298,7 +299,7 @@ def plan(specs: list[str], out_root: Path, output: str | None, recursive: bool =
     names.check_output_name(template, *longest, keys)
     sources = expand(specs, recursive, skip=((out_root,) if writes else ()) + tuple(exclude))
     if not sources:
-        raise UsageError("-f: no input files given (an empty list?)")
+        raise UsageError("no input files given (an empty list?)", param="files")
     same = names.fold_name if writes and names.folds_case(out_root) else (lambda name: name)
     return _named_jobs(sources, out_root, template, fmt, keys, same)
 
@@ -308,8 +309,9 @@ def _check_not_an_input_folder(specs: list[str], out_root: Path) -> None:
     out = names.file_identity(out_root)
     for spec in specs:
         if not spec.startswith("@") and Path(spec).is_dir() and names.file_identity(Path(spec)) == out:
-            raise UsageError(f"--output-dir {out_root} is the folder given with -f {spec}: its outputs would "
-                             f"be taken for inputs by the next run; use a subfolder (never read as input)")
+            raise UsageError(f"{{output_dir}} {out_root} is the folder given with {{files}} {spec}: its outputs "
+                             f"would be taken for inputs by the next run; use a subfolder (never read as input)",
+                             param="output_dir", value=out_root, also=("files",))
 
 
 def _named_jobs(sources: list[_Source], out_root: Path, template: str, fmt: str | None, keys: list[str],

@@ -23,24 +23,25 @@ except ImportError:  # not on Windows: no lock, still one write per line
     fcntl = None
 
 
-def check_writable(option: str, path: str | os.PathLike | None) -> None:
-    """A usage error now, before any model loads, for an output file that could not be written."""
+def check_writable(param: str, path: str | os.PathLike | None) -> None:
+    """A usage error now, before any model loads, for an output file that could not be written; ``param``:
+    the parameter that names it (``jsonl``, ``report``...)."""
     if path is None:
         return
     if str(path) == "-":
-        raise UsageError(f"{option} -: give a file name (/dev/stdout writes to standard output)")
+        raise UsageError("give a file name (/dev/stdout writes to standard output)", param=param, value="-")
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if is_stream(path):  # /dev/null, a FIFO: written into, whatever its folder allows
         if not os.access(path, os.W_OK):
-            raise UsageError(f"{option} {path}: not writable")
+            raise UsageError("not writable", param=param, value=path)
         return
     if path.is_dir():
-        raise UsageError(f"{option} {path}: is a folder, give a file name")
+        raise UsageError("is a folder, give a file name", param=param, value=path)
     if not parent.is_dir():
-        raise UsageError(f"{option} {path}: the folder {parent} does not exist")
+        raise UsageError(f"the folder {parent} does not exist", param=param, value=path)
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {path}: the folder {parent} is not writable")
+        raise UsageError(f"the folder {parent} is not writable", param=param, value=path)
 
 
 class JsonlLog:
@@ -56,7 +57,7 @@ class JsonlLog:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        check_writable("--jsonl", self.path)
+        check_writable("jsonl", self.path)
         self.created = False  # this run made the file: it goes again if no line is ever written
         self.started = False
         flags = os.O_WRONLY | os.O_APPEND
@@ -67,21 +68,22 @@ class JsonlLog:
             except FileExistsError:
                 self.fd = os.open(self.path, flags)
         except OSError as exc:
-            raise UsageError(f"--jsonl {self.path}: cannot write ({exc.strerror or exc})") from None
+            raise UsageError(f"cannot write ({exc.strerror or exc})", param="jsonl", value=self.path) from None
         if fcntl is not None:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(self.fd)
                 self.fd = None
-                raise UsageError(f"--jsonl {self.path}: in use by another campp run") from None
+                raise UsageError("in use by another campp run", param="jsonl", value=self.path) from None
         try:
             self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
         except OSError:
             self.regular = False
 
     def _fail(self, exc: OSError) -> OutputError:
-        return OutputError(f"--jsonl {self.path}: cannot write ({exc.strerror or exc}); the run stops here")
+        return OutputError(f"cannot write ({exc.strerror or exc}); the run stops here", param="jsonl",
+                           value=self.path)
 
     def write(self, record: dict) -> None:
         line = (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")

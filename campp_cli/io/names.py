@@ -32,46 +32,51 @@ def format_of(suffix: str) -> str | None:
     return next((f for f, suffixes in FORMATS.items() if suffix.lower() in suffixes), None)
 
 
-#: How :func:`output_stem`'s messages name the name, its folder and its format: the command line's flags.
-CLI_NAMES = ("-o", "--output-dir", "--format")
+#: The parameters :func:`output_stem`'s messages name: the name, its folder and its format (a run's; the
+#: CLI writes them as ``-o``, ``--output-dir`` and ``--format``).
+RUN_NAMES = ("output", "output_dir", "format")
 
 
-def output_stem(name: str, fmt: str | None = None, names: tuple[str, str, str] = CLI_NAMES) -> tuple[str, str]:
+def output_stem(name: str, fmt: str | None = None, names: tuple[str, str, str] = RUN_NAMES) -> tuple[str, str]:
     """Split and check ``-o``: a plain JPEG or PNG file name, never a path; ``fmt`` (--format) names the
-    format when the name has no suffix, and must agree with one it has.  ``names``: how errors call the
-    name, the folder and the format (:data:`CLI_NAMES`; the library's own arguments elsewhere)."""
+    format when the name has no suffix, and must agree with one it has.  ``names``: the parameters errors
+    name for the name, the folder and the format (:data:`RUN_NAMES`; the notebook's own elsewhere)."""
     option, folder, fmt_option = names
+    shown = repr(clip(name))
     if not name or "/" in name or "\\" in name or os.sep in name or name in (".", ".."):
-        raise UsageError(f"{option} {clip(name)!r}: give a file name without folders (use {folder} for the folder)")
+        raise UsageError(f"give a file name without folders (use {{{folder}}} for the folder)", param=option,
+                         value=shown, also=(folder,))
     if ".." in name:
-        raise UsageError(f"{option} {clip(name)!r}: '..' is not allowed in output names")
+        raise UsageError("'..' is not allowed in output names", param=option, value=shown)
     stem, suffix = os.path.splitext(name)
     if not suffix:
         suffix = FORMATS[fmt or "jpeg"][0]
     if format_of(suffix) is None or not stem or stem.startswith("."):
-        raise UsageError(f"{option} {clip(name)!r}: the output must be a JPEG or PNG file name such as out.jpeg "
-                         f"or out.png")
+        raise UsageError("the output must be a JPEG or PNG file name such as out.jpeg or out.png", param=option,
+                         value=shown)
     if fmt is not None and format_of(suffix) != fmt:
-        raise UsageError(f"{option} {clip(name)!r} names a {format_of(suffix).upper()} file but {fmt_option} is "
-                         f"{fmt}: give {stem}{FORMATS[fmt][0]}, or leave one of them out")
+        raise UsageError(f"{{{option}}} {shown} names a {format_of(suffix).upper()} file but {{{fmt_option}}} is "
+                         f"{fmt}: give {stem}{FORMATS[fmt][0]}, or leave one of them out", param=option, value=shown,
+                         also=(fmt_option,))
     return stem, suffix
 
 
 def check_template(template: str, fmt: str | None = None) -> None:
     """``-o`` for several inputs: a file-name template whose only field is a plain ``{stem}`` (no format
     spec, no conversion: ``{stem:>9}`` or ``{stem!r}`` is refused)."""
+    shown = repr(clip(template))
     try:
         fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
     except ValueError:
-        raise UsageError(f"-o {clip(template)!r}: not a valid template (unbalanced braces?)") from None
+        raise UsageError("not a valid template (unbalanced braces?)", param="output", value=shown) from None
     if any(f != "stem" for f, _, _ in fields):
-        raise UsageError(f"-o {clip(template)!r}: the only field a template may use is {{stem}}")
+        raise UsageError("the only field a template may use is {stem}", param="output", value=shown)
     if any(spec or conv for _, spec, conv in fields):
-        raise UsageError(f"-o {clip(template)!r}: write {{stem}} as it is, without a format spec or conversion "
-                         f"(':...' or '!...')")
+        raise UsageError("write {stem} as it is, without a format spec or conversion (':...' or '!...')",
+                         param="output", value=shown)
     if not fields:
-        raise UsageError(f"-o {clip(template)!r}: with several inputs, -o must be a template containing {{stem}} "
-                         f"(the input's name), such as {{stem}}.jpeg")
+        raise UsageError("with several inputs, {output} must be a template containing {stem} (the input's name), "
+                         "such as {stem}.jpeg", param="output", value=shown)
     output_stem(fill(template, "x"), fmt)
 
 
@@ -80,15 +85,15 @@ def fill(template: str, stem: str) -> str:
     return template.format(stem=stem)
 
 
-def check_name_length(where: str, path: str | os.PathLike) -> None:
+def check_name_length(param: str, path: str | os.PathLike) -> None:
     """A usage error if a folder or file name in ``path`` is longer than filesystems allow (255 bytes):
-    ``where`` is the option (``-f``, ``--jsonl``...)."""
+    ``param`` is the parameter that gave it (``files``, ``jsonl``...)."""
     raw = os.fsencode(path)
     for part in raw.split(b"/"):
         if len(part) > NAME_MAX:
             shown = clip(os.fsdecode(part))
-            raise UsageError(f"{where}: the name {shown!r} is {len(part)} bytes long; file and folder names "
-                             f"are at most {NAME_MAX} bytes")
+            raise UsageError(f"the name {shown!r} is {len(part)} bytes long; file and folder names are at most "
+                             f"{NAME_MAX} bytes", param=param)
 
 
 def file_identity(path: Path) -> tuple:
@@ -123,8 +128,8 @@ def check_output_name(output: str | None, stem: str, suffix: str, keys: list[str
     longest = max((name_of(stem, suffix, key) for key in keys), key=lambda n: len(n.encode("utf-8", "surrogateescape")))
     size = len(longest.encode("utf-8", "surrogateescape")) + (0 if output is None or "{" not in output else 8)
     if size > NAME_MAX:
-        raise UsageError(f"-o {clip(output)!r}: makes file names of up to {size} bytes (such as "
-                         f"{clip(longest, 80)!r}); file names are at most {NAME_MAX} bytes")
+        raise UsageError(f"makes file names of up to {size} bytes (such as {clip(longest, 80)!r}); file names are "
+                         f"at most {NAME_MAX} bytes", param="output", value=repr(clip(output)))
 
 
 def name_of(stem: str, suffix: str, key: str) -> str:
@@ -139,11 +144,12 @@ def input_files(specs: list[str]) -> list[Path]:
 
 
 def check_no_overwrite(jobs: list[Job], keys: list[str], extra: dict[str, Path | None],
-                       specs: list[str]) -> None:
+                       specs: list[str], folder: str = "output_dir") -> None:
     """A usage error, before any work, if any output would replace an input (an image or an @list).
 
-    ``extra``: other outputs by option name (``{"--jsonl": path}``).  Compared by
-    resolved path and by device and inode (hard links, links to the input).
+    ``extra``: other outputs by parameter (``{"jsonl": path}``).  Compared by resolved path and by device
+    and inode (hard links, links to the input).  ``folder``: the parameter the message names for the
+    output folder.
     """
     inputs: dict = {}
     for path in [j.source for j in jobs if j.error is None] + input_files(specs):
@@ -152,13 +158,33 @@ def check_no_overwrite(jobs: list[Job], keys: list[str], extra: dict[str, Path |
             inputs[(os.path.realpath(path),)] = path
     if not inputs:
         return
-    outputs = [(f"output {job.path(k)}", job.path(k)) for job in jobs for k in keys]
-    outputs += [(f"{option} {path}", Path(path)) for option, path in extra.items() if path is not None]
+    outputs = [(_Label(None, job.path(k), f"output {job.path(k)}"), job.path(k)) for job in jobs for k in keys]
+    outputs += [(_Label(param, path), Path(path)) for param, path in extra.items() if path is not None]
     for label, path in outputs:
         hit = inputs.get((os.path.realpath(path),)) or (inputs.get(file_identity(path)) if path.exists() else None)
         if hit is not None:
-            raise UsageError(f"{label} would overwrite the input {hit}; choose another --output-dir or name "
-                             f"(campp never overwrites its inputs)")
+            raise label.error(f"would overwrite the input {hit}; choose another {{{folder}}} or name (campp "
+                              f"never overwrites its inputs)", folder)
+
+
+class _Label:
+    """How a message names an output: ``{jsonl} PATH`` (a parameter's, see :class:`~campp_cli.errors.
+    CamppError`) or as ``text`` says (``output PATH``, ``the input PATH``)."""
+
+    def __init__(self, param: str | None, value: object, text: str | None = None):
+        self.param, self.value = param, value
+        self.text = f"{{{param}}} {value}" if text is None else text
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Label) and self.text == other.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def error(self, rest: str, *also: str) -> UsageError:
+        """``"<this label> <rest>"`` as a usage error, with ``also``: the other parameters ``rest`` names."""
+        return UsageError(f"{self.text} {rest}", param=self.param, value=self.value,
+                          also=tuple(a for a in also if a is not None and a != self.param))
 
 
 def check_collisions(jobs: list[Job], keys: list[str], named: dict[str, Path | None], specs: list[str],
@@ -166,18 +192,18 @@ def check_collisions(jobs: list[Job], keys: list[str], named: dict[str, Path | N
     """A usage error, before any work, if two outputs would be one file, or an output would land in a folder
     another output owns, or an input lies in such a folder.
 
-    ``named``: the single-file outputs by option (``{"--jsonl": path, "--report": path}``), compared with
+    ``named``: the single-file outputs by parameter (``{"jsonl": path, "report": path}``), compared with
     each other and with every figure and map of ``jobs`` (``keys``), by resolved path and by device and
-    inode.  ``folders``: folders that belong to one output (``{"--report FILE.html": FILE_files}``): no other
-    output,
-    no figure and no input (of ``jobs`` or ``specs``' lists) may lie in them.  ``folds``: the disk ignores
+    inode.  ``folders``: folders that belong to one output, by its parameter (``{"report": (FILE.html,
+    FILE_files)}``): no other output, no figure and no input (of ``jobs`` or ``specs``' lists) may lie in
+    them.  ``folds``: the disk ignores
     case and Unicode normalisation (:func:`folds_case`): names are compared as it sees them.  Streams
     (``/dev/null``, ``/dev/stdout``, a FIFO) are no files and may be shared.
     """
     places = _Places(folds)
     claims = _claim_named(named, places)
-    owned = {option: (folder, places.same(os.path.realpath(folder))) for option, folder in (folders or {}).items()
-             if folder is not None}
+    owned = {_Label(param, owner): (folder, places.same(os.path.realpath(folder)))
+             for param, (owner, folder) in (folders or {}).items() if folder is not None}
     for key, label in claims.items():
         if isinstance(key, str):
             _check_not_owned(owned, key, label)
@@ -186,7 +212,7 @@ def check_collisions(jobs: list[Job], keys: list[str], named: dict[str, Path | N
             _check_job(job, keys, claims, owned, places)
     if owned:
         for path in [j.source for j in jobs if j.error is None] + input_files(specs):
-            _check_not_owned(owned, places.same(os.path.realpath(path)), f"the input {path}")
+            _check_not_owned(owned, places.same(os.path.realpath(path)), _Label(None, path, f"the input {path}"))
 
 
 class _Places:
@@ -207,11 +233,11 @@ def _claim_named(named: dict[str, Path | None], places: _Places) -> dict:
     """Each single-file output's place and device and inode -> the label of the output that has it; a usage
     error if two have one (streams are no files and may be shared)."""
     claims: dict = {}
-    for option, path in named.items():
+    for param, path in named.items():
         if path is None or is_stream(path):
             continue
         path = Path(path)
-        label = f"{option} {path}"
+        label = _Label(param, path)
         mine = {places.of(path.parent, path.name)}
         try:
             st = path.stat()
@@ -221,31 +247,32 @@ def _claim_named(named: dict[str, Path | None], places: _Places) -> dict:
         for key in mine:
             other = claims.get(key)
             if other is not None and other != label:
-                raise UsageError(f"{other} and {label} are the same file: give each output a name of its own")
+                raise other.error(f"and {label.text} are the same file: give each output a name of its own",
+                                  label.param)
         for key in mine:
             claims[key] = label
     return claims
 
 
-def _check_not_owned(owned: dict[str, tuple[Path, str]], resolved: str, label: str) -> None:
-    """A usage error if ``resolved`` lies in a folder of ``owned`` (option -> (the folder as given, resolved))."""
-    for option, (shown, folder) in owned.items():
+def _check_not_owned(owned: dict[_Label, tuple[Path, str]], resolved: str, label: _Label) -> None:
+    """A usage error if ``resolved`` lies in a folder of ``owned`` (its output -> (the folder as given,
+    resolved))."""
+    for owner, (shown, folder) in owned.items():
         if resolved == folder or resolved.startswith(folder.rstrip(os.sep) + os.sep):
-            raise UsageError(f"{label} lies in {shown}, the folder of {option}'s own files: give it "
-                             f"another name or folder")
+            raise label.error(f"lies in {shown}, the folder of {owner.text}'s own files: give it another name or "
+                              f"folder", owner.param)
 
 
-def _check_job(job: Job, keys: list[str], claims: dict, owned: dict[str, tuple[Path, str]],
+def _check_job(job: Job, keys: list[str], claims: dict, owned: dict[_Label, tuple[Path, str]],
                places: _Places) -> None:
     """A usage error if one of ``job``'s files is a single-file output, or its folder lies in an owned one."""
     for k in keys:
         key = places.of(job.out_dir, name_of(job.stem, job.suffix, k))
         if key in claims:
-            raise UsageError(f"{claims[key]} is also the output {job.path(k)} (of {job.source}): give it "
-                             f"another name")
+            raise claims[key].error(f"is also the output {job.path(k)} (of {job.source}): give it another name")
     if owned:
-        label = (f"--output-dir {job.out_dir}" if job.root is None or job.out_dir == job.root
-                 else f"the output folder {job.out_dir} (of {job.source})")
+        label = (_Label("output_dir", job.out_dir) if job.root is None or job.out_dir == job.root
+                 else _Label(None, job.out_dir, f"the output folder {job.out_dir} (of {job.source})"))
         _check_not_owned(owned, places.of(job.out_dir, ""), label)
 
 
@@ -253,13 +280,13 @@ def prepare_output_dir(path: str | os.PathLike) -> Path:
     """Create the output folder if needed; refuse files and read-only folders."""
     out = Path(path)
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--output-dir {out}: exists and is not a folder")
+        raise UsageError("exists and is not a folder", param="output_dir", value=out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"--output-dir {out}: cannot create it ({exc.strerror or exc})") from None
+        raise UsageError(f"cannot create it ({exc.strerror or exc})", param="output_dir", value=out) from None
     if not os.access(out, os.W_OK | os.X_OK):
-        raise UsageError(f"--output-dir {out}: not writable")
+        raise UsageError("not writable", param="output_dir", value=out)
     return out
 
 

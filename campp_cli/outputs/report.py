@@ -50,21 +50,21 @@ def check_path(path: str | os.PathLike | None) -> None:
 
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
-        raise UsageError(f"--report {path}: give an .html file name")
+        raise UsageError("give an .html file name", param="report", value=path)
     try:
         path.name.encode("utf-8")
     except UnicodeEncodeError:  # the page could not name its image folder in a URL
-        raise UsageError(f"--report {path.name.encode('utf-8', 'backslashreplace').decode()}: give a file name "
-                         f"that is valid UTF-8") from None
-    check_writable("--report", path)
+        raise UsageError("give a file name that is valid UTF-8", param="report",
+                         value=path.name.encode("utf-8", "backslashreplace").decode()) from None
+    check_writable("report", path)
     if is_stream(path):
-        raise UsageError(f"--report {path}: not a regular file (the page is replaced as the run goes on)")
+        raise UsageError("not a regular file (the page is replaced as the run goes on)", param="report", value=path)
     folder = assets_folder(path)
     if folder.is_symlink():
-        raise UsageError(f"--report {path}: {folder} (where its images go) is a symbolic link; campp never writes "
-                         f"through links")
+        raise UsageError(f"{folder} (where its images go) is a symbolic link; campp never writes through links",
+                         param="report", value=path)
     if folder.exists() and not folder.is_dir():
-        raise UsageError(f"--report {path}: {folder} (where its images go) exists and is not a folder")
+        raise UsageError(f"{folder} (where its images go) exists and is not a folder", param="report", value=path)
 
 
 def assets_folder(path: str | os.PathLike) -> Path:
@@ -110,7 +110,8 @@ class Report:
         try:
             self.assets.mkdir(exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"--report {self.path}: cannot create {self.assets} ({_reason(exc)})") from None
+            raise UsageError(f"cannot create {self.assets} ({_reason(exc)})", param="report",
+                             value=self.path) from None
         # What a killed run left half-written: its temporary files (of processes no longer running).
         for folder in [self.path.parent, self.assets,
                        *(p for p in self.assets.iterdir() if p.is_dir() and not p.is_symlink())]:
@@ -245,8 +246,8 @@ class Report:
                     self._folders.add(target.parent.name)
                 replace_unsynced(target, data)
             except OSError as exc:
-                raise OutputError(f"--report {self.path}: cannot write {target} ({_reason(exc)}); "
-                                  f"the run stops here") from None
+                raise OutputError(f"cannot write {target} ({_reason(exc)}); the run stops here", param="report",
+                                  value=self.path) from None
 
     def document(self, final: bool, summary: dict | None = None) -> dict:
         """The page's data blob: the run's facts, and its records as rows (see report_cards)."""
@@ -290,7 +291,7 @@ class Report:
         try:
             write_atomic(self.path, page.encode("utf-8"))
         except OSError as exc:
-            raise OutputError(f"--report {self.path}: cannot write ({_reason(exc)})") from None
+            raise OutputError(f"cannot write ({_reason(exc)})", param="report", value=self.path) from None
         self._written_at = len(self.records)
 
     def close(self, summary: dict | None = None) -> None:

@@ -100,8 +100,9 @@ class Run:
     def _check_engine(self, given: dict) -> dict:
         engine = self.params.engine
         if self.params.gpu is not None and not get_engine(engine).on_this_machine:
-            raise UsageError(f"-gpu places the model on this machine; --engine {engine} places its own "
-                             f"(see --gpus-per-actor)")
+            raise UsageError(f"{{gpu}} places the model on this machine; {{engine}} {engine} places its own "
+                             f"(see {{gpus_per_actor}})", param="gpu", value=self.params.gpu,
+                             also=("engine", "gpus_per_actor"))
         return check_settings(engine, given)
 
     def _model_request(self) -> dict:
@@ -201,9 +202,10 @@ def model_request(arch=None, model=None, num_classes=None, labels=None, input_si
                   resize=None) -> dict:
     """load_classifier's model arguments from a run's, checked before any slow import."""
     if model is not None and arch is not None:
-        raise UsageError("give --arch or --model, not both")
+        raise UsageError("give {arch} or {model}, not both", also=("arch", "model"))
     if model is not None and num_classes is not None:
-        raise UsageError("--num-classes: your --model function builds its own head; give --labels for names")
+        raise UsageError("your {model} function builds its own head; give {labels} for names", param="num_classes",
+                         also=("model", "labels"))
     return dict(arch=arch or "vgg16", model=model, num_classes=num_classes,
                 labels=read_labels(labels) if labels is not None else None,
                 preprocessing=parse_overrides(input_size, mean, std, resize) or None)

@@ -72,9 +72,8 @@ def check_settings(name: str, given: dict[str, object]) -> dict[str, object]:
         if value is None:
             continue
         if key not in taken:
-            flag = next((s.flag for s in ENGINES.settings() if s.name == key), key)
-            raise UsageError(f"{flag} is a setting of --engine {' or '.join(ENGINES.users_of(key)) or '?'}, not "
-                             f"of --engine {name}")
+            raise UsageError(f"{{{key}}} is a setting of {{engine}} {' or '.join(ENGINES.users_of(key)) or '?'}, "
+                             f"not of {{engine}} {name}", param=key, also=("engine",))
         chosen[key] = taken[key].check(value)
     return chosen
 

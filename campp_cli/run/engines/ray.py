@@ -89,16 +89,17 @@ def _placement(actors: int | None, gpus_per_actor: float | None) -> tuple[int, f
     if actors is None:
         actors = max(1, int(gpus // gpus_per_actor)) if gpus_per_actor > 0 else max(1, len(nodes))
     if gpus_per_actor > 0 and actors * gpus_per_actor > gpus:
-        raise UsageError(f"--actors {actors} x --gpus-per-actor {gpus_per_actor:g} needs {actors * gpus_per_actor:g} "
-                         f"GPUs; the cluster has {gpus:g}")
+        raise UsageError(f"{{actors}} {actors} x {{gpus_per_actor}} {gpus_per_actor:g} needs "
+                         f"{actors * gpus_per_actor:g} GPUs; the cluster has {gpus:g}", param="actors", value=actors,
+                         also=("gpus_per_actor",))
     return actors, gpus_per_actor
 
 
 def _model_recipe(clf: Classifier, todo: list[Job], cwd: str) -> dict:
     """load_classifier's arguments, for the actors; on several nodes, every node must see the files."""
     if clf.recipe is None:
-        raise UsageError("--engine ray rebuilds the model on its workers from load_classifier's arguments; "
-                         "this classifier was not made by load_classifier")
+        raise UsageError("{engine} ray rebuilds the model on its workers from load_classifier's arguments; "
+                         "this classifier was not made by load_classifier", param="engine", value="ray")
     recipe = dict(clf.recipe)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) > 1:
