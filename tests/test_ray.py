@@ -145,6 +145,8 @@ def test_ray_writes_what_the_local_engine_writes(local_ray, photos, tmp_path, ru
     # The report: the same cards, their images made on the workers.
     from test_report import page_data
 
+    from campp_cli.outputs.report import asset_name
+
     pages = {e: page_data(tmp_path / f"{e}.html") for e in runs}
     assert pages["ray"]["counts"] == pages["local"]["counts"] == {"done": 15, "failed": 1, "skipped": 0, "total": 16}
     for i, (a, b) in enumerate(zip(pages["ray"]["records"], pages["local"]["records"], strict=True)):
@@ -152,8 +154,8 @@ def test_ray_writes_what_the_local_engine_writes(local_ray, photos, tmp_path, ru
         assert a.get("error") == b.get("error")
         if "disagreement" in b:
             assert a["disagreement"] == pytest.approx(b["disagreement"], abs=1e-3)
-            for kind in ("thumb", "photo", *methods.split(",")):
-                assert (tmp_path / "ray_files" / f"{i // 1000:03d}" / f"{i:06d}_{kind}.jpeg").is_file()
+            for kind, method in [("thumb", None), ("photo", None), *[("heatmap", m) for m in methods.split(",")]]:
+                assert (tmp_path / "ray_files" / asset_name(i, kind, method)).is_file()
     # The per-image lines on stdout, in the same order.
     assert runs["ray"][1].replace(str(ray_out), "OUT").splitlines()[0].split(":")[0] == \
         runs["local"][1].replace(str(local), "OUT").splitlines()[0].split(":")[0]
