@@ -86,10 +86,10 @@ def test_titles_say_explained_and_predicted_when_they_differ():
     same = render(_row(0), ["tabby", "tiger cat", "lynx"])[""]
     other = render(_row(1), ["tabby", "tiger cat", "lynx"])[""]
     band = slice(0, 60)
-    expected = panels.titled(panels.with_colour_bar(_row(1).display, blank=True),
+    expected = panels.titled(panels.with_colour_bar(_row(1).photo, blank=True),
                              ["explained: tiger cat (20.0%)", "predicted: tabby (70.0%)"])
     assert (other[band, : expected.shape[1]] == expected[band]).all()
-    input_panel = panels.titled(panels.with_colour_bar(_row(0).display, blank=True), ["Input", "tabby (70.0%)"])
+    input_panel = panels.titled(panels.with_colour_bar(_row(0).photo, blank=True), ["Input", "tabby (70.0%)"])
     assert (same[band, : input_panel.shape[1]] == input_panel[band]).all()
 
 
@@ -97,7 +97,7 @@ def test_a_tiny_probability_keeps_its_significant_digits_in_the_titles():
     """-l on an unlikely class: 2e-5 was titled "(0.0%)"; now "(0.0020%)"."""
     row = _row(1, probs=(0.99998, 0.00002, 0.0))
     figure = render(row, ["tabby", "tiger cat", "lynx"])[""]
-    expected = panels.titled(panels.with_colour_bar(row.display, blank=True),
+    expected = panels.titled(panels.with_colour_bar(row.photo, blank=True),
                              ["explained: tiger cat (0.0020%)", "predicted: tabby (100.0%)"])
     band = slice(0, 60)
     assert (figure[band, : expected.shape[1]] == expected[band]).all()
@@ -125,7 +125,7 @@ def test_alpha_weights_the_heatmap_in_the_overlay():
     for alpha in (0.0, 0.25, 1.0):
         figures = render(row, ["a", "b", "c"], alpha=alpha)
         heat, over = figures["_gradcam_heatmap"].astype(float), figures["_gradcam_overlay"].astype(float)
-        expected = alpha * heat + (1 - alpha) * row.display.astype(float)
+        expected = alpha * heat + (1 - alpha) * row.photo.astype(float)
         assert np.abs(over - expected).max() <= 1.0
 
 

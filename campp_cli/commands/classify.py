@@ -40,15 +40,15 @@ class ClassifyCommand(Command):
             return Result(str(job.source), -1, "", 0.0, [], [str(p) for p in paths], skipped=True)
         return None
 
-    def extras(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
+    def additions(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
         if not self.options.guided:
-            return super().extras(clf, rgb01, expl)
+            return super().additions(clf, rgb01, expl)
         from ..cam.guided import guided_backprop
 
         return list(guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing))
 
     def finish(self, row: ExplainedRow, categories: list[str]) -> "Result":
-        figures = render(row, categories, row.extra, caption=self.caption, alpha=self.options.alpha)
+        figures = render(row, categories, row.added, caption=self.caption, alpha=self.options.alpha)
         make_output_folder(row.job)
         written = write_outputs(row.job, figures, row.maps if self.options.save_maps else None)
         return with_card(result_of(row, categories, written), row, figures, self.cards)
@@ -59,7 +59,7 @@ def with_card(result: "Result", row: ExplainedRow, figures: dict[str, np.ndarray
     if cards:
         from ..outputs.report_cards import card_assets
 
-        result.extra["card"] = card_assets(row.display, figures, row.maps)
+        result.extra["card"] = card_assets(row.photo, figures, row.maps)
     return result
 
 

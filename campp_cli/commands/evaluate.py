@@ -51,7 +51,7 @@ class EvaluateCommand(Command):
         self.input_size = input_size
         self.resize = resize  # how the model's square is framed, for the boxes
 
-    def extras(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
+    def additions(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
         from . import metrics
 
         y = expl.probs[np.arange(len(expl.classes)), expl.classes]  # from the explaining pass
@@ -61,7 +61,7 @@ class EvaluateCommand(Command):
 
     def finish(self, row: ExplainedRow, categories: list[str]) -> Result:
         result = result_of(row, categories, [])
-        result.extra["scores"] = row.extra
+        result.extra["scores"] = row.added
         if self.boxes is not None:
             result.extra["boxes"] = self.localise(row, categories)
         if self.cards:
@@ -146,7 +146,7 @@ def win_matrix(results: list[Result], methods) -> dict[str, dict[str, float]]:
     return metrics.win_percent({m: [r.extra["scores"][m].drop for r in scored] for m in methods})
 
 
-def report(results: list[Result], clf: Classifier, options: Options, steps: int, failed: int,
+def document(results: list[Result], clf: Classifier, options: Options, steps: int, failed: int,
            command: "EvaluateCommand | None" = None) -> dict:
     """The --json document."""
 

@@ -67,7 +67,7 @@ class EvaluatePlanner(Planner):
         from ..io.durable import write_atomic
         from . import evaluate as ev
 
-        document = ev.report(self.results, clf, options, self.steps, summary.failed, command)
+        document = ev.document(self.results, clf, options, self.steps, summary.failed, command)
         json, csv, plot = (self.outputs[k] for k in ("json", "csv", "plot"))
         if json:
             write_atomic(json, ev.json_bytes(document))

@@ -64,11 +64,11 @@ def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None =
     """
     region = row.region
     # seen: what the model saw, at panel resolution; place(): it (or a map over it) back in the whole photo
-    seen = row.display if region is None else region_pixels(row.display, region)
+    seen = row.photo if region is None else region_pixels(row.photo, region)
     if region is None:
         place = lambda inside: inside  # noqa: E731
     else:
-        base = dimmed(row.display)  # once for every figure of the photo
+        base = dimmed(row.photo)  # once for every figure of the photo
         place = lambda inside: on_region(base, region, inside)  # noqa: E731
     height, width = seen.shape[:2]
     p = row.probability

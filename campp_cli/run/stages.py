@@ -1,7 +1,7 @@
 """The work of a run as three stages over plain, picklable rows.
 
 * :func:`decode`: a :class:`~campp_cli.inputs.Job` -> :class:`DecodedRow` (model input and
-  display image) or an :class:`InputError` for that image;
+  the photo at panel resolution) or an :class:`InputError` for that image;
 * :func:`explain_rows`: a batch of DecodedRows -> one :class:`ExplainedRow` per image (maps,
   probabilities, explained class, and what the command adds: guided gradients, evaluate's scores);
 * :func:`finish`: an ExplainedRow -> files written and a :class:`Result`.
@@ -50,9 +50,9 @@ def prepare(clf: Classifier, options: Options | None, command: "Command | None")
 class Tally:
     """Counts results into a :class:`Summary` and passes each one on; shared by every engine."""
 
-    def __init__(self, report: Callable[[Result], None] | None = None):
+    def __init__(self, on_result: Callable[[Result], None] | None = None):
         self.summary = Summary()
-        self.report = report or (lambda r: None)
+        self.on_result = on_result or (lambda r: None)
 
     def record(self, result: Result) -> None:
         if result.error is not None:
@@ -61,7 +61,7 @@ class Tally:
             self.summary.skipped += 1
         else:
             self.summary.done += 1
-        self.report(result)
+        self.on_result(result)
 
 
 def begin(jobs: list[Job], command: "Command", tally: Tally) -> list[Job]:
@@ -114,8 +114,8 @@ class DecodedRow:
 
     job: Job
     model_input: np.ndarray  # (3, S, S) float32 RGB in [0, 1]
-    display: np.ndarray | None  # (side, side, 3) uint8 at the panel resolution, when figures are drawn
-    region: tuple[int, int, int, int] | None = None  # --display full: where in display the model's square is
+    photo: np.ndarray | None  # (side, side, 3) uint8 at the panel resolution, when figures are drawn
+    region: tuple[int, int, int, int] | None = None  # --display full: where in photo the model's square is
 
 
 @dataclass
@@ -123,11 +123,11 @@ class ExplainedRow:
     """Stage 2's output: everything one image's files and result need."""
 
     job: Job
-    display: np.ndarray | None
+    photo: np.ndarray | None  # as DecodedRow.photo
     class_index: int
     probs: np.ndarray  # (C,) float32 softmax
     maps: dict[str, np.ndarray]  # method -> (h, w) float32 in [0, 1]
-    extra: Any = None  # what the command added (guided gradient, evaluate's scores)
+    added: Any = None  # what the command added with the model (guided gradient, evaluate's scores)
     region: tuple[int, int, int, int] | None = None  # as DecodedRow.region
 
     @property
@@ -158,12 +158,12 @@ def frame(photo, size: int, preprocessing: "Preprocessing | None" = None,
     return x, display_square(photo, pre.resize, max_side), None
 
 
-def decode(job: Job, size: int, options: Options, display: bool,
+def decode(job: Job, size: int, options: Options, draws: bool,
            budget: PixelBudget | None = None, preprocessing: "Preprocessing | None" = None) -> DecodedRow:
     """Stage 1: read one image and :func:`frame` it; an :class:`InputError` names it if it cannot be read."""
     if job.error is not None:
         raise InputError(job.error)
-    use = lambda photo: frame(photo, size, preprocessing, options.max_side if display else None,  # noqa: E731
+    use = lambda photo: frame(photo, size, preprocessing, options.max_side if draws else None,  # noqa: E731
                               options.display)
     if not isinstance(job.source, (str, os.PathLike)):  # an image in memory (a notebook's), decoded already
         return DecodedRow(job, *use(job.source))
@@ -183,9 +183,9 @@ def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, comm
                        **options.settings)
     except ModelError as exc:
         raise ModelError(f"{exc.message} (model {clf.arch}, weights {clf.weights_source})") from None
-    extras = command.extras(clf, rgb01, expl)
-    return [ExplainedRow(row.job, row.display, int(expl.classes[i]), expl.probs[i],
-                         {m: v[i] for m, v in expl.maps.items()}, extras[i], row.region)
+    added = command.additions(clf, rgb01, expl)
+    return [ExplainedRow(row.job, row.photo, int(expl.classes[i]), expl.probs[i],
+                         {m: v[i] for m, v in expl.maps.items()}, added[i], row.region)
             for i, row in enumerate(rows)]
 
 
@@ -203,7 +203,7 @@ def result_of(row: ExplainedRow, categories: list[str], outputs: list[str]) -> "
 class Command:
     """What a command (classify, evaluate) adds to the stages.
 
-    ``extras`` runs with the model (extra passes: guided backpropagation,
+    ``additions`` runs with the model (extra passes: guided backpropagation,
     evaluate's perturbations), once per batch; ``finish`` once per image, where
     the engine likes (a worker thread, another process).
     """
@@ -220,7 +220,7 @@ class Command:
         """A skipped Result when this job needs no work (--skip-existing)."""
         return None
 
-    def extras(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
+    def additions(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
         return [None] * len(expl.classes)
 
     def finish(self, row: ExplainedRow, categories: list[str]) -> "Result":
