@@ -48,6 +48,11 @@ def prepare_module(module: torch.nn.Module, device: torch.device | str, prepack:
     weights costs about 0.10 s, more than it saves on a single pass (one photo, one call).
     """
     module = module.eval().to(device, memory_format=torch.channels_last)
+    if torch.device(device).type == "cuda":
+        # Faithful maps: float32 convolutions and products, not TensorFloat-32 (PyTorch lets cuDNN use it
+        # on Ampere and later, which moves maps by more than float32 rounding).
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     if torch.device(device).type == "cpu":
         if prepack:
             pack_convolutions(module)
