@@ -47,7 +47,7 @@ EXIT_FAILURE = 1
               help="What the figures show: " + "; ".join(f"{k}: {v}" for k, v in DISPLAYS.items()) + ".")
 @report_options
 def classify(quiet: bool, files, **params) -> None:
-    # The help is classify.__doc__ below: its list of files comes from the output kinds.
+    # Its help is set below (classify.help): the list of files comes from the output kinds.
     from ..run.run import Run
     from .main import command_line
 
