@@ -982,3 +982,39 @@ def test_24_21_names_equal_but_for_case_or_normalisation_are_told_apart(tmp_path
     with pytest.raises(UsageError, match="CAT.jpeg is also the output"):
         names.check_collisions(one, keys, {"jsonl": tmp_path / "o" / "CAT.jpeg"}, [], folds=True)
     names.check_collisions(one, keys, {"jsonl": tmp_path / "o" / "CAT.jpeg"}, [], folds=False)
+
+
+def test_a_stop_during_a_results_report_waits_for_the_report_to_end():
+    """A SIGTERM that arrives while a result is being reported (its --jsonl line, its stdout line) takes effect
+    just after it: the report is never cut half-way (the local engine once lost a --jsonl line so)."""
+    import signal as signals
+
+    from campp_cli.run.options import Result
+    from campp_cli.run.signals import deferrable
+    from campp_cli.run.stages import Tally
+
+    class Stop(BaseException):
+        pass
+
+    def stop(signum, frame):
+        raise Stop()
+
+    reported = []
+
+    def on_result(result):
+        reported.append("started")
+        os.kill(os.getpid(), signals.SIGTERM)
+        time.sleep(0.05)  # the signal is handled meanwhile
+        reported.append("ended")
+
+    previous = signals.signal(signals.SIGTERM, deferrable(stop))
+    try:
+        tally = Tally(on_result)
+        with pytest.raises(Stop):
+            tally.record(Result("a.png", 0, "cat", 0.9, []))
+        assert reported == ["started", "ended"] and tally.summary.done == 1
+        with pytest.raises(Stop):  # outside a report, at once
+            os.kill(os.getpid(), signals.SIGTERM)
+            time.sleep(0.05)
+    finally:
+        signals.signal(signals.SIGTERM, previous)

@@ -132,9 +132,13 @@ def main(argv: list[str] | None = None) -> None:
         warnings.simplefilter("ignore")
         if argv is None:  # the console script, not a test calling main() in its own process
             _silence_library_chatter()
-    previous = None
-    try:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    from ..run.signals import deferrable
+
+    previous = {}
+    try:  # a stop waits for the result being reported (campp_cli.run.signals)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, deferrable(_on_sigterm))
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, deferrable(signal.default_int_handler))
     except ValueError:  # not the main thread (an embedding application): leave its handlers alone
         pass
     try:
@@ -145,8 +149,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         code = exit_code(exc)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
     sys.exit(code if isinstance(code, int) else 0)
 
 

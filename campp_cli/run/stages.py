@@ -55,13 +55,17 @@ class Tally:
         self.on_result = on_result or (lambda r: None)
 
     def record(self, result: Result) -> None:
-        if result.error is not None:
-            self.summary.failed += 1
-        elif result.skipped:
-            self.summary.skipped += 1
-        else:
-            self.summary.done += 1
-        self.on_result(result)
+        """Count ``result`` and report it, whole: a stop that comes meanwhile takes effect after it."""
+        from .signals import deferred
+
+        with deferred():
+            if result.error is not None:
+                self.summary.failed += 1
+            elif result.skipped:
+                self.summary.skipped += 1
+            else:
+                self.summary.done += 1
+            self.on_result(result)
 
 
 def begin(jobs: list[Job], command: "Command", tally: Tally) -> list[Job]:
