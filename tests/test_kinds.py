@@ -16,7 +16,6 @@ def test_keys_list_every_file_in_the_order_they_are_written():
                 "_b.npy"]
     assert kinds.keys(["a", "b"], guided=True, save_maps=True) == expected
     assert kinds.keys(["a"]) == ["", "_a_heatmap", "_a_overlay"]
-    assert kinds.figure_keys(["a"], save_maps=True) == ["", "_a_heatmap", "_a_overlay"]
 
 
 def test_file_names_follow_the_figures_format_except_fixed_formats():

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from ..cam.methods import needs_any, settings_in_words
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_OUTPUT_DIR, DISPLAYS, FORMATS
 from .console import echo, say
 from .options import engine_options, input_options, model_options, report_options, run_options
-from .printer import Printer
-
-EXIT_FAILURE = 1
+from .printer import Printer, run_printed
 
 
 @click.command()
@@ -48,17 +44,7 @@ EXIT_FAILURE = 1
 @report_options
 def classify(quiet: bool, files, **params) -> None:
     # Its help is set below (classify.help): the list of files comes from the output kinds.
-    from ..run.run import Run
-    from .main import command_line
-
-    run = Run("classify", files, argv=command_line(), **params)
-    printer = ClassifyPrinter(run, quiet)
-    try:
-        summary = run.execute(printer)
-    finally:
-        printer.close()
-    if summary.failed:
-        sys.exit(EXIT_FAILURE)
+    run_printed("classify", ClassifyPrinter, quiet, files, params)
 
 
 def _help() -> str:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from .console import echo, say
 from .options import engine_options, input_options, model_options, report_options, run_options
-from .printer import Printer
-
-EXIT_FAILURE = 1
+from .printer import Printer, run_printed
 
 
 @click.command()
@@ -46,17 +42,7 @@ def evaluate(quiet: bool, files, **params) -> None:
     \b
       campp evaluate --arch efficientnet_lite0 -f images/ --boxes images/boxes --json eval.json
     """
-    from ..run.run import Run
-    from .main import command_line
-
-    run = Run("evaluate", files, argv=command_line(), **params)
-    printer = EvaluatePrinter(run, quiet)
-    try:
-        summary = run.execute(printer)
-    finally:
-        printer.close()
-    if summary.failed:
-        sys.exit(EXIT_FAILURE)
+    run_printed("evaluate", EvaluatePrinter, quiet, files, params)
 
 
 class EvaluatePrinter(Printer):

@@ -15,6 +15,22 @@ from ..run.options import Result
 from .console import clear_bar_line, echo, isatty, progress_bar, say
 
 
+def run_printed(command: str, printer_type: type, quiet: bool, files, params: dict) -> None:
+    """A subcommand's whole body: make the :class:`~campp_cli.run.run.Run`, execute it through its printer (the
+    bar closed however it ends), exit 1 when an image failed."""
+    from ..run.run import Run
+    from .main import EXIT_FAILURE, command_line
+
+    run = Run(command, files, argv=command_line(), **params)
+    printer = printer_type(run, quiet)
+    try:
+        summary = run.execute(printer)
+    finally:
+        printer.close()
+    if summary.failed:
+        sys.exit(EXIT_FAILURE)
+
+
 class Printer:
     """Callable with each event of a :class:`~campp_cli.run.run.Run`; :meth:`close` when the run ends however."""
 

@@ -30,7 +30,7 @@ def resolve_device(gpu: int | None, warn: Callable[[str], None] | None = None) -
         return torch.device("cpu")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0 and warn is not None:
-        warn(f"campp: warning: -gpu {gpu}: no CUDA device on this machine; running on the CPU (-gpu -1 says so)")
+        warn(f"-gpu {gpu}: no CUDA device on this machine; running on the CPU (-gpu -1 says so)")
         return torch.device("cpu")
     if count == 0:
         raise UsageError("no CUDA device is available on this machine; use -gpu -1 for the CPU", param="gpu",

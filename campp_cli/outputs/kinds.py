@@ -115,11 +115,6 @@ def keys(methods, **wanted: bool) -> list[str]:
     return out
 
 
-def figure_keys(methods, **wanted: bool) -> list[str]:
-    """The keys of the figures (the files in the figures' format) among :func:`keys`."""
-    return [k for k in keys(methods, **wanted) if "." not in k]
-
-
 def encode(key_: str, array, figure_format: str) -> bytes:
     """The bytes of ``key_``'s file: a figure in ``figure_format``, a file of a fixed format in its own (its key
     ends with that format's suffix)."""

@@ -153,8 +153,7 @@ class Run:
         here = get_engine(self.params.engine).on_this_machine
         clf = self.classifier
         if clf is None:
-            warn = (lambda text: tell(Note(text.split("warning: ", 1)[-1])))
-            device = resolve_device(self.params.gpu if here else -1, warn=warn)
+            device = resolve_device(self.params.gpu if here else -1, warn=lambda text: tell(Note(text)))
             clf = load_classifier(weights=self.params.weights, device=device, layer=self.params.layer,
                                   download=not self.params.offline, prepack=self.planner.prepack, **self.request)
         label = resolve_label(str(self.params.label), clf.categories)
