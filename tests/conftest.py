@@ -23,6 +23,10 @@ atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
 os.environ["TORCH_HOME"] = str(_SESSION_DIR / "torch_home")
 os.environ["CAMPP_MODELS"] = str(_SESSION_DIR / "no_models_here")
 os.environ["CAMPP_OFFLINE"] = "1"
+# Every run in its own process unless a test says otherwise (tests/test_daemon.py): a developer's daemon stays
+# out of the tests, and theirs out of it.
+os.environ["CAMPP_DAEMON"] = "off"
+os.environ["CAMPP_DAEMON_DIR"] = str(_SESSION_DIR / "daemon")
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "images"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import subprocess
 import sys
@@ -149,7 +150,8 @@ def test_following_the_missing_weights_advice_works(vgg_weights, run_cli, tmp_pa
 
     import campp_cli.models.loading
 
-    monkeypatch.setattr(campp_cli.models.loading, "_CACHE", {})  # this test's model stays out of the other tests' way
+    # this test's model stays out of the other tests' way
+    monkeypatch.setattr(campp_cli.models.loading, "_CACHE", collections.OrderedDict())
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
     monkeypatch.setenv("CAMPP_MODELS", "models")
     monkeypatch.chdir(tmp_path)

@@ -46,7 +46,7 @@ def cli(debug: bool) -> None:
 
 #: The subcommands: name -> "module:attribute" of its click command.
 SUBCOMMANDS: Registry[str] = Registry("command")
-for _name in ("classify", "evaluate", "methods", "layers", "convert"):
+for _name in ("classify", "evaluate", "methods", "layers", "convert", "daemon"):
     SUBCOMMANDS.register(_name, f"campp_cli.cli.{_name}:{_name}")
 
 
@@ -65,6 +65,13 @@ def command_line() -> str:
 
     obj = click.get_current_context().find_root().obj or {}
     return "campp " + shlex.join(obj.get("argv", sys.argv[1:]))
+
+
+def debugging() -> bool:
+    """``--debug`` or ``CAMPP_DEBUG``: tracebacks instead of one-line errors."""
+    ctx = click.get_current_context(silent=True)
+    given = bool(ctx and ctx.find_root().params.get("debug"))
+    return given or os.environ.get("CAMPP_DEBUG", "") not in ("", "0")
 
 
 def flags() -> dict[str, str]:
@@ -185,5 +192,6 @@ def exit_code(exc: BaseException) -> int:
             f"255 bytes a name)")
     else:
         text = first_line(exc) if str(exc).strip() else ""
-        say(f"campp: internal error: {type(exc).__name__}: {clip(text)} (rerun with --debug for the traceback)")
+        name = getattr(exc, "type_name", None) or type(exc).__name__  # a daemon's error goes by its own name
+        say(f"campp: internal error: {name}: {clip(text)} (rerun with --debug for the traceback)")
     return EXIT_FAILURE

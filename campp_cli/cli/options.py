@@ -92,6 +92,9 @@ run_options = options(
                  help="Errors only: no top-5, per-image lines, progress bar or summary."),
     click.option("--max-pixels", type=click.IntRange(1, MAX_PIXELS_CEILING), default=DEFAULT_MAX_PIXELS,
                  show_default=True, help="Refuse images with more pixels than this (decompression bombs)."),
+    click.option("--no-daemon", is_flag=True,
+                 help="Run in this process even if a campp daemon runs (see 'campp daemon'; CAMPP_DAEMON=off "
+                      "does the same, CAMPP_DAEMON=auto starts one)."),
 )
 
 

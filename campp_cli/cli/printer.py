@@ -16,15 +16,20 @@ from .console import clear_bar_line, echo, isatty, progress_bar, say
 
 
 def run_printed(command: str, printer_type: type, quiet: bool, files, params: dict) -> None:
-    """A subcommand's whole body: make the :class:`~campp_cli.run.run.Run`, execute it through its printer (the
-    bar closed however it ends), exit 1 when an image failed."""
+    """A subcommand's whole body: make the :class:`~campp_cli.run.run.Run` (checked and planned here), execute
+    it through its printer (in the campp daemon when one runs: :mod:`campp_cli.daemon`; the bar closed however
+    it ends), exit 1 when an image failed."""
+    from ..daemon.client import hand_over
     from ..run.run import Run
-    from .main import EXIT_FAILURE, command_line
+    from .main import EXIT_FAILURE, command_line, debugging
 
+    no_daemon = params.pop("no_daemon", False)
     run = Run(command, files, argv=command_line(), **params)
     printer = printer_type(run, quiet)
     try:
-        summary = run.execute(printer)
+        summary = hand_over(run, printer, no_daemon=no_daemon, debug=debugging())
+        if summary is None:
+            summary = run.execute(printer)
     finally:
         printer.close()
     if summary.failed:
@@ -61,13 +66,11 @@ class Printer:
             self.finished(event)
 
     def on_loaded(self, event: Loaded) -> None:
-        from ..draw.figures import layer_label
-
         self.loaded = event
         self.started = time.monotonic()
         clf = event.classifier
         if not self.quiet:
-            say(f"campp: {clf.arch} on {event.where}, layer {layer_label(clf.module, clf.layer)}, weights "
+            say(f"campp: {clf.arch} on {event.where}, layer {event.layer}, weights "
                 f"{clf.weights_source}")
 
     def wants_bar(self) -> bool:

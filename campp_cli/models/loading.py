@@ -7,6 +7,7 @@ the ``meta`` device and given the file's tensors themselves (mapped, not copied)
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,12 @@ class Classifier:
     weights_source: str = ""
     num_classes: int | None = None  # the head it was built with, when not the architecture's own
     recipe: dict | None = None  # load_classifier's arguments that rebuild it elsewhere (a Ray actor)
+
+    def __portable__(self):
+        """What a listener in another process is told of it (:mod:`campp_cli.daemon.wire`)."""
+        from ..run.events import ModelInfo
+
+        return ModelInfo(self.arch, self.layer, self.weights_source, list(self.categories), str(self.device))
 
 
 def prepare_module(module: torch.nn.Module, device: torch.device | str, prepack: bool = True) -> torch.nn.Module:
@@ -113,7 +120,38 @@ def _load_state(module: torch.nn.Module, state: dict, spec: ArchSpec, path: Path
         raise WeightsError(f"{path}: these weights do not load into {spec.name}: {first_line(exc)}") from None
 
 
-_CACHE: dict[tuple, Classifier] = {}
+_CACHE: "OrderedDict[tuple, Classifier]" = OrderedDict()  # the models kept, least recently used first
+_KEEP = {"models": 1, "bytes": None}  # how many load_classifier keeps, and their tensors' bytes at most
+
+
+def keep_models(models: int = 1, max_bytes: int | None = None) -> None:
+    """How many models :func:`load_classifier` keeps for the next calls (default 1: the last one), and the
+    most their tensors may take together (``None``: no bound; the newest is always kept).  The daemon keeps
+    a few (``campp daemon start --models``)."""
+    if models < 1:
+        raise ValueError("keep at least one model")
+    _KEEP.update(models=models, bytes=max_bytes)
+    _trim_cache()
+
+
+def kept_models() -> list[Classifier]:
+    """The models kept, least recently used first."""
+    return list(_CACHE.values())
+
+
+def _remember(key: tuple, clf: Classifier) -> Classifier:
+    _CACHE[key] = clf
+    _CACHE.move_to_end(key)
+    _trim_cache()
+    return clf
+
+
+def _trim_cache() -> None:
+    while len(_CACHE) > _KEEP["models"]:
+        _CACHE.popitem(last=False)
+    if _KEEP["bytes"] is not None:
+        while len(_CACHE) > 1 and sum(tensor_bytes(c.module) for c in _CACHE.values()) > _KEEP["bytes"]:
+            _CACHE.popitem(last=False)
 
 
 def _cache_key(arch, model, weights, device, layer, num_classes, labels, preprocessing, prepack) -> tuple:
@@ -159,21 +197,35 @@ def load_classifier(
     device = torch.device(device)
     if download is None:
         download = os.environ.get("CAMPP_OFFLINE", "") in ("", "0")
-    key = _cache_key(arch, model, weights, device, layer, num_classes, labels, preprocessing, prepack)
-    if key in _CACHE and not isinstance(model, str):
-        return _CACHE[key]
     spec = with_head(model_spec(arch, model, preprocessing), num_classes, labels)
     path = find_weights(spec, weights, download=download)
+    # The file found is part of the key: a new file renamed over the old one (campp convert, a download) is a
+    # new model.  Your own code (model="FILE.py:...") is built afresh every call.
+    key = _cache_key(arch, model, weights, device, layer, num_classes, labels, preprocessing, prepack) + (
+        _file_identity(path),)
+    if key in _CACHE and not isinstance(model, str):
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
     module, target, final = _built(spec, path, layer, preprocessing, num_classes)
     prepare_module(module, device, prepack)
     recipe = dict(arch=arch, model=model, weights=str(path.absolute()) if path is not None else None, layer=target,
                   num_classes=num_classes, labels=list(spec.categories), preprocessing=final)
-    _CACHE.clear()
-    _CACHE[key] = Classifier(arch=spec.name, module=module, layer=target, preprocessing=final,
-                             categories=list(spec.categories), device=device, input_size=final.size or spec.input_size,
-                             weights_source=str(path) if path is not None else f"as built by {spec.name}",
-                             num_classes=num_classes, recipe=recipe)
-    return _CACHE[key]
+    clf = Classifier(arch=spec.name, module=module, layer=target, preprocessing=final,
+                     categories=list(spec.categories), device=device, input_size=final.size or spec.input_size,
+                     weights_source=str(path) if path is not None else f"as built by {spec.name}",
+                     num_classes=num_classes, recipe=recipe)
+    return _remember(key, clf)
+
+
+def _file_identity(path: Path | None) -> tuple | None:
+    """A weights file as the kernel knows it: another file at the same path is another model."""
+    if path is None:
+        return None
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return (str(path),)
+    return (str(Path(path).absolute()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _built(spec: ArchSpec, path: Path | None, layer, preprocessing, num_classes: int | None):

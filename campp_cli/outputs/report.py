@@ -29,8 +29,14 @@ from ..errors import OutputError, UsageError
 from ..io.durable import recover, replace_unsynced, write_atomic
 from ..io.names import is_stream
 from ..settings import DEFAULT_ALPHA, DEFAULT_REPORT_EVERY
-from . import report_cards as cards
 from .kinds import report_asset, report_patterns
+
+
+def _cards():
+    """The cards' module (NumPy, OpenCV), imported when a report is written, not when its path is checked."""
+    from . import report_cards
+
+    return report_cards
 
 PER_FOLDER = 1000  # images per subfolder of FILE_files/
 _TEMPLATE = "report.html"
@@ -88,6 +94,12 @@ class Report:
     of the fields :data:`campp_cli.outputs.report_cards.COLUMNS` names.
     """
 
+    def __portable__(self):
+        """Where it is, for a listener in another process (:mod:`campp_cli.daemon.wire`)."""
+        from ..run.events import ReportInfo
+
+        return ReportInfo(str(self.path), str(self.assets))
+
     def __init__(self, path: str | os.PathLike, command: str, header: dict, methods: list[str],
                  categories: list[str], total: int, labels_from_folders: bool = False,
                  every: int = DEFAULT_REPORT_EVERY, alpha: float = DEFAULT_ALPHA):
@@ -137,7 +149,7 @@ class Report:
             return
         if not isinstance(data, dict) or data.get("command") != self.command:
             return
-        records, methods = cards.read_rows(data), data.get("methods")
+        records, methods = _cards().read_rows(data), data.get("methods")
         if records is None or not isinstance(methods, list):
             return
         self._earlier_methods = {m for m in methods if isinstance(m, str)}
@@ -170,9 +182,9 @@ class Report:
             return None
         record, slot = earlier
         stamp = record.get("figure_stamp")
-        if stamp is None or stamp != cards.figure_stamp(result.outputs[0]):
+        if stamp is None or stamp != _cards().figure_stamp(result.outputs[0]):
             return None
-        kept = {k: record[k] for k in cards.KEPT if k in record}
+        kept = {k: record[k] for k in _cards().KEPT if k in record}
         if "thumb_size" in kept:
             self._used.add(slot)
             if slot != index:
@@ -200,7 +212,7 @@ class Report:
         if earlier is not None:
             record.update(earlier)
             if self.labels_from_folders:
-                truth, _ = cards.true_class(result.input, self.categories)
+                truth, _ = _cards().true_class(result.input, self.categories)
                 if truth is not None:
                     top5 = record.get("top5")
                     record["true_class"] = self.categories[truth]
@@ -209,7 +221,7 @@ class Report:
 
     def _done_record(self, result, index: int) -> dict:
         """A done image's record; its card's images written to their slot."""
-        record: dict = {"input": result.input, **cards.result_fields(result)}
+        record: dict = {"input": result.input, **_cards().result_fields(result)}
         card = result.extra.pop("card", None)  # the bytes go to disk, not into memory for the run
         if card is not None:
             slot = self._slot(index, result.input)
@@ -220,17 +232,17 @@ class Report:
             if card["disagreement"] is not None:
                 record["disagreement"] = round(card["disagreement"], 5)
         if result.outputs:
-            stamp = cards.figure_stamp(result.outputs[0])
+            stamp = _cards().figure_stamp(result.outputs[0])
             if stamp is not None:
                 record["figure_stamp"] = stamp
         if self.labels_from_folders:
-            truth, name = cards.true_class(result.input, self.categories)
+            truth, name = _cards().true_class(result.input, self.categories)
             if truth is None:
                 self.unknown_truth.append((result.input, name))
             else:
                 record["true_class"] = self.categories[truth]
                 record["correct"] = int(result.top5[0][0] == truth) if result.top5 else 0
-        record.update(cards.score_fields(result.extra))
+        record.update(_cards().score_fields(result.extra))
         return record
 
     def _write_assets(self, index: int, card: dict) -> None:
@@ -267,23 +279,23 @@ class Report:
             "per_folder": PER_FOLDER,
             "asset_names": report_patterns(),
             "truth": self.labels_from_folders,
-            **cards.blob_columns(),
-            "records": cards.as_rows(self.records),
+            **_cards().blob_columns(),
+            "records": _cards().as_rows(self.records),
         }
         if summary is not None:
-            data["summary"] = cards.finite(summary)
+            data["summary"] = _cards().finite(summary)
         if any("scores" in r for r in self.records):
-            data["curves"] = cards.finite(self.mean_curves())
+            data["curves"] = _cards().finite(self.mean_curves())
         return data
 
     def mean_curves(self) -> dict:
         """Each method's mean deletion and insertion curves over the images scored."""
-        return cards.mean_curves(self.records, self.methods)
+        return _cards().mean_curves(self.records, self.methods)
 
     def write(self, final: bool = False, summary: dict | None = None) -> None:
         """Write the page now, atomically (readers see the old page or the new one, never a torn one)."""
         blob = json.dumps(self.document(final, summary), ensure_ascii=True, separators=(",", ":"),
-                          allow_nan=False, default=cards.plain)
+                          allow_nan=False, default=_cards().plain)
         blob = blob.replace("<", "\\u003c")  # "<" occurs only inside JSON strings: the script cannot end early
         title = f"campp {self.command}: {self.header.get('model', '')} ({len(self.records)} images)"
         title = title.encode("utf-8", "backslashreplace").decode("utf-8")  # a name that is not valid UTF-8

@@ -13,13 +13,34 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Loaded:
-    """The model is ready: ``classifier`` (a :class:`~campp_cli.models.Classifier`), the explained class
-    ``label`` (-1: the predicted one), ``where`` it runs in words, and how many ``images`` the run has."""
+    """The model is ready: ``classifier`` (a :class:`~campp_cli.models.Classifier`; from a daemon, a
+    :class:`ModelInfo`), the explained class ``label`` (-1: the predicted one), ``where`` it runs in words, how
+    many ``images`` the run has, and its ``layer`` in words (``"10 (ReLU)"``)."""
 
     classifier: Any
     label: int
     where: str
     images: int
+    layer: str = ""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a listener in another process is told of the classifier (the module stays where it runs)."""
+
+    arch: str
+    layer: str
+    weights_source: str
+    categories: list
+    device: str
+
+
+@dataclass(frozen=True)
+class ReportInfo:
+    """The report a run wrote, as a listener in another process names it."""
+
+    path: str
+    assets: str
 
 
 @dataclass(frozen=True)

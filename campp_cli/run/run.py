@@ -146,6 +146,7 @@ class Run:
         return summary
 
     def _classifier(self, tell: Listener):
+        from ..draw.figures import layer_label
         from ..models.devices import describe_device, resolve_device
         from ..models.labels import resolve_label
         from ..models.loading import load_classifier
@@ -158,7 +159,7 @@ class Run:
                                   download=not self.params.offline, prepack=self.planner.prepack, **self.request)
         label = resolve_label(str(self.params.label), clf.categories)
         where = describe_device(clf.device) if here else f"--engine {self.params.engine}"
-        tell(Loaded(clf, label, where, len(self.jobs)))
+        tell(Loaded(clf, label, where, len(self.jobs), layer_label(clf.module, clf.layer)))
         return clf, label
 
     def _engine(self, engine, clf, options, command, each, tell, report):

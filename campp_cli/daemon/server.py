@@ -1,0 +1,368 @@
+"""The daemon: ``python -m campp_cli.daemon.server`` (``campp daemon start`` starts it, detached).
+
+One process per user, holding :data:`~campp_cli.daemon.paths.SERVE_LOCK` for its life.  Its main thread runs
+the callers' runs one at a time (signals reach the main thread: a caller's Ctrl-C becomes a stop of its run
+there, the way a local run stops); a thread accepts connections and one thread per connection reads its
+messages.  A run executes in the caller's folder, umask and environment, with the caller's stdin and stdout
+as descriptors 0 and 1 (``--json /dev/stdout`` writes where it would), and tells the caller each event; the
+caller prints it and answers, so what it printed and what the run wrote to its stdout keep their order.
+The models stay loaded between calls (:func:`~campp_cli.models.loading.keep_models`).  After ``--idle``
+seconds without a call the daemon exits, freeing its memory (a GPU's too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from . import paths, wire
+
+
+class Cancelled(BaseException):
+    """The caller stopped its call (Ctrl-C, SIGTERM, gone), or the daemon is stopping."""
+
+
+@dataclass
+class Call:
+    """One caller's run, from its arrival to its end."""
+
+    conn: socket.socket
+    run: object
+    context: dict
+    fds: list[int]
+    images: int
+    acks: queue.Queue = field(default_factory=queue.Queue)
+    cancelled: bool = False
+    gone: bool = False  # the caller's connection is closed: nothing more is sent
+    interrupted: bool = False  # Cancelled has been raised in its run
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, *message) -> None:
+        if self.gone:
+            return
+        try:
+            with self.send_lock:
+                wire.send(self.conn, *message)
+        except OSError:
+            self.gone = True
+
+    def tell(self, event) -> None:
+        """The run's listener: the event to the caller, then wait until it has printed it (or stopped)."""
+        if self.gone:
+            return
+        self.send("event", wire.portable(event))
+        if not self.gone:
+            self.acks.get()
+
+
+class Server:
+    def __init__(self, idle: float, models: int, max_bytes: int | None):
+        self.idle = idle
+        self.models = models
+        self.max_bytes = max_bytes
+        self.calls: queue.Queue = queue.Queue()
+        self.running: Call | None = None
+        self.waiting: list[Call] = []
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.started = time.time()
+        self.served = 0
+        self.last = time.monotonic()
+        self.main_thread = threading.main_thread().ident
+        self.ours = paths.identity()
+
+    # --- the main thread -----------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        folder = paths.private_folder(make=True)
+        lock = open(folder / paths.SERVE_LOCK, "a+")  # noqa: SIM115 - held for the daemon's life
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            print("campp daemon: another daemon serves this folder", file=sys.stderr)
+            return 3
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._warm_up()
+        listener = self._bind(folder / paths.SOCKET)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the caller's
+        from ..run.signals import deferrable
+
+        signal.signal(signal.SIGUSR1, deferrable(self._on_cancel))
+        threading.Thread(target=self._accept, args=(listener,), name="campp-accept", daemon=True).start()
+        try:
+            while not self.stopping:
+                try:
+                    call = self.calls.get(timeout=max(0.05, min(1.0, self.last + self.idle - time.monotonic())))
+                except queue.Empty:
+                    if time.monotonic() - self.last >= self.idle and self.calls.empty():
+                        break
+                    continue
+                if call is None:
+                    break
+                self._execute(call)
+                self.last = time.monotonic()
+        finally:
+            self._unbind(listener, folder / paths.SOCKET)
+            for call in self._drain_queue():
+                call.send("gone", "the daemon stopped before your call started")
+        return 0
+
+    def _warm_up(self) -> None:
+        """What every call needs, imported once: torch, the stages, the model sources."""
+        import torch  # noqa: F401
+
+        from ..commands import classify, evaluate  # noqa: F401
+        from ..models import loading
+        from ..run.engines import local  # noqa: F401
+
+        loading.keep_models(self.models, self.max_bytes)
+
+    def _bind(self, path) -> socket.socket:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a stale one: the serve lock says no daemon holds it
+        old = os.umask(0o177)
+        try:
+            listener.bind(str(path))
+        finally:
+            os.umask(old)
+        listener.listen(16)
+        self.socket_inode = os.stat(path).st_ino
+        return listener
+
+    def _unbind(self, listener: socket.socket, path) -> None:
+        """Close the socket; remove its name unless it is no longer ours."""
+        listener.close()
+        try:
+            if os.stat(path).st_ino == self.socket_inode:
+                os.unlink(path)
+        except OSError:
+            pass
+
+    def _drain_queue(self) -> list[Call]:
+        drained = []
+        while True:
+            try:
+                call = self.calls.get_nowait()
+            except queue.Empty:
+                return drained
+            if call is not None:
+                drained.append(call)
+
+    def _execute(self, call: Call) -> None:
+        with self.lock:
+            if call in self.waiting:
+                self.waiting.remove(call)
+            if call.cancelled or call.gone:
+                return
+            self.running = call
+        call.send("start")
+        try:
+            with _caller_context(call):
+                try:
+                    outcome = ("done", wire.portable(call.run.execute(call.tell)))
+                finally:
+                    with self.lock:
+                        self.running = None  # from here on a cancel interrupts nothing
+        except Cancelled:
+            outcome = ("aborted",)
+        except BaseException as exc:  # noqa: BLE001 - the call fails, the daemon goes on
+            outcome = ("raised", wire.portable_error(exc))
+        finally:
+            with self.lock:
+                self.running = None
+            self.served += 1
+            for fd in call.fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            _forget_held_signals()
+        call.send(*outcome)
+
+    def _on_cancel(self, signum, frame) -> None:
+        """SIGUSR1 (deferrable: after the result being reported): the running call's cancel, once."""
+        call = self.running
+        if call is not None and call.cancelled and not call.interrupted:
+            call.interrupted = True
+            raise Cancelled()
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.calls.put(None)
+        with self.lock:
+            running = self.running
+        if running is not None:
+            self.cancel(running)
+
+    def cancel(self, call: Call) -> None:
+        with self.lock:
+            call.cancelled = True
+            call.acks.put("cancel")  # a wait for the caller's answer ends
+            running = self.running is call
+        if running and threading.get_ident() != self.main_thread:
+            signal.pthread_kill(self.main_thread, signal.SIGUSR1)
+        elif running:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    # --- the connections -------------------------------------------------------------------------------
+
+    def _accept(self, listener: socket.socket) -> None:
+        while not self.stopping:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(conn,), name="campp-conn", daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        """One caller: ``hello`` (its identity), then a ``call`` (the run, with its descriptors), its answers;
+        or a ``ping`` or a ``stop``."""
+        call = None
+        try:
+            uid = wire.peer_uid(conn)
+            if uid is not None and uid != os.getuid():
+                return  # another user: not a word, not a byte read
+            kind, *fields = wire.receive(conn)
+            if kind == "ping":
+                wire.send(conn, "pong", self.info())
+            elif kind == "stop":
+                wire.send(conn, "stopping", os.getpid())
+                self.stop()
+            elif kind == "hello":
+                differs = paths.mismatch(self.ours, fields[0])
+                if differs is not None:
+                    wire.send(conn, "mismatch", differs[0], differs[1], os.getpid())
+                    return
+                with self.lock:
+                    ahead = ([self.running] if self.running is not None else []) + list(self.waiting)
+                wire.send(conn, "welcome", len(ahead), sum(c.images for c in ahead), os.getpid())
+                kind, run, context, fds = wire.receive(conn, fds=4)
+                if kind != "call" or len(fds) != len(context["fds"]):
+                    for fd in fds:
+                        os.close(fd)
+                    return
+                call = Call(conn, run, context, fds, images=len(getattr(run, "jobs", ())))
+                with self.lock:
+                    self.waiting.append(call)
+                self.calls.put(call)
+                self._follow(call)
+        except (wire.Closed, OSError):
+            pass
+        except Exception as exc:  # noqa: BLE001 - a message it cannot read: that caller fails, not the daemon
+            with contextlib.suppress(OSError):
+                wire.send(conn, "raised", wire.portable_error(exc))
+        finally:
+            if call is not None:
+                self._left(call)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def _follow(self, call: Call) -> None:
+        """The caller's answers (each printed event), its cancel, or its end."""
+        while True:
+            try:
+                kind, *_ = wire.receive(call.conn)
+            except (wire.Closed, OSError):
+                return
+            if kind == "ack":
+                call.acks.put("ack")
+            elif kind == "cancel":
+                self.cancel(call)
+
+    def _left(self, call: Call) -> None:
+        """Its connection ended: nothing more is sent; a run still going stops (a caller that left or died)."""
+        call.gone = True
+        if not call.cancelled:
+            self.cancel(call)
+        call.acks.put("gone")
+
+    def info(self) -> dict:
+        from ..models.loading import kept_models
+        from ..models.weights import tensor_bytes
+
+        with self.lock:
+            running = self.running
+            waiting = len(self.waiting)
+        return {
+            "pid": os.getpid(), "identity": self.ours, "uptime": time.time() - self.started,
+            "idle_after": self.idle, "idle_for": 0.0 if running else time.monotonic() - self.last,
+            "served": self.served, "running": running.images if running else None, "waiting": waiting,
+            "models": [{"arch": c.arch, "layer": c.layer, "device": str(c.device), "weights": c.weights_source,
+                        "bytes": tensor_bytes(c.module)} for c in kept_models()],
+            "rss": _rss(), "socket": str(paths.socket_path()),
+        }
+
+
+@contextlib.contextmanager
+def _caller_context(call: Call):
+    """The caller's folder, umask, environment, stdin and stdout for the run; the daemon's own after it."""
+    ctx = call.context
+    saved_env = dict(os.environ)
+    saved_dir = os.getcwd()
+    saved_fds = {target: os.dup(target) for target in ctx["fds"]}
+    old_mask = os.umask(ctx["umask"])
+    try:
+        os.chdir(ctx["cwd"])
+        os.environ.clear()
+        os.environ.update(ctx["env"])
+        for target, fd in zip(ctx["fds"], call.fds):
+            os.dup2(fd, target)
+        yield
+    finally:
+        for stream in (sys.stdout,):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        for target, fd in saved_fds.items():
+            os.dup2(fd, target)
+            os.close(fd)
+        os.umask(old_mask)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_dir)
+
+
+def _forget_held_signals() -> None:
+    from ..run import signals
+
+    signals._held.clear()
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m campp_cli.daemon.server")
+    parser.add_argument("--idle", type=float, default=600.0)
+    parser.add_argument("--models", type=int, default=3)
+    parser.add_argument("--max-bytes", type=int, default=None)
+    args = parser.parse_args(argv)
+    import warnings
+
+    warnings.simplefilter("ignore")
+    return Server(args.idle, args.models, args.max_bytes).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
