@@ -88,7 +88,8 @@ def identity() -> dict:
         "campp": __version__,
         "code": code_fingerprint(),
         "python": sys.version.split()[0],
-        "executable": sys.executable,
+        # The environment (a venv's python and python3 are one), and the interpreter behind its links.
+        "executable": f"{os.path.realpath(sys.executable)} in {sys.prefix}",
         "env": {k: os.environ.get(k) for k in STARTUP_ENV},
     }
 
