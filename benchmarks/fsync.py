@@ -30,6 +30,10 @@ system of the whole process: model, decoding, drawing, encoding, writing).
     python benchmarks/fsync.py --sets 64 --repeats 9
     python benchmarks/fsync.py --dir /dev/shm --threads 1   # another folder (here: tmpfs), one thread
     python benchmarks/fsync.py --repeats 3 --campp photos/  # also end to end, 3 rounds
+
+With ``--dirty MB``, also times one set per variant and round just after another program's MB (a new file
+in the same filesystem, written and left unsynced, as a download or a checkpoint would be): a ``syncfs``
+writes that file back too, an ``fsync`` only its own file.
 """
 
 from __future__ import annotations
@@ -180,6 +184,21 @@ def campp_round(variant: str, photos: Path, root: Path) -> dict[str, float]:
     return {"s": wall, "cpu_s": usage.ru_utime - usage0.ru_utime + usage.ru_stime - usage0.ru_stime, "files": files}
 
 
+def dirty_round(write, root: Path, payload: list[bytes], megabytes: int) -> float:
+    """ms for one set written just after ``megabytes`` of another, new file were left dirty in the page cache."""
+    folder = Path(tempfile.mkdtemp(prefix="dirty-", dir=root))
+    os.sync()
+    chunk = random.Random(1).randbytes(1 << 20)
+    with open(folder / "another-programs-file", "wb") as other:  # new: no flush on close (ext4's auto_da_alloc)
+        for _ in range(megabytes):
+            other.write(chunk)
+    start = time.perf_counter()
+    write({folder / f"photo{s}.jpeg": data for s, data in zip(SUFFIXES, payload)})
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(folder)
+    return elapsed * 1e3
+
+
 def machine_busy_s() -> float:
     """CPU seconds the whole machine spent busy so far (every core; /proc/stat, in clock ticks)."""
     try:
@@ -228,6 +247,8 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="write there (default: a temporary folder)")
     parser.add_argument("--campp", type=Path, metavar="FOLDER", default=None,
                         help="also run campp classify -f FOLDER with each variant's syncs, end to end")
+    parser.add_argument("--dirty", type=int, metavar="MB", default=0,
+                        help="also time one set after another program left MB unsynced in the same filesystem")
     args = parser.parse_args()
     os.fsync = _counted_fsync  # durable calls os.fsync through the module: every sync is counted
     rng = random.Random(0)
@@ -238,11 +259,14 @@ def main() -> None:
             one_round(write, root, payloads, args.threads)
         rounds = {name: [] for name in VARIANTS}
         campp_runs = {name: [] for name in CAMPP_VARIANTS} if args.campp else {}
+        dirty_runs = {name: [] for name in VARIANTS} if args.dirty else {}
         for _ in range(args.repeats):
             for name, write in VARIANTS.items():
                 rounds[name].append(one_round(write, root, payloads, args.threads))
             for name in campp_runs:
                 campp_runs[name].append(campp_round(name, args.campp, root))
+            for name in dirty_runs:
+                dirty_runs[name].append(dirty_round(VARIANTS[name], root, payloads[0], args.dirty))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"{args.sets} sets of {len(args.kb)} files ({sum(args.kb)} KB) per round, {args.threads} thread(s), "
@@ -256,6 +280,11 @@ def main() -> None:
         results[name]["ms_runs"] = [round(r["ms"], 2) for r in runs]
         print(f"{name:22s} {med['ms']:6.2f} {med['syncs']:5.1f} {med['user_ms']:8.2f} {med['sys_ms']:7.2f} "
               f"{med['machine_ms']:10.2f} {med['then_sync_ms']:12.2f}")
+    dirty = {}
+    for name, r in dirty_runs.items():
+        dirty[name] = {"ms": round(statistics.median(r), 2), "ms_runs": [round(x, 2) for x in r]}
+        print(f"one set after {args.dirty} MB of another file left dirty ({name}): {dirty[name]['ms']:.2f} ms "
+              f"(median of {len(r)})")
     end_to_end = {}
     for name, r in campp_runs.items():
         wall, cpu = statistics.median(x["s"] for x in r), statistics.median(x["cpu_s"] for x in r)
@@ -266,7 +295,7 @@ def main() -> None:
     print(json.dumps({"sets": args.sets, "kb": args.kb, "threads": args.threads, "repeats": args.repeats,
                       "folder": str(root.parent), "filesystem": _filesystem(root.parent),
                       "load_average": os.getloadavg(), "cpus": os.cpu_count(), "results": results,
-                      "end_to_end": end_to_end}))
+                      "dirty_mb": args.dirty, "after_dirty": dirty, "end_to_end": end_to_end}))
 
 
 def _filesystem(path: Path) -> str:
