@@ -65,6 +65,13 @@ def timed(args: list, env: dict, cwd: Path) -> float:
     return elapsed
 
 
+def served(env: dict) -> int:
+    """Calls the daemon has run so far (from ``campp daemon status``)."""
+    status = subprocess.run([*campp_command(), "daemon", "status"], env=env, capture_output=True, text=True)
+    line = next((line for line in status.stdout.splitlines() if line.startswith("served ")), "served -1")
+    return int(line.split()[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="efficientnet_lite0")
@@ -91,6 +98,8 @@ def main() -> None:
                                            "--output-dir", work / "a"], env, work))
             calls = [timed(["classify", *model, "-f", p, "-q", "--output-dir", work / "b"], env, work)
                      for p in photos]
+            if served(env) != (r + 1) * len(photos) + 1:
+                raise SystemExit("a call did not go through the daemon (was campp's code edited meanwhile?)")
             rounds["daemon loop"].append(sum(calls))
             rounds["daemon call"].append(statistics.median(calls))
             cold = [timed(["classify", *model, "-f", p, "-q", "--no-daemon", "--output-dir", work / "c"], env, work)
@@ -100,12 +109,16 @@ def main() -> None:
         med = {k: statistics.median(v) for k, v in rounds.items()}
         med["cold loop (estimated)"] = med["cold call"] * args.photos
         print(f"\n{args.arch}, {args.photos} photos of 640x480, medians of {args.repeats} interleaved rounds:")
+        floor = statistics.median(timed(["--version"], env, work) for _ in range(9))
         print(f"  one folder run           {med['folder']:7.2f} s")
+        print(f"  'campp --version' x {args.photos}  {floor * args.photos:7.2f} s  (starting Python and campp's CLI: "
+              f"{floor:.3f} s a call, what any call costs)")
         print(f"  loop through the daemon  {med['daemon loop']:7.2f} s  ({med['daemon loop'] / med['folder']:.2f}x "
               f"the folder run; {med['daemon call']:.3f} s a call)")
         print(f"  loop without it          {med['cold loop (estimated)']:7.2f} s  ({med['cold call']:.2f} s a call "
               f"x {args.photos}; {med['cold loop (estimated)'] / med['daemon loop']:.1f}x the daemon loop)")
-        print(json.dumps({"arch": args.arch, "photos": args.photos, "repeats": args.repeats, **med}))
+        print(json.dumps({"arch": args.arch, "photos": args.photos, "repeats": args.repeats, "version call": floor,
+                          **med}))
     finally:
         subprocess.run([*campp_command(), "daemon", "stop"], env=env, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)

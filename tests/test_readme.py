@@ -61,10 +61,16 @@ def skipped(command: str) -> str | None:
     return next((why for start, why in SKIP.items() if command.startswith(start)), None)
 
 
+def stages(command: str) -> list[str]:
+    """A command's pipeline stages; a shell loop ``for X in ...; do BODY; done`` stands for its body's."""
+    loop = re.fullmatch(r"for \w+ in [^;]+; do (.+); done", command)
+    return stages(loop.group(1)) if loop else command.split(" | ")
+
+
 def campp_args(command: str) -> list[list[str]]:
     """The arguments of every campp call in ``command`` (a pipeline's stages too), comments dropped."""
     calls = []
-    for stage in command.split(" | "):
+    for stage in stages(command):
         words = shlex.split(stage, comments=True)
         if words and words[0] in (".venv/bin/campp", "campp"):
             calls.append(words[1:])
@@ -85,7 +91,7 @@ def test_the_readme_has_the_commands_this_test_reads():
 def test_every_command_calls_the_environments_programs_by_path(command):
     """The set-up never activates the environment: a bare `campp` is not on PATH and a bare `python`
     has no torch (the issue: `python examples/shapes.py` -> No module named 'torch')."""
-    for stage in command.split(" | "):
+    for stage in stages(command):
         program = shlex.split(stage, comments=True)[0]
         assert program not in ("campp", "python", "pip", "ray"), command
         if program.startswith(".venv/bin/"):

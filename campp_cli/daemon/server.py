@@ -95,6 +95,7 @@ class Server:
         lock.write(f"{os.getpid()}\n")
         lock.flush()
         self._warm_up()
+        os.chdir("/")  # hold no caller's folder between calls (each call runs in its own)
         listener = self._bind(folder / paths.SOCKET)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the caller's
