@@ -15,7 +15,6 @@ import errno
 import fcntl
 import os
 import socket
-import subprocess
 import sys
 import time
 
@@ -270,6 +269,8 @@ def ping() -> dict | None:
 def start(idle: float = 600.0, models: int = 3, max_bytes: int | None = None, wait: float = 120.0) -> dict:
     """Start a daemon unless one of this build runs (two calls at once start one); its :func:`ping` info,
     with ``"started": True`` when this call started it."""
+    import subprocess
+
     folder = paths.private_folder(make=True)
     with _lock(folder / paths.START_LOCK, wait=wait) as got:
         if not got:
