@@ -121,6 +121,7 @@ def test_loop_with_and_without_daemon_is_byte_identical(home, tmp_path):
     assert _served(home) == len(photos)
 
 
+@pytest.mark.slow
 def test_folder_run_and_evaluate_through_the_daemon(home, tmp_path):
     """A folder run (progress lines, summary) and evaluate's tables and --json are the same through the
     daemon, the second run reusing its model."""
@@ -153,6 +154,7 @@ def test_caller_never_imports_torch(home, tmp_path):
     assert _served(home) == 1
 
 
+@pytest.mark.slow
 def test_no_daemon_and_off_run_here(home, tmp_path):
     start(home)
     a = campp(["classify", *LITE, "-f", PHOTOS[0], "-q", "--no-daemon"], home, tmp_path)
@@ -163,6 +165,7 @@ def test_no_daemon_and_off_run_here(home, tmp_path):
     assert bad.returncode == 2 and "CAMPP_DAEMON='sometimes'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_auto_starts_one_and_two_callers_start_one(home, tmp_path):
     """CAMPP_DAEMON=auto: the first calls start a daemon; two at once start one (the start lock)."""
     env = {**home, "CAMPP_DAEMON": "auto"}
@@ -185,6 +188,7 @@ def _is_daemon(proc: Path, env) -> bool:
     return b"campp_cli.daemon.server" in cmd and f"CAMPP_DAEMON_DIR={env['CAMPP_DAEMON_DIR']}".encode() in environ
 
 
+@pytest.mark.slow
 def test_two_shell_loops_at_once(home, tmp_path):
     """Two loops side by side through one daemon: every call of both right (served in turn)."""
     start(home)
@@ -255,6 +259,7 @@ def test_another_build_is_told_to_stop(home, tmp_path, monkeypatch, run_cli):
     assert _wait_gone(Path(home["CAMPP_DAEMON_DIR"]), pid)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_call_not_the_daemon(home, tmp_path):
     """SIGINT to a caller: its run stops in the daemon (exit 130, the images done reported), the daemon
     serves the next call."""
@@ -308,6 +313,7 @@ def test_a_folder_others_may_open_is_refused(home, tmp_path):
     assert "may be opened by others (mode 755)" in proc.stderr and "running here" in proc.stderr
     start_it = campp(["daemon", "start"], home, REPO)
     assert start_it.returncode == 1 and "may be opened by others" in start_it.stderr
+    (folder / "daemon.sock").unlink()
 
 
 def test_the_folder_and_socket_are_private(home):
