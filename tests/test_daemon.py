@@ -366,3 +366,56 @@ def test_status_names_the_models_held(home, tmp_path):
     campp(["classify", *LITE, "-f", PHOTOS[0], "-q"], home, tmp_path)
     status = campp(["daemon", "status"], home, REPO).stdout
     assert "models (1):" in status and "efficientnet_lite0" in status and "served 1 call(s)" in status
+
+
+@pytest.mark.slow
+def test_a_paused_caller_holds_up_no_one(home, tmp_path):
+    """A caller paused (Ctrl-Z) while the daemon runs its call: another shell's call waits its turn at most
+    WAIT_SECONDS and then runs in its own process; one stopped while it waits ends at once (exit 130)."""
+    from campp_cli.daemon.client import WAIT_SECONDS
+
+    start(home)
+    many = tmp_path / "many"
+    many.mkdir()
+    for k in range(40):
+        shutil.copy(PHOTOS[k % len(PHOTOS)], many / f"p{k:02d}{PHOTOS[k % len(PHOTOS)].suffix}")
+    ahead = subprocess.Popen([sys.executable, "-m", "campp_cli", "classify", *LITE, "-f", many, "--batch-size", "2",
+                              "--output-dir", "many_out"], env=home, cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert "->" in ahead.stdout.readline()
+        ahead.send_signal(signal.SIGSTOP)
+        waiting = subprocess.Popen([sys.executable, "-m", "campp_cli", "classify", *LITE, "-f", PHOTOS[1], "-q",
+                                    "--output-dir", "w"], env=home, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+        time.sleep(2)
+        waiting.send_signal(signal.SIGINT)
+        assert waiting.wait(timeout=15) == 130
+        began = time.monotonic()
+        after = campp(["classify", *LITE, "-f", PHOTOS[0], "-q", "--output-dir", "o"], home, tmp_path, timeout=120)
+        assert after.returncode == 0 and after.stderr == "", after.stderr
+        assert time.monotonic() - began >= WAIT_SECONDS  # it waited its turn first
+        assert (tmp_path / "o" / f"{PHOTOS[0].stem}.jpeg").is_file()
+    finally:
+        ahead.send_signal(signal.SIGCONT)
+    ahead.communicate(timeout=300)
+    assert ahead.returncode == 0
+    assert _served(home) == 1  # the paused caller's call only
+
+
+def test_an_output_on_another_descriptor_runs_here(home, tmp_path):
+    """The daemon is given the caller's stdin and stdout only: a run writing to /dev/fd/3 runs here."""
+    start(home)
+    proc = subprocess.run(f"'{sys.executable}' -m campp_cli classify --arch efficientnet_lite0 -f "
+                          f"'{PHOTOS[0]}' -q --jsonl /dev/fd/3 3>fd3.jsonl", shell=True, env=home, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert json.loads((tmp_path / "fd3.jsonl").read_text())["input"] == str(PHOTOS[0])
+    assert _served(home) == 0
+
+
+def test_jsonl_to_stderr_reaches_stderr(home, tmp_path):
+    """`--jsonl /dev/stderr` writes where stderr really is (campp moves the C libraries' descriptor 2 off
+    the terminal), with or without a daemon."""
+    proc = campp(["classify", *LITE, "-f", PHOTOS[0], "-q", "--jsonl", "/dev/stderr", "--no-daemon"], home, tmp_path)
+    assert proc.returncode == 0
+    assert json.loads(proc.stderr.strip())["input"] == str(PHOTOS[0])

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import select
 import socket
 import sys
 import time
@@ -26,6 +27,8 @@ from .paths import DaemonError
 #: run it runs here at once (two shell loops share the daemon; a folder run in one shell does not hold up the
 #: other).
 WAIT_FOR_IMAGES = 64
+#: The longest a call waits for its turn before it runs here instead.
+WAIT_SECONDS = 10.0
 
 MODES = ("on", "off", "auto")
 CONNECT_TIMEOUT = 10.0
@@ -49,7 +52,25 @@ def eligible(run) -> bool:
     run it (an edited file is always the one used), and engines that place their model run here too."""
     from ..run.engines import get_engine
 
-    return run.classifier is None and run.params.model is None and get_engine(run.params.engine).on_this_machine
+    return (run.classifier is None and run.params.model is None and get_engine(run.params.engine).on_this_machine
+            and not _names_other_descriptors(run))
+
+
+def _names_other_descriptors(run) -> bool:
+    """Whether an input or output of ``run`` names a descriptor of this process other than stdin and stdout
+    (``--jsonl /dev/fd/3``, ``>(gzip > x.gz)``, ``/dev/stderr``): the daemon is given those two only."""
+    from ..io.durable import names_descriptor
+
+    values = [*vars(run.params).values(), *vars(run.planner).values()]
+    paths = [v for v in values if isinstance(v, (str, os.PathLike))]
+    paths += [f for v in values if isinstance(v, (tuple, list)) for f in v if isinstance(f, (str, os.PathLike))]
+    for path in paths:
+        try:
+            if names_descriptor(path) not in (None, 0, 1):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def hand_over(run, listener, *, no_daemon: bool = False, debug: bool = False):
@@ -94,10 +115,42 @@ def hand_over(run, listener, *, no_daemon: bool = False, debug: bool = False):
             context = _context()
             wire.send(sock, "call", run, context, fds=context["fds"])
             sock.settimeout(None)
+            if not _wait_turn(sock, listener, pid):
+                return None
         except (wire.Closed, OSError):
             listener(Note(f"the campp daemon (pid {pid}) did not take the call; running here"))
             return None
         return _follow(sock, listener, pid)
+
+
+def _wait_turn(sock: socket.socket, listener, pid: int) -> bool:
+    """Wait for the daemon to start the call: True once it has; False where it runs here instead: after
+    :data:`WAIT_SECONDS` behind other calls (a caller ahead may be paused), or when the daemon stopped first.
+    A signal meanwhile ends the wait (the connection closes: a call that had just started is stopped)."""
+    from ..run.events import Note
+
+    deadline = time.monotonic() + WAIT_SECONDS
+    withdrawn = False
+    while True:
+        if not withdrawn:
+            ready, _, _ = select.select([sock], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                wire.send(sock, "withdraw")
+                withdrawn = True
+                continue
+        try:
+            kind, *fields = wire.receive(sock)
+        except wire.Closed:
+            kind, fields = "gone", []
+        if kind == "start":
+            return True
+        if kind == "withdrawn":
+            return False
+        if kind == "raised":
+            raise fields[0]
+        if kind in ("gone", "aborted"):
+            listener(Note(f"the campp daemon (pid {pid}) stopped before this call started; running here"))
+            return False
 
 
 def _context() -> dict:

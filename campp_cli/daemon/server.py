@@ -55,6 +55,15 @@ class Call:
         except OSError:
             self.gone = True
 
+    def release(self) -> None:
+        """Close the caller's descriptors (once): a caller's stdout must not stay open in the daemon, or its
+        reader (a pipe, a test) waits for an end of file forever."""
+        with self.send_lock:
+            fds, self.fds = self.fds, []
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def tell(self, event) -> None:
         """The run's listener: the event to the caller, then wait until it has printed it (or stopped)."""
         if self.gone:
@@ -72,6 +81,7 @@ class Server:
         self.calls: queue.Queue = queue.Queue()
         self.running: Call | None = None
         self.waiting: list[Call] = []
+        self.arriving = 0  # welcomed connections whose call is not queued yet: the daemon does not idle out
         self.lock = threading.Lock()
         self.stopping = False
         self.started = time.time()
@@ -108,16 +118,22 @@ class Server:
                 try:
                     call = self.calls.get(timeout=max(0.05, min(1.0, self.last + self.idle - time.monotonic())))
                 except queue.Empty:
-                    if time.monotonic() - self.last >= self.idle and self.calls.empty():
+                    with self.lock:
+                        idle = not self.arriving and self.calls.empty()
+                    if idle and time.monotonic() - self.last >= self.idle:
                         break
                     continue
                 if call is None:
                     break
-                self._execute(call)
+                try:
+                    self._execute(call)
+                except Cancelled:  # a cancel that fell outside the run: that call is over, the daemon is not
+                    call.send("aborted")
                 self.last = time.monotonic()
         finally:
             self._unbind(listener, folder / paths.SOCKET)
             for call in self._drain_queue():
+                call.release()
                 call.send("gone", "the daemon stopped before your call started")
         return 0
 
@@ -168,10 +184,11 @@ class Server:
             if call in self.waiting:
                 self.waiting.remove(call)
             if call.cancelled or call.gone:
+                call.release()
                 return
             self.running = call
-        call.send("start")
         try:
+            call.send("start")
             with _caller_context(call):
                 try:
                     outcome = ("done", wire.portable(call.run.execute(call.tell)))
@@ -186,9 +203,7 @@ class Server:
             with self.lock:
                 self.running = None
             self.served += 1
-            for fd in call.fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            call.release()
             _forget_held_signals()
         call.send(*outcome)
 
@@ -200,7 +215,8 @@ class Server:
             raise Cancelled()
 
     def _on_sigterm(self, signum, frame) -> None:
-        self.stop()
+        # Not here: the main thread may hold self.lock right now (a plain Lock would deadlock).
+        threading.Thread(target=self.stop, name="campp-stop", daemon=True).start()
 
     def stop(self) -> None:
         self.stopping = True
@@ -215,6 +231,13 @@ class Server:
             call.cancelled = True
             call.acks.put("cancel")  # a wait for the caller's answer ends
             running = self.running is call
+            queued = call in self.waiting
+            if queued:
+                self.waiting.remove(call)
+        if queued:  # it never started: said at once (the main thread will skip it)
+            call.release()
+            call.send("aborted")
+            return
         if running and threading.get_ident() != self.main_thread:
             signal.pthread_kill(self.main_thread, signal.SIGUSR1)
         elif running:
@@ -251,16 +274,21 @@ class Server:
                     return
                 with self.lock:
                     ahead = ([self.running] if self.running is not None else []) + list(self.waiting)
-                wire.send(conn, "welcome", len(ahead), sum(c.images for c in ahead), os.getpid())
-                kind, run, context, fds = wire.receive(conn, fds=4)
-                if kind != "call" or len(fds) != len(context["fds"]):
-                    for fd in fds:
-                        os.close(fd)
-                    return
-                call = Call(conn, run, context, fds, images=len(getattr(run, "jobs", ())))
-                with self.lock:
-                    self.waiting.append(call)
-                self.calls.put(call)
+                    self.arriving += 1
+                try:
+                    wire.send(conn, "welcome", len(ahead), sum(c.images for c in ahead), os.getpid())
+                    kind, run, context, fds = wire.receive(conn, fds=4)
+                    if kind != "call" or len(fds) != len(context["fds"]):
+                        for fd in fds:
+                            os.close(fd)
+                        return
+                    call = Call(conn, run, context, fds, images=len(getattr(run, "jobs", ())))
+                    with self.lock:
+                        self.waiting.append(call)
+                    self.calls.put(call)
+                finally:
+                    with self.lock:
+                        self.arriving -= 1
                 self._follow(call)
         except (wire.Closed, OSError):
             pass
@@ -284,6 +312,15 @@ class Server:
                 call.acks.put("ack")
             elif kind == "cancel":
                 self.cancel(call)
+            elif kind == "withdraw":  # waited too long: it runs in its own process, unless it has started
+                with self.lock:
+                    withdrawn = call in self.waiting
+                    if withdrawn:
+                        self.waiting.remove(call)
+                        call.cancelled = True
+                if withdrawn:
+                    call.release()
+                    call.send("withdrawn")
 
     def _left(self, call: Call) -> None:
         """Its connection ended: nothing more is sent; a run still going stops (a caller that left or died)."""
@@ -311,13 +348,17 @@ class Server:
 
 @contextlib.contextmanager
 def _caller_context(call: Call):
-    """The caller's folder, umask, environment, stdin and stdout for the run; the daemon's own after it."""
+    """The caller's folder, umask, environment, stdin and stdout for the run; the daemon's own after it
+    (restored however the run ends, even by a cancel that lands while this is being set up)."""
     ctx = call.context
     saved_env = dict(os.environ)
     saved_dir = os.getcwd()
-    saved_fds = {target: os.dup(target) for target in ctx["fds"]}
-    old_mask = os.umask(ctx["umask"])
+    saved_fds: dict[int, int] = {}
+    old_mask = None
     try:
+        for target in ctx["fds"]:
+            saved_fds[target] = os.dup(target)
+        old_mask = os.umask(ctx["umask"])
         os.chdir(ctx["cwd"])
         os.environ.clear()
         os.environ.update(ctx["env"])
@@ -325,13 +366,13 @@ def _caller_context(call: Call):
             os.dup2(fd, target)
         yield
     finally:
-        for stream in (sys.stdout,):
-            with contextlib.suppress(Exception):
-                stream.flush()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
         for target, fd in saved_fds.items():
             os.dup2(fd, target)
             os.close(fd)
-        os.umask(old_mask)
+        if old_mask is not None:
+            os.umask(old_mask)
         os.environ.clear()
         os.environ.update(saved_env)
         os.chdir(saved_dir)

@@ -53,17 +53,22 @@ def send(sock: socket.socket, *message, fds: list[int] | None = None) -> None:
 def receive(sock: socket.socket, fds: int = 0) -> tuple:
     """The next message; with ``fds``, also the descriptors sent with it (as the tuple's last item)."""
     got: list[int] = []
-    if fds:
-        head, got, _flags, _addr = socket.recv_fds(sock, _HEADER.size, fds)
-        head += _exactly(sock, _HEADER.size - len(head)) if head else b""
-        if not head:
+    try:
+        if fds:
+            head, got, _flags, _addr = socket.recv_fds(sock, _HEADER.size, fds)
+            head += _exactly(sock, _HEADER.size - len(head)) if head else b""
+            if not head:
+                raise Closed()
+        else:
+            head = _exactly(sock, _HEADER.size)
+        (size,) = _HEADER.unpack(head)
+        if size > MAX_MESSAGE:
             raise Closed()
-    else:
-        head = _exactly(sock, _HEADER.size)
-    (size,) = _HEADER.unpack(head)
-    if size > MAX_MESSAGE:
-        raise Closed()
-    message = pickle.loads(_exactly(sock, size))
+        message = pickle.loads(_exactly(sock, size))
+    except BaseException:
+        for fd in got:  # a message that did not arrive whole keeps none of the caller's descriptors
+            os.close(fd)
+        raise
     return (*message, got) if fds else message
 
 

@@ -86,16 +86,29 @@ def _descriptor_of(path: str | os.PathLike) -> int | None:
     return None
 
 
-def write_in_place(path: str | os.PathLike, data: bytes) -> None:
-    """``data`` written into the stream ``path`` (see :func:`is_stream`), which stays what it is.  A name of
-    one of this process's descriptors (``/dev/stdout``) is written through that descriptor, after what
-    Python holds for it: the output lands where the shell's redirection points, after the lines before it."""
+def real_descriptor(path: str | os.PathLike) -> int | None:
+    """:func:`_descriptor_of`, where stderr is: the console script moves the real stderr off descriptor 2
+    (see cli._silence_library_chatter), so ``/dev/stderr`` is Python's ``sys.stderr``."""
     own = _descriptor_of(path)
-    if own == 2:  # the console script moves the real stderr off descriptor 2 (see cli._silence_library_chatter)
+    if own == 2:
         try:
             own = sys.stderr.fileno()
         except (AttributeError, OSError, ValueError):
             pass
+    return own
+
+
+def names_descriptor(path: str | os.PathLike) -> int | None:
+    """The descriptor of this process that ``path`` names, or None (public: the daemon runs only runs whose
+    outputs name no descriptor but stdin and stdout, the two it is given)."""
+    return _descriptor_of(path)
+
+
+def write_in_place(path: str | os.PathLike, data: bytes) -> None:
+    """``data`` written into the stream ``path`` (see :func:`is_stream`), which stays what it is.  A name of
+    one of this process's descriptors (``/dev/stdout``) is written through that descriptor, after what
+    Python holds for it: the output lands where the shell's redirection points, after the lines before it."""
+    own = real_descriptor(path)
     if own is not None:
         for stream in (sys.stdout, sys.stderr):
             try:

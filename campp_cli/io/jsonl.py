@@ -61,12 +61,17 @@ class JsonlLog:
         self.created = False  # this run made the file: it goes again if no line is ever written
         self.started = False
         flags = os.O_WRONLY | os.O_APPEND
+        from .durable import names_descriptor, real_descriptor
+
         try:
-            try:
-                self.fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o666)
-                self.created = True
-            except FileExistsError:
-                self.fd = os.open(self.path, flags)
+            if names_descriptor(self.path) == 2:  # --jsonl /dev/stderr: where stderr really is
+                self.fd = os.dup(real_descriptor(self.path))
+            else:
+                try:
+                    self.fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+                    self.created = True
+                except FileExistsError:
+                    self.fd = os.open(self.path, flags)
         except OSError as exc:
             raise UsageError(f"cannot write ({exc.strerror or exc})", param="jsonl", value=self.path) from None
         if fcntl is not None:
