@@ -109,6 +109,9 @@ def hand_over(run, listener, *, no_daemon: bool = False, debug: bool = False):
                     listener(Note(f"the campp daemon (pid {pid}) was started with {what}; running here ('campp "
                                   f"daemon stop', then start it from this shell, to use one)"))
                 return None
+            if answer[0] != "welcome":
+                listener(Note(f"the campp daemon (pid {pid}) did not take the call; running here"))
+                return None
             _, calls, images, pid = answer
             if images > WAIT_FOR_IMAGES:
                 return None  # behind a long run: here, now
@@ -146,8 +149,9 @@ def _wait_turn(sock: socket.socket, listener, pid: int) -> bool:
             return True
         if kind == "withdrawn":
             return False
-        if kind == "raised":
-            raise fields[0]
+        if kind == "raised":  # it could not read the call: nothing ran there
+            listener(Note(f"the campp daemon (pid {pid}) could not take the call ({fields[0]}); running here"))
+            return False
         if kind in ("gone", "aborted"):
             listener(Note(f"the campp daemon (pid {pid}) stopped before this call started; running here"))
             return False
