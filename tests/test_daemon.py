@@ -96,6 +96,16 @@ def _loop(env, work: Path, photos, *extra):
     return calls
 
 
+def _many(tmp_path: Path, count: int = 40) -> Path:
+    """A folder of ``count`` copies of the photos: a run that lasts long enough to stop or pause."""
+    many = tmp_path / "many"
+    many.mkdir()
+    for k in range(count):
+        photo = PHOTOS[k % len(PHOTOS)]
+        shutil.copy(photo, many / f"p{k:02d}{photo.suffix}")
+    return many
+
+
 def _without_times(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if " done, " not in line)
 
@@ -264,10 +274,7 @@ def test_ctrl_c_stops_the_call_not_the_daemon(home, tmp_path):
     """SIGINT to a caller: its run stops in the daemon (exit 130, the images done reported), the daemon
     serves the next call."""
     start(home)
-    many = tmp_path / "many"
-    many.mkdir()
-    for k in range(40):
-        shutil.copy(PHOTOS[k % len(PHOTOS)], many / f"p{k:02d}{PHOTOS[k % len(PHOTOS)].suffix}")
+    many = _many(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "campp_cli", "classify", *LITE, "-f", many, "--jsonl", "j.jsonl",
                              "--batch-size", "2"], env=home, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -375,10 +382,7 @@ def test_a_paused_caller_holds_up_no_one(home, tmp_path):
     from campp_cli.daemon.client import WAIT_SECONDS
 
     start(home)
-    many = tmp_path / "many"
-    many.mkdir()
-    for k in range(40):
-        shutil.copy(PHOTOS[k % len(PHOTOS)], many / f"p{k:02d}{PHOTOS[k % len(PHOTOS)].suffix}")
+    many = _many(tmp_path)
     ahead = subprocess.Popen([sys.executable, "-m", "campp_cli", "classify", *LITE, "-f", many, "--batch-size", "2",
                               "--output-dir", "many_out"], env=home, cwd=tmp_path, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)

@@ -302,8 +302,8 @@ def _lock(path, wait: float):
         os.close(fd)
 
 
-def ping() -> dict | None:
-    """The running daemon's state (pid, uptime, models...), or None when none answers."""
+def _ask(*message) -> tuple | None:
+    """The running daemon's answer to one message (``ping``, ``stop``), or None when none answers."""
     sock_path = paths.socket_path()
     if not os.path.lexists(sock_path):
         return None
@@ -316,11 +316,16 @@ def ping() -> dict | None:
         return None
     with sock:
         try:
-            wire.send(sock, "ping")
-            kind, info = wire.receive(sock)
+            wire.send(sock, *message)
+            return wire.receive(sock)
         except (wire.Closed, OSError):
             return None
-    return info if kind == "pong" else None
+
+
+def ping() -> dict | None:
+    """The running daemon's state (pid, uptime, models...), or None when none answers."""
+    answer = _ask("ping")
+    return answer[1] if answer is not None and answer[0] == "pong" else None
 
 
 def start(idle: float = 600.0, models: int = 3, max_bytes: int | None = None, wait: float = 120.0) -> dict:
@@ -360,22 +365,10 @@ def start(idle: float = 600.0, models: int = 3, max_bytes: int | None = None, wa
 
 def stop(wait: float = 30.0) -> int | None:
     """Tell the daemon to stop (a run it is running is stopped); its pid, or None when none runs."""
-    sock_path = paths.socket_path()
-    if not os.path.lexists(sock_path):
+    answer = _ask("stop")
+    if answer is None or answer[0] != "stopping":
         return None
-    paths.check_private(sock_path.parent)
-    try:
-        sock, pid = _connect(sock_path, restart=False)
-    except DaemonError:
-        return None
-    if sock is None:
-        return None
-    with sock:
-        try:
-            wire.send(sock, "stop")
-            _, pid = wire.receive(sock)
-        except (wire.Closed, OSError):
-            return None
+    pid = answer[1]
     deadline = time.monotonic() + wait
     while wait and time.monotonic() < deadline and _alive(pid):
         time.sleep(0.05)

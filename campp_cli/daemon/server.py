@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ..run.signals import forget_held
 from . import paths, wire
 
 
@@ -204,7 +205,7 @@ class Server:
                 self.running = None
             self.served += 1
             call.release()
-            _forget_held_signals()
+            forget_held()
         call.send(*outcome)
 
     def _on_cancel(self, signum, frame) -> None:
@@ -376,12 +377,6 @@ def _caller_context(call: Call):
         os.environ.clear()
         os.environ.update(saved_env)
         os.chdir(saved_dir)
-
-
-def _forget_held_signals() -> None:
-    from ..run import signals
-
-    signals._held.clear()
 
 
 def _rss() -> int:

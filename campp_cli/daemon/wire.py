@@ -24,21 +24,23 @@ class Closed(Exception):
     """The other end closed the connection (or died)."""
 
 
-def peer_uid(sock: socket.socket) -> int | None:
-    """The uid of the process at the other end (``SO_PEERCRED``), or None where the system cannot say."""
+def _peer(sock: socket.socket) -> tuple[int, int, int] | None:
+    """``(pid, uid, gid)`` of the process at the other end (``SO_PEERCRED``), or None where the system cannot
+    say."""
     option = getattr(socket, "SO_PEERCRED", None)
     if option is None:
         return None
-    creds = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
+    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i")))
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    creds = _peer(sock)
+    return creds[1] if creds else None
 
 
 def peer_pid(sock: socket.socket) -> int | None:
-    option = getattr(socket, "SO_PEERCRED", None)
-    if option is None:
-        return None
-    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i")))[0]
+    creds = _peer(sock)
+    return creds[0] if creds else None
 
 
 def send(sock: socket.socket, *message, fds: list[int] | None = None) -> None:

@@ -42,3 +42,8 @@ def deferred():
             handler, signum, frame = _held[0]
             _held.clear()
             handler(signum, frame)
+
+
+def forget_held() -> None:
+    """Drop a signal held by :func:`deferred` and not yet acted on (the daemon, between two callers' runs)."""
+    _held.clear()
