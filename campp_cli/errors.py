@@ -7,8 +7,6 @@ package prints or exits.  Library users (notebooks) simply catch them.
 
 from __future__ import annotations
 
-import difflib
-
 #: Longest value (a name, a key, a line of a file) echoed in a message; longer ones are cut with an ellipsis.
 ECHO_LIMIT = 200
 
@@ -25,10 +23,21 @@ def clip(value: object, limit: int = ECHO_LIMIT) -> str:
 
 def suggest(name: str, choices, n: int = 1, cutoff: float = 0.5) -> str:
     """"; did you mean X?" (or "X or Y" for ``n`` > 1) for the choices closest to ``name``, or ""."""
+    import difflib
+
     close = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=cutoff)
     if not close:
         return ""
     return f"; did you mean {', '.join(close[:-1]) + ' or ' if len(close) > 1 else ''}{close[-1]}?"
+
+
+#: How a run stopped by a signal ends: the line and the exit code for ``how`` (SIGINT: ``"interrupted"``,
+#: SIGTERM: ``"terminated"``), said the same by the CLI and by a caller whose run a daemon stopped.
+ABORTED = {"interrupted": 130, "terminated": 143}
+
+
+def aborted_line(how: str) -> str:
+    return f"campp: aborted ({how}); every output file on disk is complete"
 
 
 def first_line(exc: BaseException) -> str:

@@ -131,6 +131,51 @@ def test_loop_with_and_without_daemon_is_byte_identical(home, tmp_path):
     assert _served(home) == len(photos)
 
 
+def test_errors_through_the_daemon_are_those_of_a_call_alone(home, tmp_path):
+    """A usage error, a missing photo and an unknown architecture: the same stderr line and exit code
+    whether the daemon runs the call or the call runs alone (the daemon parses the same command line)."""
+    calls = [["classify", *LITE, "-f", PHOTOS[0], "--bogus"], ["classify", *LITE, "-f", "missing.png"],
+             ["classify", "--arch", "no_such_net", "-f", PHOTOS[0]], ["evaluate", *LITE, "-f", PHOTOS[0], "-m", "x"]]
+    alone = [campp(args, {**home, "CAMPP_DAEMON": "off"}, tmp_path) for args in calls]
+    start(home)
+    warm = [campp(args, home, tmp_path) for args in calls]
+    assert [(p.returncode, p.stdout, p.stderr) for p in warm] == [(p.returncode, p.stdout, p.stderr) for p in alone]
+    assert [p.returncode for p in alone] == [2, 2, 2, 2]
+    assert _served(home) == len(calls)
+
+
+@pytest.mark.slow
+def test_progress_bar_on_the_callers_terminal(home, tmp_path):
+    """A folder run with stderr on a terminal draws its bar there through the daemon, as it does alone."""
+    import pty
+
+    def on_a_terminal(env, out):
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen([sys.executable, "-m", "campp_cli", "classify", *LITE, "-f", IMAGES,
+                                 "--output-dir", out], env=env, cwd=tmp_path, stderr=follower,
+                                stdout=subprocess.DEVNULL)
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal's last writer closed it
+                break
+            if not chunk:
+                break
+            seen += chunk
+        os.close(leader)
+        assert proc.wait(timeout=300) == 0
+        return seen
+
+    alone = on_a_terminal({**home, "CAMPP_DAEMON": "off"}, "a")
+    start(home)
+    warm = on_a_terminal(home, "b")
+    assert _served(home) == 1
+    for seen in (alone, warm):
+        assert b"\r" in seen and f"{len(PHOTOS)}/{len(PHOTOS)}".encode() in seen, seen
+
+
 @pytest.mark.slow
 def test_folder_run_and_evaluate_through_the_daemon(home, tmp_path):
     """A folder run (progress lines, summary) and evaluate's tables and --json are the same through the
@@ -151,17 +196,28 @@ def test_folder_run_and_evaluate_through_the_daemon(home, tmp_path):
 
 
 def test_caller_never_imports_torch(home, tmp_path):
-    """A call handed to the daemon imports neither torch nor NumPy, OpenCV or Pillow (a fresh interpreter)."""
+    """A call handed to the daemon imports neither torch nor NumPy, OpenCV, Pillow, nor even click (a fresh
+    interpreter running the console script's entry)."""
     start(home)
-    probe = ("import sys\nfrom campp_cli.cli.main import main\ntry:\n    main(sys.argv[1:])\n"
+    probe = ("import sys\nfrom campp_cli.cli.entry import main\ntry:\n    main(sys.argv[1:])\n"
              "except SystemExit as e:\n    code = e.code\n"
-             "heavy = [m for m in ('torch', 'numpy', 'cv2', 'PIL', 'torchvision') if m in sys.modules]\n"
+             "heavy = [m for m in ('torch', 'numpy', 'cv2', 'PIL', 'torchvision', 'click') if m in sys.modules]\n"
              "print('HEAVY', heavy, code, file=sys.stderr)\n")
     proc = subprocess.run([sys.executable, "-c", probe, "classify", *LITE, "-f", PHOTOS[0], "-q"], env=home,
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert "HEAVY [] 0" in proc.stderr, proc.stderr
     assert (tmp_path / "output" / f"{PHOTOS[0].stem}.jpeg").is_file()
     assert _served(home) == 1
+
+
+def test_commands_it_does_not_serve_run_here(home, tmp_path):
+    """`campp methods`, `campp daemon status` and `campp --version` run in the caller, silently, while a
+    daemon runs (the daemon says which commands it serves)."""
+    start(home)
+    for args in (["methods"], ["daemon", "status"], ["--version"]):
+        proc = campp(args, home, tmp_path)
+        assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+    assert _served(home) == 0
 
 
 @pytest.mark.slow
@@ -177,16 +233,24 @@ def test_no_daemon_and_off_run_here(home, tmp_path):
 
 @pytest.mark.slow
 def test_auto_starts_one_and_two_callers_start_one(home, tmp_path):
-    """CAMPP_DAEMON=auto: the first calls start a daemon; two at once start one (the start lock)."""
+    """CAMPP_DAEMON=auto: the first calls run here and start a daemon in the background; two at once start
+    one (the start and serve locks); the next call is served by it."""
     env = {**home, "CAMPP_DAEMON": "auto"}
     procs = [subprocess.Popen([sys.executable, "-m", "campp_cli", "classify", *LITE, "-f", photo, "-q",
                                "--output-dir", f"o{k}"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
              for k, photo in enumerate(PHOTOS[:2])]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
-    assert _served(home) == 2  # both ran in the one daemon
+    assert errs == ["", ""]
+    deadline = time.monotonic() + 120
+    while campp(["daemon", "status"], home, REPO).returncode != 0:
+        assert time.monotonic() < deadline, "no daemon started"
+        time.sleep(0.5)
     pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_daemon(p, home)]
     assert len(pids) == 1
+    third = campp(["classify", *LITE, "-f", PHOTOS[2], "-q", "--output-dir", "o2"], env, tmp_path)
+    assert third.returncode == 0 and third.stderr == "", third.stderr
+    assert _served(home) == 1
 
 
 def _is_daemon(proc: Path, env) -> bool:
@@ -254,17 +318,21 @@ def test_another_start_environment_is_not_used(home, tmp_path):
     assert proc.stderr.count("\n") == 1 and "OMP_NUM_THREADS" in proc.stderr and "running here" in proc.stderr
 
 
-def test_another_build_is_told_to_stop(home, tmp_path, monkeypatch, run_cli):
+def test_another_build_is_told_to_stop(home, tmp_path, monkeypatch, capsys):
     """A daemon of another campp is not used: the call runs here with one warning and the daemon stops."""
     pid = start(home)
+    from campp_cli.cli.entry import main
     from campp_cli.daemon import paths
 
     real = paths.identity
     monkeypatch.setattr(paths, "identity", lambda: {**real(), "campp": "0.0.0-other"})
     monkeypatch.delenv("CAMPP_DAEMON")
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli("classify", *LITE, "-f", str(PHOTOS[0]), "-q")
-    assert code == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["classify", *LITE, "-f", str(PHOTOS[0]), "-q"])
+    err = capsys.readouterr().err
+    assert info.value.code == 0
     assert err.count("\n") == 1 and "told it to stop" in err and "running here" in err
     assert _wait_gone(Path(home["CAMPP_DAEMON_DIR"]), pid)
 
@@ -281,7 +349,9 @@ def test_ctrl_c_stops_the_call_not_the_daemon(home, tmp_path):
     first = proc.stdout.readline()
     assert "->" in first
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    out = proc.stdout.read()  # through the buffer readline filled (communicate would skip what it holds)
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
     assert proc.returncode == 130, err
     assert "aborted (interrupted)" in err
     done = [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()]
@@ -376,34 +446,46 @@ def test_status_names_the_models_held(home, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_paused_caller_holds_up_no_one(home, tmp_path):
-    """A caller paused (Ctrl-Z) while the daemon runs its call: another shell's call waits its turn at most
-    WAIT_SECONDS and then runs in its own process; one stopped while it waits ends at once (exit 130)."""
+def test_a_stuck_caller_holds_up_no_one(home, tmp_path):
+    """A caller whose stdout nobody reads (a full pipe: the daemon's write to it blocks): another shell's
+    call waits its turn at most WAIT_SECONDS and then runs in its own process; one stopped while it waits
+    ends at once (exit 130)."""
+    import fcntl
+
     from campp_cli.daemon.client import WAIT_SECONDS
 
     start(home)
     many = _many(tmp_path)
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # 40 JSON lines of about 500 bytes do not fit
     ahead = subprocess.Popen([sys.executable, "-m", "campp_cli", "classify", *LITE, "-f", many, "--batch-size", "2",
-                              "--output-dir", "many_out"], env=home, cwd=tmp_path, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                              "--output-dir", "many_out", "--jsonl", "/dev/stdout", "-q"], env=home, cwd=tmp_path,
+                             stdout=write_end, stderr=subprocess.DEVNULL)
+    os.close(write_end)
     try:
-        assert "->" in ahead.stdout.readline()
-        ahead.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 120
+        while "running: one call of 40" not in campp(["daemon", "status"], home, REPO).stdout:
+            assert time.monotonic() < deadline and ahead.poll() is None
+            time.sleep(0.2)
+        time.sleep(3)  # long enough to fill the pipe (the 40 photos take about 2 s unblocked)
         waiting = subprocess.Popen([sys.executable, "-m", "campp_cli", "classify", *LITE, "-f", PHOTOS[1], "-q",
                                     "--output-dir", "w"], env=home, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
         time.sleep(2)
         waiting.send_signal(signal.SIGINT)
         assert waiting.wait(timeout=15) == 130
+        assert "aborted (interrupted)" in waiting.stderr.read()
         began = time.monotonic()
         after = campp(["classify", *LITE, "-f", PHOTOS[0], "-q", "--output-dir", "o"], home, tmp_path, timeout=120)
         assert after.returncode == 0 and after.stderr == "", after.stderr
         assert time.monotonic() - began >= WAIT_SECONDS  # it waited its turn first
         assert (tmp_path / "o" / f"{PHOTOS[0].stem}.jpeg").is_file()
+        assert ahead.poll() is None  # still stuck
     finally:
-        ahead.send_signal(signal.SIGCONT)
-    ahead.communicate(timeout=300)
-    assert ahead.returncode == 0
-    assert _served(home) == 1  # the paused caller's call only
+        with os.fdopen(read_end, "rb") as pipe:
+            lines = pipe.read().splitlines()
+    assert ahead.wait(timeout=300) == 0
+    assert len(lines) == 40
+    assert _served(home) == 1  # the stuck caller's call only
 
 
 def test_an_output_on_another_descriptor_runs_here(home, tmp_path):

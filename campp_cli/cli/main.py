@@ -14,11 +14,12 @@ import os
 import signal
 import sys
 import warnings
+from dataclasses import dataclass
 
 import click
 
 from .. import __version__
-from ..errors import CamppError, clip, first_line
+from ..errors import ABORTED, CamppError, aborted_line, clip, first_line
 from ..registry import Registry
 from .console import say
 
@@ -44,15 +45,25 @@ def cli(debug: bool) -> None:
     """
 
 
-#: The subcommands: name -> "module:attribute" of its click command.
-SUBCOMMANDS: Registry[str] = Registry("command")
+@dataclass(frozen=True)
+class Subcommand:
+    """A subcommand: ``target`` is the "module:attribute" of its click command; ``served`` says a running
+    daemon serves it (:mod:`campp_cli.daemon`: the commands that run a model)."""
+
+    target: str
+    served: bool = False
+
+
+#: The subcommands, by name.
+SUBCOMMANDS: Registry[Subcommand] = Registry("command")
 for _name in ("classify", "evaluate", "methods", "layers", "convert", "daemon"):
-    SUBCOMMANDS.register(_name, f"campp_cli.cli.{_name}:{_name}")
+    SUBCOMMANDS.register(_name, Subcommand(f"campp_cli.cli.{_name}:{_name}", served=_name in ("classify",
+                                                                                              "evaluate")))
 
 
 def _add_subcommands() -> None:
     for name in SUBCOMMANDS.list():
-        module, attr = SUBCOMMANDS.get(name).split(":")
+        module, attr = SUBCOMMANDS.get(name).target.split(":")
         cli.add_command(getattr(importlib.import_module(module), attr), name)
 
 
@@ -134,11 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args or os.environ.get("CAMPP_DEBUG", "") not in ("", "0")
-    if not debug:
-        # Library warnings (deprecations, initialisation notes) would break the one-line contract.
-        warnings.simplefilter("ignore")
-        if argv is None:  # the console script, not a test calling main() in its own process
-            _silence_library_chatter()
+    if not debug and argv is None:  # the console script, not a test calling main() in its own process
+        _silence_library_chatter()
     from ..run.signals import deferrable
 
     previous = {}
@@ -149,17 +157,33 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError:  # not the main thread (an embedding application): leave its handlers alone
         pass
     try:
-        code = cli.main(args=args, prog_name="campp", standalone_mode=False, obj={"argv": args})
-    except BaseException as exc:  # noqa: BLE001 - every error becomes one line and an exit code
-        if debug and isinstance(exc, Exception) and not isinstance(
-                exc, (click.ClickException, BrokenPipeError, MemoryError)):
-            raise
-        code = exit_code(exc)
+        code = run(args, debug)
     finally:
         for sig, handler in previous.items():
             if handler is not None:
                 signal.signal(sig, handler)
-    sys.exit(code if isinstance(code, int) else 0)
+    sys.exit(code)
+
+
+def run(args: list[str], debug: bool = False) -> int:
+    """``campp ARGS`` in this process, its exit code; every error said in one line (a traceback with
+    ``debug``).  The signals are the caller's to set: :func:`main` makes SIGTERM :class:`Terminated`, the
+    daemon raises a caller's Ctrl-C and SIGTERM here as they would arrive (:mod:`campp_cli.daemon.server`)."""
+    with warnings.catch_warnings():
+        if not debug:  # library warnings (deprecations, initialisation notes) would break the one-line contract
+            warnings.simplefilter("ignore")
+        try:
+            code = cli.main(args=args, prog_name="campp", standalone_mode=False, obj={"argv": args})
+        except SystemExit as exc:
+            code = exc.code
+        except BaseException as exc:  # noqa: BLE001 - every error becomes one line and an exit code
+            if debug and isinstance(exc, Exception) and not isinstance(
+                    exc, (click.ClickException, BrokenPipeError, MemoryError)):
+                raise
+            code = exit_code(exc)
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else EXIT_FAILURE
 
 
 def exit_code(exc: BaseException) -> int:
@@ -170,8 +194,8 @@ def exit_code(exc: BaseException) -> int:
         return EXIT_USAGE
     if isinstance(exc, (click.exceptions.Abort, KeyboardInterrupt, Terminated)):
         how = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        say(f"campp: aborted ({how}); every output file on disk is complete")
-        return 143 if isinstance(exc, Terminated) else 130
+        say(aborted_line(how))
+        return ABORTED[how]
     if isinstance(exc, click.ClickException):
         say(f"campp: error: {exc.format_message()}")
         return exc.exit_code
@@ -192,6 +216,5 @@ def exit_code(exc: BaseException) -> int:
             f"255 bytes a name)")
     else:
         text = first_line(exc) if str(exc).strip() else ""
-        name = getattr(exc, "type_name", None) or type(exc).__name__  # a daemon's error goes by its own name
-        say(f"campp: internal error: {name}: {clip(text)} (rerun with --debug for the traceback)")
+        say(f"campp: internal error: {type(exc).__name__}: {clip(text)} (rerun with --debug for the traceback)")
     return EXIT_FAILURE

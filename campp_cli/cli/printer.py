@@ -17,19 +17,19 @@ from .console import clear_bar_line, echo, isatty, progress_bar, say
 
 def run_printed(command: str, printer_type: type, quiet: bool, files, params: dict) -> None:
     """A subcommand's whole body: make the :class:`~campp_cli.run.run.Run` (checked and planned here), execute
-    it through its printer (in the campp daemon when one runs: :mod:`campp_cli.daemon`; the bar closed however
-    it ends), exit 1 when an image failed."""
-    from ..daemon.client import hand_over
+    it through its printer (the bar closed however it ends), exit 1 when an image failed.  In the campp daemon
+    (:mod:`campp_cli.daemon`) this runs as it would in the caller's own process, with the caller's folder,
+    environment, stdin, stdout and stderr."""
+    from ..daemon.client import planned
     from ..run.run import Run
-    from .main import EXIT_FAILURE, command_line, debugging
+    from .main import EXIT_FAILURE, command_line
 
     no_daemon = params.pop("no_daemon", False)
     run = Run(command, files, argv=command_line(), **params)
+    planned(run, no_daemon)
     printer = printer_type(run, quiet)
     try:
-        summary = hand_over(run, printer, no_daemon=no_daemon, debug=debugging())
-        if summary is None:
-            summary = run.execute(printer)
+        summary = run.execute(printer)
     finally:
         printer.close()
     if summary.failed:

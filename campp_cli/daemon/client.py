@@ -1,11 +1,13 @@
-"""The caller's side of the daemon: hand a planned run over, print what comes back; start, ask, stop.
+"""The caller's side of the daemon: forward a command line to it, or say why it runs here; start, ask, stop.
 
-Nothing here imports torch, NumPy or OpenCV: a call handed to a daemon costs Python, click and campp's
-planning.  :func:`hand_over` returns None wherever the run is to go on here: no daemon (and
-``CAMPP_DAEMON`` is not ``auto``), ``--no-daemon`` or ``CAMPP_DAEMON=off``, ``--debug`` (tracebacks come
-from this process), a run that is not the daemon's to run (your own ``--model`` code, an engine that places
-its own model), a daemon busy with a long run, or one that cannot be used (a stale socket, another build,
-another start-up environment: said in one warning line).
+:func:`forward` is the console script's first step (:mod:`campp_cli.cli.entry`), before click or anything
+heavy is imported: a call to a daemon costs Python, a few standard modules and the socket.  It returns None
+wherever the call is to run here: no daemon, ``--no-daemon`` or ``CAMPP_DAEMON=off``, ``--debug``
+(tracebacks come from this process), a command the daemon does not serve (it says which), a daemon busy
+with a long run, one that cannot be used (a stale socket, another build, another start-up environment: said
+in one warning line), or a run that the daemon finds is not its to run (:func:`eligible`: it says so before
+it has printed or written anything).  With ``CAMPP_DAEMON=auto`` a run here starts a daemon for the next
+calls (:func:`planned`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import errno
 import fcntl
 import os
 import select
+import signal
 import socket
 import sys
 import time
 
-from ..errors import UsageError
+from ..errors import ABORTED, UsageError, aborted_line
 from . import paths, wire
 from .paths import DaemonError
 
@@ -32,6 +35,14 @@ WAIT_SECONDS = 10.0
 
 MODES = ("on", "off", "auto")
 CONNECT_TIMEOUT = 10.0
+
+#: In the daemon, while it runs a caller's command: the check each served command makes once its run is
+#: planned (:meth:`campp_cli.daemon.server.Server.planned`).  None in every other process.
+serving = None
+
+
+class RunInCaller(BaseException):
+    """Raised in the daemon when a caller's run is not the daemon's to run (nothing printed yet)."""
 
 
 def mode(no_daemon: bool = False) -> str:
@@ -57,173 +68,205 @@ def eligible(run) -> bool:
 
 
 def _names_other_descriptors(run) -> bool:
-    """Whether an input or output of ``run`` names a descriptor of this process other than stdin and stdout
-    (``--jsonl /dev/fd/3``, ``>(gzip > x.gz)``, ``/dev/stderr``): the daemon is given those two only."""
+    """Whether an input or output of ``run`` names a descriptor other than stdin, stdout and stderr
+    (``--jsonl /dev/fd/3``, ``>(gzip > x.gz)``): the daemon is given those three only."""
     from ..io.durable import names_descriptor
 
     values = [*vars(run.params).values(), *vars(run.planner).values()]
-    paths = [v for v in values if isinstance(v, (str, os.PathLike))]
-    paths += [f for v in values if isinstance(v, (tuple, list)) for f in v if isinstance(f, (str, os.PathLike))]
-    for path in paths:
+    names = [v for v in values if isinstance(v, (str, os.PathLike))]
+    names += [f for v in values if isinstance(v, (tuple, list)) for f in v if isinstance(f, (str, os.PathLike))]
+    for name in names:
         try:
-            if names_descriptor(path) not in (None, 0, 1):
+            if names_descriptor(name) not in (None, 0, 1, 2):
                 return True
         except (OSError, ValueError):
             continue
     return False
 
 
-def hand_over(run, listener, *, no_daemon: bool = False, debug: bool = False):
-    """Run ``run`` in the daemon, telling ``listener`` its events; its Summary, or None to run it here."""
-    from ..run.events import Note
+def planned(run, no_daemon: bool = False) -> None:
+    """Each served command's step once its run is planned: in the daemon, its check (a run that is not its
+    to run goes back to the caller: :class:`RunInCaller`); elsewhere, with ``CAMPP_DAEMON=auto``, a daemon
+    started in the background for the next calls, unless one runs or is starting (this call runs here)."""
+    if serving is not None:
+        serving(run)
+        return
+    if mode(no_daemon) == "auto" and eligible(run):
+        with contextlib.suppress(DaemonError, OSError):
+            start(wait=0)
 
-    how = mode(no_daemon)
-    if how == "off" or debug or not eligible(run):
+
+def forward(args: list[str]) -> int | None:
+    """``campp ARGS`` run by the daemon: its exit code, or None to run it here."""
+    try:
+        how = mode()
+    except UsageError:
+        return None  # said by the call here
+    if how == "off" or "--no-daemon" in args or "--debug" in args or os.environ.get("CAMPP_DEBUG", "") not in (
+            "", "0"):
+        return None
+    command = next((a for a in args if not a.startswith("-")), None)
+    if command is None:
         return None
     try:
-        folder = paths.folder()
-        sock_path = folder / paths.SOCKET
+        sock_path = paths.socket_path()
         if not os.path.lexists(sock_path):
-            if how != "auto":
-                return None
-            start()
-        paths.check_private(folder)
-        sock, pid = _connect(sock_path, restart=how == "auto")
+            return None
+        paths.check_private(sock_path.parent)
+        sock, pid = _connect(sock_path, restart=False)
     except DaemonError as exc:
-        listener(Note(f"{exc.message}; running here"))
+        _warn(f"{exc.message}; running here")
         return None
     if sock is None:
         return None
     with sock:
-        try:
-            sock.settimeout(CONNECT_TIMEOUT)
-            wire.send(sock, "hello", paths.identity())
-            answer = wire.receive(sock)
-            if answer[0] == "mismatch":
-                _, kind, what, pid = answer
-                if kind == "build":
-                    with contextlib.suppress(DaemonError):
-                        stop(wait=0)
-                    listener(Note(f"the campp daemon (pid {pid}) runs {what}: told it to stop; running here"))
-                else:
-                    listener(Note(f"the campp daemon (pid {pid}) was started with {what}; running here ('campp "
-                                  f"daemon stop', then start it from this shell, to use one)"))
-                return None
-            if answer[0] != "welcome":
-                listener(Note(f"the campp daemon (pid {pid}) did not take the call; running here"))
-                return None
-            _, calls, images, pid = answer
-            if images > WAIT_FOR_IMAGES:
-                return None  # behind a long run: here, now
-            context = _context()
-            wire.send(sock, "call", run, context, fds=context["fds"])
-            sock.settimeout(None)
-            if not _wait_turn(sock, listener, pid):
-                return None
-        except (wire.Closed, OSError):
-            listener(Note(f"the campp daemon (pid {pid}) did not take the call; running here"))
+        return _call(sock, pid, command, args)
+
+
+def _call(sock: socket.socket, pid: int, command: str, args: list[str]) -> int | None:
+    try:
+        sock.settimeout(CONNECT_TIMEOUT)
+        wire.send(sock, "hello", paths.identity(), command)
+        answer = wire.receive(sock)
+        if answer[0] == "local":
+            return None  # a command it does not serve
+        if answer[0] == "mismatch":
+            _, kind, what, pid = answer
+            if kind == "build":
+                with contextlib.suppress(DaemonError):
+                    stop(wait=0)
+                _warn(f"the campp daemon (pid {pid}) runs {what}: told it to stop; running here")
+            else:
+                _warn(f"the campp daemon (pid {pid}) was started with {what}; running here ('campp daemon "
+                      f"stop', then start it from this shell, to use one)")
             return None
-        return _follow(sock, listener, pid)
+        if answer[0] != "welcome":
+            _warn(f"the campp daemon (pid {pid}) did not take the call; running here")
+            return None
+        _, images, pid = answer
+        if images > WAIT_FOR_IMAGES:
+            return None  # behind a long run: here, now
+        context, fds = _context()
+        wire.send(sock, "call", args, context, fds=fds)
+        sock.settimeout(None)
+    except (wire.Closed, OSError):
+        _warn(f"the campp daemon (pid {pid}) did not take the call; running here")
+        return None
+    return _wait(sock, pid)
 
 
-def _wait_turn(sock: socket.socket, listener, pid: int) -> bool:
-    """Wait for the daemon to start the call: True once it has; False where it runs here instead: after
-    :data:`WAIT_SECONDS` behind other calls (a caller ahead may be paused), or when the daemon stopped first.
-    A signal meanwhile ends the wait (the connection closes: a call that had just started is stopped)."""
-    from ..run.events import Note
+class _Signal(BaseException):
+    def __init__(self, how: str):
+        super().__init__(how)
+        self.how = how
 
+
+def _raise(how: str):
+    def handler(signum, frame):
+        raise _Signal(how)
+
+    return handler
+
+
+def _wait(sock: socket.socket, pid: int) -> int | None:
+    """Wait for the call's end there: its exit code; None where it runs here instead (after
+    :data:`WAIT_SECONDS` behind other calls, a daemon that stopped first, a run not the daemon's).
+
+    Ctrl-C or SIGTERM here stops the call there as it would stop here (what it finished is reported, then
+    ``campp: aborted ...`` and 130 or 143, said by the daemon); a second one, or one before the call has
+    started, ends the wait at once (the connection closes: the daemon stops the call)."""
+    previous = {}
+    with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
+        for sig, how in ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")):
+            previous[sig] = signal.signal(sig, _raise(how))
+    try:
+        return _follow(sock, pid)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _follow(sock: socket.socket, pid: int) -> int | None:
     deadline = time.monotonic() + WAIT_SECONDS
-    withdrawn = False
+    started = withdrawn = False
+    stopped = None  # how the caller stopped it: "interrupted" or "terminated"
     while True:
-        if not withdrawn:
-            ready, _, _ = select.select([sock], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                wire.send(sock, "withdraw")
-                withdrawn = True
-                continue
         try:
+            if not started and not withdrawn:
+                ready, _, _ = select.select([sock], [], [], max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    wire.send(sock, "withdraw")
+                    withdrawn = True
+                    continue
             kind, *fields = wire.receive(sock)
-        except wire.Closed:
+        except _Signal as sig:
+            if stopped is not None or not started:
+                return _aborted(stopped or sig.how)
+            stopped = sig.how
+            try:
+                wire.send(sock, "cancel", sig.how)
+            except OSError:
+                return _aborted(stopped)
+            continue
+        except (wire.Closed, OSError):
             kind, fields = "gone", []
         if kind == "start":
-            return True
-        if kind == "withdrawn":
-            return False
-        if kind == "raised":  # it could not read the call: nothing ran there
-            listener(Note(f"the campp daemon (pid {pid}) could not take the call ({fields[0]}); running here"))
-            return False
-        if kind in ("gone", "aborted"):
-            listener(Note(f"the campp daemon (pid {pid}) stopped before this call started; running here"))
-            return False
+            started = True
+        elif kind == "exit":
+            return fields[0]
+        elif kind in ("withdrawn", "here"):
+            return None
+        elif stopped is not None:  # it ended otherwise after the caller's signal
+            return _aborted(stopped)
+        elif not started:  # nothing of it ran there
+            reason = f"could not take the call ({fields[0]})" if kind == "raised" else \
+                "stopped before this call started"
+            _warn(f"the campp daemon (pid {pid}) {reason}; running here")
+            return None
+        elif kind == "aborted":
+            return _error(f"the campp daemon (pid {pid}) was stopped during this call; every file it wrote is "
+                          f"whole: run it again")
+        elif kind == "raised":
+            return _error(f"the campp daemon (pid {pid}) failed this call ({fields[0]}; see "
+                          f"{paths.folder() / paths.LOG}): run it again (--no-daemon runs it here)")
+        else:
+            return _error(f"the campp daemon (pid {pid}) ended during this call (see {paths.folder() / paths.LOG}); "
+                          f"every file it wrote is whole: run it again (--no-daemon runs it here)")
 
 
-def _context() -> dict:
-    """What the run needs of this process: its folder, umask, environment, stdin and stdout."""
+def _context() -> tuple[dict, list[int]]:
+    """What the call needs of this process: its folder, umask, environment, and its stdin, stdout and
+    stderr (the descriptors, and the encoding Python gave each)."""
     mask = os.umask(0o022)
     os.umask(mask)
-    fds = []
-    for fd in (0, 1):
+    targets, streams = [], {}
+    for fd, stream in ((0, sys.stdin), (1, sys.stdout), (2, sys.stderr)):
         with contextlib.suppress(OSError):
             os.fstat(fd)
-            fds.append(fd)
-    return {"cwd": os.getcwd(), "umask": mask, "env": dict(os.environ), "fds": fds}
+            targets.append(fd)
+            if stream is not None:
+                streams[fd] = (stream.encoding, stream.errors)
+    return {"cwd": os.getcwd(), "umask": mask, "env": dict(os.environ), "fds": targets, "streams": streams}, targets
 
 
-def _follow(sock: socket.socket, listener, pid: int):
-    """The run's events, printed as they come; its Summary, or its error raised here.
+def _warn(text: str) -> None:
+    _say(f"campp: warning: {text}")
 
-    Ctrl-C or SIGTERM here stops the call there: its results reported meanwhile are still printed, then the
-    signal's exception is raised (``campp: aborted ...``, as a run here would end); a second one ends the
-    wait.  An error of the listener (a stdout that cannot be written, a single photo that failed) stops the
-    call too, and is raised once the daemon has stopped it (its --jsonl and report are then as a run here
-    would leave them)."""
-    from ..run.signals import deferred
 
-    state = {"stopped": None, "printing": True}
+def _error(text: str) -> int:
+    _say(f"campp: error: {text}")
+    return DaemonError.exit_code
 
-    def stop_call(exc: BaseException) -> None:
-        if state["stopped"] is not None or isinstance(exc, (SystemExit, GeneratorExit)):
-            raise exc
-        state["stopped"] = exc
-        state["printing"] = not isinstance(exc, Exception)  # after a signal, what it finished is printed
-        try:
-            wire.send(sock, "cancel")
-        except OSError:
-            raise exc from None
 
-    while True:
-        try:
-            message = wire.receive(sock)
-        except wire.Closed:
-            if state["stopped"] is not None:
-                raise state["stopped"] from None
-            raise DaemonError(f"the campp daemon (pid {pid}) ended during this call (see "
-                              f"{paths.folder() / paths.LOG}); every file it wrote is whole: run it again "
-                              f"(--no-daemon runs it here)") from None
-        except BaseException as exc:  # noqa: BLE001 - a signal while waiting
-            stop_call(exc)
-            continue
-        kind = message[0]
-        if kind == "event":
-            try:
-                if state["printing"]:
-                    with deferred():
-                        listener(message[1])
-                wire.send(sock, "ack")
-            except BaseException as exc:  # noqa: BLE001 - a signal, or the listener's error
-                stop_call(exc)
-            continue
-        if state["stopped"] is not None and kind in ("done", "raised", "aborted", "gone"):
-            raise state["stopped"]
-        if kind == "done":
-            return message[1]
-        if kind == "raised":
-            raise message[1]
-        if kind == "aborted":
-            raise DaemonError(f"the campp daemon (pid {pid}) was stopped during this call; every file it wrote "
-                              f"is whole: run it again")
-        if kind == "gone":
-            raise DaemonError(f"the campp daemon (pid {pid}) stopped before this call started: run it again")
+def _aborted(how: str) -> int:
+    _say(aborted_line(how))
+    return ABORTED[how]
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 def _connect(sock_path, restart: bool) -> tuple[socket.socket | None, int | None]:
@@ -330,15 +373,20 @@ def ping() -> dict | None:
 
 def start(idle: float = 600.0, models: int = 3, max_bytes: int | None = None, wait: float = 120.0) -> dict:
     """Start a daemon unless one of this build runs (two calls at once start one); its :func:`ping` info,
-    with ``"started": True`` when this call started it."""
+    with ``"started": True`` when this call started it.  ``wait=0`` starts one in the background and returns
+    at once (``{}`` where one runs or is starting: its serve lock is held)."""
     import subprocess
 
     folder = paths.private_folder(make=True)
     with _lock(folder / paths.START_LOCK, wait=wait) as got:
+        if not got and not wait:
+            return {}
         if not got:
             raise DaemonError(f"another campp is starting the daemon and has not finished (lock {folder}/"
                               f"{paths.START_LOCK})")
-        info = ping()
+        if not wait and _serving(folder):
+            return {}
+        info = ping() if wait else None
         if info is not None:
             differs = paths.mismatch(paths.identity(), info["identity"])
             if differs is None:
@@ -350,6 +398,8 @@ def start(idle: float = 600.0, models: int = 3, max_bytes: int | None = None, wa
         with log:
             proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
                                     start_new_session=True)
+        if not wait:
+            return {"pid": proc.pid, "started": True}
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             info = ping()

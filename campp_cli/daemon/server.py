@@ -1,13 +1,14 @@
 """The daemon: ``python -m campp_cli.daemon.server`` (``campp daemon start`` starts it, detached).
 
 One process per user, holding :data:`~campp_cli.daemon.paths.SERVE_LOCK` for its life.  Its main thread runs
-the callers' runs one at a time (signals reach the main thread: a caller's Ctrl-C becomes a stop of its run
-there, the way a local run stops); a thread accepts connections and one thread per connection reads its
-messages.  A run executes in the caller's folder, umask and environment, with the caller's stdin and stdout
-as descriptors 0 and 1 (``--json /dev/stdout`` writes where it would), and tells the caller each event; the
-caller prints it and answers, so what it printed and what the run wrote to its stdout keep their order.
-The models stay loaded between calls (:func:`~campp_cli.models.loading.keep_models`).  After ``--idle``
-seconds without a call the daemon exits, freeing its memory (a GPU's too).
+the callers' command lines one at a time, each through :func:`campp_cli.cli.main.run` as the caller's own
+process would (signals reach the main thread: a caller's Ctrl-C is raised there as it would be in the
+caller); a thread accepts connections and one thread per connection reads its messages.  A command runs in
+the caller's folder, umask and environment, with the caller's stdin, stdout and stderr (descriptors 0 and 1
+are the caller's, so ``--json /dev/stdout`` writes where it would; descriptor 2 is /dev/null during a call,
+as the console script makes it, and Python's stderr is the caller's).  The models stay loaded between calls
+(:func:`~campp_cli.models.loading.keep_models`).  After ``--idle`` seconds without a call the daemon exits,
+freeing its memory (a GPU's too).
 """
 
 from __future__ import annotations
@@ -25,26 +26,26 @@ import time
 from dataclasses import dataclass, field
 
 from ..run.signals import forget_held
-from . import paths, wire
+from . import client, paths, wire
 
 
 class Cancelled(BaseException):
-    """The caller stopped its call (Ctrl-C, SIGTERM, gone), or the daemon is stopping."""
+    """The daemon is stopping: the call it runs is stopped (the caller is told so)."""
 
 
 @dataclass
 class Call:
-    """One caller's run, from its arrival to its end."""
+    """One caller's command line, from its arrival to its end."""
 
     conn: socket.socket
-    run: object
+    args: list
     context: dict
     fds: list[int]
-    images: int
-    acks: queue.Queue = field(default_factory=queue.Queue)
+    images: int = 1  # until its run is planned
     cancelled: bool = False
+    how: str | None = None  # the caller's signal ("interrupted", "terminated"); None: the daemon stops
     gone: bool = False  # the caller's connection is closed: nothing more is sent
-    interrupted: bool = False  # Cancelled has been raised in its run
+    interrupted: bool = False  # the cancel has been raised in its run
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(self, *message) -> None:
@@ -65,14 +66,6 @@ class Call:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def tell(self, event) -> None:
-        """The run's listener: the event to the caller, then wait until it has printed it (or stopped)."""
-        if self.gone:
-            return
-        self.send("event", wire.portable(event))
-        if not self.gone:
-            self.acks.get()
-
 
 class Server:
     def __init__(self, idle: float, models: int, max_bytes: int | None):
@@ -90,6 +83,7 @@ class Server:
         self.last = time.monotonic()
         self.main_thread = threading.main_thread().ident
         self.ours = paths.identity()
+        self.serves: list[str] = []
 
     # --- the main thread -----------------------------------------------------------------------------
 
@@ -139,14 +133,16 @@ class Server:
         return 0
 
     def _warm_up(self) -> None:
-        """What every call needs, imported once: torch, the stages, the model sources."""
+        """What every call needs, imported once: torch, the CLI, the stages, the model sources."""
         import torch  # noqa: F401
 
+        from ..cli.main import SUBCOMMANDS
         from ..commands import classify, evaluate  # noqa: F401
         from ..models import loading
         from ..run.engines import local  # noqa: F401
 
         loading.keep_models(self.models, self.max_bytes)
+        self.serves = [name for name in SUBCOMMANDS.list() if SUBCOMMANDS.get(name).served]
 
     def _bind(self, path) -> socket.socket:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -181,6 +177,8 @@ class Server:
                 drained.append(call)
 
     def _execute(self, call: Call) -> None:
+        from ..cli.main import Terminated, run
+
         with self.lock:
             if call in self.waiting:
                 self.waiting.remove(call)
@@ -191,15 +189,20 @@ class Server:
         try:
             call.send("start")
             with _caller_context(call):
+                client.serving = self.planned
                 try:
-                    outcome = ("done", wire.portable(call.run.execute(call.tell)))
+                    outcome = ("exit", run(call.args))
                 finally:
+                    client.serving = None
                     with self.lock:
                         self.running = None  # from here on a cancel interrupts nothing
-        except Cancelled:
+        except client.RunInCaller:
+            outcome = ("here",)
+            self.served -= 1  # it runs in its caller
+        except (Cancelled, KeyboardInterrupt, Terminated):  # stopped outside the command's own handling
             outcome = ("aborted",)
         except BaseException as exc:  # noqa: BLE001 - the call fails, the daemon goes on
-            outcome = ("raised", wire.portable_error(exc))
+            outcome = ("raised", f"{type(exc).__name__}: {exc}"[:300])
         finally:
             with self.lock:
                 self.running = None
@@ -208,12 +211,24 @@ class Server:
             forget_held()
         call.send(*outcome)
 
+    def planned(self, run) -> None:
+        """The check of a served command's planned run (:func:`campp_cli.daemon.client.planned`): one that is
+        not the daemon's to run goes back to its caller, before anything is printed or written."""
+        if not client.eligible(run):
+            raise client.RunInCaller()
+        call = self.running
+        if call is not None:
+            call.images = len(getattr(run, "jobs", ()))
+
     def _on_cancel(self, signum, frame) -> None:
-        """SIGUSR1 (deferrable: after the result being reported): the running call's cancel, once."""
+        """SIGUSR1 (deferrable: after the result being reported): the running call's cancel, once, raised as
+        the caller's signal would be raised in the caller (Ctrl-C, SIGTERM), or as the daemon's stop."""
+        from ..cli.main import Terminated
+
         call = self.running
         if call is not None and call.cancelled and not call.interrupted:
             call.interrupted = True
-            raise Cancelled()
+            raise {"interrupted": KeyboardInterrupt, "terminated": Terminated}.get(call.how, Cancelled)()
 
     def _on_sigterm(self, signum, frame) -> None:
         # Not here: the main thread may hold self.lock right now (a plain Lock would deadlock).
@@ -227,10 +242,11 @@ class Server:
         if running is not None:
             self.cancel(running)
 
-    def cancel(self, call: Call) -> None:
+    def cancel(self, call: Call, how: str | None = None) -> None:
         with self.lock:
+            if not call.cancelled:
+                call.how = how
             call.cancelled = True
-            call.acks.put("cancel")  # a wait for the caller's answer ends
             running = self.running is call
             queued = call in self.waiting
             if queued:
@@ -268,7 +284,10 @@ class Server:
             elif kind == "stop":
                 wire.send(conn, "stopping", os.getpid())
                 self.stop()
-            elif kind == "hello":
+            elif kind == "hello":  # its identity and its command
+                if len(fields) > 1 and fields[1] not in self.serves:
+                    wire.send(conn, "local", os.getpid())  # not a command it serves: the caller's to run
+                    return
                 differs = paths.mismatch(self.ours, fields[0])
                 if differs is not None:
                     wire.send(conn, "mismatch", differs[0], differs[1], os.getpid())
@@ -277,13 +296,13 @@ class Server:
                     ahead = ([self.running] if self.running is not None else []) + list(self.waiting)
                     self.arriving += 1
                 try:
-                    wire.send(conn, "welcome", len(ahead), sum(c.images for c in ahead), os.getpid())
-                    kind, run, context, fds = wire.receive(conn, fds=4)
+                    wire.send(conn, "welcome", sum(c.images for c in ahead), os.getpid())
+                    kind, args, context, fds = wire.receive(conn, fds=3)
                     if kind != "call" or len(fds) != len(context["fds"]):
                         for fd in fds:
                             os.close(fd)
                         return
-                    call = Call(conn, run, context, fds, images=len(getattr(run, "jobs", ())))
+                    call = Call(conn, list(args), context, fds)
                     with self.lock:
                         self.waiting.append(call)
                     self.calls.put(call)
@@ -295,7 +314,7 @@ class Server:
             pass
         except Exception as exc:  # noqa: BLE001 - a message it cannot read: that caller fails, not the daemon
             with contextlib.suppress(OSError):
-                wire.send(conn, "raised", wire.portable_error(exc))
+                wire.send(conn, "raised", f"{type(exc).__name__}: {exc}"[:300])
         finally:
             if call is not None:
                 self._left(call)
@@ -303,16 +322,14 @@ class Server:
                 conn.close()
 
     def _follow(self, call: Call) -> None:
-        """The caller's answers (each printed event), its cancel, or its end."""
+        """The caller's cancel (its Ctrl-C or SIGTERM), its withdrawal, or its end."""
         while True:
             try:
-                kind, *_ = wire.receive(call.conn)
+                kind, *fields = wire.receive(call.conn)
             except (wire.Closed, OSError):
                 return
-            if kind == "ack":
-                call.acks.put("ack")
-            elif kind == "cancel":
-                self.cancel(call)
+            if kind == "cancel":
+                self.cancel(call, fields[0] if fields else None)
             elif kind == "withdraw":  # waited too long: it runs in its own process, unless it has started
                 with self.lock:
                     withdrawn = call in self.waiting
@@ -324,11 +341,11 @@ class Server:
                     call.send("withdrawn")
 
     def _left(self, call: Call) -> None:
-        """Its connection ended: nothing more is sent; a run still going stops (a caller that left or died)."""
+        """Its connection ended: nothing more is sent; a command still going stops (a caller that left or
+        died), as a Ctrl-C would stop it."""
         call.gone = True
         if not call.cancelled:
-            self.cancel(call)
-        call.acks.put("gone")
+            self.cancel(call, "interrupted")
 
     def info(self) -> dict:
         from ..models.loading import kept_models
@@ -349,26 +366,49 @@ class Server:
 
 @contextlib.contextmanager
 def _caller_context(call: Call):
-    """The caller's folder, umask, environment, stdin and stdout for the run; the daemon's own after it
-    (restored however the run ends, even by a cancel that lands while this is being set up)."""
+    """The caller's folder, umask, environment, stdin, stdout and stderr for its command; the daemon's own
+    after it (restored however the command ends, even by a cancel that lands while this is being set up).
+
+    Python's streams are made as Python makes them for the caller: stdout line-buffered on a terminal,
+    stderr always, each with the caller's encoding; descriptor 2 is /dev/null meanwhile (C libraries' chatter
+    goes nowhere, as the console script makes it)."""
     ctx = call.context
+    given = dict(zip(ctx["fds"], call.fds))
     saved_env = dict(os.environ)
     saved_dir = os.getcwd()
+    saved_streams = (sys.stdin, sys.stdout, sys.stderr)
     saved_fds: dict[int, int] = {}
+    opened: list = []
     old_mask = None
     try:
-        for target in ctx["fds"]:
+        for target in (0, 1, 2):
             saved_fds[target] = os.dup(target)
         old_mask = os.umask(ctx["umask"])
         os.chdir(ctx["cwd"])
         os.environ.clear()
         os.environ.update(ctx["env"])
-        for target, fd in zip(ctx["fds"], call.fds):
-            os.dup2(fd, target)
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            for target in (0, 1, 2):
+                os.dup2(given[target] if target in given and target != 2 else null, target)
+        finally:
+            os.close(null)
+        streams = ctx.get("streams", {})
+
+        def stream(fd: int, mode: str, target: int, **kw):
+            encoding, errors = streams.get(target, ("utf-8", "strict" if target != 2 else "backslashreplace"))
+            opened.append(open(fd, mode, encoding=encoding, errors=errors, closefd=False, **kw))  # noqa: SIM115
+            return opened[-1]
+
+        sys.stdin = stream(0, "r", 0)
+        sys.stdout = stream(1, "w", 1, buffering=1 if os.isatty(1) else -1)
+        sys.stderr = stream(given.get(2, 2), "w", 2, buffering=1)
         yield
     finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
+        for f in opened:
+            with contextlib.suppress(Exception):
+                f.flush()
+        sys.stdin, sys.stdout, sys.stderr = saved_streams
         for target, fd in saved_fds.items():
             os.dup2(fd, target)
             os.close(fd)

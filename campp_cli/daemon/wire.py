@@ -2,19 +2,16 @@
 
 Both ends are processes of one user (the socket's folder is private and each end checks the other's uid
 with ``SO_PEERCRED`` before it reads a message), so a pickle carries nothing the user could not run anyway.
-What the daemon sends its caller is made *portable* first: plain Python values only (numbers, strings,
-lists, dicts, campp's dataclasses and errors), so the caller never imports torch or NumPy to read them.
+Only plain Python values travel (a command line, a folder, an environment, exit codes, words): the caller
+imports nothing to read them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import socket
 import struct
-
-from ..errors import CamppError
 
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 1 << 30
@@ -86,57 +83,3 @@ def _exactly(sock: socket.socket, n: int) -> bytes:
         chunks.append(chunk)
         n -= len(chunk)
     return b"".join(chunks)
-
-
-def portable(value, depth: int = 0):
-    """``value`` with what only the daemon's process can read left out: arrays and tensors (figures, maps,
-    report images) dropped, NumPy numbers made Python numbers, campp's dataclasses kept (their fields made
-    portable); an object with a ``__portable__`` method (the classifier, the report) is what it returns."""
-    if depth > 20:
-        return None
-    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
-        return value.item()  # np.float64 is a float too: it must not travel as NumPy's
-    if value is None or type(value) in (bool, int, float, str) or isinstance(value, (os.PathLike, CamppError)):
-        return value
-    hook = getattr(value, "__portable__", None)
-    if callable(hook) and not isinstance(value, type):
-        return hook()
-    if isinstance(value, (list, tuple)):
-        items = [portable(v, depth + 1) for v in value]
-        return tuple(items) if isinstance(value, tuple) else items
-    if isinstance(value, dict):
-        return {k: portable(v, depth + 1) for k, v in value.items() if _kept(v)}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type) and \
-            type(value).__module__.startswith("campp_cli."):
-        changes = {f.name: portable(getattr(value, f.name), depth + 1) for f in dataclasses.fields(value)
-                   if f.init}
-        return dataclasses.replace(value, **changes)
-    return None
-
-
-def _kept(value) -> bool:
-    module = type(value).__module__
-    return not (module.startswith(("numpy", "torch", "PIL")) and getattr(value, "ndim", 0)) and \
-        not isinstance(value, (bytes, bytearray, memoryview))
-
-
-class RemoteError(Exception):
-    """An unexpected error inside the daemon, as the caller reports it (its type's name and its text)."""
-
-    def __init__(self, type_name: str, text: str):
-        super().__init__(type_name, text)
-        self.type_name, self.text = type_name, text
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def portable_error(exc: BaseException) -> BaseException:
-    """``exc`` as the caller can raise it: campp's own errors and Python's built-in ones as they are, others
-    by name and text."""
-    if isinstance(exc, CamppError) or type(exc).__module__ == "builtins":
-        try:
-            return pickle.loads(pickle.dumps(exc))
-        except Exception:  # noqa: BLE001 - an error that does not pickle goes by name
-            pass
-    return RemoteError(type(exc).__name__, str(exc))

@@ -37,12 +37,6 @@ class Classifier:
     num_classes: int | None = None  # the head it was built with, when not the architecture's own
     recipe: dict | None = None  # load_classifier's arguments that rebuild it elsewhere (a Ray actor)
 
-    def __portable__(self):
-        """What a listener in another process is told of it (:mod:`campp_cli.daemon.wire`)."""
-        from ..run.events import ModelInfo
-
-        return ModelInfo(self.arch, self.layer, self.weights_source, list(self.categories), str(self.device))
-
 
 def prepare_module(module: torch.nn.Module, device: torch.device | str, prepack: bool = True) -> torch.nn.Module:
     """Eval mode, on ``device``, weights in channels-last layout, CPU fast paths swapped in.

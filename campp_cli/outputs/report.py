@@ -94,12 +94,6 @@ class Report:
     of the fields :data:`campp_cli.outputs.report_cards.COLUMNS` names.
     """
 
-    def __portable__(self):
-        """Where it is, for a listener in another process (:mod:`campp_cli.daemon.wire`)."""
-        from ..run.events import ReportInfo
-
-        return ReportInfo(str(self.path), str(self.assets))
-
     def __init__(self, path: str | os.PathLike, command: str, header: dict, methods: list[str],
                  categories: list[str], total: int, labels_from_folders: bool = False,
                  every: int = DEFAULT_REPORT_EVERY, alpha: float = DEFAULT_ALPHA):

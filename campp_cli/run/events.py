@@ -1,8 +1,7 @@
 """What a :class:`~campp_cli.run.run.Run` tells its listener as it goes: one event at a time, in order.
 
 Besides these, every image's :class:`~campp_cli.run.options.Result` is an event of its own, given in input
-order.  Plain dataclasses: a listener (the CLI's printer, a notebook's progress widget, the daemon sending
-them to its caller) needs nothing else.
+order.  Plain dataclasses: a listener (the CLI's printer, a notebook's progress widget) needs nothing else.
 """
 
 from __future__ import annotations
@@ -13,34 +12,15 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Loaded:
-    """The model is ready: ``classifier`` (a :class:`~campp_cli.models.Classifier`; from a daemon, a
-    :class:`ModelInfo`), the explained class ``label`` (-1: the predicted one), ``where`` it runs in words, how
-    many ``images`` the run has, and its ``layer`` in words (``"10 (ReLU)"``)."""
+    """The model is ready: ``classifier`` (a :class:`~campp_cli.models.Classifier`), the explained class
+    ``label`` (-1: the predicted one), ``where`` it runs in words, how many ``images`` the run has, and its
+    ``layer`` in words (``"10 (ReLU)"``)."""
 
     classifier: Any
     label: int
     where: str
     images: int
     layer: str = ""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a listener in another process is told of the classifier (the module stays where it runs)."""
-
-    arch: str
-    layer: str
-    weights_source: str
-    categories: list
-    device: str
-
-
-@dataclass(frozen=True)
-class ReportInfo:
-    """The report a run wrote, as a listener in another process names it."""
-
-    path: str
-    assets: str
 
 
 @dataclass(frozen=True)
