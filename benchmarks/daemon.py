@@ -65,6 +65,13 @@ def timed(args: list, env: dict, cwd: Path) -> float:
     return elapsed
 
 
+def bare_python() -> float:
+    """One start of this Python (with its site packages, as the console script starts), doing nothing."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return time.perf_counter() - start
+
+
 def served(env: dict) -> int:
     """Calls the daemon has run so far (from ``campp daemon status``)."""
     status = subprocess.run([*campp_command(), "daemon", "status"], env=env, capture_output=True, text=True)
@@ -109,15 +116,15 @@ def main() -> None:
         med = {k: statistics.median(v) for k, v in rounds.items()}
         med["cold loop (estimated)"] = med["cold call"] * args.photos
         print(f"\n{args.arch}, {args.photos} photos of 640x480, medians of {args.repeats} interleaved rounds:")
-        floor = statistics.median(timed(["--version"], env, work) for _ in range(9))
+        floor = statistics.median(bare_python() for _ in range(9))
         print(f"  one folder run           {med['folder']:7.2f} s")
-        print(f"  'campp --version' x {args.photos}  {floor * args.photos:7.2f} s  (starting Python and campp's CLI: "
-              f"{floor:.3f} s a call, what any call costs)")
+        print(f"  'python -c pass' x {args.photos}   {floor * args.photos:7.2f} s  (starting Python: {floor:.3f} s a "
+              f"call, what any call costs)")
         print(f"  loop through the daemon  {med['daemon loop']:7.2f} s  ({med['daemon loop'] / med['folder']:.2f}x "
               f"the folder run; {med['daemon call']:.3f} s a call)")
         print(f"  loop without it          {med['cold loop (estimated)']:7.2f} s  ({med['cold call']:.2f} s a call "
               f"x {args.photos}; {med['cold loop (estimated)'] / med['daemon loop']:.1f}x the daemon loop)")
-        print(json.dumps({"arch": args.arch, "photos": args.photos, "repeats": args.repeats, "version call": floor,
+        print(json.dumps({"arch": args.arch, "photos": args.photos, "repeats": args.repeats, "python start": floor,
                           **med}))
     finally:
         subprocess.run([*campp_command(), "daemon", "stop"], env=env, capture_output=True)

@@ -34,10 +34,11 @@ def daemon() -> None:
     """Keep Python, torch and your models warm for one-photo calls (shell loops).
 
     \b
-    While a daemon runs, 'campp classify' and 'campp evaluate' hand their run to it
-    and behave as without it (same files, lines, --jsonl, exit codes, Ctrl-C);
-    the call itself never imports torch. One daemon per user, on a Unix socket
-    in a folder only you can open; it stops after --idle without a call.
+    While a daemon runs, 'campp classify' and 'campp evaluate' hand their command
+    line to it and behave as without it (same files, lines, --jsonl, exit codes,
+    Ctrl-C); the call itself imports neither torch nor click. One daemon per user,
+    on a Unix socket in a folder only you can open; it stops after --idle without
+    a call.
     --no-daemon or CAMPP_DAEMON=off runs a call in its own process;
     CAMPP_DAEMON=auto lets the first call start a daemon.
 
