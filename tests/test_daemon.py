@@ -144,6 +144,35 @@ def test_errors_through_the_daemon_are_those_of_a_call_alone(home, tmp_path):
     assert _served(home) == len(calls)
 
 
+def test_closed_streams_and_device_names_run_as_alone(home, tmp_path):
+    """A caller with stderr or stdout closed, or naming a descriptor (`<(...)`, `@/dev/fd/3`) in an argument,
+    ends as the call alone does (here: the daemon would see its own socket, or its own descriptors)."""
+    start(home)
+    (tmp_path / "list.txt").write_text(f"{PHOTOS[0]}\n")
+    base = f"'{sys.executable}' -m campp_cli classify --arch efficientnet_lite0 -q"
+    lines = [f"{base} -f '{PHOTOS[0]}' --output-dir a 2>&-", f"{base} -f '{PHOTOS[0]}' --output-dir b >&-",
+             f"{base} -f @/dev/fd/3 --output-dir c 3<list.txt"]
+    for line in lines:
+        runs = [subprocess.run(["bash", "-c", line], env=env, cwd=tmp_path, capture_output=True, text=True,
+                               timeout=300) for env in ({**home, "CAMPP_DAEMON": "off"}, home)]
+        assert [(r.returncode, r.stdout, r.stderr) for r in runs[1:]] == [(runs[0].returncode, runs[0].stdout,
+                                                                            runs[0].stderr)], line
+    assert _served(home) == 0
+
+
+def test_the_callers_umask_makes_the_files_modes(home, tmp_path):
+    """The daemon started under umask 077 writes a caller's (umask 022) figures 0644, as the call alone does."""
+    proc = subprocess.run(["bash", "-c", f"umask 077; '{sys.executable}' -m campp_cli daemon start"], env=home,
+                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    line = f"umask 022; '{sys.executable}' -m campp_cli classify --arch efficientnet_lite0 -q -f '{PHOTOS[0]}'"
+    done = subprocess.run(["bash", "-c", line], env=home, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert _served(home) == 1
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "output").iterdir()}
+    assert modes == {0o644}
+
+
 @pytest.mark.slow
 def test_progress_bar_on_the_callers_terminal(home, tmp_path):
     """A folder run with stderr on a terminal draws its bar there through the daemon, as it does alone."""

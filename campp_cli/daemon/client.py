@@ -106,7 +106,7 @@ def forward(args: list[str]) -> int | None:
             "", "0"):
         return None
     command = next((a for a in args if not a.startswith("-")), None)
-    if command is None:
+    if command is None or not _std_open() or any(_names_a_device(a) for a in args):
         return None
     try:
         sock_path = paths.socket_path()
@@ -121,6 +121,32 @@ def forward(args: list[str]) -> int | None:
         return None
     with sock:
         return _call(sock, pid, command, args)
+
+
+def _std_open() -> bool:
+    """Whether stdin, stdout and stderr are all open (a closed one would be the socket's number, and a run
+    here says what a closed stdout means)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            return False
+    return True
+
+
+#: Names of the caller's own standard streams (the daemon is given those three) and of nothing at all.
+_SHARED = ("/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/null")
+
+
+def _names_a_device(arg: str) -> bool:
+    """Whether an argument (``--opt=VALUE``, ``@LIST`` too) names a descriptor of this process, its terminal or
+    another device (``<(...)`` is /dev/fd/63): such a name means something else in the daemon, so the call
+    runs here."""
+    for value in (arg, arg.split("=", 1)[-1]):
+        value = value[1:] if value.startswith("@") else value
+        if value.startswith(("/dev/", "/proc/")) and value not in _SHARED:
+            return True
+    return False
 
 
 def _call(sock: socket.socket, pid: int, command: str, args: list[str]) -> int | None:
@@ -395,9 +421,10 @@ def start(idle: float = 600.0, models: int = 3, max_bytes: int | None = None, wa
         log = open(folder / paths.LOG, "ab")  # noqa: SIM115 - the daemon's, handed over
         command = [sys.executable, "-m", "campp_cli.daemon.server", "--idle", repr(float(idle)),
                    "--models", str(models)] + (["--max-bytes", str(max_bytes)] if max_bytes else [])
-        with log:
-            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
-                                    start_new_session=True)
+        env = {**os.environ, "CAMPP_DAEMON_DIR": str(folder)} if os.environ.get("CAMPP_DAEMON_DIR") else None
+        with log:  # started in "/", with -P: no module of the caller's folder shadows one of Python's
+            proc = subprocess.Popen([command[0], "-P", *command[1:]], stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=log, close_fds=True, start_new_session=True, cwd="/", env=env)
         if not wait:
             return {"pid": proc.pid, "started": True}
         deadline = time.monotonic() + wait

@@ -35,7 +35,7 @@ def folder() -> Path:
     """The daemon's folder (not made here)."""
     given = os.environ.get("CAMPP_DAEMON_DIR")
     if given:
-        return Path(given)
+        return Path(os.path.abspath(given))  # the daemon runs in "/": a relative name would move
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         return Path(runtime) / "campp"

@@ -387,6 +387,7 @@ def _caller_context(call: Call):
         os.chdir(ctx["cwd"])
         os.environ.clear()
         os.environ.update(ctx["env"])
+        time.tzset()  # the caller's TZ, for the report's times
         null = os.open(os.devnull, os.O_RDWR)
         try:
             for target in (0, 1, 2):
@@ -416,6 +417,7 @@ def _caller_context(call: Call):
             os.umask(old_mask)
         os.environ.clear()
         os.environ.update(saved_env)
+        time.tzset()
         os.chdir(saved_dir)
 
 

@@ -17,13 +17,6 @@ except ImportError:  # Windows: no flock; recovery falls back to process ids
     fcntl = None
 
 
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
 
 
 #: Every temporary or journal file campp makes starts with this, then its process id and a random token.
@@ -81,7 +74,7 @@ def create_locked(path: str | os.PathLike) -> int:
     by this process until the descriptor is closed: what :func:`~campp_cli.io.durable.recover` sees as
     alive.  The kernel drops the lock when the process dies, however it dies."""
     for _ in range(5):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666 & ~_UMASK)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
         if not _lock(fd):
             return fd
         try:  # a recovery may have removed the name between its creation and the lock: then again

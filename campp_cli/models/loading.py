@@ -6,6 +6,7 @@ the ``meta`` device and given the file's tensors themselves (mapped, not copied)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -197,16 +198,18 @@ def load_classifier(
     # new model.  Your own code (model="FILE.py:...") is built afresh every call.
     key = _cache_key(arch, model, weights, device, layer, num_classes, labels, preprocessing, prepack) + (
         _file_identity(path),)
+    source = str(path) if path is not None else f"as built by {spec.name}"  # as this call spelled it
     if key in _CACHE and not isinstance(model, str):
         _CACHE.move_to_end(key)
-        return _CACHE[key]
+        kept = _CACHE[key]
+        return kept if kept.weights_source == source else dataclasses.replace(kept, weights_source=source)
     module, target, final = _built(spec, path, layer, preprocessing, num_classes)
     prepare_module(module, device, prepack)
     recipe = dict(arch=arch, model=model, weights=str(path.absolute()) if path is not None else None, layer=target,
                   num_classes=num_classes, labels=list(spec.categories), preprocessing=final)
     clf = Classifier(arch=spec.name, module=module, layer=target, preprocessing=final,
                      categories=list(spec.categories), device=device, input_size=final.size or spec.input_size,
-                     weights_source=str(path) if path is not None else f"as built by {spec.name}",
+                     weights_source=source,
                      num_classes=num_classes, recipe=recipe)
     return _remember(key, clf)
 
