@@ -239,6 +239,44 @@ def test_guided_backprop_matches_a_custom_autograd_reference(seed):
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
 
 
+class _GuidedReLU6Fn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(0, 6)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x > 0) * (x < 6) * (grad > 0)
+
+
+class _GuidedModule6(nn.Module):
+    def forward(self, x):
+        return _GuidedReLU6Fn.apply(x)
+
+
+def test_guided_backprop_rectifies_relu6():
+    """A ReLU6 network (MobileNet's, EfficientNet-Lite's) is guided too: against a custom autograd reference
+    of guided ReLU6 (gradient passed where 0 < x < 6 and the gradient is positive)."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU6(inplace=True), nn.Conv2d(6, 6, 3, padding=1),
+                          nn.ReLU6(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 4)).eval()
+    x = torch.randn(1, 3, 12, 12, generator=torch.Generator().manual_seed(4)) * 3
+    got = guided_backprop(model, x, [1])
+    ref = copy.deepcopy(model)
+    for i, child in enumerate(ref):
+        if isinstance(child, nn.ReLU6):
+            ref[i] = _GuidedModule6()
+    xr = x.clone().requires_grad_(True)
+    ref(xr)[0, 1].backward()
+    np.testing.assert_allclose(got[0], xr.grad[0].numpy(), rtol=1e-5, atol=1e-7)
+    plain = x.clone().requires_grad_(True)
+    model(plain)[0, 1].backward()
+    assert not np.allclose(got[0], plain.grad[0].numpy())  # guided is not the plain gradient here
+    assert model[1].inplace
+
+
 def test_guided_relu_restores_on_error():
     model = TinyVGG(0)
     with pytest.raises(RuntimeError):

@@ -8,9 +8,13 @@ import torch
 from .explain import class_tensor
 from .taps import FrozenParameters
 
+#: The rectifiers guided backpropagation rectifies: ReLU and ReLU6 (MobileNet's and EfficientNet-Lite's; its
+#: own backward already passes gradient only where its input lies in (0, 6)).
+RECTIFIERS = (torch.nn.ReLU, torch.nn.ReLU6)
+
 
 class GuidedReLU:
-    """Context manager: every ``nn.ReLU`` passes gradient back only where both its
+    """Context manager: every ``nn.ReLU`` (and ``nn.ReLU6``) passes gradient back only where both its
     input and the incoming gradient are positive (Springenberg et al., 2015).
 
     In-place ReLUs are made out-of-place while it is active (backward hooks
@@ -18,7 +22,7 @@ class GuidedReLU:
     """
 
     def __init__(self, model: torch.nn.Module):
-        self.relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+        self.relus = [m for m in model.modules() if isinstance(m, RECTIFIERS)]
         self._handles = []
         self._inplace: list[bool] = []
 
