@@ -189,8 +189,9 @@ def test_evaluate_command_end_to_end(run_cli, tmp_path):
                              "--json", js, "--csv", cs, "--plot", png)
     assert code == 1  # one image failed
     assert "broken.jpg" in err and "2 done, 0 skipped, 1 failed" in err
-    table = [l for l in out.split("Win %")[0].splitlines() if l.startswith(("Grad-CAM ", "Grad-CAM++"))]
+    table = [l for l in out.split("\n\n")[0].splitlines() if l.startswith(("Grad-CAM ", "Grad-CAM++"))]
     assert len(table) == 2
+    assert "Gini sparseness" in out.split("Win %")[0]  # the complexity table follows the first
     doc = json.loads(js.read_text())
     assert set(doc["methods"]) == {"gradcam", "gradcampp"}
     assert doc["images"] == 2 and doc["failed"] == 1 and doc["model"] == "efficientnet_lite0"

@@ -25,6 +25,7 @@ SKIP = {
     "python3 -m venv .venv": "creates the environment these tests run in",
     ".venv/bin/pip install -e '.[offline]'": "installs from the network",
     ".venv/bin/pip install -e '.[test]'": "installs from the network",
+    ".venv/bin/pip install --no-deps quantus": "installs from the network",
     ".venv/bin/python -m pytest": "the test suite itself",
     ".venv/bin/pip install -e '.[ray]'": "installs from the network, on every node of a cluster",
     ".venv/bin/ray start --head": "starts a Ray cluster",

@@ -691,3 +691,20 @@ def test_a_model_name_that_is_not_utf8_still_gets_its_page(tmp_path):
     report.close()
     text = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "net\\udcff.py:build" in text and page_data(tmp_path / "r.html")["header"]["model"] == "net\udcff.py:build"
+
+
+@pytest.mark.slow
+def test_browser_evaluate_report_with_road_and_the_sanity_check(browser, tmp_path):
+    """The complexity-and-ROAD table, the ROAD curves and the sanity check's three charts (Figure 2's
+    cascading curves, SSIM, independent) are drawn, without a script error."""
+    code = _run(["evaluate", *LITE, "-f", IMAGES / "chelsea.png", "--steps", "2", "--road-fractions", "0.5,0.9",
+                 "--sanity", "--report", tmp_path / "e.html", "-q"])
+    assert code == 0
+    page, errors = open_report(browser, tmp_path / "e.html")
+    assert page.eval_on_selector_all("#complexity tr", "rows => rows.length") == 3
+    assert "ROAD MoRF" in page.inner_text("#complexity")
+    maps = 5  # Grad-CAM, Grad-CAM++, guided backpropagation and both guided maps
+    assert page.eval_on_selector_all("#summary polyline", "p => p.length") == 2 * 2 + 2 * 2 + 3 * maps
+    assert "Sanity check" in page.inner_text("#summary")
+    assert errors == []
+    page.close()

@@ -22,6 +22,17 @@ from .printer import Printer, run_printed
                    "stem: also scores localisation (the paper's Loc, pointing game, energy pointing game).")
 @click.option("--delta", "deltas", default="0,0.25,0.5", show_default=True, metavar="LIST",
               help="Thresholds of the paper's Loc (eq. 26) with --boxes.")
+@click.option("--road", is_flag=True,
+              help="Also score ROAD (Rong et al. 2022): the class probability after removing 10 % to 90 % of "
+                   "the pixels, most (MoRF) and least (LeRF) relevant first, filled by noisy linear imputation "
+                   "(a sparse solve per image, fraction and order: slower than the other metrics).")
+@click.option("--road-fractions", "road_fractions", default=None, metavar="LIST",
+              help="ROAD's removal fractions (implies --road). Default: 0.1,0.2,...,0.9.")
+@click.option("--sanity", is_flag=True,
+              help="Also run the model-randomisation sanity check (Adebayo et al. 2018): every map made again "
+                   "as the model's layers are re-initialised from the logits down (cascading) and one at a "
+                   "time (independent), compared with the intact model's (Spearman, SSIM, HOG); guided maps "
+                   "included. Two passes per layer, mode and batch.")
 @click.option("--json", "json", default=None, metavar="FILE", help="Write the summary as JSON.")
 @click.option("--csv", "csv", default=None, metavar="FILE", help="Write one row per image and method.")
 @click.option("--plot", "plot", default=None, metavar="FILE.png",
@@ -37,7 +48,9 @@ def evaluate(quiet: bool, files, **params) -> None:
     Table 1: how much of the model's confidence the explained region alone
     keeps), Win % of every pair, and RISE's deletion and insertion AUC, each
     with a 95 % bootstrap interval over images. With --boxes: the paper's
-    Loc (eq. 26), the pointing game and the energy pointing game.
+    Loc (eq. 26), the pointing game and the energy pointing game. Always: each
+    map's Gini sparseness and entropy complexity. With --road: ROAD's MoRF and
+    LeRF curves.
 
     \b
       campp evaluate --arch efficientnet_lite0 -f images/ --boxes images/boxes --json eval.json
@@ -65,15 +78,19 @@ class EvaluatePrinter(Printer):
 
         document, planner, methods = event.document, self.run.planner, self.run.methods
         echo(ev.format_table(document["methods"]), block=True)
+        echo("\n" + ev.format_complexity(document["methods"]), block=True)
         wins = ev.format_wins(document["win_percent"])
         if wins:
             echo("\n" + wins, block=True)
         if planner.annotations is not None:
             echo("\n" + ev.format_localisation({m: document["methods"][m] for m in methods}), block=True)
+        if "sanity" in document:
+            echo("\n" + ev.format_sanity(document["sanity"]), block=True)
         if self.quiet:
             return
+        road = " and ROAD's removals" if "road" in document else ""
         say(f"campp: {document['forward_passes_per_image']} forward passes per image for the metrics "
-            f"(O, and deletion and insertion steps, of {len(methods)} methods)")
+            f"(O, and deletion and insertion steps{road}, of {len(methods)} methods)")
         if planner.annotations is not None:
             counts = document["boxes"]["images"]
             say("campp: boxes: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))

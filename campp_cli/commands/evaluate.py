@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the command is unpickled where rows are written: torch is i
     from ..models.loading import Classifier
 
 DEFAULT_STEPS = 16
+ROAD_NOISE_WORDS = "Gaussian, standard deviation 0.01 in the model's normalised input units, on the imputed pixels"
 
 
 class EvaluateCommand(Command):
@@ -40,7 +41,7 @@ class EvaluateCommand(Command):
     def __init__(self, steps: int = DEFAULT_STEPS, eval_batch: int | None = None,
                  boxes: dict | None = None, deltas=boxes_.DEFAULT_DELTAS, input_size: int = 224,
                  resize: str = "crop", cards: bool = False, caption: str = "",
-                 alpha: float = DEFAULT_ALPHA):
+                 alpha: float = DEFAULT_ALPHA, road=None, sanity: bool = False):
         self.cards = self.draws = cards  # the report's figures are the only ones evaluate draws
         self.caption = caption
         self.alpha = alpha
@@ -50,18 +51,35 @@ class EvaluateCommand(Command):
         self.deltas = tuple(deltas)
         self.input_size = input_size
         self.resize = resize  # how the model's square is framed, for the boxes
+        self.road = road  # metrics.RoadSettings, or None: no ROAD
+        self.sanity = sanity  # also the model-randomisation sanity check (commands.sanity)
 
     def additions(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
         from . import metrics
 
         y = expl.probs[np.arange(len(expl.classes)), expl.classes]  # from the explaining pass
         scored = metrics.score_all(clf.module, clf.preprocessing, rgb01, expl.maps, expl.classes, self.steps, y,
-                                   self.eval_batch or default_eval_batch(rgb01.device))
-        return [{m: s[i] for m, s in scored.items()} for i in range(len(expl.classes))]
+                                   self.eval_batch or default_eval_batch(rgb01.device), road=self.road)
+        checked = self.sanity_check(clf, rgb01, expl) if self.sanity else [None] * len(expl.classes)
+        return [{"scores": {m: s[i] for m, s in scored.items()}, "sanity": checked[i]}
+                for i in range(len(expl.classes))]
+
+    def sanity_check(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list[dict]:
+        """Each image's similarities of its maps to the intact model's, step by step (commands.sanity)."""
+        from ..cam.guided import guided_backprop
+        from . import sanity
+
+        guided = guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing)
+        intact = sanity.flat_maps(expl.maps, guided, rgb01.shape[-1])
+        return sanity.check(clf, rgb01, intact, expl.classes, list(expl.maps), expl.settings or {})
 
     def finish(self, row: ExplainedRow, categories: list[str]) -> Result:
         result = result_of(row, categories, [])
-        result.extra["scores"] = row.added
+        result.extra["scores"] = row.added["scores"]
+        if row.added["sanity"] is not None:
+            result.extra["sanity"] = row.added["sanity"]
+        if self.road is not None:
+            result.extra["road_fractions"] = self.road.fractions
         if self.boxes is not None:
             result.extra["boxes"] = self.localise(row, categories)
         if self.cards:
@@ -152,6 +170,8 @@ def document(results: list[Result], clf: Classifier, options: Options, steps: in
 
     from . import metrics
 
+    road = command.road if command is not None else None
+
     document = {
         "methods": summarise(results, options.methods),
         "win_percent": win_matrix(results, options.methods),
@@ -160,14 +180,30 @@ def document(results: list[Result], clf: Classifier, options: Options, steps: in
         "settings": options.settings,
         "label": options.label,
         "steps": steps,
-        "forward_passes_per_image": metrics.passes_per_image(len(options.methods), steps),
+        "forward_passes_per_image": metrics.passes_per_image(len(options.methods), steps,
+                                                             len(road.fractions) if road else 0),
         "deletion_baseline": "black (0 in RGB [0,1])",
         "insertion_baseline": f"Gaussian blur, kernel {metrics.BLUR_KERNEL}, sigma {metrics.BLUR_SIGMA} at 224 px",
+        "complexity": "Gini sparseness (Chalasani et al. 2020) and entropy in nats (Bhatt et al. 2020) of each map "
+                      "at the model's input resolution",
         "images": sum(1 for r in results if "scores" in r.extra),
         "failed": failed,
         "weights": clf.weights_source,
         "versions": versions(),
     }
+    if command is not None and command.sanity:
+        from . import sanity
+
+        names = [name for name, _ in sanity.steps(clf.module)]
+        document["sanity"] = {
+            **sanity.summarise([r.extra["sanity"] for r in results if "sanity" in r.extra], names),
+            "measures": list(sanity.MEASURES), "seed": sanity.SEED,
+            "passes_per_image": 2 * len(sanity.MODES) * len(names),
+            "method": "Adebayo et al. 2018: cascading (logits down) and independent re-initialisation, "
+                      "each step one layer with a weight matrix or kernel and the parameter layers after it"}
+    if road is not None:
+        document["road"] = {"fractions": list(road.fractions), "noise": ROAD_NOISE_WORDS,
+                            "imputation": "noisy linear: 8 neighbours, weights 1/6 and 1/12 (Rong et al. 2022)"}
     if command is not None and command.boxes is not None:
         located, counts = localisation(results, options.methods, command.deltas)
         for m, entry in located.items():
@@ -203,6 +239,50 @@ def format_table(summary: dict) -> str:
     return _table(rows) + "\n(95 % bootstrap intervals over images in brackets)"
 
 
+def format_complexity(summary: dict) -> str:
+    """Sparseness and complexity, and ROAD where it ran: one row per method, with 95 % intervals."""
+    def cell(stats, key, digits=3):
+        lo, hi = stats[f"{key}_ci95"]
+        return f"{stats[key]:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+    road = all("road_morf" in s for s in summary.values())
+    header = ["method", "Gini sparseness (high=sparse)", "Entropy (low=simple)"]
+    header += ["ROAD MoRF (low=good)", "ROAD LeRF (high=good)"] if road else []
+    rows = [header]
+    for m, s in summary.items():
+        rows.append([title(m), cell(s, "sparseness_gini"), cell(s, "complexity_entropy", 2)]
+                    + ([cell(s, "road_morf"), cell(s, "road_lerf")] if road else []))
+    return _table(rows)
+
+
+def format_sanity(sanity: dict) -> str:
+    """The sanity check's table: each map's Spearman rank correlation (of absolute values) with the intact
+    model's, after the top layer, half the layers and every layer are randomised (cascading), and its mean
+    over the layers randomised one at a time (independent)."""
+    names = sanity["steps"]
+    if not names or "cascade" not in sanity:
+        return ""
+    marks = sorted({0, (len(names) - 1) // 2, len(names) - 1})
+    header = ["map (Spearman |r| with the intact model's)"] + [
+        f"cascade to {names[k]} ({k + 1}/{len(names)})" for k in marks] + ["independent, mean"]
+    rows = [header]
+    for name, measures in sanity["cascade"].items():
+        curve = measures["spearman_abs"]
+        alone = [v for v in sanity["independent"][name]["spearman_abs"]["mean"] if v == v]
+        rows.append([_map_title(name)] + [f"{curve['mean'][k]:.3f} [{curve['ci95'][k][0]:.3f}, "
+                                          f"{curve['ci95'][k][1]:.3f}]" for k in marks]
+                    + [f"{np.mean(alone):.3f}" if alone else "-"])
+    return _table(rows)
+
+
+def _map_title(name: str) -> str:
+    if name == "guided_backprop":
+        return "Guided backpropagation"
+    if name.startswith("guided_"):
+        return f"Guided {title(name[len('guided_'):])}"
+    return title(name)
+
+
 def format_wins(wins: dict[str, dict[str, float]]) -> str:
     """The Win % matrix: row X, column Z = % of images where X's drop in confidence is lower than Z's."""
     methods = list(wins)
@@ -219,7 +299,8 @@ def csv_bytes(results: list[Result], deltas=None) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf)
     header = ["input", "method", "class", "name", "probability", "explanation_probability",
-              "drop_percent", "increase", "deletion_auc", "insertion_auc"]
+              "drop_percent", "increase", "deletion_auc", "insertion_auc", "gini", "entropy", "road_morf",
+              "road_lerf"]
     if deltas is not None:
         header += ["boxes"] + [f"loc_{boxes_.key(d)}" for d in deltas] + ["pointing_hit", "energy_pointing"]
     writer.writerow(header)
@@ -227,7 +308,9 @@ def csv_bytes(results: list[Result], deltas=None) -> bytes:
         located = r.extra.get("boxes", {})
         for m, s in r.extra.get("scores", {}).items():
             row = [r.input, m, r.class_index, r.class_name, f"{s.y:.6f}", f"{s.o:.6f}",
-                   f"{s.drop:.4f}", int(s.o > s.y), f"{s.deletion_auc:.6f}", f"{s.insertion_auc:.6f}"]
+                   f"{s.drop:.4f}", int(s.o > s.y), f"{s.deletion_auc:.6f}", f"{s.insertion_auc:.6f}",
+                   f"{s.gini:.6f}", f"{s.entropy:.6f}"]
+            row += [f"{np.mean(s.morf):.6f}", f"{np.mean(s.lerf):.6f}"] if s.morf is not None else ["", ""]
             if deltas is not None:
                 b = located.get("scores", {}).get(m)
                 row += [located.get("status", "")]
@@ -243,38 +326,77 @@ PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 1
 
 
 def plot_png(results: list[Result], width: int = 1000, height: int = 420) -> bytes:
-    """Mean deletion and insertion curves of every method, side by side, as a PNG."""
+    """Mean deletion and insertion curves of every method, side by side, as a PNG; below them ROAD's MoRF and
+    LeRF curves, where it ran (``height`` is each row's)."""
     scored = [r.extra["scores"] for r in results if "scores" in r.extra]
     methods = list(scored[0]) if scored else []
-    canvas = Image.new("RGB", (width, height), "white")
+    road = bool(scored) and all(s[m].morf is not None for s in scored for m in methods)
+    charts = [("deletion", "Deletion (lower is better)", "fraction of pixels removed"),
+              ("insertion", "Insertion (higher is better)", "fraction of pixels inserted")]
+    if road:
+        charts += [("morf", "ROAD, most relevant first (lower is better)", "fraction of pixels removed"),
+                   ("lerf", "ROAD, least relevant first (higher is better)", "fraction of pixels removed")]
+    fractions = _road_fractions(results) if road else None
+    sanity = sanity_curves(results)
+    if sanity is not None:
+        charts += [("sanity spearman_abs", "Sanity, cascading: Spearman |r| with the intact maps",
+                    "layers randomised, logits first"),
+                   ("sanity ssim", "Sanity, cascading: SSIM with the intact maps", "layers randomised, logits first")]
+    canvas = Image.new("RGB", (width, height * (len(charts) // 2)), "white")
     draw = ImageDraw.Draw(canvas)
     font = panels.font(14)
     panel_w = width // 2
-    for p, kind in enumerate(("deletion", "insertion")):
-        x0, y0 = p * panel_w + 60, 40
-        x1, y1 = (p + 1) * panel_w - 20, height - 50
+    for p, (kind, heading, axis) in enumerate(charts):
+        x0, y0 = p % 2 * panel_w + 60, p // 2 * height + 40
+        x1, y1 = (p % 2 + 1) * panel_w - 20, (p // 2 + 1) * height - 50
         draw.rectangle([x0, y0, x1, y1], outline=(0, 0, 0))
-        draw.text((x0, 12), f"{kind.capitalize()} ({'lower' if kind == 'deletion' else 'higher'} is better)",
-                  fill=(0, 0, 0), font=font)
+        draw.text((x0, y0 - 28), heading, fill=(0, 0, 0), font=font)
         for t in (0.0, 0.5, 1.0):
             ty = y1 - t * (y1 - y0)
             draw.text((x0 - 32, ty - 8), f"{t:.1f}", fill=(0, 0, 0), font=font)
             tx = x0 + t * (x1 - x0)
             draw.text((tx - 10, y1 + 6), f"{t:.1f}", fill=(0, 0, 0), font=font)
-        axis = f"fraction of pixels {'removed' if kind == 'deletion' else 'inserted'}"
-        draw.text(((x0 + x1) // 2 - 90, y1 + 26), axis,
-                  fill=(0, 0, 0), font=font)
+        draw.text(((x0 + x1) // 2 - 90, y1 + 26), axis, fill=(0, 0, 0), font=font)
+        if kind.startswith("sanity"):
+            measure = kind.split()[1]
+            for k, (name, curves) in enumerate(sanity.items()):
+                colour = PALETTE[k % len(PALETTE)]
+                curve = np.nan_to_num(curves[measure])
+                xs = np.linspace(0, 1, len(curve)) if len(curve) > 1 else np.zeros(1)
+                draw.line([(x0 + x * (x1 - x0), y1 - np.clip(y, 0, 1) * (y1 - y0)) for x, y in zip(xs, curve)],
+                          fill=colour, width=3)
+                draw.text((x1 - 230, y0 + 10 + 18 * k), _map_title(name), fill=colour, font=font)
+            continue
         for k, m in enumerate(methods):
             colour = PALETTE[k % len(PALETTE)]
             curve = np.mean([getattr(s[m], kind) for s in scored], axis=0)
-            xs = np.linspace(0, 1, len(curve))
+            xs = fractions if kind in ("morf", "lerf") else np.linspace(0, 1, len(curve))
             pts = [(x0 + x * (x1 - x0), y1 - np.clip(y, 0, 1) * (y1 - y0)) for x, y in zip(xs, curve)]
             draw.line(pts, fill=colour, width=3)
-            auc = float(np.mean([getattr(s[m], f"{kind}_auc") for s in scored]))
-            draw.text((x1 - 190, y0 + 10 + 18 * k), f"{title(m)}  AUC {auc:.3f}", fill=colour, font=font)
+            if len(pts) == 1:  # one fraction: a point
+                draw.ellipse([pts[0][0] - 4, pts[0][1] - 4, pts[0][0] + 4, pts[0][1] + 4], fill=colour)
+            if kind in ("morf", "lerf"):
+                label = f"{title(m)}  mean {float(np.mean(curve)):.3f}"
+            else:
+                label = f"{title(m)}  AUC {float(np.mean([getattr(s[m], f'{kind}_auc') for s in scored])):.3f}"
+            draw.text((x1 - 190, y0 + 10 + 18 * k), label, fill=colour, font=font)
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def sanity_curves(results: list[Result]) -> dict | None:
+    """{map: {measure: the mean over images at each cascading step}}, or None without --sanity."""
+    checked = [r.extra["sanity"]["cascade"] for r in results if "sanity" in r.extra]
+    if not checked:
+        return None
+    return {name: {measure: np.nanmean([c[name][measure] for c in checked], axis=0) for measure in measures}
+            for name, measures in checked[0].items()}
+
+
+def _road_fractions(results: list[Result]) -> list[float]:
+    """ROAD's fractions, as the results were scored at (each curve has one point per fraction)."""
+    return list(next(r.extra["road_fractions"] for r in results if "road_fractions" in r.extra))
 
 
 def json_bytes(document: dict) -> bytes:

@@ -18,13 +18,15 @@ class EvaluatePlanner(Planner):
 
     def __init__(self, run, steps: int = DEFAULT_STEPS, eval_batch: int | None = None, boxes: str | None = None,
                  deltas: str = DEFAULT_DELTAS, json: str | None = None, csv: str | None = None,
-                 plot: str | None = None):
+                 plot: str | None = None, road: bool = False, road_fractions=None, sanity: bool = False):
 
         super().__init__(run)
         p = run.params
         self.check_names(boxes=boxes, json=json, csv=csv, plot=plot, report=p.report, weights=p.weights,
                          labels=p.labels)
         self.steps, self.eval_batch, self.boxes_dir, self.deltas = steps, eval_batch, boxes, deltas
+        self.road = parse_fractions(road_fractions) if road or road_fractions is not None else None
+        self.sanity = sanity
         self.annotations = None
         self.outputs = {"json": json, "csv": csv, "plot": plot, "report": p.report}
         self.results: list = []
@@ -56,9 +58,15 @@ class EvaluatePlanner(Planner):
 
         for note in annotation_notes(self.annotations or {}, clf.categories):
             tell(Note(note))
+        road = None
+        if self.road is not None:
+            from .metrics import RoadSettings
+            from .road import noise_in_rgb
+
+            road = RoadSettings(self.road, tuple(float(v) for v in noise_in_rgb(clf.preprocessing)))
         return EvaluateCommand(self.steps, self.eval_batch, self.annotations, self.deltas, clf.input_size,
                                clf.preprocessing.resize, cards=report is not None,
-                               caption=figure_caption(clf, options))
+                               caption=figure_caption(clf, options), road=road, sanity=self.sanity)
 
     def take(self, result) -> None:
         self.results.append(result)
@@ -76,6 +84,25 @@ class EvaluatePlanner(Planner):
         if plot:
             write_atomic(plot, ev.plot_png(self.results))
         return document
+
+
+def parse_fractions(text) -> tuple[float, ...]:
+    """ROAD's removal fractions: a list such as ``0.1,0.5,0.9`` (or numbers), each strictly between 0 and 1;
+    None: the paper's 10 % to 90 %."""
+    from .road import DEFAULT_FRACTIONS
+
+    if text is None:
+        return DEFAULT_FRACTIONS
+    parts = [t.strip() for t in text.split(",")] if isinstance(text, str) else list(text)
+    try:
+        values = [float(t) for t in parts if str(t) != ""]
+    except ValueError:
+        raise UsageError("give fractions of the pixels such as 0.1,0.5,0.9", param="road_fractions",
+                         value=text) from None
+    if not values or any(not 0 < v < 1 for v in values):
+        raise UsageError("each fraction must lie strictly between 0 and 1, such as 0.1,0.5,0.9",
+                         param="road_fractions", value=text)
+    return tuple(sorted(set(values)))
 
 
 def annotation_notes(annotations: dict, categories: list[str]) -> list[str]:

@@ -103,12 +103,18 @@ def _orders(maps_up: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ImageScores:
-    """Per image and method: what the paper's and RISE's metrics need."""
+    """Per image and method: what the paper's, RISE's, ROAD's and the complexity metrics need."""
 
     y: float  # probability of the class on the image
     o: float  # ... on the explanation map x image
     deletion: np.ndarray  # curve, (steps + 1,)
     insertion: np.ndarray
+    gini: float = float("nan")  # sparseness of the map (complexity.gini)
+    entropy: float = float("nan")  # complexity of the map (complexity.entropy)
+    morf: np.ndarray | None = None  # ROAD: the class probability after each fraction removed, most relevant first
+    lerf: np.ndarray | None = None  # ... least relevant first
+    morf_kept: np.ndarray | None = None  # ROAD: whether the class stayed the model's first after each fraction
+    lerf_kept: np.ndarray | None = None
 
     @property
     def drop(self) -> float:
@@ -123,52 +129,89 @@ class ImageScores:
         return float(auc(self.insertion))
 
 
-def passes_per_image(methods: int, steps: int) -> int:
+def passes_per_image(methods: int, steps: int, road_fractions: int = 0) -> int:
     """Forward passes :func:`score_all` runs per image: the black and the blurred image (shared by every
     method), and per method O and the deletion and insertion steps 1..steps-1 (step 0 of deletion and the
-    last of insertion are the image itself, whose probability the explaining pass gave)."""
-    return 2 + methods * (2 * steps - 1)
+    last of insertion are the image itself, whose probability the explaining pass gave), and with ROAD its
+    MoRF and LeRF images at each fraction (at most: an imputed image two methods share is passed once)."""
+    return 2 + methods * (2 * steps - 1 + 2 * road_fractions)
+
+
+@dataclass(frozen=True)
+class RoadSettings:
+    """ROAD's removal ``fractions`` and its noise's standard deviation per RGB channel (``noise``)."""
+
+    fractions: tuple[float, ...]
+    noise: tuple[float, ...]
 
 
 def score_all(model: torch.nn.Module, preprocess: Callable, rgb01: torch.Tensor, maps: dict[str, np.ndarray],
               classes: np.ndarray, steps: int, y: np.ndarray, eval_batch: int = 32,
               deletion_baseline: Callable[[torch.Tensor], torch.Tensor] = torch.zeros_like,
-              insertion_baseline: Callable[[torch.Tensor], torch.Tensor] = blurred) -> dict[str, list[ImageScores]]:
+              insertion_baseline: Callable[[torch.Tensor], torch.Tensor] = blurred,
+              road: RoadSettings | None = None) -> dict[str, list[ImageScores]]:
     """Every metric of every method's low-resolution maps for one batch of images.
 
-    All the perturbed images (O, deletion and insertion steps, across images and methods) go through the
-    model in batches of ``eval_batch`` under ``torch.inference_mode``; see :func:`passes_per_image`.
-    ``y``: the class probabilities on the images, from the explaining pass.
+    All the perturbed images (O, deletion and insertion steps, ROAD's imputed images, across images and
+    methods) go through the model in batches of ``eval_batch`` under ``torch.inference_mode``; see
+    :func:`passes_per_image`.  ``y``: the class probabilities on the images, from the explaining pass.
     """
+    from . import complexity
+
     n = rgb01.shape[0]
     names = list(maps)
-    frames = _Frames(rgb01, maps, steps, deletion_baseline(rgb01), insertion_baseline(rgb01))
+    frames = _Frames(rgb01, maps, steps, deletion_baseline(rgb01), insertion_baseline(rgb01), road)
     specs = [(("black",), i) for i in range(n)] + [(("blur",), i) for i in range(n)]
     for m in names:
         specs += [((m, "o"), i) for i in range(n)]
         specs += [((m, kind, k), i) for kind in ("del", "ins") for k in range(1, steps) for i in range(n)]
+    fractions = range(len(road.fractions)) if road is not None else range(0)
+    for m in names:  # last: their imputations run on threads while the model passes the others
+        specs += [((m, order, k), i) for order in ("morf", "lerf") for k in fractions for i in range(n)]
     cls = torch.as_tensor(classes, dtype=torch.long, device=rgb01.device)
-    probs = _probabilities(model, preprocess, frames, specs, cls, eval_batch)
+    try:
+        probs, kept = _probabilities(model, preprocess, frames, specs, cls, eval_batch)
+    finally:
+        frames.close()
     out = {}
     for m in names:
         scores = []
+        ginis, entropies = complexity.gini(frames.ups[m]), complexity.entropy(frames.ups[m])
         for i in range(n):
             yi = float(y[i])
             deletion = [yi] + [probs[((m, "del", k), i)] for k in range(1, steps)] + [probs[(("black",), i)]]
             insertion = [probs[(("blur",), i)]] + [probs[((m, "ins", k), i)] for k in range(1, steps)] + [yi]
-            scores.append(ImageScores(yi, probs[((m, "o"), i)], np.array(deletion), np.array(insertion)))
+            curves = {f"{order}{suffix}": np.array([table[((m, order, k), i)] for k in fractions])
+                      for order in ("morf", "lerf") for suffix, table in (("", probs), ("_kept", kept))} \
+                if road is not None else {}
+            scores.append(ImageScores(yi, probs[((m, "o"), i)], np.array(deletion), np.array(insertion),
+                                      float(ginis[i]), float(entropies[i]), **curves))
         out[m] = scores
     return out
 
 
 class _Frames:
     """The perturbed images of a batch, made on demand from their keys: ("black",), ("blur",), (m, "o"),
-    (m, "del", k), (m, "ins", k), each with its image's index."""
+    (m, "del", k), (m, "ins", k), and ROAD's (m, "morf", k) and (m, "lerf", k), each with its image's index.
+
+    ROAD's images are imputed on threads (:meth:`prefetch`), each solved once per image, order and removed
+    set: two methods whose maps remove the very same pixels share it."""
 
     def __init__(self, rgb01: torch.Tensor, maps: dict[str, np.ndarray], steps: int, black: torch.Tensor,
-                 blur: torch.Tensor):
+                 blur: torch.Tensor, road: RoadSettings | None = None):
         n, _, h, w = rgb01.shape
         self.rgb01, self.black, self.blur, self.h, self.w = rgb01, black, blur, h, w
+        self.road = road
+        self.imputed: dict = {}  # (image, order, removed pixels' bytes) -> Future of the imputed image
+        self.pool = None
+        if road is not None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            from .road import removal_counts
+
+            self.road_counts = removal_counts(road.fractions, h * w)
+            self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="campp-road")
+            self.images = rgb01.detach().cpu().numpy()
         self.ups = {m: upsample_maps(maps[m], h) for m in maps}
         self.ranks = {}
         for m in maps:
@@ -178,6 +221,44 @@ class _Frames:
             self.ranks[m] = r
         self.counts = [round(k * h * w / steps) for k in range(steps + 1)]
 
+    def prefetch(self, spec) -> None:
+        """Start imputing ROAD's image of ``spec`` (a spec whose image is already coming waits for it)."""
+        key = self._road_key(spec)
+        if key not in self.imputed:
+            import zlib
+
+            from . import road
+
+            i, order, removed = key
+            image = self.images[i]
+            seed = [zlib.crc32(image.tobytes()), zlib.crc32(removed), ("morf", "lerf").index(order)]
+            mask = np.frombuffer(removed, dtype=bool).reshape(self.h, self.w)
+            self.imputed[key] = [self.pool.submit(road.impute, image, mask, np.asarray(self.road.noise),
+                                                  np.random.default_rng(seed)), 0]
+        self.imputed[key][1] += 1
+
+    def _road_key(self, spec) -> tuple:
+        from . import road
+
+        (m, order, k), i = spec
+        ranks = self.ranks[m][i].view(self.h, self.w).cpu().numpy()
+        return i, order, road.removed_mask(ranks, self.road_counts[k], order).tobytes()
+
+    def _road(self, spec) -> np.ndarray:
+        """ROAD's imputed image of ``spec``, dropped once every spec that shares it has had it."""
+        key = self._road_key(spec)
+        if key not in self.imputed:
+            self.prefetch(spec)
+        entry = self.imputed[key]
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self.imputed[key]
+        return entry[0].result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
     def __call__(self, spec) -> torch.Tensor:
         key, i = spec
         rgb01 = self.rgb01
@@ -186,6 +267,8 @@ class _Frames:
         if key == ("blur",):
             return self.blur[i]
         m = key[0]
+        if key[1] in ("morf", "lerf"):
+            return torch.from_numpy(self._road(spec)).to(rgb01.device, rgb01.dtype)
         if key[1] == "o":
             return rgb01[i] * torch.from_numpy(self.ups[m][i]).to(rgb01.device, rgb01.dtype)[None]
         mask = (self.ranks[m][i] < self.counts[key[2]]).to(rgb01.dtype).view(1, self.h, self.w)
@@ -194,19 +277,37 @@ class _Frames:
         return self.blur[i] * (1 - mask) + rgb01[i] * mask
 
 
+def _is_road(spec) -> bool:
+    return spec[0][1:2] in (("morf",), ("lerf",))
+
+
+#: ROAD images imputed ahead of the model, at most (their threads work while it passes the others).
+ROAD_AHEAD = 64
+
+
 def _probabilities(model: torch.nn.Module, preprocess: Callable, frames: _Frames, specs: list, cls: torch.Tensor,
-                   eval_batch: int) -> dict:
-    """{spec: the explained class's probability on that frame}, the frames in batches of ``eval_batch``."""
+                   eval_batch: int) -> tuple[dict, dict]:
+    """({spec: the explained class's probability on that frame}, {spec: whether it stayed the model's first
+    class}), the frames in batches of ``eval_batch``; ROAD's imputed ahead."""
     probs: dict = {}
+    kept: dict = {}
     device = cls.device
+    road = [spec for spec in specs if _is_road(spec)]
+    ahead = done = 0
     with torch.inference_mode():
         for start in range(0, len(specs), eval_batch):
             chunk = specs[start:start + eval_batch]
+            while ahead < len(road) and ahead < done + ROAD_AHEAD + len(chunk):
+                frames.prefetch(road[ahead])
+                ahead += 1
+            done += sum(1 for spec in chunk if _is_road(spec))
             logits = model(preprocess(torch.stack([frames(spec) for spec in chunk]))).float()
             idx = torch.tensor([i for _, i in chunk], device=device)
             p = torch.softmax(logits, dim=1).gather(1, cls[idx][:, None]).squeeze(1).cpu().numpy()
+            first = (logits.argmax(dim=1) == cls[idx]).cpu().numpy()
             probs.update({spec: float(v) for spec, v in zip(chunk, p)})
-    return probs
+            kept.update({spec: bool(v) for spec, v in zip(chunk, first)})
+    return probs, kept
 
 
 def score_batch(model: torch.nn.Module, preprocess: Callable, rgb01: torch.Tensor, maps: np.ndarray,
@@ -250,8 +351,23 @@ def summarise(scores: list[ImageScores], resamples: int = 2000) -> dict:
         "deletion_auc": (dele, mean),
         "insertion_auc": (ins, mean),
     }
+    stats["sparseness_gini"] = (np.array([s.gini for s in scores]), mean)
+    stats["complexity_entropy"] = (np.array([s.entropy for s in scores]), mean)
+    road = [s for s in scores if s.morf is not None]
+    if road:  # each image's mean over the fractions: the area under its curve, up to the fractions' spacing
+        stats["road_morf"] = (np.array([np.mean(s.morf) for s in road]), mean)
+        stats["road_lerf"] = (np.array([np.mean(s.lerf) for s in road]), mean)
     for name, (values, fn) in stats.items():
         out[name], out[f"{name}_ci95"] = with_interval(values, fn, resamples)
+    if road:
+        out["road"] = {}
+        for order in ("morf", "lerf"):
+            curves = np.array([getattr(s, order) for s in road])
+            kept = np.array([getattr(s, f"{order}_kept") for s in road], dtype=np.float64)
+            out["road"][order] = [float(v) for v in curves.mean(axis=0)]
+            out["road"][f"{order}_ci95"] = [with_interval(curves[:, k], mean, resamples)[1]
+                                            for k in range(curves.shape[1])]
+            out["road"][f"{order}_kept"] = [float(v) for v in kept.mean(axis=0)]
     return out
 
 

@@ -48,7 +48,8 @@ COLUMNS = (
 TOP5_COLUMNS = ("class_name", "probability")
 #: The fields of one method's evaluate scores of one image, named as evaluate's --csv names them.
 SCORE_COLUMNS = ("probability", "explanation_probability", "drop_percent", "deletion_auc", "insertion_auc",
-                 "deletion_curve", "insertion_curve", "loc", "pointing_hit", "energy_pointing")
+                 "deletion_curve", "insertion_curve", "loc", "pointing_hit", "energy_pointing", "gini", "entropy",
+                 "road_morf", "road_lerf", "morf_curve", "lerf_curve")
 #: What a skipped image's record keeps of the record an earlier run's page has of it.
 KEPT = ("class_index", "class_name", "probability", "top5", "thumb_size", "disagreement", "figure_stamp")
 
@@ -154,17 +155,23 @@ def _scores(s) -> dict:
             "drop_percent": round(float(s.drop), 3), "deletion_auc": round(float(s.deletion_auc), 4),
             "insertion_auc": round(float(s.insertion_auc), 4),
             "deletion_curve": np.round(np.asarray(s.deletion, dtype=np.float64), 4).tolist(),
-            "insertion_curve": np.round(np.asarray(s.insertion, dtype=np.float64), 4).tolist()}
+            "insertion_curve": np.round(np.asarray(s.insertion, dtype=np.float64), 4).tolist(),
+            "gini": round(float(s.gini), 4), "entropy": round(float(s.entropy), 4),
+            **({"road_morf": round(float(np.mean(s.morf)), 4), "road_lerf": round(float(np.mean(s.lerf)), 4),
+                "morf_curve": np.round(np.asarray(s.morf, dtype=np.float64), 4).tolist(),
+                "lerf_curve": np.round(np.asarray(s.lerf, dtype=np.float64), 4).tolist()}
+               if s.morf is not None else {})}
 
 
 def mean_curves(records: list[dict], methods: list[str]) -> dict:
-    """Each method's mean deletion and insertion curves over the records scored."""
+    """Each method's mean deletion and insertion curves over the records scored (and ROAD's, where it ran)."""
     out = {}
     for m in methods:
         scored = [r["scores"][m] for r in records if "scores" in r and m in r["scores"]]
         if scored:
             out[m] = {k: np.round(np.mean([s[k] for s in scored], axis=0), 5).tolist()
-                      for k in ("deletion_curve", "insertion_curve")}
+                      for k in ("deletion_curve", "insertion_curve", "morf_curve", "lerf_curve")
+                      if all(s.get(k) is not None for s in scored)}
     return out
 
 
