@@ -181,3 +181,29 @@ def test_box_option_errors_are_usage_errors(run_cli, tmp_path, monkeypatch, args
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli("evaluate", "-f", IMAGES / "coffee.png", *args)
     assert code == 2 and err.strip().startswith(f"campp: error: {why}")
+
+
+def test_pointing_game_and_energy_match_quantus():
+    """Quantus 0.6.0's PointingGame is campp's pointing game with no tolerance (the map's maximum inside the
+    boxes; campp allows 15 px, as Zhang et al. do), and its RelevanceMassAccuracy is campp's energy pointing
+    game on a non-negative map (campp counts negative values as 0)."""
+    quantus = pytest.importorskip("quantus")
+    from campp_cli.commands import boxes as boxes_
+
+    rng = np.random.default_rng(0)
+    maps, masks, hits, energies = [], [], [], []
+    for _ in range(40):
+        cam = rng.random((64, 64)) ** 4
+        x0, y0 = rng.uniform(0, 40, size=2) + 0.3
+        box = (x0, y0, x0 + rng.uniform(5, 24), y0 + rng.uniform(5, 24))
+        mask = boxes_.union_mask([box], 64)
+        maps.append(cam)
+        masks.append(mask)
+        hits.append(boxes_.pointing_hit(cam, [box], tolerance=0))
+        energies.append(boxes_.energy(cam, mask))
+    a, s = np.array(maps)[:, None], np.array(masks)[:, None].astype(float)
+    theirs_hit = quantus.PointingGame(disable_warnings=True).evaluate_batch(a_batch=a.copy(), s_batch=s.copy())
+    theirs_mass = quantus.RelevanceMassAccuracy(disable_warnings=True).evaluate_batch(a_batch=a.copy(),
+                                                                                      s_batch=s.copy())
+    assert list(map(bool, theirs_hit)) == hits and 0 < sum(hits) < 40
+    np.testing.assert_allclose(theirs_mass, energies, atol=1e-12)

@@ -91,3 +91,20 @@ def test_the_papers_headline_on_efficientnet_lite0(run_cli, tmp_path):
     assert gradcam[0] < 0.4, gradcam
     assert guided[-1] < guided[0]  # every layer randomised: it does change in the end
     assert "Guided backpropagation" in out and "cascade to _fc (1/50)" in out
+
+
+def test_similarities_match_quantus():
+    """Quantus 0.6.0's similarity functions (those its MPRT uses) on the same maps: Spearman of the signed
+    maps, and SSIM of the maps' absolute values each scaled into [0, 1] (Quantus takes the pair's joint range
+    as SSIM's data range: 1 there, as campp's)."""
+    pytest.importorskip("quantus")
+    from quantus.functions.similarity_func import correlation_spearman, ssim
+
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        a = rng.normal(size=(48, 48))
+        b = a * rng.uniform(0, 2) + rng.normal(size=a.shape)
+        ours = sanity.similarity(a, b)
+        assert ours["spearman"] == pytest.approx(correlation_spearman(a.ravel(), b.ravel()), abs=1e-12)
+        unit = [(np.abs(m) - np.abs(m).min()) / np.ptp(np.abs(m)) for m in (a, b)]
+        assert ours["ssim"] == pytest.approx(ssim(*unit), abs=1e-12)
