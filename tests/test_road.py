@@ -192,3 +192,40 @@ def test_evaluate_road_from_the_cli(run_cli, tmp_path):
     assert header[-4:] == ["gini", "entropy", "road_morf", "road_lerf"]
     page = (tmp_path / "0.html").read_text()
     assert "morf_curve" in page and "road_morf" in page
+
+
+def test_road_metric_matches_pytorch_grad_cams_on_the_same_map():
+    """pytorch-grad-cam's ROADMostRelevantFirst and ROADLeastRelevantFirst (their imputer without noise,
+    return_diff=False: the softmax probability after removal) against campp's MoRF and LeRF removing the
+    same pixels: their percentile q keeps the pixels strictly below the map's q-th percentile (a share s
+    removed is q close to 100 (1 - s), off by a pixel), so q is chosen to keep what campp keeps."""
+    pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.metrics.perturbation_confidence import (
+        PerturbationConfidenceMetric,
+        RemoveLeastRelevantFirst,
+        RemoveMostRelevantFirst,
+    )
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    model = _Tiny().eval()
+    with torch.no_grad():
+        model.head.weight *= 40  # probabilities that move with what is removed
+    rgb = torch.from_numpy(np.random.default_rng(8).random((1, 3, 24, 24))).float()
+    n = 24 * 24
+    cam = (np.random.default_rng(9).permutation(n).reshape(1, 24, 24) / n).astype(np.float32)  # no ties
+    ours = score_all(model, lambda x: x, rgb, {"m": cam}, np.array([2]), 2, np.array([0.5]),
+                     road=RoadSettings((0.2, 0.5, 0.8), (0.0, 0.0, 0.0)))["m"][0]
+    target = [ClassifierOutputSoftmaxTarget(2)]
+    for k, share in enumerate((0.2, 0.5, 0.8)):
+        # Their percentile q keeps about q % of the pixels in both orders (those strictly below the q-th
+        # percentile): the q that keeps exactly the pixels campp's share leaves, on distinct values.
+        kept = n - road.removal_counts([share], n)[0]
+        q = 100 * (kept - 0.5) / (n - 1)
+        morf = PerturbationConfidenceMetric(RemoveMostRelevantFirst(q, NoisyLinearImputer(noise=0)))
+        lerf = PerturbationConfidenceMetric(RemoveLeastRelevantFirst(q, NoisyLinearImputer(noise=0)))
+        theirs_morf = float(morf(rgb, cam, target, model, return_diff=False)[0])
+        theirs_lerf = float(lerf(rgb, cam, target, model, return_diff=False)[0])
+        assert ours.morf[k] == pytest.approx(theirs_morf, abs=1e-5)
+        assert ours.lerf[k] == pytest.approx(theirs_lerf, abs=1e-5)
+    assert np.ptp(ours.morf) > 1e-2 and abs(ours.morf[0] - ours.lerf[0]) > 1e-2  # the check can tell them apart
