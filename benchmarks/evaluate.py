@@ -31,7 +31,12 @@ def measure(clf, args) -> dict:
     maps = {f"m{k}": rng.random((args.images, 7, 7)).astype(np.float32) for k in range(args.methods)}
     classes = np.arange(args.images)
     y = np.full(args.images, 0.5)
-    frames = args.images * metrics.passes_per_image(args.methods, args.steps)
+    road = None
+    if args.road:
+        from campp_cli.commands.road import DEFAULT_FRACTIONS, noise_in_rgb
+
+        road = metrics.RoadSettings(DEFAULT_FRACTIONS, tuple(noise_in_rgb(clf.preprocessing)))
+    frames = args.images * metrics.passes_per_image(args.methods, args.steps, len(road.fractions) if road else 0)
     batch = torch.from_numpy(rng.random((args.eval_batch, 3, s, s), dtype=np.float32))
 
     def bare():
@@ -46,7 +51,8 @@ def measure(clf, args) -> dict:
             bare()
         floors.append((time.perf_counter() - start) / (3 * args.eval_batch) * frames)
         start = time.perf_counter()
-        metrics.score_all(clf.module, clf.preprocessing, rgb01, maps, classes, args.steps, y, args.eval_batch)
+        metrics.score_all(clf.module, clf.preprocessing, rgb01, maps, classes, args.steps, y, args.eval_batch,
+                          road=road)
         runs.append(time.perf_counter() - start)
     floor, run = statistics.median(floors), statistics.median(runs)
     return {"forward_passes": frames, "floor_seconds": round(floor, 2), "campp_seconds": round(run, 2),
@@ -59,11 +65,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--methods", type=int, default=8, help="maps per image (campp has 8 methods)")
     parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--eval-batch", type=int, default=32)
+    parser.add_argument("--eval-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--road", action="store_true",
+                        help="with ROAD's 18 imputed images per image and method (their sparse solves included)")
     args = parser.parse_args()
     report = {"cpu_cores": os.cpu_count(), "torch": torch.__version__, "images": args.images,
-              "methods": args.methods, "steps": args.steps, "eval_batch": args.eval_batch, "models": {}}
+              "methods": args.methods, "steps": args.steps, "eval_batch": args.eval_batch, "road": args.road,
+              "models": {}}
     with tempfile.TemporaryDirectory() as scratch:
         for arch in args.archs.split(","):
             report["models"][arch] = measure(classifier(arch, Path(scratch)), args)

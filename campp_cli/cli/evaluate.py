@@ -15,7 +15,7 @@ from .printer import Printer, run_printed
 @click.option("--steps", type=click.IntRange(2, 4096), default=16, show_default=True,
               help="Deletion/insertion steps (each costs a forward pass per image and method).")
 @click.option("--eval-batch", type=click.IntRange(1, 65536), default=None, metavar="N",
-              help="Perturbed images per forward pass, across images, steps and methods. Default: 32 on the "
+              help="Perturbed images per forward pass, across images, steps and methods. Default: 8 on the "
                    "CPU, 256 on CUDA.")
 @click.option("--boxes", "boxes", default=None, metavar="DIR",
               help="Pascal VOC XML bounding boxes (ImageNet's or VOC's), one file per image matched by file "

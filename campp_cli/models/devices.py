@@ -59,8 +59,10 @@ def default_batch_size(device: "torch.device | str") -> int:
 
 
 def default_eval_batch(device: "torch.device | str") -> int:
-    """Perturbed images per forward pass: a GPU wants hundreds; on a CPU more than a few dozen gains nothing."""
-    return 256 if on_cuda(device) else 32
+    """Perturbed images per forward pass: a GPU wants hundreds; on a CPU 8 (measured on 20 photos, 2 cores:
+    8 as fast as 16 and 18 % faster than 32, with a third less peak memory: each large activation is
+    page-faulted afresh, so a big batch costs more than it saves)."""
+    return 256 if on_cuda(device) else 8
 
 
 def versions() -> dict[str, str]:
