@@ -172,8 +172,7 @@ def _call(sock: socket.socket, pid: int, command: str, args: list[str]) -> int |
         _, images, pid = answer
         if images > WAIT_FOR_IMAGES:
             return None  # behind a long run: here, now
-        context, fds = _context()
-        wire.send(sock, "call", args, context, fds=fds)
+        wire.send(sock, "call", args, _context(), fds=[0, 1, 2])
         sock.settimeout(None)
     except (wire.Closed, OSError):
         _warn(f"the campp daemon (pid {pid}) did not take the call; running here")
@@ -260,19 +259,14 @@ def _follow(sock: socket.socket, pid: int) -> int | None:
                           f"every file it wrote is whole: run it again (--no-daemon runs it here)")
 
 
-def _context() -> tuple[dict, list[int]]:
-    """What the call needs of this process: its folder, umask, environment, and its stdin, stdout and
-    stderr (the descriptors, and the encoding Python gave each)."""
+def _context() -> dict:
+    """What the call needs of this process besides its descriptors 0, 1 and 2 (sent with it, all open: see
+    :func:`_std_open`): its folder, umask, environment, and the encoding Python gave each std stream."""
     mask = os.umask(0o022)
     os.umask(mask)
-    targets, streams = [], {}
-    for fd, stream in ((0, sys.stdin), (1, sys.stdout), (2, sys.stderr)):
-        with contextlib.suppress(OSError):
-            os.fstat(fd)
-            targets.append(fd)
-            if stream is not None:
-                streams[fd] = (stream.encoding, stream.errors)
-    return {"cwd": os.getcwd(), "umask": mask, "env": dict(os.environ), "fds": targets, "streams": streams}, targets
+    streams = {fd: (stream.encoding, stream.errors)
+               for fd, stream in ((0, sys.stdin), (1, sys.stdout), (2, sys.stderr)) if stream is not None}
+    return {"cwd": os.getcwd(), "umask": mask, "env": dict(os.environ), "streams": streams}
 
 
 def _warn(text: str) -> None:

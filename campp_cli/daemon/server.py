@@ -298,7 +298,7 @@ class Server:
                 try:
                     wire.send(conn, "welcome", sum(c.images for c in ahead), os.getpid())
                     kind, args, context, fds = wire.receive(conn, fds=3)
-                    if kind != "call" or len(fds) != len(context["fds"]):
+                    if kind != "call" or len(fds) != 3:
                         for fd in fds:
                             os.close(fd)
                         return
@@ -373,7 +373,7 @@ def _caller_context(call: Call):
     stderr always, each with the caller's encoding; descriptor 2 is /dev/null meanwhile (C libraries' chatter
     goes nowhere, as the console script makes it)."""
     ctx = call.context
-    given = dict(zip(ctx["fds"], call.fds))
+    given = call.fds  # the caller's descriptors 0, 1 and 2
     saved_env = dict(os.environ)
     saved_dir = os.getcwd()
     saved_streams = (sys.stdin, sys.stdout, sys.stderr)
@@ -391,7 +391,7 @@ def _caller_context(call: Call):
         null = os.open(os.devnull, os.O_RDWR)
         try:
             for target in (0, 1, 2):
-                os.dup2(given[target] if target in given and target != 2 else null, target)
+                os.dup2(given[target] if target != 2 else null, target)
         finally:
             os.close(null)
         streams = ctx.get("streams", {})
@@ -403,7 +403,7 @@ def _caller_context(call: Call):
 
         sys.stdin = stream(0, "r", 0)
         sys.stdout = stream(1, "w", 1, buffering=1 if os.isatty(1) else -1)
-        sys.stderr = stream(given.get(2, 2), "w", 2, buffering=1)
+        sys.stderr = stream(given[2], "w", 2, buffering=1)
         yield
     finally:
         for f in opened:
