@@ -203,6 +203,7 @@ class _Frames:
         self.rgb01, self.black, self.blur, self.h, self.w = rgb01, black, blur, h, w
         self.road = road
         self.imputed: dict = {}  # (image, order, removed pixels' bytes) -> Future of the imputed image
+        self.keys: dict = {}  # spec -> its key in self.imputed, until its image is taken
         self.pool = None
         if road is not None:
             from concurrent.futures import ThreadPoolExecutor
@@ -238,17 +239,22 @@ class _Frames:
         self.imputed[key][1] += 1
 
     def _road_key(self, spec) -> tuple:
-        from . import road
+        """The image, order and removed pixels of ``spec`` (built once: prefetch and _road both ask)."""
+        key = self.keys.get(spec)
+        if key is None:
+            from . import road
 
-        (m, order, k), i = spec
-        ranks = self.ranks[m][i].view(self.h, self.w).cpu().numpy()
-        return i, order, road.removed_mask(ranks, self.road_counts[k], order).tobytes()
+            (m, order, k), i = spec
+            ranks = self.ranks[m][i].view(self.h, self.w).cpu().numpy()
+            key = self.keys[spec] = (i, order, road.removed_mask(ranks, self.road_counts[k], order).tobytes())
+        return key
 
     def _road(self, spec) -> np.ndarray:
         """ROAD's imputed image of ``spec``, dropped once every spec that shares it has had it."""
         key = self._road_key(spec)
         if key not in self.imputed:
             self.prefetch(spec)
+        del self.keys[spec]
         entry = self.imputed[key]
         entry[1] -= 1
         if entry[1] <= 0:
