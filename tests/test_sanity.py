@@ -73,6 +73,22 @@ def test_similarity_measures():
     assert far["ssim"] < near["ssim"] and far["hog"] < near["hog"] and abs(far["spearman"]) < 0.1
 
 
+def test_features_of_a_nonnegative_map_with_ties_measure_as_the_reference():
+    """A CAM is never negative and ties at 0: its ranks serve both Spearman measures, ties averaged; a signed
+    map ranks its absolute values apart."""
+    rng = np.random.default_rng(1)
+    cam = np.maximum(rng.normal(size=(64, 64)), 0)  # half the pixels tie at 0
+    signed = rng.normal(size=(64, 64))
+    for a, b in ((cam, np.maximum(cam + rng.normal(size=cam.shape), 0)), (signed, cam), (cam, signed)):
+        got = sanity.compare(sanity.Features(a), sanity.Features(b))
+        assert got["spearman"] == pytest.approx(ref.spearman(a, b), abs=1e-12)
+        assert got["spearman_abs"] == pytest.approx(ref.spearman(np.abs(a), np.abs(b)), abs=1e-12)
+    f = sanity.Features(signed)
+    assert not np.array_equal(f.ranks, f.ranks_abs)
+    flat = sanity.compare(sanity.Features(np.zeros((64, 64))), sanity.Features(cam))
+    assert np.isnan(flat["spearman"]) and np.isnan(flat["hog"])
+
+
 @pytest.mark.slow
 def test_the_papers_headline_on_efficientnet_lite0(run_cli, tmp_path):
     """Guided backpropagation stays like the intact model's map while the top layers are randomised;

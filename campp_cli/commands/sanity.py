@@ -23,6 +23,7 @@ show it, a guided map's channels summed (signed), its absolute value for the "ab
 from __future__ import annotations
 
 import copy
+import os
 from typing import Callable
 
 import numpy as np
@@ -116,57 +117,86 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
+def _ranks(a: np.ndarray) -> np.ndarray | None:
+    """``a``'s values' ranks (ties averaged, as Spearman's rank correlation ranks them), None where ``a`` is
+    flat (no rank correlation)."""
+    from scipy.stats import rankdata
 
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(spearmanr(a.ravel(), b.ravel()).statistic)
+    return rankdata(a.ravel()) if np.ptp(a) > 0 else None
 
 
-def _hog(a: np.ndarray) -> np.ndarray:
+def _pearson(a: np.ndarray | None, b: np.ndarray | None) -> float:
+    return float(np.corrcoef(a, b)[0, 1]) if a is not None and b is not None else float("nan")
+
+
+def _hog(a: np.ndarray) -> np.ndarray | None:
     from skimage.feature import hog
 
-    return hog(_unit(a), orientations=9, pixels_per_cell=(16, 16), cells_per_block=(3, 3), feature_vector=True)
+    h = hog(_unit(a), orientations=9, pixels_per_cell=(16, 16), cells_per_block=(3, 3), feature_vector=True)
+    return h if np.ptp(h) > 0 else None
+
+
+class Features:
+    """What the measures need of one (H, W) map, made once: its ranks (signed and of absolute values), its
+    absolute values scaled into [0, 1] and their HOG.  The intact model's maps are compared with every
+    step's, so theirs are made once per image; a map with no negative value (a CAM) ranks once."""
+
+    def __init__(self, a: np.ndarray):
+        magnitude = np.abs(a)
+        self.ranks = _ranks(a)
+        self.ranks_abs = self.ranks if not (a < 0).any() else _ranks(magnitude)
+        self.unit_abs = _unit(magnitude)
+        self.hog = _hog(magnitude)
+
+
+def compare(a: Features, b: Features) -> dict[str, float]:
+    """:data:`MEASURES` of two maps' :class:`Features` (see :func:`similarity`)."""
+    from skimage.metrics import structural_similarity
+
+    return {"spearman": _pearson(a.ranks, b.ranks), "spearman_abs": _pearson(a.ranks_abs, b.ranks_abs),
+            "ssim": float(structural_similarity(a.unit_abs, b.unit_abs, data_range=1.0)),
+            "hog": _pearson(a.hog, b.hog)}
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """:data:`MEASURES` of two (H, W) maps: Spearman of the signed maps and of their absolute values, SSIM of
-    both scaled into [0, 1] (of their absolute values, as the paper shows maps), Pearson of their HOGs."""
-    from skimage.metrics import structural_similarity
-
-    ha, hb = _hog(np.abs(a)), _hog(np.abs(b))
-    hog_r = float(np.corrcoef(ha, hb)[0, 1]) if np.ptp(ha) > 0 and np.ptp(hb) > 0 else float("nan")
-    return {"spearman": _spearman(a, b), "spearman_abs": _spearman(np.abs(a), np.abs(b)),
-            "ssim": float(structural_similarity(_unit(np.abs(a)), _unit(np.abs(b)), data_range=1.0)),
-            "hog": hog_r}
+    """:data:`MEASURES` of two (H, W) maps: Spearman of the signed maps and of their absolute values (the
+    Pearson correlation of their ranks, ties averaged), SSIM of their absolute values scaled into [0, 1] (as
+    the paper shows maps), and the Pearson correlation of those maps' HOGs; NaN where a map (or its HOG) is
+    flat."""
+    return compare(Features(a), Features(b))
 
 
 def check(clf, rgb01: torch.Tensor, intact: dict[str, np.ndarray], classes: np.ndarray, methods, settings: dict,
           modes=MODES, progress: Callable[[int], None] | None = None) -> list[dict]:
     """Each image's similarities: ``[{mode: {map: {measure: [value per step]}}}]``, for the images of
     ``rgb01`` whose intact maps (:func:`flat_maps`) are ``intact``.  Runs one pass with the gradient and one
-    guided backward per step and mode."""
+    guided backward per step and mode; the measures run on a thread per core (ranks, HOG and SSIM are
+    NumPy's, which releases the GIL; beside the passes they only slow them), the intact maps' :class:`Features`
+    made once."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from ..cam.explain import explain
     from ..cam.guided import guided_backprop
 
-    n = rgb01.shape[0]
-    size = rgb01.shape[-1]
+    n, size = rgb01.shape[0], rgb01.shape[-1]
+    pairs = [(i, name) for i in range(n) for name in intact]
     out: list[dict] = [{mode: {name: {m: [] for m in MEASURES} for name in intact} for mode in modes}
                        for _ in range(n)]
     x = clf.preprocessing(rgb01)
-    for mode in modes:
-        for _, model in randomised_models(clf.module, mode):
-            expl = explain(model, clf.layer, x, classes=list(map(int, classes)), methods=methods, image=rgb01,
-                           preprocess=clf.preprocessing, **settings)
-            guided = guided_backprop(model, rgb01, classes, clf.preprocessing)
-            now = flat_maps(expl.maps, guided, size)
-            for i in range(n):
-                for name in intact:
-                    for measure, value in similarity(intact[name][i], now[name][i]).items():
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        reference = dict(zip(pairs, pool.map(lambda p: Features(intact[p[1]][p[0]]), pairs)))
+        for mode in modes:
+            for _, model in randomised_models(clf.module, mode):
+                expl = explain(model, clf.layer, x, classes=list(map(int, classes)), methods=methods,
+                               image=rgb01, preprocess=clf.preprocessing, **settings)
+                guided = guided_backprop(model, rgb01, classes, clf.preprocessing)
+                now = flat_maps(expl.maps, guided, size)
+                measured = pool.map(lambda p, now=now: compare(reference[p], Features(now[p[1]][p[0]])), pairs)
+                for (i, name), values in zip(pairs, measured):
+                    for measure, value in values.items():
                         out[i][mode][name][measure].append(value)
-            if progress is not None:
-                progress(n)
+                if progress is not None:
+                    progress(n)
     return out
 
 

@@ -1,0 +1,77 @@
+"""The sanity check (``evaluate --sanity``) against its floor: ``python benchmarks/sanity.py [--images 5]``.
+
+The floor is the passes the check cannot do without: for every step of both modes, campp's explaining pass
+(the default methods, one forward and one backward) and one guided backpropagation, timed alone on the
+intact model (a randomised model costs the same) and multiplied by the number of steps.  campp's figure is
+``commands.sanity.check`` on the same images: the randomised copies, those passes and the similarity
+measures (Spearman, SSIM, HOG) of every map at the input resolution.  ``measures_seconds`` is the measures
+alone for one step, times the steps.  The offline models keep their own weights; VGG16 has random weights
+(nothing is downloaded).  Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import classifier
+
+from campp_cli.cam.explain import explain
+from campp_cli.cam.guided import guided_backprop
+from campp_cli.commands import sanity
+
+
+def measure(clf, args) -> dict:
+    s = clf.input_size
+    rgb01 = torch.from_numpy(np.random.default_rng(0).random((args.images, 3, s, s), dtype=np.float32))
+    x = clf.preprocessing(rgb01)
+
+    def passes():
+        expl = explain(clf.module, clf.layer, x, image=rgb01, preprocess=clf.preprocessing)
+        return expl, guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing)
+
+    expl, guided = passes()  # first-call costs out of the figures
+    intact = sanity.flat_maps(expl.maps, guided, s)
+    steps = len(sanity.steps(clf.module)) * len(sanity.MODES)
+    floors = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        passes()
+        floors.append((time.perf_counter() - start) * steps)
+    references = {(i, m): sanity.Features(v[i]) for m, v in intact.items() for i in range(args.images)}
+    start = time.perf_counter()
+    for (i, m), ref in references.items():
+        sanity.compare(ref, sanity.Features(intact[m][i]))
+    measures = (time.perf_counter() - start) * steps  # one step's measures on one thread, times the steps
+    start = time.perf_counter()
+    sanity.check(clf, rgb01, intact, expl.classes, list(expl.maps), {})
+    run = time.perf_counter() - start
+    floor = statistics.median(floors)
+    return {"steps": steps, "maps_per_image": len(intact), "floor_seconds": round(floor, 2),
+            "measures_seconds_one_thread": round(measures, 2), "campp_seconds": round(run, 2),
+            "vs_floor": round(run / floor, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", default="efficientnet_lite0")
+    parser.add_argument("--images", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    report = {"cpu_cores": os.cpu_count(), "torch": torch.__version__, "images": args.images, "models": {}}
+    with tempfile.TemporaryDirectory() as scratch:
+        for arch in args.archs.split(","):
+            report["models"][arch] = measure(classifier(arch, Path(scratch)), args)
+            print(json.dumps({arch: report["models"][arch]}), flush=True)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
