@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -20,3 +23,16 @@ def classifier(arch: str, scratch: Path):
         torch.save(torchvision.models.vgg16().state_dict(), path)
         return load_classifier("vgg16", weights=path)
     return load_classifier(arch, download=False)
+
+
+def report_archs(measure, args, **settings) -> dict:
+    """``measure(classifier, args)`` for each of ``args.archs`` (comma-separated), each model's figures
+    printed as a JSON line as soon as they are made, then the whole report (the machine, ``settings`` and
+    every model's figures) as indented JSON."""
+    report = {"cpu_cores": os.cpu_count(), "torch": torch.__version__, **settings, "models": {}}
+    with tempfile.TemporaryDirectory() as scratch:
+        for arch in args.archs.split(","):
+            report["models"][arch] = measure(classifier(arch, Path(scratch)), args)
+            print(json.dumps({arch: report["models"][arch]}), flush=True)
+    print(json.dumps(report, indent=2))
+    return report

@@ -10,16 +10,12 @@ VGG16 has random weights (saved to a temporary file), nothing is downloaded.  Pr
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from common import classifier
+from common import report_archs
 
 from campp_cli.commands import metrics
 
@@ -70,15 +66,8 @@ def main() -> None:
     parser.add_argument("--road", action="store_true",
                         help="with ROAD's 18 imputed images per image and method (their sparse solves included)")
     args = parser.parse_args()
-    report = {"cpu_cores": os.cpu_count(), "torch": torch.__version__, "images": args.images,
-              "methods": args.methods, "steps": args.steps, "eval_batch": args.eval_batch, "road": args.road,
-              "models": {}}
-    with tempfile.TemporaryDirectory() as scratch:
-        for arch in args.archs.split(","):
-            report["models"][arch] = measure(classifier(arch, Path(scratch)), args)
-            print(json.dumps({arch: report["models"][arch]}), flush=True)
-    print(json.dumps(report, indent=2))
-
+    report_archs(measure, args, images=args.images, methods=args.methods, steps=args.steps,
+                 eval_batch=args.eval_batch, road=args.road)
 
 if __name__ == "__main__":
     main()

@@ -4,24 +4,20 @@ The floor is the passes the check cannot do without: for every step of both mode
 (the default methods, one forward and one backward) and one guided backpropagation, timed alone on the
 intact model (a randomised model costs the same) and multiplied by the number of steps.  campp's figure is
 ``commands.sanity.check`` on the same images: the randomised copies, those passes and the similarity
-measures (Spearman, SSIM, HOG) of every map at the input resolution.  ``measures_seconds`` is the measures
-alone for one step, times the steps.  The offline models keep their own weights; VGG16 has random weights
-(nothing is downloaded).  Prints JSON.
+measures (Spearman, SSIM, HOG) of every map at the input resolution.  ``measures_seconds_one_thread`` is
+the measures alone for one step, on one thread, times the steps.  The offline models keep their own
+weights; VGG16 has random weights (nothing is downloaded).  Prints JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from common import classifier
+from common import report_archs
 
 from campp_cli.cam.explain import explain
 from campp_cli.cam.guided import guided_backprop
@@ -65,13 +61,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    report = {"cpu_cores": os.cpu_count(), "torch": torch.__version__, "images": args.images, "models": {}}
-    with tempfile.TemporaryDirectory() as scratch:
-        for arch in args.archs.split(","):
-            report["models"][arch] = measure(classifier(arch, Path(scratch)), args)
-            print(json.dumps({arch: report["models"][arch]}), flush=True)
-    print(json.dumps(report, indent=2))
-
+    report_archs(measure, args, images=args.images)
 
 if __name__ == "__main__":
     main()

@@ -394,7 +394,7 @@ def _caller_context(call: Call):
                 os.dup2(given[target] if target != 2 else null, target)
         finally:
             os.close(null)
-        streams = ctx.get("streams", {})
+        streams = ctx["streams"]
 
         def stream(fd: int, mode: str, target: int, **kw):
             encoding, errors = streams.get(target, ("utf-8", "strict" if target != 2 else "backslashreplace"))
