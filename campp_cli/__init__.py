@@ -27,6 +27,8 @@ _EXPORTS = {
     "register_source": "models.spec",
     "list_sources": "models.spec",
     "explain": "cam.explain",
+    "explain_top": "cam.explain",
+    "logits_of": "cam.outputs",
     "list_methods": "cam.methods",
     "register_method": "cam.methods",
     "get_method": "cam.methods",

@@ -18,6 +18,8 @@ CHELSEA = IMAGES / "chelsea.png"
 LIBRARY_ONLY = {
     "command": "Run's first argument; on the command line a subcommand, checked by click",
     "preprocessing": "load_classifier's preprocessing=; the CLI gives --input-size, --mean, --std, --resize",
+    "differentiable": "explain's differentiable=: maps as tensors for training, which no command writes",
+    "top": "explain_top's k; on the command line -l topK, not yet (issue 31)",
 }
 
 
@@ -41,8 +43,10 @@ def cases(tmp_path: Path):
          f"a name of its own"),
         ("classify", [CHELSEA], dict(labels_from_folders=True, output_dir=out), ["--labels-from-folders",
                                                                                   "--output-dir", out],
-         "labels_from_folders marks right and wrong predictions in a report: give report FILE.html too",
-         "--labels-from-folders marks right and wrong predictions in a report: give --report FILE.html too"),
+         "labels_from_folders marks right and wrong predictions in a report: give report FILE.html too (or label "
+         "true to explain each image's true class)",
+         "--labels-from-folders marks right and wrong predictions in a report: give --report FILE.html too (or -l "
+         "true to explain each image's true class)"),
         ("evaluate", [CHELSEA], dict(deltas="0,1.5"), ["--delta", "0,1.5"],
          "deltas 0,1.5: give numbers in [0, 1), comma-separated (e.g. 0,0.25,0.5)",
          "--delta 0,1.5: give numbers in [0, 1), comma-separated (e.g. 0,0.25,0.5)"),

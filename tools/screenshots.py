@@ -73,6 +73,8 @@ FIGURES = {
     "coffee_all_methods_efficientnet_lite0.jpeg": ["-f", REPO / "images" / "coffee.png", "--methods", "all",
                                                    "--max-side", "300"],
     "two_espresso_efficientnet_lite0.jpeg": ["-f", "two_espresso.png", "-l", "967"],
+    "astronaut_space_shuttle_efficientnet_lite0.jpeg": ["-f", REPO / "images" / "astronaut.png", "-l",
+                                                        "space shuttle", "--max-side", "400"],
 }
 
 

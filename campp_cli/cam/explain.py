@@ -26,7 +26,9 @@ import torch
 
 from ..errors import ModelError, UsageError
 from .methods import DEFAULT_METHODS, MethodInput, check_method_settings, get_method, needs_any, nonzero, parse_methods
+from .outputs import LogitsOutput
 from .taps import FeatureTap
+from .targets import target_scores
 
 # --------------------------------------------------------------------------- the maps
 
@@ -41,7 +43,8 @@ def normalise(combination: torch.Tensor) -> torch.Tensor:
 def cam_maps(grads: torch.Tensor | None, acts: torch.Tensor, methods=DEFAULT_METHODS, *, classes=None,
              image: torch.Tensor | None = None, score=None, progress=None, settings: dict | None = None,
              **method_settings) -> dict[str, torch.Tensor]:
-    """Every requested map from one (A, g) pair, computed in float64, returned as float32.
+    """Every requested map from one (A, g) pair, computed in float64, returned as float32 (float64 for a
+    float64 layer); differentiable functions of A and g: a graph they carry, the maps carry too.
 
     ``classes``, ``image``, ``score``, ``progress``: what methods that need forward passes take (see
     :class:`campp_cli.cam.methods.MethodInput`).  ``settings`` and any other keyword: the methods'
@@ -51,12 +54,13 @@ def cam_maps(grads: torch.Tensor | None, acts: torch.Tensor, methods=DEFAULT_MET
     checked = check_method_settings({**(settings or {}), **method_settings}, names)
     inp = MethodInput(acts=acts.double(), grads=None if grads is None else grads.double(), classes=classes,
                       image=image, score=score, progress=progress, settings=checked)
+    dtype = torch.promote_types(acts.dtype, torch.float32)
     out = {}
     for name in names:
         method = get_method(name)
         if method.needs == "gradients" and inp.grads is None:
             raise UsageError(f"method {name} needs the gradient; none was computed")
-        out[name] = normalise(method.compute(inp)).float()
+        out[name] = normalise(method.compute(inp)).to(dtype)
     return out
 
 
@@ -70,7 +74,9 @@ class Explanation:
     logits: np.ndarray  # (N, C) float32, pre-softmax
     probs: np.ndarray  # (N, C) float32, softmax
     classes: np.ndarray  # (N,) explained class per image
-    maps: dict[str, np.ndarray]  # method -> (N, h, w) float32 in [0, 1], low resolution
+    # method -> (N, h, w) in [0, 1], low resolution, float32 (float64 for a float64 layer); with
+    # differentiable=True, torch tensors on the model's device that carry gradients to its weights
+    maps: dict[str, np.ndarray]
     layer: str = ""
     settings: dict[str, Any] = field(default_factory=dict)  # the methods' settings, e.g. {"variant": "official"}
 
@@ -106,6 +112,7 @@ def class_tensor(classes, logits: torch.Tensor) -> torch.Tensor:
 
 def explain(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch.Tensor, classes=None,
             methods=DEFAULT_METHODS, *, image: torch.Tensor | None = None, preprocess=None, progress=None,
+            score: str = "logit", output_key: "str | int | None" = None, differentiable: bool = False,
             settings: dict | None = None, **method_settings) -> Explanation:
     """Explain a preprocessed batch ``x`` (N, 3, H, W): every method in ``methods`` from one pass.
 
@@ -123,46 +130,152 @@ def explain(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch.Ten
     (:func:`campp_cli.cam.methods.method_settings`): ``variant="paper"``
     (Grad-CAM++), ``score_batch=64`` (Score-CAM's images a pass)...; a name no
     method declares, or a value that does not fit, is a usage error.
+
+    ``score``: what the gradient methods differentiate
+    (:data:`campp_cli.cam.targets.SCORES`): the class's ``"logit"`` (the
+    papers'), its ``"probability"`` or its ``"log_probability"``.
+
+    ``output_key``: where the logits are when the model's forward returns a
+    dict, Hugging Face ``ModelOutput``, tuple or dataclass
+    (:func:`campp_cli.cam.outputs.logits_of`; default ``logits``, or a
+    tuple's first).  ``x`` is cast to the model's floating dtype (a
+    half-precision model); the maps are computed in float64 whatever it is.
+    It runs as well inside the caller's ``torch.no_grad()`` or
+    ``torch.inference_mode()``.
+
+    ``differentiable=True``: the maps are returned as torch tensors (on the
+    model's device) that carry gradients to the model's weights (the
+    gradient g itself is differentiated: a double backward), for training
+    with a loss on the explanation; only methods of activations and
+    gradients have such maps.
     """
+    (explained,) = _explain(model, layer, x, classes, None, methods, image=image, preprocess=preprocess,
+                            progress=progress, score=score, output_key=output_key, differentiable=differentiable,
+                            settings={**(settings or {}), **method_settings})
+    return explained
+
+
+def explain_top(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch.Tensor, k: int = 3,
+                methods=DEFAULT_METHODS, **keywords) -> list[Explanation]:
+    """Each image's ``k`` most probable classes explained, from one forward pass: a list of ``k``
+    :class:`Explanation` s, the most probable class first (``[0]`` is :func:`explain` 's default).
+
+    The gradients of the ``k`` scores come from one batched backward pass to the layer
+    (``torch.autograd.grad(..., is_grads_batched=True)``; ``k`` passes of the head where an operation has
+    no batched rule); class-agnostic maps (Eigen-CAM) are made once.  Keywords: as :func:`explain`.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise UsageError("give the number of classes, 1 or more", param="top", value=k)
+    return _explain(model, layer, x, None, k, methods, **keywords)
+
+
+def _explain(model, layer, x, classes, top, methods, *, image=None, preprocess=None, progress=None,
+             score="logit", output_key=None, differentiable=False, settings=None) -> list[Explanation]:
+    """:func:`explain` of ``classes``, or of each image's ``top`` most probable classes: one Explanation per
+    target, from one forward pass and one (batched) backward pass."""
+    from .targets import check_score
+
     names = parse_methods(methods)
-    settings = check_method_settings({**(settings or {}), **method_settings}, names)  # before the pass
-    logits, idx, acts, grads = _forward_backward(model, layer, x, classes, needs_any(names, "gradients"))
-    extra = {"classes": idx}
-    if needs_any(names, "forward passes"):
-        source = image if image is not None else x
-        prep = preprocess if image is not None else None
-        extra.update(image=source.detach(), score=_scorer(model, prep), progress=progress)
-    maps = cam_maps(grads, acts, names, settings=settings, **extra)
+    settings = check_method_settings(dict(settings or {}), names)  # before the pass
+    check_score(score)
+    if differentiable and needs_any(names, "forward passes"):
+        costly = [n for n in names if get_method(n).needs == "forward passes"]
+        raise UsageError(f"{', '.join(costly)}: maps from extra forward passes are not differentiable; "
+                         f"choose methods of activations and gradients", param="differentiable")
+    with torch.inference_mode(False), LogitsOutput(model, output_key):
+        x = _model_input(model, x)
+        logits, idx, acts, grads = _forward_backward(model, layer, x, classes, needs_any(names, "gradients"),
+                                                     differentiable, score, top)
+        extra = {}
+        if needs_any(names, "forward passes"):
+            source = image if image is not None else x
+            prep = preprocess if image is not None else None
+            extra.update(image=source.detach(), score=_scorer(model, prep), progress=progress)
+        agnostic = [n for n in names if not get_method(n).class_specific]
+        out, shared = [], {}
+        with torch.enable_grad() if differentiable else torch.no_grad():
+            for t in range(idx.shape[1]):
+                wanted = [n for n in names if n not in shared]
+                made = cam_maps(None if grads is None else grads[t], acts, wanted, classes=idx[:, t],
+                                settings=settings, **extra)
+                shared.update({n: made[n] for n in agnostic if n in made})
+                out.append({n: made[n] if n in made else shared[n] for n in names})
     logits = logits.float()
-    return Explanation(
-        logits=logits.cpu().numpy(),
-        probs=torch.softmax(logits, dim=1).cpu().numpy(),
-        classes=idx.cpu().numpy(),
-        maps={m: v.cpu().numpy() for m, v in maps.items()},
-        layer=layer,
-        settings=settings,
-    )
+    probs = torch.softmax(logits, dim=1).cpu().numpy()
+    logits = logits.cpu().numpy()
+    return [Explanation(logits=logits, probs=probs, classes=idx[:, t].cpu().numpy(),
+                        maps=maps if differentiable else {m: v.cpu().numpy() for m, v in maps.items()},
+                        layer=layer, settings=settings)
+            for t, maps in enumerate(out)]
 
 
-def _forward_backward(model: torch.nn.Module, layer, x: torch.Tensor, classes, wants_grads: bool):
+def _model_input(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the model takes it: in the dtype of its floating parameters (a half-precision model), and an
+    ordinary tensor where it was made under ``torch.inference_mode()`` (which autograd cannot record)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), x.dtype)
+    if x.is_floating_point() and x.dtype != dtype:
+        x = x.to(dtype)
+    return x.clone() if x.is_inference() else x
+
+
+def _forward_backward(model: torch.nn.Module, layer, x: torch.Tensor, classes, wants_grads: bool,
+                      differentiable: bool = False, score: str = "logit", top: int | None = None):
     """One forward pass through ``layer``'s tap (and the backward to it when ``wants_grads``): the logits,
-    the explained classes, the activations and their gradient (None without ``wants_grads``), detached."""
+    the explained classes (N, T) (``classes``, or each image's ``top`` most probable), the activations and
+    the gradient of each target's ``score`` (T, N, K, h, w) (None without ``wants_grads``), detached unless
+    ``differentiable`` (then the activations keep their graph and the gradient has one)."""
     grads = None
-    with torch.enable_grad() if wants_grads else torch.no_grad(), FeatureTap(model, layer) as tap:
+    grad_mode = torch.enable_grad() if wants_grads or differentiable else torch.no_grad()
+    with grad_mode, FeatureTap(model, layer, keep_graph=differentiable) as tap:
         logits = model(x)
         acts = tap.activation
         if acts is None:
             raise UsageError(f"--layer {tap.layer}: this module ran {tap.calls} times in the forward pass")
+        if differentiable and not acts.requires_grad:
+            raise UsageError("no parameter before the layer requires grad, so the maps cannot carry gradients "
+                             "to the weights", param="differentiable")
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ModelError(f"the model's output is {shape}, not (N, classes) logits")
         if not torch.isfinite(logits).all():
             raise ModelError("the model produced non-finite logits (NaN or inf); are the weights broken?")
-        idx = class_tensor(classes, logits.detach())
+        idx = top_tensor(top, logits.detach()) if top is not None else class_tensor(classes, logits.detach())[:, None]
         if wants_grads:
-            score = logits.gather(1, idx[:, None]).sum()  # images are independent in eval mode
-            (grads,) = torch.autograd.grad(score, acts, allow_unused=True)
-            if grads is None:  # the target does not reach the logits
-                grads = torch.zeros_like(acts)
-            grads = grads.detach()
+            grads = _target_grads(target_scores(logits, idx, score), acts, differentiable)
+    if differentiable:
+        return logits.detach(), idx, acts, grads
     return logits.detach(), idx, acts.detach(), grads
+
+
+def top_tensor(k: int, logits: torch.Tensor) -> torch.Tensor:
+    """Each image's ``k`` most probable classes (N, k), the most probable first (ties: the lower index)."""
+    c = logits.shape[1]
+    if k > c:
+        raise UsageError(f"the model has {c} classes", param="top", value=k)
+    order = torch.sort(-logits, dim=1, stable=True).indices  # stable: equal logits keep index order
+    return order[:, :k]
+
+
+def _target_grads(scores: torch.Tensor, acts: torch.Tensor, differentiable: bool) -> torch.Tensor:
+    """The gradient of each column of ``scores`` (N, T) with respect to ``acts``: (T, N, K, h, w).  Images
+    are independent in eval mode, so a column's sum gives each image its own gradient; the T columns go in
+    one batched backward pass (vmap over the grad outputs) where every operation has a batched rule."""
+    n, t = scores.shape
+    if t == 1:
+        (grad,) = torch.autograd.grad(scores.sum(), acts, allow_unused=True, create_graph=differentiable)
+        grads = None if grad is None else grad[None]
+    else:
+        eye = torch.eye(t, dtype=scores.dtype, device=scores.device)[:, None, :].expand(t, n, t)
+        try:
+            (grads,) = torch.autograd.grad(scores, acts, grad_outputs=eye, is_grads_batched=True,
+                                           allow_unused=True, retain_graph=True, create_graph=differentiable)
+        except RuntimeError:  # an operation without a batched backward: one pass of the head per target
+            parts = [torch.autograd.grad(scores[:, j].sum(), acts, allow_unused=True, retain_graph=True,
+                                         create_graph=differentiable)[0] for j in range(t)]
+            grads = None if parts[0] is None else torch.stack(parts)
+    if grads is None:  # the target does not reach the logits
+        grads = acts.new_zeros((t, *acts.shape))
+    return grads if differentiable else grads.detach()
 
 
 def _scorer(model: torch.nn.Module, preprocess):

@@ -6,7 +6,9 @@ import numpy as np
 import torch
 
 from .explain import class_tensor
+from .outputs import LogitsOutput
 from .taps import FrozenParameters
+from .targets import target_scores
 
 #: The rectifiers guided backpropagation rectifies: ReLU and ReLU6 (MobileNet's and EfficientNet-Lite's; its
 #: own backward already passes gradient only where its input lies in (0, 6)).
@@ -46,16 +48,21 @@ class GuidedReLU:
             m.inplace = flag
 
 
-def guided_backprop(model: torch.nn.Module, rgb01: torch.Tensor, classes, preprocess=None) -> np.ndarray:
+def guided_backprop(model: torch.nn.Module, rgb01: torch.Tensor, classes, preprocess=None,
+                    output_key=None, score: str = "logit") -> np.ndarray:
     """Guided-backpropagation gradient of each image's class logit w.r.t. the RGB image, ``(N, 3, H, W)``.
 
     ``rgb01`` is the batch before normalisation and ``preprocess`` the model's
     normalisation, so the gradient's channels are RGB whatever the model eats
-    (the Caffe VGG16 eats BGR).  A second, full backward pass: run only when asked.
+    (the Caffe VGG16 eats BGR).  A second, full backward pass: run only when asked.  ``output_key``: see
+    :func:`campp_cli.cam.outputs.logits_of`; ``score``: the class's score differentiated, as in
+    :func:`campp_cli.cam.explain.explain`.
     """
-    x = rgb01.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), FrozenParameters(model), GuidedReLU(model):
+    with torch.inference_mode(False):
+        x = rgb01.detach().clone().requires_grad_(True)
+    with torch.inference_mode(False), torch.enable_grad(), FrozenParameters(model), GuidedReLU(model), \
+            LogitsOutput(model, output_key):
         logits = model(preprocess(x) if preprocess is not None else x)
         idx = class_tensor(classes, logits.detach())
-        (grad,) = torch.autograd.grad(logits.gather(1, idx[:, None]).sum(), x)
+        (grad,) = torch.autograd.grad(target_scores(logits, idx[:, None], score).sum(), x)
     return grad.detach().float().cpu().numpy()

@@ -92,15 +92,18 @@ def to_grid(output: torch.Tensor, layout: tuple[str, int]) -> torch.Tensor:
     return output
 
 
-def from_grid(grid: torch.Tensor, layout: tuple[str, int], output: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`to_grid`: ``grid`` in the layout of ``output`` (whose prefix tokens it takes)."""
+def from_grid(grid: torch.Tensor, layout: tuple[str, int], output: torch.Tensor,
+              keep_graph: bool = False) -> torch.Tensor:
+    """The inverse of :func:`to_grid`: ``grid`` in the layout of ``output`` (whose prefix tokens it takes,
+    detached unless ``keep_graph``)."""
     kind, prefix = layout
     if kind == "nhwc":
         return grid.permute(0, 2, 3, 1)
     if kind == "tokens":
         n, c = grid.shape[:2]
         patches = grid.permute(0, 2, 3, 1).reshape(n, -1, c)
-        return torch.cat([output[:, :prefix, :].detach(), patches], dim=1) if prefix else patches
+        head = output[:, :prefix, :] if keep_graph else output[:, :prefix, :].detach()
+        return torch.cat([head, patches], dim=1) if prefix else patches
     return grid
 
 
@@ -109,8 +112,14 @@ class FeatureTap:
 
     On entry it freezes the model's parameters (their ``requires_grad`` flags
     are restored on exit, whatever happens) and hooks ``layer``; the hook
-    replaces the layer's output with a detached copy that requires grad, so
-    autograd records only what comes after it.  The hook is always removed.
+    exposes the layer's output, detached and requiring grad, so autograd
+    records only what comes after it.  The model goes on with a copy of it, so
+    that an in-place module after the layer (``ReLU(inplace=True)``) changes
+    neither the exposed activation nor a leaf.  The hook is always removed.
+
+    ``keep_graph=True`` (differentiable maps): the parameters are left as they
+    are and the activation stays in the graph of what came before it, so maps
+    made from it carry gradients to the model's weights.
 
     ``layer`` is a dotted module name, or ``name@k`` for the k-th call (from 0)
     of a module the forward pass runs several times, or the module object itself.
@@ -119,7 +128,7 @@ class FeatureTap:
     the same values in its own layout.
     """
 
-    def __init__(self, model: torch.nn.Module, layer: "str | torch.nn.Module"):
+    def __init__(self, model: torch.nn.Module, layer: "str | torch.nn.Module", keep_graph: bool = False):
         layer = layer_name(model, layer)
         name, self.call = split_layer(layer)
         modules = dict(model.named_modules())
@@ -132,7 +141,8 @@ class FeatureTap:
         self.layout: tuple[str, int] | None = None
         self.calls = 0
         self._handle = None
-        self._frozen = FrozenParameters(model)
+        self.keep_graph = keep_graph
+        self._frozen = None if keep_graph else FrozenParameters(model)
 
     def _hook(self, module, inputs, output):
         index, self.calls = self.calls, self.calls + 1
@@ -147,12 +157,17 @@ class FeatureTap:
         if self.layout is None:
             raise UsageError(f"--layer {self.layer}: its output {tuple(output.shape)} is neither a feature map "
                              f"(N, C, H, W) nor transformer tokens (N, T, C) on a square grid")
-        # A copy: the next module may work in place, which a leaf cannot allow.
-        self.activation = to_grid(output.detach(), self.layout).clone().requires_grad_(True)
-        return from_grid(self.activation, self.layout, output)
+        if self.keep_graph:
+            self.activation = to_grid(output, self.layout)
+        else:
+            self.activation = to_grid(output.detach(), self.layout).requires_grad_(True)
+        # The model goes on with a copy: the next module may work in place, which neither the activation
+        # (its values are the map's) nor a leaf (autograd refuses) may undergo.
+        return from_grid(self.activation, self.layout, output, self.keep_graph).clone()
 
     def __enter__(self) -> "FeatureTap":
-        self._frozen.__enter__()
+        if self._frozen is not None:
+            self._frozen.__enter__()
         self._handle = self.module.register_forward_hook(self._hook)
         return self
 
@@ -160,4 +175,5 @@ class FeatureTap:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        self._frozen.__exit__(*exc)
+        if self._frozen is not None:
+            self._frozen.__exit__(*exc)

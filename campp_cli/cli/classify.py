@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..cam.methods import needs_any, settings_in_words
+from ..cam.targets import is_true
 from ..settings import DEFAULT_MAX_SIDE, DEFAULT_OUTPUT_DIR, DISPLAYS, FORMATS
 from .console import echo, say
 from .options import engine_options, input_options, model_options, report_options, run_options
@@ -94,7 +95,8 @@ class ClassifyPrinter(Printer):
             self.above_bar(f"{result.input}: {status} -> {result.outputs[0]}")
 
     def _top5(self, result) -> None:
-        how = "predicted class" if self.label == -1 else "class given with -l"
+        how = "true class" if is_true(self.label) else "predicted class" if self.label == -1 else \
+            "class given with -l"
         echo(f"{result.input}: top-5")
         for rank, (c, name, p) in enumerate(result.top5, 1):
             echo(f"  {rank}. {c:4d} {name:<32s} {p:.4f}")

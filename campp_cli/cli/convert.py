@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..models.preprocessing import PRESETS, RESIZE_MODES
+from .options import output_key_option
 
 
 @click.command()
@@ -13,11 +14,12 @@ from ..models.preprocessing import PRESETS, RESIZE_MODES
 @click.option("--arch", default=None, metavar="NAME", help="Architecture the weights must fit (default vgg16).")
 @click.option("--model", "model", default=None, metavar="FILE.py:FUNCTION",
               help="Or your own model (a function returning an nn.Module) they must fit.")
+@output_key_option
 @click.option("--input-size", type=int, default=None, metavar="N", help="Input side to store.")
 @click.option("--mean", default=None, metavar="R,G,B|PRESET", help="Mean to store, or a preset: " + ", ".join(PRESETS))
 @click.option("--std", default=None, metavar="R,G,B", help="Standard deviation to store.")
 @click.option("--resize", type=click.Choice(list(RESIZE_MODES)), default=None, help="Resize mode to store.")
-def convert(source, target, arch, model, input_size, mean, std, resize) -> None:
+def convert(source, target, arch, model, output_key, input_size, mean, std, resize) -> None:
     """Convert weights to a plain state_dict that carries its preprocessing.
 
     SOURCE: the paper's vgg16.npy (a pickle, read with an unpickler that admits
@@ -36,9 +38,10 @@ def convert(source, target, arch, model, input_size, mean, std, resize) -> None:
     from ..run.run import model_request
 
     check_convert_target(source, target)
-    request = model_request(arch, model, None, None, input_size, mean, std, resize)
+    request = model_request(arch, model, None, None, input_size, mean, std, resize, output_key)
 
     from ..models.weights import convert_weights
 
-    path = convert_weights(source, target, request["arch"], request["preprocessing"], request["model"])
+    path = convert_weights(source, target, request["arch"], request["preprocessing"], request["model"],
+                           request["output_key"])
     click.echo(f"wrote {path}")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import click
 
+from .options import output_key_option
+
 
 @click.command()
 @click.option("--arch", default=None, metavar="NAME", help="Architecture to list (default vgg16; timm:NAME).")
 @click.option("--model", "model", default=None, metavar="FILE.py:FUNCTION", help="Your own model instead.")
+@output_key_option
 @click.option("--size", type=click.IntRange(8, 8192), default=None, metavar="PIXELS",
               help="Input side for the shapes. Default: the architecture's own (224 for most).")
-def layers(arch, model, size) -> None:
+def layers(arch, model, output_key, size) -> None:
     """List the feature maps --layer accepts, with their shapes; '*' marks the default.
 
     Needs no weights: the shapes come from one forward pass of an untrained model.
@@ -23,8 +26,8 @@ def layers(arch, model, size) -> None:
     from ..models.spec import model_spec
     from ..run.run import model_request
 
-    request = model_request(arch, model, input_size=size)
-    spec = model_spec(request["arch"], request["model"], Overrides(size=size))
+    request = model_request(arch, model, input_size=size, output_key=output_key)
+    spec = model_spec(request["arch"], request["model"], Overrides(size=size), request["output_key"])
     module = spec.build().eval()
     side = size or spec.input_size
     chosen = default_layer(spec, module, size=side)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from ..cam.methods import DEFAULT_METHODS, METHODS
+from ..cam.targets import SCORES
 from ..models.preprocessing import PRESETS, RESIZE_MODES
 from ..registry import Setting
 from ..run.engines import ENGINES, get_engine, list_engines
@@ -34,6 +35,11 @@ def setting_option(setting: Setting, users: str = ""):
                         show_default=setting.default is not None, help=help)
 
 
+output_key_option = click.option(
+    "--output-key", default=None, metavar="KEY",
+    help="Where the logits are when your model's forward returns several outputs: the entry of a dict, Hugging "
+         "Face ModelOutput or dataclass, or the index of a tuple. Default: 'logits', or a tuple's first.")
+
 input_options = options(
     click.option("-f", "--file", "files", required=True, multiple=True, metavar="INPUT",
                  help="Photo to explain (JPEG, PNG, BMP, WebP, TIFF, GIF... anything Pillow opens); repeat it, "
@@ -44,7 +50,14 @@ input_options = options(
 model_options = options(
     click.option("-l", "--label", default="-1", show_default=True, metavar="CLASS",
                  help="Class to explain: an index (ImageNet: 0..999) or a class name ('tiger cat', or one of "
-                      "--labels); -1 explains the predicted class."),
+                      "--labels); -1 explains the predicted class; true, each photo's own class (from --targets "
+                      "or --labels-from-folders)."),
+    click.option("--targets", "targets", default=None, metavar="FILE",
+                 help="Each photo's class to explain (implies -l true): CSV lines path,class, the path as -f "
+                      "gives it, the class an index, a class name or a WordNet id."),
+    click.option("--score", type=click.Choice(list(SCORES)), default="logit", show_default=True,
+                 help="What the gradient methods (and --guided) differentiate: " + "; ".join(
+                     f"{k}: {v}" for k, v in SCORES.items()) + "."),
     click.option("-gpu", "--gpu", "gpu", type=int, default=None, metavar="ID",
                  help="CUDA device index; -1 forces the CPU. Default: GPU 0 if CUDA is available, else the CPU. "
                       "On a machine without CUDA, an index warns and runs on the CPU."),
@@ -55,6 +68,7 @@ model_options = options(
     click.option("--model", "model", default=None, metavar="FILE.py:FUNCTION",
                  help="Your own model instead: a function (in a file, or package.module:FUNCTION) that returns "
                       "a torch.nn.Module; campp imports and runs that code."),
+    output_key_option,
     click.option("--layer", default=None, metavar="DOTTED.NAME",
                  help="Feature map to explain (see 'campp layers'). Default: vgg16 features.29 as in the "
                       "paper; a transformer's last block's first norm; else the last spatial feature map "
@@ -106,9 +120,9 @@ report_options = options(
                  metavar="N", help="Rewrite the report during the run every N images (or every tenth of those "
                                    "done, if more), so a stopped run still has one."),
     click.option("--labels-from-folders", is_flag=True,
-                 help="With --report: each image's true class is its folder's name (val/n01440764/..., "
-                      "train/cat/...) or a WordNet id starting its file name; the report marks right and wrong "
-                      "predictions."),
+                 help="Each image's true class is its folder's name (val/n01440764/..., train/cat/...) or a "
+                      "WordNet id starting its file name: the report marks right and wrong predictions, and "
+                      "-l true explains it."),
 )
 
 

@@ -45,7 +45,7 @@ class ClassifyCommand(Command):
             return super().additions(clf, rgb01, expl)
         from ..cam.guided import guided_backprop
 
-        return list(guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing))
+        return list(guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing, score=self.options.score))
 
     def finish(self, row: ExplainedRow, categories: list[str]) -> "Result":
         figures = render(row, categories, row.added, caption=self.caption, alpha=self.options.alpha)

@@ -41,7 +41,7 @@ class EvaluateCommand(Command):
     def __init__(self, steps: int = DEFAULT_STEPS, eval_batch: int | None = None,
                  boxes: dict | None = None, deltas=boxes_.DEFAULT_DELTAS, input_size: int = 224,
                  resize: str = "crop", cards: bool = False, caption: str = "",
-                 alpha: float = DEFAULT_ALPHA, road=None, sanity: bool = False):
+                 alpha: float = DEFAULT_ALPHA, road=None, sanity: bool = False, score: str = "logit"):
         self.cards = self.draws = cards  # the report's figures are the only ones evaluate draws
         self.caption = caption
         self.alpha = alpha
@@ -53,6 +53,7 @@ class EvaluateCommand(Command):
         self.resize = resize  # how the model's square is framed, for the boxes
         self.road = road  # metrics.RoadSettings, or None: no ROAD
         self.sanity = sanity  # also the model-randomisation sanity check (commands.sanity)
+        self.score = score  # what the gradient methods differentiate, in the sanity check's passes too
 
     def additions(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
         from . import metrics
@@ -69,9 +70,10 @@ class EvaluateCommand(Command):
         from ..cam.guided import guided_backprop
         from . import sanity
 
-        guided = guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing)
+        guided = guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing, score=self.score)
         intact = sanity.flat_maps(expl.maps, guided, rgb01.shape[-1])
-        return sanity.check(clf, rgb01, intact, expl.classes, list(expl.maps), expl.settings or {})
+        return sanity.check(clf, rgb01, intact, expl.classes, list(expl.maps), expl.settings or {},
+                            score=self.score)
 
     def finish(self, row: ExplainedRow, categories: list[str]) -> Result:
         result = result_of(row, categories, [])

@@ -66,7 +66,8 @@ class EvaluatePlanner(Planner):
             road = RoadSettings(self.road, tuple(float(v) for v in noise_in_rgb(clf.preprocessing)))
         return EvaluateCommand(self.steps, self.eval_batch, self.annotations, self.deltas, clf.input_size,
                                clf.preprocessing.resize, cards=report is not None,
-                               caption=figure_caption(clf, options), road=road, sanity=self.sanity)
+                               caption=figure_caption(clf, options), road=road, sanity=self.sanity,
+                               score=options.score)
 
     def take(self, result) -> None:
         self.results.append(result)

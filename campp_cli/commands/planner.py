@@ -59,11 +59,14 @@ class Planner:
         return {"report": (report, folder)}
 
     def check_report(self) -> None:
+        from ..cam.targets import is_true
         from ..outputs.report import check_path
 
-        if self.run.params.labels_from_folders and self.run.params.report is None:
+        p = self.run.params
+        if p.labels_from_folders and p.report is None and not is_true(p.label):
             raise UsageError("{labels_from_folders} marks right and wrong predictions in a report: give {report} "
-                             "FILE.html too", param="labels_from_folders", also=("report",))
+                             "FILE.html too (or {label} true to explain each image's true class)",
+                             param="labels_from_folders", also=("report", "label"))
         check_path(self.run.params.report)
 
     def check_something_exists(self) -> None:
@@ -88,12 +91,15 @@ class Planner:
         """What stays open for the whole run (--jsonl)."""
         return contextlib.nullcontext()
 
-    def options(self, clf, label: int, **more) -> Options:
+    def options(self, clf, label: "int | str", **more) -> Options:
+        from ..cam.targets import is_true, true_classes
         from ..run.options import Options
 
         p = self.run.params
+        truth = true_classes([job.source for job in self.jobs], clf.categories, self.run.targets,
+                             p.labels_from_folders) if is_true(label) else None
         return Options(label=label, methods=self.run.methods, settings=self.run.settings, max_pixels=p.max_pixels,
-                       batch_size=p.batch_size, workers=p.workers, **more)
+                       batch_size=p.batch_size, workers=p.workers, score=p.score, truth=truth, **more)
 
     def command(self, clf, options: Options, report, tell: Callable[[Any], None]) -> Any:
         raise NotImplementedError

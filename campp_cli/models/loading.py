@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..cam.outputs import keep_logits_output
 from ..errors import CamppError, ModelError, UsageError, WeightsError, first_line
 from .fast.packing import pack_convolutions
 from .fast.sparse_linear import sparse_linear_backward
@@ -170,6 +171,7 @@ def load_classifier(
     model: "str | torch.nn.Module | None" = None,
     preprocessing: "Preprocessing | Overrides | None" = None,
     prepack: bool = True,
+    output_key: "str | int | None" = None,
 ) -> Classifier:
     """Build a classifier, load its weights (see :func:`~campp_cli.models.weights.find_weights`), move it to
     ``device``.
@@ -182,7 +184,9 @@ def load_classifier(
     "class k").  ``preprocessing``: a :class:`Preprocessing` to use, or :class:`Overrides` of the
     model's own (input size, mean, std, resize mode).  ``layer``: a name or the module itself.
     ``prepack``: keep oneDNN's copy of the convolutions' weights (CPU; it pays for itself after a few
-    passes: False for one pass only, see :func:`prepare_module`).
+    passes: False for one pass only, see :func:`prepare_module`).  ``output_key``: for a model whose forward
+    returns a dict, tuple or dataclass, the entry holding the logits (default: ``logits``, or a tuple's
+    first; see :func:`campp_cli.cam.outputs.logits_of`); the loaded module returns the logits themselves.
     The last model loaded is kept, so repeated calls from a notebook or a test
     do not re-read hundreds of megabytes.
     """
@@ -192,12 +196,12 @@ def load_classifier(
     device = torch.device(device)
     if download is None:
         download = os.environ.get("CAMPP_OFFLINE", "") in ("", "0")
-    spec = with_head(model_spec(arch, model, preprocessing), num_classes, labels)
+    spec = with_head(model_spec(arch, model, preprocessing, output_key), num_classes, labels)
     path = find_weights(spec, weights, download=download)
     # The file found is part of the key: a new file renamed over the old one (campp convert, a download) is a
     # new model.  Your own code (model="FILE.py:...") is built afresh every call.
     key = _cache_key(arch, model, weights, device, layer, num_classes, labels, preprocessing, prepack) + (
-        _file_identity(path),)
+        _file_identity(path), output_key)
     source = str(path) if path is not None else f"as built by {spec.name}"  # as this call spelled it
     if key in _CACHE and not isinstance(model, str):
         _CACHE.move_to_end(key)
@@ -205,8 +209,10 @@ def load_classifier(
         return kept if kept.weights_source == source else dataclasses.replace(kept, weights_source=source)
     module, target, final = _built(spec, path, layer, preprocessing, num_classes)
     prepare_module(module, device, prepack)
+    if model is not None or output_key is not None:  # your own model: every pass sees its logits, whatever
+        keep_logits_output(module, output_key)       # its forward returns (the sources' return tensors)
     recipe = dict(arch=arch, model=model, weights=str(path.absolute()) if path is not None else None, layer=target,
-                  num_classes=num_classes, labels=list(spec.categories), preprocessing=final)
+                  num_classes=num_classes, labels=list(spec.categories), preprocessing=final, output_key=output_key)
     clf = Classifier(arch=spec.name, module=module, layer=target, preprocessing=final,
                      categories=list(spec.categories), device=device, input_size=final.size or spec.input_size,
                      weights_source=source,

@@ -150,14 +150,15 @@ def _prefixed_source(prefix: str, name: str) -> Source:
 
 
 def model_spec(arch: str, model: "str | torch.nn.Module | None",
-               preprocessing: "Preprocessing | Overrides | None") -> ArchSpec:
-    """The architecture of ``arch``, or of ``model`` (your own) at the input size ``preprocessing`` asks."""
+               preprocessing: "Preprocessing | Overrides | None", output_key: "str | int | None" = None) -> ArchSpec:
+    """The architecture of ``arch``, or of ``model`` (your own, whose output's logits are at ``output_key``)
+    at the input size ``preprocessing`` asks."""
     if model is None:
         return get_arch(arch)
     from .sources.user import user_spec
 
     size = getattr(preprocessing, "size", None) or 224
-    return user_spec(model, size)
+    return user_spec(model, size, output_key)
 
 
 def with_head(spec: ArchSpec, num_classes: int | None, labels: list[str] | None) -> ArchSpec:

@@ -250,7 +250,7 @@ def check_fits(module: torch.nn.Module, state: dict, arch: str, path: Path, num_
 
 def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, arch: str = "vgg16",
                     preprocessing: "Preprocessing | Overrides | None" = None,
-                    model: "str | torch.nn.Module | None" = None) -> Path:
+                    model: "str | torch.nn.Module | None" = None, output_key: "str | int | None" = None) -> Path:
     """Write ``src`` (``.npy``, ``.pth`` or ``.safetensors``) as a plain state_dict plus the preprocessing
     it needs: the source's own (the paper's Caffe one for ``vgg16.npy``), else the architecture's, changed
     by ``preprocessing``; later loads use it unless told otherwise."""
@@ -261,7 +261,7 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, arch: str = 
     if not src.is_file():
         raise UsageError(f"{src}: no such file")
     check_convert_target(src, dst)
-    spec = model_spec(arch, model, preprocessing)
+    spec = model_spec(arch, model, preprocessing, output_key)
     module = spec.build()
     state, meta = read_weights(src, tensor_bytes(module))
     check_fits(module, state, spec.name, src)

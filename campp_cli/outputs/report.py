@@ -90,13 +90,14 @@ class Report:
     ``header``: what the page's header lists (model, layer, methods...).  The page is written again
     after ``every`` new images, or after a tenth of the images done so far if that is more (so a run of
     any length writes it O(log n) times more than once every ``every`` images), and by :meth:`close`.
-    ``categories``: the model's class names, for ``labels_from_folders``.  ``records``: one dict per image,
-    of the fields :data:`campp_cli.outputs.report_cards.COLUMNS` names.
+    ``categories``: the model's class names, for ``labels_from_folders``.  ``truth``: each image's true
+    class (``{input: index, or why it has none}``, from ``--targets``), read before its folder's name.
+    ``records``: one dict per image, of the fields :data:`campp_cli.outputs.report_cards.COLUMNS` names.
     """
 
     def __init__(self, path: str | os.PathLike, command: str, header: dict, methods: list[str],
                  categories: list[str], total: int, labels_from_folders: bool = False,
-                 every: int = DEFAULT_REPORT_EVERY, alpha: float = DEFAULT_ALPHA):
+                 every: int = DEFAULT_REPORT_EVERY, alpha: float = DEFAULT_ALPHA, truth: dict | None = None):
         check_path(path)
         self.path = Path(path)
         self.assets = assets_folder(self.path)
@@ -105,7 +106,8 @@ class Report:
         self.methods = list(methods)
         self.categories = categories
         self.total = total
-        self.labels_from_folders = labels_from_folders
+        self.truth = truth
+        self.labels_from_folders = labels_from_folders or truth is not None  # right and wrong are marked
         self.every = max(1, every)
         self.alpha = alpha
         self.records: list[dict] = []
@@ -206,7 +208,7 @@ class Report:
         if earlier is not None:
             record.update(earlier)
             if self.labels_from_folders:
-                truth, _ = _cards().true_class(result.input, self.categories)
+                truth, _ = self._true_class(result.input)
                 if truth is not None:
                     top5 = record.get("top5")
                     record["true_class"] = self.categories[truth]
@@ -230,7 +232,7 @@ class Report:
             if stamp is not None:
                 record["figure_stamp"] = stamp
         if self.labels_from_folders:
-            truth, name = _cards().true_class(result.input, self.categories)
+            truth, name = self._true_class(result.input)
             if truth is None:
                 self.unknown_truth.append((result.input, name))
             else:
@@ -238,6 +240,13 @@ class Report:
                 record["correct"] = int(result.top5[0][0] == truth) if result.top5 else 0
         record.update(_cards().score_fields(result.extra))
         return record
+
+    def _true_class(self, source: str) -> tuple[int | None, str]:
+        """(the true class of image ``source`` or None, the name it was read from)."""
+        if self.truth is not None and source in self.truth:
+            found = self.truth[source]
+            return (found, self.categories[found]) if isinstance(found, int) else (None, found)
+        return _cards().true_class(source, self.categories)
 
     def _write_assets(self, index: int, card: dict) -> None:
         files = {asset_name(index, "thumb"): card["thumb"], asset_name(index, "photo"): card["photo"],

@@ -26,7 +26,7 @@ class Options:
     by the names their methods declare.
     """
 
-    label: int = -1  # -1: the predicted class
+    label: int | str = -1  # -1: the predicted class; "true": each image's own class (truth)
     methods: tuple[str, ...] = DEFAULT_METHODS  # names from campp_cli.methods.list_methods()
     settings: dict[str, Any] = field(default_factory=dict)  # the methods' settings, by name
     max_side: int = DEFAULT_MAX_SIDE
@@ -38,8 +38,13 @@ class Options:
     skip_existing: bool = False  # resume: skip images whose outputs are all there
     alpha: float = DEFAULT_ALPHA  # the heatmap's weight in the overlays
     display: str = "crop"  # settings.DISPLAYS: the square the model saw, or the whole photo
+    score: str = "logit"  # what the gradient methods differentiate (campp_cli.cam.targets.SCORES)
+    truth: dict | None = None  # label "true": str(source) -> its class index, or why it has none
 
     def __post_init__(self) -> None:
+        from ..cam.targets import check_score
+
+        check_score(self.score)
         object.__setattr__(self, "methods", parse_methods(self.methods))
         # Every setting of the methods, checked, defaults filled: the same options give the same run.
         object.__setattr__(self, "settings", check_method_settings(dict(self.settings or {}), self.methods))

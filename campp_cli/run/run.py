@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
 from ..cam.methods import DEFAULT_METHODS, parse_methods
@@ -57,6 +57,9 @@ class RunParams:
     report: str | None = None
     report_every: int = DEFAULT_REPORT_EVERY
     labels_from_folders: bool = False
+    output_key: str | None = None  # the entry of a dict or tuple output that holds the logits
+    targets: str | None = None  # a file of path,class lines: each image's class for -l true
+    score: str = "logit"  # what the gradient methods differentiate (campp_cli.cam.targets.SCORES)
 
 
 _COMMON = {f.name for f in fields(RunParams)}
@@ -90,6 +93,7 @@ class Run:
         self.engine_settings = self._check_engine(split["engine"])
         self.methods = parse_methods(self.params.methods)
         self.settings = _method_settings(split["method"], self.methods)
+        self.targets = self._check_targets()
         check_label_text(str(self.params.label))
         self.planner = planner_type(self, **split["own"])  # the command's own arguments, and every name
         self.request = self._model_request()
@@ -105,13 +109,31 @@ class Run:
                              also=("engine", "gpus_per_actor"))
         return check_settings(engine, given)
 
+    def _check_targets(self) -> dict | None:
+        """-l true, --targets and --score, checked (the targets file read) before anything slow."""
+        from ..cam.targets import TRUE, check_score, is_true, read_targets
+
+        p = self.params
+        check_score(p.score)
+        if p.targets is not None:
+            if str(p.label).strip() not in ("-1", TRUE):
+                raise UsageError("{targets} gives each photo's class: use {label} true (or leave {label} out)",
+                                 param="targets", value=p.targets, also=("label",))
+            self.params = replace(p, label=TRUE)
+            return read_targets(p.targets)
+        if is_true(p.label) and not p.labels_from_folders:
+            raise UsageError("each photo's own class comes from {targets} FILE or {labels_from_folders}",
+                             param="label", value=TRUE, also=("targets", "labels_from_folders"))
+        return None
+
     def _model_request(self) -> dict:
         """load_classifier's model arguments, checked (none when a classifier is given)."""
         p = self.params
         if self.classifier is None:
-            return model_request(p.arch, p.model, p.num_classes, p.labels, p.input_size, p.mean, p.std, p.resize)
+            return model_request(p.arch, p.model, p.num_classes, p.labels, p.input_size, p.mean, p.std, p.resize,
+                                 p.output_key)
         given = [k for k in ("arch", "model", "weights", "num_classes", "labels", "input_size", "mean", "std",
-                             "resize") if getattr(p, k) is not None]
+                             "resize", "output_key") if getattr(p, k) is not None]
         if given:
             raise UsageError(f"give a classifier or the arguments that load one ({', '.join(given)}), not both")
         return {}
@@ -146,6 +168,7 @@ class Run:
         return summary
 
     def _classifier(self, tell: Listener):
+        from ..cam.targets import TRUE, is_true
         from ..draw.figures import layer_label
         from ..models.devices import describe_device, resolve_device
         from ..models.labels import resolve_label
@@ -157,7 +180,7 @@ class Run:
             device = resolve_device(self.params.gpu if here else -1, warn=lambda text: tell(Note(text)))
             clf = load_classifier(weights=self.params.weights, device=device, layer=self.params.layer,
                                   download=not self.params.offline, prepack=self.planner.prepack, **self.request)
-        label = resolve_label(str(self.params.label), clf.categories)
+        label = TRUE if is_true(self.params.label) else resolve_label(str(self.params.label), clf.categories)
         where = describe_device(clf.device) if here else f"--engine {self.params.engine}"
         tell(Loaded(clf, label, where, len(self.jobs), layer_label(clf.module, clf.layer)))
         return clf, label
@@ -181,6 +204,7 @@ class Run:
         import time
 
         from ..cam.methods import settings_in_words
+        from ..cam.targets import describe_label
         from ..models.devices import describe_device, versions
         from ..outputs.report import Report
 
@@ -189,18 +213,21 @@ class Run:
             "argv": self.argv or argv_line(),
             "model": clf.arch, "weights": clf.weights_source, "layer": clf.layer,
             "settings": settings_in_words(options.methods, options.settings),
-            "label": "the predicted class" if label == -1 else f"{label} {clf.categories[label]} (-l)",
+            "label": describe_label(label, clf.categories),
             "device": describe_device(clf.device) if get_engine(engine).on_this_machine else f"--engine {engine}",
             "versions": versions(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         return Report(self.params.report, self.command, header, list(options.methods), clf.categories,
-                      len(self.jobs), self.params.labels_from_folders, self.params.report_every, options.alpha)
+                      len(self.jobs), self.params.labels_from_folders, self.params.report_every, options.alpha,
+                      truth=options.truth if self.targets is not None else None)
 
 
 def model_request(arch=None, model=None, num_classes=None, labels=None, input_size=None, mean=None, std=None,
-                  resize=None) -> dict:
+                  resize=None, output_key=None) -> dict:
     """load_classifier's model arguments from a run's, checked before any slow import."""
+    from ..cam.outputs import parse_key
+
     if model is not None and arch is not None:
         raise UsageError("give {arch} or {model}, not both", also=("arch", "model"))
     if model is not None and num_classes is not None:
@@ -208,7 +235,8 @@ def model_request(arch=None, model=None, num_classes=None, labels=None, input_si
                          also=("model", "labels"))
     return dict(arch=arch or "vgg16", model=model, num_classes=num_classes,
                 labels=read_labels(labels) if labels is not None else None,
-                preprocessing=parse_overrides(input_size, mean, std, resize) or None)
+                preprocessing=parse_overrides(input_size, mean, std, resize) or None,
+                output_key=parse_key(output_key))
 
 
 def run(command: str = "classify", files=(), listener: Listener | None = None, **params):

@@ -97,7 +97,11 @@ def to_batch(photos: list, clf: Classifier) -> torch.Tensor:
     return _to_device(np.stack([frame(p, clf.input_size, clf.preprocessing)[0] for p in photos]), clf.device)
 
 
-def check_label(clf: Classifier, label: int) -> None:
+def check_label(clf: Classifier, label: "int | str") -> None:
+    from ..cam.targets import is_true
+
+    if is_true(label):
+        return
     if not -1 <= label < len(clf.categories):
         raise UsageError(f"out of range; {clf.arch} has classes 0..{len(clf.categories) - 1}", param="label",
                          value=label)
@@ -120,6 +124,7 @@ class DecodedRow:
     model_input: np.ndarray  # (3, S, S) float32 RGB in [0, 1]
     photo: np.ndarray | None  # (side, side, 3) uint8 at the panel resolution, when figures are drawn
     region: tuple[int, int, int, int] | None = None  # --display full: where in photo the model's square is
+    target: int = -1  # the class to explain (-1: the predicted one); -l true: the image's own
 
 
 @dataclass
@@ -167,11 +172,14 @@ def decode(job: Job, size: int, options: Options, draws: bool,
     """Stage 1: read one image and :func:`frame` it; an :class:`InputError` names it if it cannot be read."""
     if job.error is not None:
         raise InputError(job.error)
+    target = options.label if options.truth is None else options.truth.get(str(job.source), "no true class")
+    if isinstance(target, str):  # -l true, and this image has none: it alone fails, before it is read
+        raise InputError(f"{job.source}: {target}")
     use = lambda photo: frame(photo, size, preprocessing, options.max_side if draws else None,  # noqa: E731
                               options.display)
     if not isinstance(job.source, (str, os.PathLike)):  # an image in memory (a notebook's), decoded already
-        return DecodedRow(job, *use(job.source))
-    return DecodedRow(job, *open_photo(job.source, options.max_pixels, budget, use=use))
+        return DecodedRow(job, *use(job.source), target=target)
+    return DecodedRow(job, *open_photo(job.source, options.max_pixels, budget, use=use), target=target)
 
 
 def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, command: "Command",
@@ -182,9 +190,9 @@ def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, comm
 
     rgb01 = _to_device(np.stack([r.model_input for r in rows]), clf.device)
     try:
-        expl = explain(clf.module, clf.layer, clf.preprocessing(rgb01), classes=options.label,
+        expl = explain(clf.module, clf.layer, clf.preprocessing(rgb01), classes=[r.target for r in rows],
                        methods=options.methods, image=rgb01, preprocess=clf.preprocessing, progress=progress,
-                       **options.settings)
+                       score=options.score, **options.settings)
     except ModelError as exc:
         raise ModelError(f"{exc.message} (model {clf.arch}, weights {clf.weights_source})") from None
     added = command.additions(clf, rgb01, expl)

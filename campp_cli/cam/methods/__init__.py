@@ -51,7 +51,7 @@ DEFAULT_METHODS = ("gradcam", "gradcampp")
 
 #: Keywords of explain() and cam_maps() themselves: no method setting may take one of these names.
 RESERVED = frozenset({"model", "layer", "x", "classes", "methods", "image", "preprocess", "progress", "settings",
-                      "grads", "acts", "score"})
+                      "grads", "acts", "score", "output_key", "differentiable"})
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ...cam.outputs import logits_of
 from ...errors import ModelError, UsageError, suggest
 from ..labels import numbered
 from ..preprocessing import Preprocessing
@@ -94,30 +95,42 @@ def _builder(model: "str | torch.nn.Module"):
     return model, build
 
 
-def user_spec(model: "str | torch.nn.Module", input_size: int) -> ArchSpec:
-    """An :class:`ArchSpec` for ``--model REF`` (a function returning an ``nn.Module``) or a module object."""
+def user_spec(model: "str | torch.nn.Module", input_size: int, output_key: "str | int | None" = None) -> ArchSpec:
+    """An :class:`ArchSpec` for ``--model REF`` (a function returning an ``nn.Module``) or a module object; its
+    output's logits at ``output_key`` (see :func:`campp_cli.cam.outputs.logits_of`)."""
     name, build = _builder(model)
     probe = build().eval()
-    classes = output_classes(probe, input_size, name)
+    classes = output_classes(probe, input_size, name, output_key)
     memo = [probe]  # the module built to count the outputs serves the first load
 
     def once():
         return memo.pop() if memo else build()
 
-    return ArchSpec(name=name, builder=once, categories=tuple(numbered(classes)),
+    return ArchSpec(name=name, builder=once, categories=tuple(config_labels(probe, classes) or numbered(classes)),
                     preprocessing=Preprocessing(), input_size=input_size, weights_filename="",
                     weights_optional=True)
 
 
-def _dry_run(module: torch.nn.Module, n: int, size: int, name: str) -> int:
-    """The classes of ``module``'s output for ``n`` images of ``size``, a model error unless it is
-    (n, classes) floating-point logits."""
+def config_labels(module: torch.nn.Module, classes: int) -> list[str] | None:
+    """The class names a Hugging Face model's ``config.id2label`` gives, one per output, or None (no such
+    config, or its names are only its defaults ``LABEL_k``)."""
+    names = getattr(getattr(module, "config", None), "id2label", None)
+    if not isinstance(names, dict) or sorted(names) != list(range(classes)):
+        return None
+    out = [str(names[k]) for k in range(classes)]
+    return None if out == [f"LABEL_{k}" for k in range(classes)] else out
+
+
+def _dry_run(module: torch.nn.Module, n: int, size: int, name: str, output_key=None) -> int:
+    """The classes of ``module``'s output (its logits at ``output_key``) for ``n`` images of ``size``, a model
+    error unless they are (n, classes) floating-point logits."""
     try:
         with torch.no_grad():
             out = module(torch.zeros(n, 3, size, size))
     except Exception as exc:
         raise ModelError(f"model {name}: a {size}x{size} input fails: {raised(exc)} "
                          f"(its input size? give --input-size)") from exc
+    out = logits_of(out, output_key)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != n:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         what = "its output" if n == 1 else "its output for a batch of 2 images"
@@ -131,10 +144,10 @@ def _dry_run(module: torch.nn.Module, n: int, size: int, name: str) -> int:
     return int(out.shape[1])
 
 
-def output_classes(module: torch.nn.Module, size: int, name: str) -> int:
+def output_classes(module: torch.nn.Module, size: int, name: str, output_key=None) -> int:
     """The number of classes of a model whose output is (N, classes) floating-point logits, from a dry run
     of one image and one of two (a model that folds the batch into one row cannot be explained per image)."""
-    one, two = (_dry_run(module, n, size, name) for n in (1, 2))
+    one, two = (_dry_run(module, n, size, name, output_key) for n in (1, 2))
     if one != two:
         raise ModelError(f"model {name}: its output has {one} classes for one image and {two} for "
                          f"two: campp explains classifiers (return the logits, one row per image)")

@@ -1,0 +1,127 @@
+"""What is explained: which class of each image (``-l``, ``--targets``) and which score of it (``--score``).
+
+``-l`` takes a class (an index or a name; -1: the predicted class) for every image, or ``true``: each
+image's own class, from a ``--targets FILE`` of ``path,class`` lines or from its folder's name
+(``--labels-from-folders``).  The gradient methods differentiate the explained class's *score*
+(:data:`SCORES`): its logit, as the Grad-CAM and Grad-CAM++ papers do (the default), its softmax
+probability or its log-probability.  Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+
+from ..errors import UsageError
+
+#: The scores a gradient method may differentiate, the paper's first; each with what it is.
+SCORES = {
+    "logit": "the class's pre-softmax score S_c, as in the Grad-CAM and Grad-CAM++ papers",
+    "probability": "its softmax probability p_c (gradients shrink where the model is sure)",
+    "log_probability": "log p_c = S_c - logsumexp(S): the logit less what the other classes take",
+}
+
+#: ``-l true``: each image's own class.
+TRUE = "true"
+
+#: The largest --targets file read (bytes).
+MAX_TARGETS_BYTES = 256 * 2**20
+
+
+def check_score(score: str) -> str:
+    if score not in SCORES:
+        raise UsageError(f"choose from {', '.join(SCORES)}", param="score", value=score)
+    return score
+
+
+def target_scores(logits, idx, score: str = "logit"):
+    """The (N, T) scores of classes ``idx`` (N, T) in ``logits`` (N, C) that the gradient methods
+    differentiate (see :data:`SCORES`); each row depends on its own image only."""
+    import torch
+
+    check_score(score)
+    if score == "probability":
+        logits = torch.softmax(logits, dim=1)
+    elif score == "log_probability":
+        logits = torch.log_softmax(logits, dim=1)
+    return logits.gather(1, idx)
+
+
+def is_true(label) -> bool:
+    """Whether ``-l`` asks for each image's own class."""
+    return str(label).strip().lower() == TRUE
+
+
+def read_targets(path: str | os.PathLike) -> dict[str, tuple[int, str]]:
+    """``--targets FILE``: ``{absolute image path: (line number, class text)}`` from lines ``path,class``
+    (CSV: quote a path holding a comma; a class is an index or a name).  Paths are relative to the working
+    folder, as ``-f``'s are; empty lines and lines starting with ``#`` are skipped, and so is a first line
+    ``path,class``.  A malformed line, or one image given two classes, is a usage error naming its line."""
+    from ..io.inputs import read_capped
+
+    text = read_capped(path, MAX_TARGETS_BYTES, "targets", path, unreadable="cannot read it ({reason})",
+                       too_large="larger than {mb} MB; is it a targets file?",
+                       not_text="not UTF-8 text ({reason} at byte {start})")
+    out: dict[str, tuple[int, str]] = {}
+    for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        if number == 1 and [c.strip().lower() for c in row] == ["path", "class"]:
+            continue
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise UsageError(f"line {number}: give path,class (quote a path that holds a comma)", param="targets",
+                             value=path)
+        key = os.path.abspath(row[0].strip())
+        if key in out and out[key][1] != row[1].strip():
+            raise UsageError(f"line {number}: {row[0].strip()} already has class {out[key][1]!r} "
+                             f"(line {out[key][0]})", param="targets", value=path)
+        out[key] = (number, row[1].strip())
+    if not out:
+        raise UsageError("no path,class line in it", param="targets", value=path)
+    return out
+
+
+def class_index(text: str, categories: list[str]) -> int | None:
+    """A target's class as an index: a number in range, a WordNet id (1000-class models) or a class name
+    (exactly, then ignoring case); None when it is none of these."""
+    from ..commands.boxes import class_of
+
+    value = text.strip()
+    if value.isdigit() and value not in categories:
+        return int(value) if int(value) < len(categories) else None
+    return class_of(value, categories)
+
+
+def true_classes(sources, categories: list[str], targets: dict | None, folders: bool) -> dict[str, "int | str"]:
+    """Each image's own class for ``-l true``: ``{str(source): class index, or why it has none}``, from
+    ``targets`` (:func:`read_targets`) or, with ``folders``, its folder's name (``--labels-from-folders``)."""
+    out: dict[str, int | str] = {}
+    for source in sources:
+        key = str(source)
+        if targets is not None:
+            found = targets.get(os.path.abspath(key))
+            if found is None:
+                out[key] = "--targets has no line for this image"
+                continue
+            line, text = found
+            index = class_index(text, categories)
+            out[key] = index if index is not None else \
+                f"--targets line {line}: the model has no class {text!r} (give an index or one of its names)"
+        else:
+            from ..outputs.report_cards import true_class
+
+            index, name = true_class(source, categories) if folders else (None, "")
+            out[key] = index if index is not None else \
+                f"-l true: no class named {name!r} (its folder, or a WordNet id starting its file name)"
+    return out
+
+
+def describe_label(label, categories: list[str]) -> str:
+    """``-l`` in words, for the report's header and the run's first line."""
+    if is_true(label):
+        return "each image's true class (-l true)"
+    if int(label) == -1:
+        return "the predicted class"
+    return f"{label} {categories[int(label)]} (-l)"
+

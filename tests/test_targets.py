@@ -1,0 +1,208 @@
+"""What is explained: each image's top-k classes from one pass (explain_top), the score differentiated
+(--score: logit, probability, log-probability), -l true from --targets or the folders' names."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_image
+from torch import nn
+
+from campp_cli.cam import explain as explain_module
+from campp_cli.cam.explain import explain, explain_top
+from campp_cli.cam.guided import guided_backprop
+from campp_cli.cam.targets import read_targets
+from campp_cli.errors import UsageError
+
+
+def gap_net(seed: int = 0, classes: int = 6) -> nn.Sequential:
+    """conv -> ReLU -> conv -> ReLU -> global average pool -> linear: at layer "3", dS_j/dA = W_j / hw."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, classes)).eval()
+
+
+def reference_gradcam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM from the paper: w_k = mean_ij g_kij, relu(sum_k w_k A_k), divided by its maximum."""
+    weights = grads.mean(axis=(2, 3))
+    cam = np.maximum(np.einsum("nk,nkhw->nhw", weights, acts), 0)
+    peak = cam.max(axis=(1, 2), keepdims=True)
+    return cam / np.where(peak == 0, 1, peak)
+
+
+def activations(model, x) -> np.ndarray:
+    with torch.no_grad():
+        return model[:4](x).double().numpy()
+
+
+@pytest.mark.parametrize("score", ["logit", "probability", "log_probability"])
+def test_each_score_is_differentiated_as_its_formula_says(score):
+    model, x = gap_net(), torch.rand(3, 3, 10, 10)
+    acts = activations(model, x)
+    n, k, h, w = acts.shape
+    weight = model[6].weight.detach().double().numpy()  # (C, K)
+    logits = acts.mean(axis=(2, 3)) @ weight.T + model[6].bias.detach().double().numpy()
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    classes = np.array([0, 2, 5])
+    dlogit = weight[classes] / (h * w)  # (N, K): dS_c / dA_kij, the same at every position
+    mixed = (p @ weight) / (h * w)  # sum_j p_j dS_j / dA
+    slope = {"logit": dlogit,
+             "probability": p[np.arange(n), classes][:, None] * (dlogit - mixed),  # dp_c = p_c (dS_c - sum_j p_j dS_j)
+             "log_probability": dlogit - mixed}[score]
+    grads = np.broadcast_to(slope[:, :, None, None], acts.shape)
+    got = explain(model, "3", x, classes.tolist(), methods="gradcam", score=score)
+    np.testing.assert_allclose(got.maps["gradcam"], reference_gradcam(acts, grads), atol=1e-5)
+    rgb = torch.rand(2, 3, 10, 10)  # guided backpropagation follows --score too: check its direction
+    plain = guided_backprop(model, rgb, [1, 4], score="logit")
+    assert guided_backprop(model, rgb, [1, 4], score=score).shape == plain.shape
+
+
+def test_the_top_k_classes_from_one_pass_are_k_separate_explanations():
+    model, x = gap_net(), torch.rand(4, 3, 10, 10)
+    methods = "gradcam,gradcampp,xgradcam,layercam,eigencam,scorecam"
+    tops = explain_top(model, "3", x, 3, methods)
+    with torch.no_grad():
+        order = np.argsort(-model(x).numpy(), axis=1, kind="stable")[:, :3]
+    assert len(tops) == 3
+    for rank, got in enumerate(tops):
+        np.testing.assert_array_equal(got.classes, order[:, rank])
+        alone = explain(model, "3", x, order[:, rank].tolist(), methods)
+        for name in alone.maps:
+            np.testing.assert_allclose(got.maps[name], alone.maps[name], atol=1e-6, err_msg=f"{name} rank {rank}")
+    np.testing.assert_array_equal(tops[0].classes, explain(model, "3", x).classes)  # rank 0: the prediction
+
+
+def test_top_k_without_a_batched_backward_takes_one_pass_per_class(monkeypatch):
+    model, x = gap_net(), torch.rand(2, 3, 10, 10)
+    want = explain_top(model, "3", x, 4, "gradcam,gradcampp")
+    grad = torch.autograd.grad
+
+    def unbatched(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("no batching rule")
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(explain_module.torch.autograd, "grad", unbatched)
+    got = explain_top(model, "3", x, 4, "gradcam,gradcampp")
+    for a, b in zip(got, want, strict=True):
+        for name in a.maps:
+            np.testing.assert_allclose(a.maps[name], b.maps[name], atol=1e-6)
+
+
+def test_bad_targets_are_usage_errors():
+    model, x = gap_net(classes=4), torch.rand(1, 3, 8, 8)
+    with pytest.raises(UsageError, match="the model has 4 classes"):
+        explain_top(model, "3", x, 5)
+    with pytest.raises(UsageError, match="give the number of classes"):
+        explain_top(model, "3", x, 0)
+    with pytest.raises(UsageError, match="choose from logit, probability, log_probability") as e:
+        explain(model, "3", x, score="softmax")
+    assert e.value.param == "score"
+
+
+# --- --targets FILE --------------------------------------------------------------------------------------------
+
+def test_a_targets_file_is_read_as_csv(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.csv").write_text('path,class\n# a comment\n\na.png,3\n"b, c.png",tabby\n')
+    got = read_targets(tmp_path / "t.csv")
+    assert got == {str(tmp_path / "a.png"): (4, "3"), str(tmp_path / "b, c.png"): (5, "tabby")}
+    for text, problem in [("a.png\n", "line 1: give path,class"), ("a.png,1\na.png,2\n", "line 2: a.png already "
+                          "has class '1' \\(line 1\\)"), ("# nothing\n", "no path,class line in it")]:
+        (tmp_path / "bad.csv").write_text(text)
+        with pytest.raises(UsageError, match=problem) as e:
+            read_targets(tmp_path / "bad.csv")
+        assert e.value.param == "targets"
+
+
+SHAPES = '''
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+'''
+
+
+@pytest.fixture()
+def labelled(tmp_path, monkeypatch):
+    """A model of three classes (red, green, blue) and photos in class folders, one in no class's folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text(SHAPES)
+    (tmp_path / "labels.txt").write_text("red\ngreen\nblue\n")
+    for i, folder in enumerate(["red", "green", "blue", "blue", "other"]):
+        (tmp_path / "val" / folder).mkdir(parents=True, exist_ok=True)
+        write_image(tmp_path / "val" / folder / f"{i}.png", 40, 30, seed=i)
+    return tmp_path
+
+
+MODEL = ("--model", "net.py:build", "--labels", "labels.txt", "--input-size", "32")
+
+
+def test_l_true_explains_each_photo_against_its_folders_class(labelled, run_cli):
+    code, out, err = run_cli("classify", "-f", "val/", "--recursive", *MODEL, "-l", "true", "--labels-from-folders",
+                             "--jsonl", "r.jsonl", "--save-maps")
+    assert code == 1, err  # the photo in other/ has no class: it alone fails, in one line
+    rows = [json.loads(line) for line in (labelled / "r.jsonl").read_text().splitlines()]
+    by_folder = {row["input"].split("/")[-2]: row for row in rows}
+    assert by_folder["other"]["error"].endswith("-l true: no class named 'other' (its folder, or a WordNet id "
+                                                "starting its file name)")
+    for folder, index in {"red": 0, "green": 1, "blue": 2}.items():
+        assert by_folder[folder]["class"] == index and by_folder[folder]["name"] == folder
+    single = run_cli("classify", "-f", "val/red/0.png", *MODEL, "-l", "0", "--jsonl", "s.jsonl", "--save-maps",
+                     "--output-dir", "single", "-o", "x.png")
+    assert single[0] == 0, single[2]
+    (folder_run,) = (labelled / "output").rglob("0_gradcam.npy")  # the same map as -l 0 gives that photo
+    np.testing.assert_array_equal(np.load(folder_run), np.load(labelled / "single" / "x_gradcam.npy"))
+
+
+def test_l_true_from_a_targets_file(labelled, run_cli):
+    (labelled / "t.csv").write_text("val/red/0.png,blue\nval/green/1.png,0\nval/blue/2.png,purple\n")
+    code, out, err = run_cli("classify", "-f", "val/red/0.png", "-f", "val/green/1.png", "-f", "val/blue/2.png",
+                             "-f", "val/blue/3.png", *MODEL, "--targets", "t.csv", "--jsonl", "r.jsonl")
+    rows = {row["input"]: row for row in map(json.loads, (labelled / "r.jsonl").read_text().splitlines())}
+    assert rows["val/red/0.png"]["class"] == 2 and rows["val/green/1.png"]["class"] == 0
+    assert rows["val/blue/2.png"]["error"].endswith("--targets line 3: the model has no class 'purple' (give an "
+                                                    "index or one of its names)")
+    assert rows["val/blue/3.png"]["error"].endswith("--targets has no line for this image")
+    assert code == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (("-l", "true"), "-l true: each photo's own class comes from --targets FILE or --labels-from-folders"),
+    (("-l", "2", "--targets", "t.csv"), "--targets gives each photo's class: use -l true (or leave -l out)"),
+    (("--score", "softmax"), "Invalid value for '--score'"),
+])
+def test_what_cannot_be_explained_is_refused_before_the_model_loads(labelled, run_cli, args, message):
+    (labelled / "t.csv").write_text("val/red/0.png,blue\n")
+    code, out, err = run_cli("classify", "-f", "val/red/0.png", *MODEL, *args)
+    assert code == 2 and message in err, err
+
+
+def test_the_report_marks_right_and_wrong_against_the_targets_file(labelled, run_cli):
+    from test_report import page_data
+
+    # What the model predicts for two photos; the targets agree with the first and not with the second.
+    run = run_cli("classify", "-f", "val/red/0.png", "-f", "val/green/1.png", *MODEL, "--jsonl", "p.jsonl")
+    assert run[0] == 0, run[2]
+    predicted = {row["input"]: row["class"] for row in map(json.loads, (labelled / "p.jsonl").read_text().splitlines())}
+    names = ["red", "green", "blue"]
+    wrong = {"val/red/0.png": names[predicted["val/red/0.png"]],
+             "val/green/1.png": names[(predicted["val/green/1.png"] + 1) % 3]}
+    (labelled / "t.csv").write_text("".join(f"{path},{name}\n" for path, name in wrong.items()))
+    code, out, err = run_cli("classify", "-f", "val/red/0.png", "-f", "val/green/1.png", *MODEL, "--targets", "t.csv",
+                             "--report", "r.html", "--output-dir", "t")
+    assert code == 0, err
+    data = page_data(labelled / "r.html")
+    assert data["header"]["label"] == "each image's true class (-l true)"
+    records = {r["input"]: r for r in data["records"]}
+    for path, name in wrong.items():
+        assert records[path]["class_name"] == name and records[path]["true_class"] == name  # explained: the truth
+    assert records["val/red/0.png"]["correct"] == 1 and records["val/green/1.png"]["correct"] == 0
