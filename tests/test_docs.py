@@ -22,7 +22,8 @@ def _screenshots():
 @pytest.mark.parametrize("name", ["chelsea_efficientnet_lite0.jpeg", "coffee_efficientnet_lite0.jpeg",
                                   "two_espresso_efficientnet_lite0.jpeg",
                                   "coffee_all_methods_efficientnet_lite0.jpeg",
-                                  "astronaut_space_shuttle_efficientnet_lite0.jpeg"])
+                                  "astronaut_space_shuttle_efficientnet_lite0.jpeg",
+                                  "chelsea_top3_efficientnet_lite0.jpeg"])
 def test_docs_figures_are_what_the_script_makes(name, tmp_path):
     tool = _screenshots()
     assert set(tool.FIGURES) >= {name}

@@ -206,3 +206,48 @@ def test_the_report_marks_right_and_wrong_against_the_targets_file(labelled, run
     for path, name in wrong.items():
         assert records[path]["class_name"] == name and records[path]["true_class"] == name  # explained: the truth
     assert records["val/red/0.png"]["correct"] == 1 and records["val/green/1.png"]["correct"] == 0
+
+
+# --- -l topK on the command line ---------------------------------------------------------------------------------
+
+def test_l_top2_draws_a_row_per_class_and_names_each_ranks_files(labelled, run_cli):
+    from PIL import Image
+
+    photo = "val/red/0.png"
+    code, out, err = run_cli("classify", "-f", photo, *MODEL, "-l", "top2", "--save-maps", "--guided",
+                             "--jsonl", "r.jsonl", "--output-dir", "top", "-o", "x.png")
+    assert code == 0, err
+    (row,) = map(json.loads, (labelled / "r.jsonl").read_text().splitlines())
+    ranks = [t["class"] for t in row["targets"]]
+    assert ranks == [t["class"] for t in row["top5"][:2]] and [t["rank"] for t in row["targets"]] == [1, 2]
+    assert out.count("explained: ") == 2 and "top 2, methods" in out
+    for rank, cls in enumerate(ranks, 1):  # each rank's maps are what -l CLASS gives that class
+        alone = run_cli("classify", "-f", photo, *MODEL, "-l", str(cls), "--save-maps", "--guided",
+                        "--output-dir", f"alone{rank}", "-o", "x.png")
+        assert alone[0] == 0, alone[2]
+        for method in ("gradcam", "gradcampp"):
+            np.testing.assert_array_equal(np.load(labelled / "top" / f"x_top{rank}_{method}.npy"),
+                                          np.load(labelled / f"alone{rank}" / f"x_{method}.npy"))
+            for kind in ("heatmap", "overlay"):
+                assert (labelled / "top" / f"x_top{rank}_{method}_{kind}.png").is_file()
+            assert (labelled / "top" / f"x_guided_top{rank}_{method}.png").is_file()
+    with Image.open(labelled / "top" / "x.png") as two, Image.open(labelled / "alone1" / "x.png") as one:
+        assert two.width == one.width
+        row_height = two.height - 8 - one.height  # two rows and a gap, against one row: one row and its gap
+        caption = one.height - row_height
+        assert 0 < caption < row_height / 3
+    again = run_cli("classify", "-f", photo, *MODEL, "-l", "top2", "--save-maps", "--guided", "--output-dir", "top",
+                    "-o", "x.png", "--skip-existing")
+    assert again[0] == 0 and "skipped" in again[1] + again[2], again
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("classify", ("-l", "top0"), "-l top0: give topK with K = 1, 2, ..."),
+    ("classify", ("-l", "top4"), "-l top4: net.py:build has 3 classes"),
+    ("classify", ("-l", "top2", "--targets", "t.csv"), "--targets gives each photo's one class; -l topK explains"),
+    ("evaluate", ("-l", "top2"), "-l top2: campp evaluate scores one explained class per image"),
+])
+def test_top_k_is_refused_where_it_cannot_be(labelled, run_cli, command, args, message):
+    (labelled / "t.csv").write_text("val/red/0.png,blue\n")
+    code, out, err = run_cli(command, "-f", "val/red/0.png", *MODEL, *args)
+    assert code == 2 and message in err, err

@@ -75,6 +75,8 @@ FIGURES = {
     "two_espresso_efficientnet_lite0.jpeg": ["-f", "two_espresso.png", "-l", "967"],
     "astronaut_space_shuttle_efficientnet_lite0.jpeg": ["-f", REPO / "images" / "astronaut.png", "-l",
                                                         "space shuttle", "--max-side", "400"],
+    "chelsea_top3_efficientnet_lite0.jpeg": ["-f", REPO / "images" / "chelsea.png", "-l", "top3", "--max-side",
+                                             "300"],
 }
 
 

@@ -156,7 +156,9 @@ def explain(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch.Ten
 
 
 def explain_top(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch.Tensor, k: int = 3,
-                methods=DEFAULT_METHODS, **keywords) -> list[Explanation]:
+                methods=DEFAULT_METHODS, *, image: torch.Tensor | None = None, preprocess=None, progress=None,
+                score: str = "logit", output_key: "str | int | None" = None, differentiable: bool = False,
+                settings: dict | None = None, **method_settings) -> list[Explanation]:
     """Each image's ``k`` most probable classes explained, from one forward pass: a list of ``k``
     :class:`Explanation` s, the most probable class first (``[0]`` is :func:`explain` 's default).
 
@@ -166,7 +168,9 @@ def explain_top(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise UsageError("give the number of classes, 1 or more", param="top", value=k)
-    return _explain(model, layer, x, None, k, methods, **keywords)
+    return _explain(model, layer, x, None, k, methods, image=image, preprocess=preprocess, progress=progress,
+                    score=score, output_key=output_key, differentiable=differentiable,
+                    settings={**(settings or {}), **method_settings})
 
 
 def _explain(model, layer, x, classes, top, methods, *, image=None, preprocess=None, progress=None,

@@ -1,10 +1,11 @@
 """What is explained: which class of each image (``-l``, ``--targets``) and which score of it (``--score``).
 
-``-l`` takes a class (an index or a name; -1: the predicted class) for every image, or ``true``: each
+``-l`` takes a class (an index or a name; -1: the predicted class) for every image; ``true``: each
 image's own class, from a ``--targets FILE`` of ``path,class`` lines or from its folder's name
-(``--labels-from-folders``).  The gradient methods differentiate the explained class's *score*
-(:data:`SCORES`): its logit, as the Grad-CAM and Grad-CAM++ papers do (the default), its softmax
-probability or its log-probability.  Importing this module does not import torch.
+(``--labels-from-folders``); or ``topK``: each image's K most probable classes, all from one pass.  The
+gradient methods differentiate the explained class's *score* (:data:`SCORES`): its logit, as the
+Grad-CAM and Grad-CAM++ papers do (the default), its softmax probability or its log-probability.
+Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -46,6 +47,32 @@ def target_scores(logits, idx, score: str = "logit"):
     elif score == "log_probability":
         logits = torch.log_softmax(logits, dim=1)
     return logits.gather(1, idx)
+
+
+def top_k(label) -> int | None:
+    """K of ``-l topK`` (each image's K most probable classes), or None for any other ``-l``; ``top0`` and
+    ``top`` alone are usage errors."""
+    text = str(label).strip().lower()
+    if not text.startswith("top"):
+        return None
+    k = text[3:]
+    if not k.isdigit() or int(k) < 1:
+        raise UsageError("give topK with K = 1, 2, ... (top3: each image's three most probable classes)",
+                         param="label", value=label)
+    return int(k)
+
+
+def rank_label(rank: int, method: str) -> str:
+    """What names rank ``rank``'s files of ``method`` under ``-l topK``: ``top2_gradcam``."""
+    return f"top{rank}_{method}"
+
+
+def output_labels(methods, top: int | None) -> list[str]:
+    """What names each method's files: the methods, or under ``-l topK`` each rank's (``top1_gradcam``,
+    ``top1_gradcampp``, ``top2_gradcam``...)."""
+    if top is None:
+        return list(methods)
+    return [rank_label(r, m) for r in range(1, top + 1) for m in methods]
 
 
 def is_true(label) -> bool:
@@ -121,6 +148,8 @@ def describe_label(label, categories: list[str]) -> str:
     """``-l`` in words, for the report's header and the run's first line."""
     if is_true(label):
         return "each image's true class (-l true)"
+    if top_k(label) is not None:
+        return f"each image's {top_k(label)} most probable classes (-l {str(label).strip().lower()})"
     if int(label) == -1:
         return "the predicted class"
     return f"{label} {categories[int(label)]} (-l)"

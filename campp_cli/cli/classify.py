@@ -87,9 +87,9 @@ class ClassifyPrinter(Printer):
             if self.single:
                 raise result.exception
             say(f"campp: error: {result.error}")
-        elif self.single and not self.quiet:
+        elif self.single and not self.quiet and not result.skipped:
             self._top5(result)
-        elif not self.single and not self.quiet:
+        elif not self.quiet:
             status = "skipped, outputs exist" if result.skipped else \
                 f"{result.class_index} {result.class_name} ({result.probability:.4f})"
             self.above_bar(f"{result.input}: {status} -> {result.outputs[0]}")
@@ -102,8 +102,11 @@ class ClassifyPrinter(Printer):
             echo(f"  {rank}. {c:4d} {name:<32s} {p:.4f}")
         variants = "".join(f", {label} {value}" for label, value in settings_in_words(self.run.methods,
                                                                                       self.run.settings))
-        echo(f"explained: {result.class_index} {result.class_name} (p={result.probability:.4f}, {how}, methods "
-             f"{','.join(self.run.methods)}{variants})")
+        explained = [(result.class_index, result.class_name, result.probability, how)]
+        if result.targets:  # -l topK
+            explained = [(c, name, p, f"top {r}") for r, (c, name, p) in enumerate(result.targets, 1)]
+        for c, name, p, why in explained:
+            echo(f"explained: {c} {name} (p={p:.4f}, {why}, methods {','.join(self.run.methods)}{variants})")
         for path in result.outputs:
             echo(f"wrote {path}")
 

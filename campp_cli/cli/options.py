@@ -51,7 +51,8 @@ model_options = options(
     click.option("-l", "--label", default="-1", show_default=True, metavar="CLASS",
                  help="Class to explain: an index (ImageNet: 0..999) or a class name ('tiger cat', or one of "
                       "--labels); -1 explains the predicted class; true, each photo's own class (from --targets "
-                      "or --labels-from-folders)."),
+                      "or --labels-from-folders); topK (top3), each photo's K most probable classes, a figure row "
+                      "each."),
     click.option("--targets", "targets", default=None, metavar="FILE",
                  help="Each photo's class to explain (implies -l true): CSV lines path,class, the path as -f "
                       "gives it, the class an index, a class name or a WordNet id."),

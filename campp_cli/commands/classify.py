@@ -35,30 +35,47 @@ class ClassifyCommand(Command):
 
     def is_done(self, job: Job) -> "Result | None":
         o = self.options
-        paths = job.output_paths(kinds.keys(o.methods, save_maps=o.save_maps, guided=o.guided))
+        paths = job.output_paths(kinds.keys(o.labels(), save_maps=o.save_maps, guided=o.guided))
         if self.options.skip_existing and job.error is None and all(is_complete(p) for p in paths):
             return Result(str(job.source), -1, "", 0.0, [], [str(p) for p in paths], skipped=True)
         return None
 
-    def additions(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
+    def additions(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation, ranked=None) -> list:
+        """--guided: each image's guided gradient, or under ``-l topK`` the list of each rank's."""
         if not self.options.guided:
             return super().additions(clf, rgb01, expl)
         from ..cam.guided import guided_backprop
 
-        return list(guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing, score=self.options.score))
+        def guided(classes):
+            return list(guided_backprop(clf.module, rgb01, classes, clf.preprocessing, score=self.options.score))
+
+        if ranked is None:
+            return guided(expl.classes)
+        per_rank = [guided(e.classes) for e in ranked]
+        return [list(ranks) for ranks in zip(*per_rank)]
 
     def finish(self, row: ExplainedRow, categories: list[str]) -> "Result":
-        figures = render(row, categories, row.added, caption=self.caption, alpha=self.options.alpha)
+        ranked = self.options.top is not None
+        figures = render(row, categories, row.added, caption=self.caption, alpha=self.options.alpha, ranked=ranked)
         make_output_folder(row.job)
-        written = write_outputs(row.job, figures, row.maps if self.options.save_maps else None)
-        return with_card(result_of(row, categories, written), row, figures, self.cards)
+        written = write_outputs(row.job, figures, row.labelled_maps(ranked) if self.options.save_maps else None)
+        result = result_of(row, categories, written)
+        if ranked:
+            result.targets = [(c, categories[c], float(row.probs[c])) for c, _ in row.targets]
+        return with_card(result, row, figures, self.cards, ranked)
 
 
-def with_card(result: "Result", row: ExplainedRow, figures: dict[str, np.ndarray], cards: bool) -> "Result":
-    """``result`` with its --report images (``extra["card"]``) when ``cards``."""
+def with_card(result: "Result", row: ExplainedRow, figures: dict[str, np.ndarray], cards: bool,
+              ranked: bool = False) -> "Result":
+    """``result`` with its --report images (``extra["card"]``) when ``cards``: under ``-l topK``, those of
+    its first (most probable) class."""
     if cards:
+        from ..cam.targets import rank_label
         from ..outputs.report_cards import card_assets
 
+        if ranked:
+            figures = {**figures, **{kinds.key("heatmap", m): figures[kinds.key("heatmap", rank_label(1, m))]
+                                     for m in row.maps}}
         result.extra["card"] = card_assets(row.photo, figures, row.maps)
     return result
 

@@ -31,12 +31,14 @@ class ClassifyPlanner(Planner):
         self.log = None
 
     def plan_jobs(self) -> list:
+        from ..cam.targets import output_labels, top_k
         from ..io.jsonl import check_writable
         from ..io.names import check_collisions, check_no_overwrite, folds_case, prepare_output_dir
         from ..outputs.kinds import keys as output_keys
 
         run, out_dir, output, fmt = self.run, self.output_dir, self.output, self.format
-        keys = output_keys(run.methods, save_maps=self.drawing["save_maps"], guided=self.drawing["guided"])
+        labels = output_labels(run.methods, top_k(run.params.label))
+        keys = output_keys(labels, save_maps=self.drawing["save_maps"], guided=self.drawing["guided"])
         self.jobs = self.plan(Path(out_dir), output, keys=keys, fmt=fmt)
         self.check_something_exists()
         named, files = {"jsonl": self.jsonl, "report": run.params.report}, [str(f) for f in run.params.files]

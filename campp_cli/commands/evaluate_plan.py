@@ -22,6 +22,12 @@ class EvaluatePlanner(Planner):
 
         super().__init__(run)
         p = run.params
+        from ..cam.targets import top_k
+
+        if top_k(p.label) is not None:
+            raise UsageError("campp evaluate scores one explained class per image: give a class, -1 (the "
+                             "predicted one) or true (each image's own); topK is classify's", param="label",
+                             value=p.label)
         self.check_names(boxes=boxes, json=json, csv=csv, plot=plot, report=p.report, weights=p.weights,
                          labels=p.labels)
         self.steps, self.eval_batch, self.boxes_dir, self.deltas = steps, eval_batch, boxes, deltas

@@ -13,7 +13,7 @@ from ..errors import CamppError
 from ..outputs.kinds import key
 from ..settings import DEFAULT_ALPHA
 from .geometry import dimmed, on_region, region_pixels, resize_to, upsample
-from .panels import captioned, colorize, gradient_image, overlay, side_by_side, titled, with_colour_bar
+from .panels import captioned, colorize, gradient_image, overlay, side_by_side, stacked, titled, with_colour_bar
 
 if TYPE_CHECKING:
     from ..models.loading import Classifier
@@ -52,8 +52,8 @@ def layer_label(module, layer) -> str:
 
 
 
-def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None = None,
-           caption: str = "", alpha: float = DEFAULT_ALPHA) -> dict[str, np.ndarray]:
+def render(row: ExplainedRow, categories: list[str], guided=None, caption: str = "",
+           alpha: float = DEFAULT_ALPHA, ranked: bool = False) -> dict[str, np.ndarray]:
     """Every figure for one image, keyed by output-name suffix ('' is the comparison).
 
     One heatmap and one overlay (the heatmap blended at ``alpha``) per method
@@ -61,7 +61,13 @@ def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None =
     gradient ``(3, h, w)``, if wanted.  The comparison's method panels carry a
     colour bar; its titles say "explained" and "predicted" when the explained
     class (``-l``) is not the predicted one; ``caption`` goes in a strip below.
+
+    ``ranked`` (``-l topK``): one panel row per class of ``row.targets``, titled
+    "top r"; each rank's files are named ``top{r}_{method}``; ``guided`` is then
+    the list of each rank's gradient.
     """
+    from ..cam.targets import rank_label
+
     region = row.region
     # seen: what the model saw, at panel resolution; place(): it (or a map over it) back in the whole photo
     seen = row.photo if region is None else region_pixels(row.photo, region)
@@ -71,30 +77,37 @@ def render(row: ExplainedRow, categories: list[str], guided: np.ndarray | None =
         base = dimmed(row.photo)  # once for every figure of the photo
         place = lambda inside: on_region(base, region, inside)  # noqa: E731
     height, width = seen.shape[:2]
-    p = row.probability
-    name = categories[row.class_index]
     predicted = int(np.argmax(row.probs))
-    explained = f"{name} ({percent(p)})"
-    if predicted != row.class_index:
-        title = [f"explained: {explained}", f"predicted: {categories[predicted]} ({percent(row.probs[predicted])})"]
-        explained = f"explained: {explained}"
-    else:
-        title = ["Input", explained]
     figures: dict[str, np.ndarray] = {key("comparison"): seen}  # the comparison first; drawn below
     guided_figures: dict[str, np.ndarray] = {}
-    panels = [titled(with_colour_bar(place(seen), blank=True), title)]
-    for method, cam in row.maps.items():
-        heat = colorize(upsample(cam, width, height))
-        blended = place(overlay(seen, heat, alpha))
-        figures[key("heatmap", method)] = place(heat)
-        figures[key("overlay", method)] = blended
-        spec = get_method(method)
-        lines = [spec.title, explained if spec.class_specific else "class-agnostic"]
-        panels.append(titled(with_colour_bar(blended), lines))
-        if guided is not None:
-            grad = guided.transpose(1, 2, 0)
-            weighted = grad * upsample(cam, grad.shape[0])[..., None]
-            guided_figures[key("guided", method)] = place(resize_to(gradient_image(weighted), width,
-                                                                         height))
-    figures[key("comparison")] = captioned(side_by_side(panels), caption) if caption else side_by_side(panels)
+    rows = []
+    for rank, (class_index, maps) in enumerate(row.targets, 1):
+        explained = f"{categories[class_index]} ({percent(float(row.probs[class_index]))})"
+        if ranked:
+            title = [f"top {rank}", explained]
+            explained = f"top {rank}: {explained}"
+        elif predicted != class_index:
+            title = [f"explained: {explained}",
+                     f"predicted: {categories[predicted]} ({percent(float(row.probs[predicted]))})"]
+            explained = f"explained: {explained}"
+        else:
+            title = ["Input", explained]
+        gradient = (guided[rank - 1] if ranked else guided) if guided is not None else None
+        panels = [titled(with_colour_bar(place(seen), blank=True), title)]
+        for method, cam in maps.items():
+            label = rank_label(rank, method) if ranked else method
+            heat = colorize(upsample(cam, width, height))
+            blended = place(overlay(seen, heat, alpha))
+            figures[key("heatmap", label)] = place(heat)
+            figures[key("overlay", label)] = blended
+            spec = get_method(method)
+            lines = [spec.title, explained if spec.class_specific else "class-agnostic"]
+            panels.append(titled(with_colour_bar(blended), lines))
+            if gradient is not None:
+                grad = gradient.transpose(1, 2, 0)
+                weighted = grad * upsample(cam, grad.shape[0])[..., None]
+                guided_figures[key("guided", label)] = place(resize_to(gradient_image(weighted), width, height))
+        rows.append(side_by_side(panels))
+    comparison = stacked(rows)
+    figures[key("comparison")] = captioned(comparison, caption) if caption else comparison
     return {**figures, **guided_figures}

@@ -153,3 +153,16 @@ def side_by_side(panels: list[np.ndarray], gap: int = 8, max_cols: int = MAX_COL
         y, x = r * (h + gap), c * (w + gap)
         out[y: y + p.shape[0], x: x + p.shape[1]] = p
     return out
+
+
+def stacked(rows: list[np.ndarray], gap: int = 8) -> np.ndarray:
+    """Figures one above the other (the widest sets the width), separated by white gaps; one is itself."""
+    if len(rows) == 1:
+        return rows[0]
+    width = max(r.shape[1] for r in rows)
+    out = np.full((sum(r.shape[0] for r in rows) + gap * (len(rows) - 1), width, 3), 255, dtype=np.uint8)
+    y = 0
+    for r in rows:
+        out[y: y + r.shape[0], : r.shape[1]] = r
+        y += r.shape[0] + gap
+    return out

@@ -26,7 +26,7 @@ class Options:
     by the names their methods declare.
     """
 
-    label: int | str = -1  # -1: the predicted class; "true": each image's own class (truth)
+    label: int | str = -1  # -1: the predicted class; "true": each image's own class (truth); "topK"
     methods: tuple[str, ...] = DEFAULT_METHODS  # names from campp_cli.methods.list_methods()
     settings: dict[str, Any] = field(default_factory=dict)  # the methods' settings, by name
     max_side: int = DEFAULT_MAX_SIDE
@@ -51,6 +51,19 @@ class Options:
         if self.workers is None:
             object.__setattr__(self, "workers", default_workers())
 
+    @property
+    def top(self) -> int | None:
+        """K of ``-l topK`` (each image's K most probable classes explained), else None."""
+        from ..cam.targets import top_k
+
+        return top_k(self.label) if isinstance(self.label, str) else None
+
+    def labels(self) -> list[str]:
+        """What names each method's files: the methods, or under ``-l topK`` each rank's (``top2_gradcam``)."""
+        from ..cam.targets import output_labels
+
+        return output_labels(self.methods, self.top)
+
     def replace(self, **changes) -> "Options":
         return dataclasses.replace(self, **changes)
 
@@ -65,6 +78,7 @@ class Result:
     probability: float
     top5: list[tuple[int, str, float]]
     outputs: list[str] = field(default_factory=list)
+    targets: list[tuple[int, str, float]] = field(default_factory=list)  # -l topK: each rank's class
     error: str | None = None  # the one-line reason, when this image failed
     skipped: bool = False  # --skip-existing found every output already there
     exception: CamppError | None = field(default=None, repr=False)
@@ -85,6 +99,8 @@ class Result:
             "name": self.class_name,
             "probability": self.probability,
             "top5": [{"class": c, "name": n, "probability": p} for c, n, p in self.top5],
+            **({"targets": [{"rank": r, "class": c, "name": n, "probability": p}
+                            for r, (c, n, p) in enumerate(self.targets, 1)]} if self.targets else {}),
             "outputs": self.outputs,
         }
 

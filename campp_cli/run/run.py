@@ -111,10 +111,13 @@ class Run:
 
     def _check_targets(self) -> dict | None:
         """-l true, --targets and --score, checked (the targets file read) before anything slow."""
-        from ..cam.targets import TRUE, check_score, is_true, read_targets
+        from ..cam.targets import TRUE, check_score, is_true, read_targets, top_k
 
         p = self.params
         check_score(p.score)
+        if top_k(p.label) is not None and p.targets is not None:
+            raise UsageError("{targets} gives each photo's one class; {label} topK explains its most probable "
+                             "ones: give one of them", param="targets", value=p.targets, also=("label",))
         if p.targets is not None:
             if str(p.label).strip() not in ("-1", TRUE):
                 raise UsageError("{targets} gives each photo's class: use {label} true (or leave {label} out)",
@@ -168,7 +171,7 @@ class Run:
         return summary
 
     def _classifier(self, tell: Listener):
-        from ..cam.targets import TRUE, is_true
+        from ..cam.targets import TRUE, is_true, top_k
         from ..draw.figures import layer_label
         from ..models.devices import describe_device, resolve_device
         from ..models.labels import resolve_label
@@ -180,7 +183,15 @@ class Run:
             device = resolve_device(self.params.gpu if here else -1, warn=lambda text: tell(Note(text)))
             clf = load_classifier(weights=self.params.weights, device=device, layer=self.params.layer,
                                   download=not self.params.offline, prepack=self.planner.prepack, **self.request)
-        label = TRUE if is_true(self.params.label) else resolve_label(str(self.params.label), clf.categories)
+        given = str(self.params.label)
+        if is_true(given):
+            label = TRUE
+        elif top_k(given) is not None:
+            label = f"top{top_k(given)}"
+            if top_k(given) > len(clf.categories):
+                raise UsageError(f"{clf.arch} has {len(clf.categories)} classes", param="label", value=given)
+        else:
+            label = resolve_label(given, clf.categories)
         where = describe_device(clf.device) if here else f"--engine {self.params.engine}"
         tell(Loaded(clf, label, where, len(self.jobs), layer_label(clf.module, clf.layer)))
         return clf, label

@@ -15,7 +15,7 @@ ship them to another process.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -98,9 +98,7 @@ def to_batch(photos: list, clf: Classifier) -> torch.Tensor:
 
 
 def check_label(clf: Classifier, label: "int | str") -> None:
-    from ..cam.targets import is_true
-
-    if is_true(label):
+    if isinstance(label, str):  # -l true, -l topK: checked when the run was made
         return
     if not -1 <= label < len(clf.categories):
         raise UsageError(f"out of range; {clf.arch} has classes 0..{len(clf.categories) - 1}", param="label",
@@ -138,10 +136,24 @@ class ExplainedRow:
     maps: dict[str, np.ndarray]  # method -> (h, w) float32 in [0, 1]
     added: Any = None  # what the command added with the model (guided gradient, evaluate's scores)
     region: tuple[int, int, int, int] | None = None  # as DecodedRow.region
+    more: list = field(default_factory=list)  # -l topK: (class index, maps) of ranks 2..K
 
     @property
     def probability(self) -> float:
         return float(self.probs[self.class_index])
+
+    @property
+    def targets(self) -> list[tuple[int, dict[str, np.ndarray]]]:
+        """(class index, maps) of every class explained: the first, then ranks 2..K of ``-l topK``."""
+        return [(self.class_index, self.maps), *self.more]
+
+    def labelled_maps(self, ranked: bool) -> dict[str, np.ndarray]:
+        """The maps by what names their files: the methods, or ``top2_gradcam``... when ``ranked``."""
+        from ..cam.targets import rank_label
+
+        if not ranked:
+            return dict(self.maps)
+        return {rank_label(r, m): cam for r, (_, maps) in enumerate(self.targets, 1) for m, cam in maps.items()}
 
     def top(self, k: int = 5) -> list[tuple[int, float]]:
         from ..cam.explain import top_classes
@@ -172,9 +184,12 @@ def decode(job: Job, size: int, options: Options, draws: bool,
     """Stage 1: read one image and :func:`frame` it; an :class:`InputError` names it if it cannot be read."""
     if job.error is not None:
         raise InputError(job.error)
-    target = options.label if options.truth is None else options.truth.get(str(job.source), "no true class")
-    if isinstance(target, str):  # -l true, and this image has none: it alone fails, before it is read
-        raise InputError(f"{job.source}: {target}")
+    if options.truth is None:
+        target = options.label if isinstance(options.label, int) else -1  # -l topK: ranked from the prediction
+    else:
+        target = options.truth.get(str(job.source), "no true class")
+        if isinstance(target, str):  # -l true, and this image has none: it alone fails, before it is read
+            raise InputError(f"{job.source}: {target}")
     use = lambda photo: frame(photo, size, preprocessing, options.max_side if draws else None,  # noqa: E731
                               options.display)
     if not isinstance(job.source, (str, os.PathLike)):  # an image in memory (a notebook's), decoded already
@@ -186,18 +201,27 @@ def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, comm
                  progress: Callable[[int], None] | None = None) -> list[ExplainedRow]:
     """Stage 2: one batch through the model: every requested map, then what the command adds.  ``progress``
     is told of extra forward passes as they run (see :func:`campp_cli.cam.explain`)."""
-    from ..cam.explain import explain
+    from ..cam.explain import explain, explain_top
 
     rgb01 = _to_device(np.stack([r.model_input for r in rows]), clf.device)
+    keywords = dict(methods=options.methods, image=rgb01, preprocess=clf.preprocessing, progress=progress,
+                    score=options.score, **options.settings)
     try:
-        expl = explain(clf.module, clf.layer, clf.preprocessing(rgb01), classes=[r.target for r in rows],
-                       methods=options.methods, image=rgb01, preprocess=clf.preprocessing, progress=progress,
-                       score=options.score, **options.settings)
+        if options.top is None:
+            ranked = None
+            expl = explain(clf.module, clf.layer, clf.preprocessing(rgb01), [r.target for r in rows], **keywords)
+        else:  # each image's K most probable classes, from one forward pass
+            ranked = explain_top(clf.module, clf.layer, clf.preprocessing(rgb01), options.top, **keywords)
+            expl = ranked[0]
     except ModelError as exc:
         raise ModelError(f"{exc.message} (model {clf.arch}, weights {clf.weights_source})") from None
-    added = command.additions(clf, rgb01, expl)
-    return [ExplainedRow(row.job, row.photo, int(expl.classes[i]), expl.probs[i],
-                         {m: v[i] for m, v in expl.maps.items()}, added[i], row.region)
+    added = command.additions(clf, rgb01, expl) if ranked is None else command.additions(clf, rgb01, expl, ranked)
+
+    def maps_of(e, i):
+        return {m: v[i] for m, v in e.maps.items()}
+
+    return [ExplainedRow(row.job, row.photo, int(expl.classes[i]), expl.probs[i], maps_of(expl, i), added[i],
+                         row.region, [(int(e.classes[i]), maps_of(e, i)) for e in (ranked or [])[1:]])
             for i, row in enumerate(rows)]
 
 
@@ -232,7 +256,9 @@ class Command:
         """A skipped Result when this job needs no work (--skip-existing)."""
         return None
 
-    def additions(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
+    def additions(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation, ranked=None) -> list:
+        """What the command computes with the model for the batch, one entry per image; ``ranked``: under
+        ``-l topK``, each rank's Explanation (``expl`` is the first)."""
         return [None] * len(expl.classes)
 
     def finish(self, row: ExplainedRow, categories: list[str]) -> "Result":
