@@ -28,6 +28,7 @@ _EXPORTS = {
     "list_sources": "models.spec",
     "explain": "cam.explain",
     "explain_top": "cam.explain",
+    "explain_labels": "cam.explain",
     "logits_of": "cam.outputs",
     "list_methods": "cam.methods",
     "register_method": "cam.methods",

@@ -251,3 +251,91 @@ def test_top_k_is_refused_where_it_cannot_be(labelled, run_cli, command, args, m
     (labelled / "t.csv").write_text("val/red/0.png,blue\n")
     code, out, err = run_cli(command, "-f", "val/red/0.png", *MODEL, *args)
     assert code == 2 and message in err, err
+
+
+# --- multi-label models: --activation sigmoid, --threshold ---------------------------------------------------------
+
+def test_sigmoid_scores_are_each_labels_own():
+    from campp_cli.cam.targets import target_scores
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-3.0, 0.0, 4.0]], dtype=torch.float64)
+    idx = torch.tensor([[0, 2], [1, 2]])
+    s = logits.numpy()[np.arange(2)[:, None], idx.numpy()]
+    np.testing.assert_allclose(target_scores(logits, idx, "probability", "sigmoid").numpy(), 1 / (1 + np.exp(-s)))
+    np.testing.assert_allclose(target_scores(logits, idx, "log_probability", "sigmoid").numpy(),
+                               -np.log1p(np.exp(-s)))
+    np.testing.assert_allclose(target_scores(logits, idx, "logit", "sigmoid").numpy(), s)
+
+
+def multi_label_net() -> nn.Sequential:
+    """Four labels whose sigmoid probabilities are about 0.95, 0.73, 0.12 and 0.05 whatever the photo (small
+    weights, a fixed bias), so that 0.5 takes two labels, 0.9 one and 0.99 none."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4))
+    with torch.no_grad():
+        net[6].weight.mul_(0.05)
+        net[6].bias.copy_(torch.tensor([3.0, 1.0, -2.0, -3.0]))
+    return net.eval()
+
+
+def test_explain_labels_explains_each_label_above_the_threshold():
+    from campp_cli.cam.explain import explain_labels
+
+    model, x = multi_label_net(), torch.rand(3, 3, 10, 10)
+    with torch.no_grad():
+        logits = model(x).double().numpy()
+    probs = 1 / (1 + np.exp(-logits))
+    for threshold in (0.5, 0.9, 0.99):
+        ranked, counts = explain_labels(model, "3", x, threshold, "gradcam,gradcampp")
+        assert counts == [max(1, int((p >= threshold).sum())) for p in probs]
+        np.testing.assert_allclose(ranked[0].probs, probs, rtol=1e-5)
+        order = np.argsort(-logits, axis=1, kind="stable")
+        for rank, expl in enumerate(ranked):
+            np.testing.assert_array_equal(expl.classes, order[:, rank])
+            alone = explain(model, "3", x, order[:, rank].tolist(), "gradcam,gradcampp", activation="sigmoid")
+            for name in alone.maps:
+                np.testing.assert_allclose(expl.maps[name], alone.maps[name], atol=1e-6)
+
+
+MULTI = '''
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4))
+    with torch.no_grad():
+        net[6].weight.mul_(0.05)
+        net[6].bias.copy_(torch.tensor([3.0, 1.0, -2.0, -3.0]))
+    return net
+'''
+
+
+@pytest.mark.parametrize("threshold, labels", [(None, 2), ("0.9", 1), ("0.99", 1)])
+def test_a_multi_label_model_on_the_command_line(tmp_path, run_cli, monkeypatch, threshold, labels):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "multi.py").write_text(MULTI)
+    write_image(tmp_path / "photo.png", 40, 30)
+    more = ("--threshold", threshold) if threshold else ()
+    code, out, err = run_cli("classify", "-f", "photo.png", "--model", "multi.py:build", "--input-size", "32",
+                             "--activation", "sigmoid", *more, "--jsonl", "r.jsonl", "--save-maps", "-o", "x.png",
+                             "--report", "r.html")
+    assert code == 0, err
+    (row,) = map(json.loads, (tmp_path / "r.jsonl").read_text().splitlines())
+    assert [t["class"] for t in row["targets"]] == list(range(labels))  # the labels in order of probability
+    assert 0.9 < row["targets"][0]["probability"] < 0.97  # a sigmoid's, not a softmax's (0.69)
+    for rank in range(1, 5):
+        assert (tmp_path / "output" / f"x_top{rank}_gradcam.npy").is_file() == (rank <= labels)
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("classify", ("--threshold", "0.3"), "--threshold 0.3: is the probability a multi-label model's labels must "
+                                         "reach: give --activation sigmoid too"),
+    ("evaluate", ("--activation", "sigmoid"), "--activation sigmoid: campp evaluate's metrics are the papers'"),
+])
+def test_multi_label_options_where_they_do_not_apply(labelled, run_cli, command, args, message):
+    code, out, err = run_cli(command, "-f", "val/red/0.png", *MODEL, *args)
+    assert code == 2 and message in err, err

@@ -28,7 +28,7 @@ from ..errors import ModelError, UsageError
 from .methods import DEFAULT_METHODS, MethodInput, check_method_settings, get_method, needs_any, nonzero, parse_methods
 from .outputs import LogitsOutput
 from .taps import FeatureTap
-from .targets import target_scores
+from .targets import probabilities, target_scores
 
 # --------------------------------------------------------------------------- the maps
 
@@ -72,7 +72,7 @@ class Explanation:
     """Result of :func:`explain` for a batch of N images (all arrays on the CPU)."""
 
     logits: np.ndarray  # (N, C) float32, pre-softmax
-    probs: np.ndarray  # (N, C) float32, softmax
+    probs: np.ndarray  # (N, C) float32, softmax (activation="sigmoid": each label's sigmoid)
     classes: np.ndarray  # (N,) explained class per image
     # method -> (N, h, w) in [0, 1], low resolution, float32 (float64 for a float64 layer); with
     # differentiable=True, torch tensors on the model's device that carry gradients to its weights
@@ -112,8 +112,8 @@ def class_tensor(classes, logits: torch.Tensor) -> torch.Tensor:
 
 def explain(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch.Tensor, classes=None,
             methods=DEFAULT_METHODS, *, image: torch.Tensor | None = None, preprocess=None, progress=None,
-            score: str = "logit", output_key: "str | int | None" = None, differentiable: bool = False,
-            settings: dict | None = None, **method_settings) -> Explanation:
+            score: str = "logit", activation: str = "softmax", output_key: "str | int | None" = None,
+            differentiable: bool = False, settings: dict | None = None, **method_settings) -> Explanation:
     """Explain a preprocessed batch ``x`` (N, 3, H, W): every method in ``methods`` from one pass.
 
     ``classes``: None (the predicted class), one index for all images, or one
@@ -134,6 +134,8 @@ def explain(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch.Ten
     ``score``: what the gradient methods differentiate
     (:data:`campp_cli.cam.targets.SCORES`): the class's ``"logit"`` (the
     papers'), its ``"probability"`` or its ``"log_probability"``.
+    ``activation``: ``"softmax"`` (one class per image) or ``"sigmoid"`` (a
+    multi-label model: ``probs`` and the scores are each label's sigmoid).
 
     ``output_key``: where the logits are when the model's forward returns a
     dict, Hugging Face ``ModelOutput``, tuple or dataclass
@@ -150,15 +152,15 @@ def explain(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch.Ten
     gradients have such maps.
     """
     (explained,) = _explain(model, layer, x, classes, None, methods, image=image, preprocess=preprocess,
-                            progress=progress, score=score, output_key=output_key, differentiable=differentiable,
-                            settings={**(settings or {}), **method_settings})
+                            progress=progress, score=score, activation=activation, output_key=output_key,
+                            differentiable=differentiable, settings={**(settings or {}), **method_settings})
     return explained
 
 
 def explain_top(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch.Tensor, k: int = 3,
                 methods=DEFAULT_METHODS, *, image: torch.Tensor | None = None, preprocess=None, progress=None,
-                score: str = "logit", output_key: "str | int | None" = None, differentiable: bool = False,
-                settings: dict | None = None, **method_settings) -> list[Explanation]:
+                score: str = "logit", activation: str = "softmax", output_key: "str | int | None" = None,
+                differentiable: bool = False, settings: dict | None = None, **method_settings) -> list[Explanation]:
     """Each image's ``k`` most probable classes explained, from one forward pass: a list of ``k``
     :class:`Explanation` s, the most probable class first (``[0]`` is :func:`explain` 's default).
 
@@ -169,19 +171,49 @@ def explain_top(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise UsageError("give the number of classes, 1 or more", param="top", value=k)
     return _explain(model, layer, x, None, k, methods, image=image, preprocess=preprocess, progress=progress,
-                    score=score, output_key=output_key, differentiable=differentiable,
+                    score=score, activation=activation, output_key=output_key, differentiable=differentiable,
                     settings={**(settings or {}), **method_settings})
 
 
+def explain_labels(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch.Tensor,
+                   threshold: float = 0.5, methods=DEFAULT_METHODS, **keywords) -> tuple[list[Explanation], list[int]]:
+    """A multi-label model's labels explained: every label whose sigmoid probability reaches ``threshold``
+    (at least each image's most probable one), from one forward pass and one batched backward pass.
+
+    Returns ``(ranked, counts)``: one :class:`Explanation` per rank, as :func:`explain_top` for the most
+    labels any image has (probabilities are each label's sigmoid), and how many of them are image i's
+    (``counts[i]``; its ranks beyond are not its labels).  Keywords: as :func:`explain`.
+    """
+    from .targets import labels_above
+
+    if not 0 <= threshold <= 1:
+        raise UsageError("give a probability, 0..1", param="threshold", value=threshold)
+    counts: list[int] = []
+
+    def top(logits: torch.Tensor) -> int:
+        counts.extend(labels_above(torch.sigmoid(logits.float()).cpu().numpy(), threshold))
+        return max(counts)
+
+    if keywords.pop("activation", "sigmoid") != "sigmoid":
+        raise UsageError("a multi-label model's labels are its sigmoid's", param="activation")
+    settings = {**(keywords.pop("settings", None) or {})}
+    known = {"image", "preprocess", "progress", "score", "output_key", "differentiable"}
+    settings.update({k: keywords.pop(k) for k in list(keywords) if k not in known})
+    ranked = _explain(model, layer, x, None, top, methods, activation="sigmoid", settings=settings, **keywords)
+    return ranked, counts
+
+
 def _explain(model, layer, x, classes, top, methods, *, image=None, preprocess=None, progress=None,
-             score="logit", output_key=None, differentiable=False, settings=None) -> list[Explanation]:
+             score="logit", activation="softmax", output_key=None, differentiable=False,
+             settings=None) -> list[Explanation]:
     """:func:`explain` of ``classes``, or of each image's ``top`` most probable classes: one Explanation per
     target, from one forward pass and one (batched) backward pass."""
-    from .targets import check_score
+    from .targets import check_activation, check_score, probabilities
 
     names = parse_methods(methods)
     settings = check_method_settings(dict(settings or {}), names)  # before the pass
     check_score(score)
+    check_activation(activation)
     if differentiable and needs_any(names, "forward passes"):
         costly = [n for n in names if get_method(n).needs == "forward passes"]
         raise UsageError(f"{', '.join(costly)}: maps from extra forward passes are not differentiable; "
@@ -189,12 +221,12 @@ def _explain(model, layer, x, classes, top, methods, *, image=None, preprocess=N
     with torch.inference_mode(False), LogitsOutput(model, output_key):
         x = _model_input(model, x)
         logits, idx, acts, grads = _forward_backward(model, layer, x, classes, needs_any(names, "gradients"),
-                                                     differentiable, score, top)
+                                                     differentiable, score, top, activation)
         extra = {}
         if needs_any(names, "forward passes"):
             source = image if image is not None else x
             prep = preprocess if image is not None else None
-            extra.update(image=source.detach(), score=_scorer(model, prep), progress=progress)
+            extra.update(image=source.detach(), score=_scorer(model, prep, activation), progress=progress)
         agnostic = [n for n in names if not get_method(n).class_specific]
         out, shared = [], {}
         with torch.enable_grad() if differentiable else torch.no_grad():
@@ -205,7 +237,7 @@ def _explain(model, layer, x, classes, top, methods, *, image=None, preprocess=N
                 shared.update({n: made[n] for n in agnostic if n in made})
                 out.append({n: made[n] if n in made else shared[n] for n in names})
     logits = logits.float()
-    probs = torch.softmax(logits, dim=1).cpu().numpy()
+    probs = probabilities(logits, activation).cpu().numpy()
     logits = logits.cpu().numpy()
     return [Explanation(logits=logits, probs=probs, classes=idx[:, t].cpu().numpy(),
                         maps=maps if differentiable else {m: v.cpu().numpy() for m, v in maps.items()},
@@ -223,9 +255,11 @@ def _model_input(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _forward_backward(model: torch.nn.Module, layer, x: torch.Tensor, classes, wants_grads: bool,
-                      differentiable: bool = False, score: str = "logit", top: int | None = None):
+                      differentiable: bool = False, score: str = "logit", top: int | None = None,
+                      activation: str = "softmax"):
     """One forward pass through ``layer``'s tap (and the backward to it when ``wants_grads``): the logits,
-    the explained classes (N, T) (``classes``, or each image's ``top`` most probable), the activations and
+    the explained classes (N, T) (``classes``, or each image's ``top`` most probable: a number, or a
+    function of the logits that gives it), the activations and
     the gradient of each target's ``score`` (T, N, K, h, w) (None without ``wants_grads``), detached unless
     ``differentiable`` (then the activations keep their graph and the gradient has one)."""
     grads = None
@@ -243,9 +277,12 @@ def _forward_backward(model: torch.nn.Module, layer, x: torch.Tensor, classes, w
             raise ModelError(f"the model's output is {shape}, not (N, classes) logits")
         if not torch.isfinite(logits).all():
             raise ModelError("the model produced non-finite logits (NaN or inf); are the weights broken?")
-        idx = top_tensor(top, logits.detach()) if top is not None else class_tensor(classes, logits.detach())[:, None]
+        if top is None:
+            idx = class_tensor(classes, logits.detach())[:, None]
+        else:  # a number, or what a function of the logits says (a multi-label model's labels)
+            idx = top_tensor(top(logits.detach()) if callable(top) else top, logits.detach())
         if wants_grads:
-            grads = _target_grads(target_scores(logits, idx, score), acts, differentiable)
+            grads = _target_grads(target_scores(logits, idx, score, activation), acts, differentiable)
     if differentiable:
         return logits.detach(), idx, acts, grads
     return logits.detach(), idx, acts.detach(), grads
@@ -282,10 +319,11 @@ def _target_grads(scores: torch.Tensor, acts: torch.Tensor, differentiable: bool
     return grads if differentiable else grads.detach()
 
 
-def _scorer(model: torch.nn.Module, preprocess):
-    """``score(images, classes)``: softmax probability of each class, no autograd, parameters untouched."""
+def _scorer(model: torch.nn.Module, preprocess, activation: str = "softmax"):
+    """``score(images, classes)``: each class's probability (softmax, or a multi-label model's sigmoid), no
+    autograd, parameters untouched."""
     def score(images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             logits = model(preprocess(images) if preprocess is not None else images).float()
-            return torch.softmax(logits, dim=1).gather(1, classes[:, None])[:, 0]
+            return probabilities(logits, activation).gather(1, classes[:, None])[:, 0]
     return score

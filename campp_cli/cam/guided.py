@@ -49,14 +49,14 @@ class GuidedReLU:
 
 
 def guided_backprop(model: torch.nn.Module, rgb01: torch.Tensor, classes, preprocess=None,
-                    output_key=None, score: str = "logit") -> np.ndarray:
+                    output_key=None, score: str = "logit", activation: str = "softmax") -> np.ndarray:
     """Guided-backpropagation gradient of each image's class logit w.r.t. the RGB image, ``(N, 3, H, W)``.
 
     ``rgb01`` is the batch before normalisation and ``preprocess`` the model's
     normalisation, so the gradient's channels are RGB whatever the model eats
     (the Caffe VGG16 eats BGR).  A second, full backward pass: run only when asked.  ``output_key``: see
     :func:`campp_cli.cam.outputs.logits_of`; ``score``: the class's score differentiated, as in
-    :func:`campp_cli.cam.explain.explain`.
+    :func:`campp_cli.cam.explain.explain` (and ``activation``).
     """
     with torch.inference_mode(False):
         x = rgb01.detach().clone().requires_grad_(True)
@@ -64,5 +64,5 @@ def guided_backprop(model: torch.nn.Module, rgb01: torch.Tensor, classes, prepro
             LogitsOutput(model, output_key):
         logits = model(preprocess(x) if preprocess is not None else x)
         idx = class_tensor(classes, logits.detach())
-        (grad,) = torch.autograd.grad(target_scores(logits, idx[:, None], score).sum(), x)
+        (grad,) = torch.autograd.grad(target_scores(logits, idx[:, None], score, activation).sum(), x)
     return grad.detach().float().cpu().numpy()

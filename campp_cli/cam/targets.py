@@ -23,6 +23,16 @@ SCORES = {
     "log_probability": "log p_c = S_c - logsumexp(S): the logit less what the other classes take",
 }
 
+#: How a model's logits become its classes' probabilities: one class per image (softmax, the paper's) or
+#: independent labels (multi-label models: sigmoid).
+ACTIVATIONS = {
+    "softmax": "one class per image: probabilities over the classes sum to 1 (ImageNet's, the paper's)",
+    "sigmoid": "multi-label: each class's probability on its own; every label above --threshold is explained",
+}
+
+#: The default --threshold of a multi-label model's labels.
+DEFAULT_THRESHOLD = 0.5
+
 #: ``-l true``: each image's own class.
 TRUE = "true"
 
@@ -36,17 +46,41 @@ def check_score(score: str) -> str:
     return score
 
 
-def target_scores(logits, idx, score: str = "logit"):
+def check_activation(activation: str) -> str:
+    if activation not in ACTIVATIONS:
+        raise UsageError(f"choose from {', '.join(ACTIVATIONS)}", param="activation", value=activation)
+    return activation
+
+
+def probabilities(logits, activation: str = "softmax"):
+    """The classes' probabilities of (N, C) ``logits``: a softmax over them, or each label's sigmoid."""
+    import torch
+
+    check_activation(activation)
+    return torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, dim=1)
+
+
+def target_scores(logits, idx, score: str = "logit", activation: str = "softmax"):
     """The (N, T) scores of classes ``idx`` (N, T) in ``logits`` (N, C) that the gradient methods
-    differentiate (see :data:`SCORES`); each row depends on its own image only."""
+    differentiate (see :data:`SCORES`); each row depends on its own image only.  ``activation="sigmoid"``
+    (a multi-label model): a label's probability is its sigmoid, its log-probability ``logsigmoid``."""
     import torch
 
     check_score(score)
     if score == "probability":
-        logits = torch.softmax(logits, dim=1)
+        logits = probabilities(logits, activation)
     elif score == "log_probability":
-        logits = torch.log_softmax(logits, dim=1)
+        sigmoid = check_activation(activation) == "sigmoid"
+        logits = torch.nn.functional.logsigmoid(logits) if sigmoid else torch.log_softmax(logits, dim=1)
     return logits.gather(1, idx)
+
+
+def labels_above(probs, threshold: float = DEFAULT_THRESHOLD) -> list[int]:
+    """How many labels of each image (rows of (N, C) ``probs``) reach ``threshold``, at least one (an image
+    with none is explained for its most probable label)."""
+    import numpy as np
+
+    return [max(1, int(n)) for n in (np.asarray(probs) >= threshold).sum(axis=1)]
 
 
 def top_k(label) -> int | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from ..cam.methods import DEFAULT_METHODS, METHODS
-from ..cam.targets import SCORES
+from ..cam.targets import ACTIVATIONS, DEFAULT_THRESHOLD, SCORES
 from ..models.preprocessing import PRESETS, RESIZE_MODES
 from ..registry import Setting
 from ..run.engines import ENGINES, get_engine, list_engines
@@ -56,6 +56,12 @@ model_options = options(
     click.option("--targets", "targets", default=None, metavar="FILE",
                  help="Each photo's class to explain (implies -l true): CSV lines path,class, the path as -f "
                       "gives it, the class an index, a class name or a WordNet id."),
+    click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default="softmax", show_default=True,
+                 help="How the logits become probabilities: " + "; ".join(
+                     f"{k}: {v}" for k, v in ACTIVATIONS.items()) + "."),
+    click.option("--threshold", type=click.FloatRange(0, 1), default=None, metavar="P",
+                 help=f"With --activation sigmoid: the probability a label must reach to be explained "
+                      f"(default {DEFAULT_THRESHOLD}; an image with none: its most probable label)."),
     click.option("--score", type=click.Choice(list(SCORES)), default="logit", show_default=True,
                  help="What the gradient methods (and --guided) differentiate: " + "; ".join(
                      f"{k}: {v}" for k, v in SCORES.items()) + "."),

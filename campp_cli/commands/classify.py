@@ -47,15 +47,16 @@ class ClassifyCommand(Command):
         from ..cam.guided import guided_backprop
 
         def guided(classes):
-            return list(guided_backprop(clf.module, rgb01, classes, clf.preprocessing, score=self.options.score))
+            return list(guided_backprop(clf.module, rgb01, classes, clf.preprocessing, score=self.options.score,
+                                        activation=self.options.activation))
 
         if ranked is None:
             return guided(expl.classes)
-        per_rank = [guided(e.classes) for e in ranked]
+        per_rank = [guided(e.classes) for e in ranked]  # a multi-label image keeps its own ranks' (finish)
         return [list(ranks) for ranks in zip(*per_rank)]
 
     def finish(self, row: ExplainedRow, categories: list[str]) -> "Result":
-        ranked = self.options.top is not None
+        ranked = self.options.ranked
         figures = render(row, categories, row.added, caption=self.caption, alpha=self.options.alpha, ranked=ranked)
         make_output_folder(row.job)
         written = write_outputs(row.job, figures, row.labelled_maps(ranked) if self.options.save_maps else None)

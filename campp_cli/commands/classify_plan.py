@@ -37,7 +37,8 @@ class ClassifyPlanner(Planner):
         from ..outputs.kinds import keys as output_keys
 
         run, out_dir, output, fmt = self.run, self.output_dir, self.output, self.format
-        labels = output_labels(run.methods, top_k(run.params.label))
+        multi = run.params.activation == "sigmoid" and str(run.params.label).strip() == "-1"
+        labels = output_labels(run.methods, 1 if multi else top_k(run.params.label))
         keys = output_keys(labels, save_maps=self.drawing["save_maps"], guided=self.drawing["guided"])
         self.jobs = self.plan(Path(out_dir), output, keys=keys, fmt=fmt)
         self.check_something_exists()

@@ -28,6 +28,9 @@ class EvaluatePlanner(Planner):
             raise UsageError("campp evaluate scores one explained class per image: give a class, -1 (the "
                              "predicted one) or true (each image's own); topK is classify's", param="label",
                              value=p.label)
+        if p.activation != "softmax":
+            raise UsageError("campp evaluate's metrics are the papers', on softmax probabilities; a multi-label "
+                             "model is classify's", param="activation", value=p.activation)
         self.check_names(boxes=boxes, json=json, csv=csv, plot=plot, report=p.report, weights=p.weights,
                          labels=p.labels)
         self.steps, self.eval_batch, self.boxes_dir, self.deltas = steps, eval_batch, boxes, deltas

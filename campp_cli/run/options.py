@@ -39,12 +39,15 @@ class Options:
     alpha: float = DEFAULT_ALPHA  # the heatmap's weight in the overlays
     display: str = "crop"  # settings.DISPLAYS: the square the model saw, or the whole photo
     score: str = "logit"  # what the gradient methods differentiate (campp_cli.cam.targets.SCORES)
+    activation: str = "softmax"  # "sigmoid": a multi-label model, every label above threshold explained
+    threshold: float = 0.5  # a multi-label model's labels explained: those whose probability reaches it
     truth: dict | None = None  # label "true": str(source) -> its class index, or why it has none
 
     def __post_init__(self) -> None:
-        from ..cam.targets import check_score
+        from ..cam.targets import check_activation, check_score
 
         check_score(self.score)
+        check_activation(self.activation)
         object.__setattr__(self, "methods", parse_methods(self.methods))
         # Every setting of the methods, checked, defaults filled: the same options give the same run.
         object.__setattr__(self, "settings", check_method_settings(dict(self.settings or {}), self.methods))
@@ -58,11 +61,22 @@ class Options:
 
         return top_k(self.label) if isinstance(self.label, str) else None
 
+    @property
+    def multi_label(self) -> bool:
+        """A multi-label model's predicted labels: every label above ``threshold`` explained."""
+        return self.activation == "sigmoid" and self.label == -1
+
+    @property
+    def ranked(self) -> bool:
+        """Whether several classes of each image are explained, their files named by rank."""
+        return self.top is not None or self.multi_label
+
     def labels(self) -> list[str]:
-        """What names each method's files: the methods, or under ``-l topK`` each rank's (``top2_gradcam``)."""
+        """What names each method's files: the methods, or under ``-l topK`` each rank's (``top2_gradcam``);
+        a multi-label model's first label's (how many more an image has is known once it is explained)."""
         from ..cam.targets import output_labels
 
-        return output_labels(self.methods, self.top)
+        return output_labels(self.methods, 1 if self.multi_label else self.top)
 
     def replace(self, **changes) -> "Options":
         return dataclasses.replace(self, **changes)

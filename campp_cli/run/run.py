@@ -60,6 +60,8 @@ class RunParams:
     output_key: str | None = None  # the entry of a dict or tuple output that holds the logits
     targets: str | None = None  # a file of path,class lines: each image's class for -l true
     score: str = "logit"  # what the gradient methods differentiate (campp_cli.cam.targets.SCORES)
+    activation: str = "softmax"  # "sigmoid": a multi-label model (campp_cli.cam.targets.ACTIVATIONS)
+    threshold: float | None = None  # with "sigmoid": the probability a label must reach to be explained
 
 
 _COMMON = {f.name for f in fields(RunParams)}
@@ -111,10 +113,16 @@ class Run:
 
     def _check_targets(self) -> dict | None:
         """-l true, --targets and --score, checked (the targets file read) before anything slow."""
-        from ..cam.targets import TRUE, check_score, is_true, read_targets, top_k
+        from ..cam.targets import TRUE, check_activation, check_score, is_true, read_targets, top_k
 
         p = self.params
         check_score(p.score)
+        check_activation(p.activation)
+        if p.threshold is not None and p.activation != "sigmoid":
+            raise UsageError("is the probability a multi-label model's labels must reach: give {activation} "
+                             "sigmoid too", param="threshold", value=p.threshold, also=("activation",))
+        if p.threshold is not None and not 0 <= p.threshold <= 1:
+            raise UsageError("give a probability, 0..1", param="threshold", value=p.threshold)
         if top_k(p.label) is not None and p.targets is not None:
             raise UsageError("{targets} gives each photo's one class; {label} topK explains its most probable "
                              "ones: give one of them", param="targets", value=p.targets, also=("label",))
@@ -224,7 +232,8 @@ class Run:
             "argv": self.argv or argv_line(),
             "model": clf.arch, "weights": clf.weights_source, "layer": clf.layer,
             "settings": settings_in_words(options.methods, options.settings),
-            "label": describe_label(label, clf.categories),
+            "label": f"each image's labels of probability {options.threshold} or more (--activation sigmoid)"
+                     if options.multi_label else describe_label(label, clf.categories),
             "device": describe_device(clf.device) if get_engine(engine).on_this_machine else f"--engine {engine}",
             "versions": versions(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),

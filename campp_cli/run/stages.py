@@ -201,27 +201,35 @@ def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, comm
                  progress: Callable[[int], None] | None = None) -> list[ExplainedRow]:
     """Stage 2: one batch through the model: every requested map, then what the command adds.  ``progress``
     is told of extra forward passes as they run (see :func:`campp_cli.cam.explain`)."""
-    from ..cam.explain import explain, explain_top
+    from ..cam.explain import explain, explain_labels, explain_top
 
     rgb01 = _to_device(np.stack([r.model_input for r in rows]), clf.device)
     keywords = dict(methods=options.methods, image=rgb01, preprocess=clf.preprocessing, progress=progress,
-                    score=options.score, **options.settings)
+                    score=options.score, activation=options.activation, **options.settings)
+    x = clf.preprocessing(rgb01)
     try:
-        if options.top is None:
-            ranked = None
-            expl = explain(clf.module, clf.layer, clf.preprocessing(rgb01), [r.target for r in rows], **keywords)
-        else:  # each image's K most probable classes, from one forward pass
-            ranked = explain_top(clf.module, clf.layer, clf.preprocessing(rgb01), options.top, **keywords)
+        if not options.ranked:
+            ranked, counts = None, [1] * len(rows)
+            expl = explain(clf.module, clf.layer, x, [r.target for r in rows], **keywords)
+        elif options.top is not None:  # each image's K most probable classes, from one pass
+            counts = [options.top] * len(rows)
+            ranked = explain_top(clf.module, clf.layer, x, options.top, **keywords)
+            expl = ranked[0]
+        else:  # a multi-label model: each image's labels above the threshold, from one pass
+            keywords.pop("activation")
+            ranked, counts = explain_labels(clf.module, clf.layer, x, options.threshold, **keywords)
             expl = ranked[0]
     except ModelError as exc:
         raise ModelError(f"{exc.message} (model {clf.arch}, weights {clf.weights_source})") from None
     added = command.additions(clf, rgb01, expl) if ranked is None else command.additions(clf, rgb01, expl, ranked)
+    if ranked is not None and added and isinstance(added[0], list):  # per-rank additions: an image's own ranks
+        added = [a[:n] for a, n in zip(added, counts)]
 
     def maps_of(e, i):
         return {m: v[i] for m, v in e.maps.items()}
 
     return [ExplainedRow(row.job, row.photo, int(expl.classes[i]), expl.probs[i], maps_of(expl, i), added[i],
-                         row.region, [(int(e.classes[i]), maps_of(e, i)) for e in (ranked or [])[1:]])
+                         row.region, [(int(e.classes[i]), maps_of(e, i)) for e in (ranked or [])[1:counts[i]]])
             for i, row in enumerate(rows)]
 
 
