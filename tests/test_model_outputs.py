@@ -140,6 +140,10 @@ def build():
             return {"scores": self.net(x), "pooled": x.mean(dim=(2, 3))}
 
     return Dict()
+
+
+def fixed():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 2))
 '''
 
 
@@ -158,6 +162,8 @@ def test_the_command_line_asks_for_the_key_then_uses_it(tmp_path, run_cli, monke
     assert row["class"] in range(4) and row["outputs"]
     code, out, err = run_cli("layers", "--model", "net.py:build", "--output-key", "scores", "--size", "32")
     assert code == 0 and "net.2" in out, err
+    code, out, err = run_cli("layers", "--model", "net.py:fixed", "--size", "16")
+    assert code == 1 and "(its input size? give --size)" in err, err  # layers' own flag
 
 
 # --- in-place rectifiers, the caller's grad mode, dtypes and layouts ------------------------------------------
@@ -248,8 +254,86 @@ def test_differentiable_maps_refuse_what_cannot_carry_gradients():
     assert e.value.param == "differentiable"
     for p in model.parameters():
         p.requires_grad_(False)
-    with pytest.raises(UsageError, match="no parameter before the layer requires grad"):
+    with pytest.raises(UsageError, match="no parameter of the model \\(nor the input\\) requires grad"):
         explain(model, "2", x, differentiable=True)
+
+
+def test_a_frozen_backbone_under_a_trainable_head_still_has_differentiable_maps():
+    """The maps depend on the head's weights through the gradient g, even where nothing before the layer
+    learns (fine-tuning a head): the head's gradient is the central difference of the loss."""
+    model, x = smooth_net(), torch.rand(2, 3, 6, 6, dtype=torch.float64)
+    for p in model[:3].parameters():
+        p.requires_grad_(False)
+    head = model[4].weight
+
+    def loss():
+        e = explain(model, "2", x, [0, 2], methods="gradcam,gradcampp", differentiable=True)
+        return sum(((m - 0.3) ** 2).sum() for m in e.maps.values())
+
+    loss().backward()
+    for index in [(0, 1, 0, 0), (2, 3, 0, 0)]:
+        with torch.no_grad():
+            head[index] += 1e-6
+            up = loss().item()
+            head[index] -= 2e-6
+            down = loss().item()
+            head[index] += 1e-6
+        assert head.grad[index].item() == pytest.approx((up - down) / 2e-6, rel=1e-5, abs=1e-8)
+    assert all(p.grad is None for p in model[:3].parameters())
+
+
+def test_differentiable_maps_through_attention():
+    """A vision transformer's fused attention kernels have no double backward: campp runs its own pass with
+    PyTorch's plain attention, so a loss on the maps backpropagates."""
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                            num_classes=4).eval()
+    torch.nn.init.normal_(vit.heads.head.weight)  # torchvision starts the head at zero: no gradient at all
+    expl = explain(vit, "encoder.layers.encoder_layer_1.ln_1", torch.rand(2, 3, 32, 32), [0, 1],
+                   methods="gradcam,layercam", differentiable=True)
+    (expl.maps["layercam"][:, :2] - expl.maps["gradcam"][:, 2:]).sum().backward()  # was: no double backward
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vit.encoder.parameters())
+
+
+def test_a_half_precision_model_in_every_pass(tmp_path):
+    half = small_net().half()
+    x = torch.rand(2, 3, 16, 16)
+    want = explain(small_net(), "4", x, methods="scorecam", image=x, preprocess=lambda t: t)
+    got = explain(half, "4", x, methods="scorecam", image=x, preprocess=lambda t: t)  # its passes cast too
+    np.testing.assert_allclose(got.maps["scorecam"], want.maps["scorecam"], atol=3e-2)
+    np.testing.assert_allclose(guided_backprop(half, x, [0, 1]), guided_backprop(small_net(), x, [0, 1]),
+                               atol=1e-2, rtol=5e-2)
+    from campp_cli.models.preprocessing import Preprocessing
+
+    clf = load_classifier(model=small_net().half(), preprocessing=Preprocessing(size=16, mean=(0, 0, 0),
+                                                                                 std=(1, 1, 1)))
+    assert len(clf.categories) == 5
+
+
+def test_a_model_made_under_inference_mode_is_one_clear_line():
+    with torch.inference_mode():
+        model = small_net()
+    with pytest.raises(UsageError, match="the model's parameters were made under torch.inference_mode") as e:
+        explain(model, "2", torch.rand(1, 3, 8, 8))
+    assert e.value.param == "model"
+    plain = small_net()
+    flags = [p.requires_grad for p in plain.parameters()]
+    with pytest.raises(UsageError):
+        explain(plain, "no.such.layer", torch.rand(1, 3, 8, 8))
+    assert [p.requires_grad for p in plain.parameters()] == flags
+
+
+def test_what_the_errors_name():
+    y = torch.zeros(1, 3)
+    with pytest.raises(UsageError, match="the model's dict entry 'out' is a tuple"):
+        logits_of({"out": (y, y)})
+    with pytest.raises(UsageError, match="has no entry '\\u00b2'"):
+        logits_of({"a": y, "b": y}, parse_key("\u00b2"))
+    from campp_cli.cam.explain import explain_top
+
+    assert len(explain_top(small_net(), "4", torch.rand(1, 3, 8, 8), np.int64(2))) == 2
 
 
 def test_differentiable_maps_of_a_loaded_model_equal_those_of_the_plain_module():

@@ -108,15 +108,35 @@ def test_bad_targets_are_usage_errors():
 
 def test_a_targets_file_is_read_as_csv(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "t.csv").write_text('path,class\n# a comment\n\na.png,3\n"b, c.png",tabby\n')
+    (tmp_path / "t.csv").write_text('path,class\n# a comment\n\na.png,3\n"b, c.png",tabby\n"d\ne.png",1\nf.png\n')
+    with pytest.raises(UsageError, match="line 8: give path,class") as e:  # its line, past a quoted line break
+        read_targets(tmp_path / "t.csv")
+    assert e.value.param == "targets"
+    (tmp_path / "t.csv").write_text('path,class\n# a comment\n\na.png,3\n"b, c.png",tabby\n./a.png,3\n')
     got = read_targets(tmp_path / "t.csv")
-    assert got == {str(tmp_path / "a.png"): (4, "3"), str(tmp_path / "b, c.png"): (5, "tabby")}
-    for text, problem in [("a.png\n", "line 1: give path,class"), ("a.png,1\na.png,2\n", "line 2: a.png already "
-                          "has class '1' \\(line 1\\)"), ("# nothing\n", "no path,class line in it")]:
-        (tmp_path / "bad.csv").write_text(text)
-        with pytest.raises(UsageError, match=problem) as e:
-            read_targets(tmp_path / "bad.csv")
-        assert e.value.param == "targets"
+    assert got == {str(tmp_path / "a.png"): [(4, "3"), (6, "3")], str(tmp_path / "b, c.png"): [(5, "tabby")]}
+    (tmp_path / "bad.csv").write_text("# nothing\n")
+    with pytest.raises(UsageError, match="no path,class line in it"):
+        read_targets(tmp_path / "bad.csv")
+
+
+def test_each_images_class_is_resolved_once_the_model_is_known(tmp_path, monkeypatch):
+    from campp_cli.cam.targets import true_classes
+
+    monkeypatch.chdir(tmp_path)
+    categories = ["Cardigan", "cardigan", "tabby", "tiger cat"]
+    lines = {"same.png": "same.png,tabby\n./same.png,2\n", "differ.png": "differ.png,tabby\ndiffer.png,3\n",
+             "case.png": "case.png,CARDIGAN\n", "nocase.png": "nocase.png,TIGER CAT\n",
+             "unicode.png": "unicode.png,\u00b2\n", "range.png": "range.png,9\n"}
+    (tmp_path / "t.csv").write_text("".join(lines.values()))
+    got = true_classes(list(lines) + ["missing.png"], categories, read_targets(tmp_path / "t.csv"), False)
+    assert got["same.png"] == 2 and got["nocase.png"] == 3
+    assert got["differ.png"] == "--targets lines 3, 4 give it different classes (2, 3)"
+    assert got["case.png"] == ("--targets line 5: several classes are named 'CARDIGAN' but for case (0 'Cardigan', "
+                               "1 'cardigan'); give the index")
+    assert got["unicode.png"] == "--targets line 7: the model has no class '\u00b2' (give an index or one of its names)"
+    assert got["range.png"] == "--targets line 8: the model has no class 9 (0..3)"
+    assert got["missing.png"] == "--targets has no line for this image"
 
 
 SHAPES = '''
@@ -171,6 +191,8 @@ def test_l_true_from_a_targets_file(labelled, run_cli):
     assert rows["val/red/0.png"]["class"] == 2 and rows["val/green/1.png"]["class"] == 0
     assert rows["val/blue/2.png"]["error"].endswith("--targets line 3: the model has no class 'purple' (give an "
                                                     "index or one of its names)")
+    upper = run_cli("classify", "-f", "val/red/0.png", *MODEL, "-l", "TRUE", "--targets", "t.csv", "--output-dir", "u")
+    assert upper[0] == 0, upper[2]  # the keyword in any case
     assert rows["val/blue/3.png"]["error"].endswith("--targets has no line for this image")
     assert code == 1
 

@@ -168,8 +168,11 @@ def explain_top(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch
     (``torch.autograd.grad(..., is_grads_batched=True)``; ``k`` passes of the head where an operation has
     no batched rule); class-agnostic maps (Eigen-CAM) are made once.  Keywords: as :func:`explain`.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    import numbers
+
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise UsageError("give the number of classes, 1 or more", param="top", value=k)
+    k = int(k)
     return _explain(model, layer, x, None, k, methods, image=image, preprocess=preprocess, progress=progress,
                     score=score, activation=activation, output_key=output_key, differentiable=differentiable,
                     settings={**(settings or {}), **method_settings})
@@ -218,8 +221,11 @@ def _explain(model, layer, x, classes, top, methods, *, image=None, preprocess=N
         costly = [n for n in names if get_method(n).needs == "forward passes"]
         raise UsageError(f"{', '.join(costly)}: maps from extra forward passes are not differentiable; "
                          f"choose methods of activations and gradients", param="differentiable")
-    with torch.inference_mode(False), LogitsOutput(model, output_key):
-        x = _model_input(model, x)
+    if differentiable and not x.requires_grad and not any(p.requires_grad for p in model.parameters()):
+        raise UsageError("no parameter of the model (nor the input) requires grad, so the maps cannot carry "
+                         "gradients", param="differentiable")
+    with torch.inference_mode(False), LogitsOutput(model, output_key), _twice_differentiable(differentiable):
+        x = model_input(model, x)
         logits, idx, acts, grads = _forward_backward(model, layer, x, classes, needs_any(names, "gradients"),
                                                      differentiable, score, top, activation)
         extra = {}
@@ -245,13 +251,29 @@ def _explain(model, layer, x, classes, top, methods, *, image=None, preprocess=N
             for t, maps in enumerate(out)]
 
 
-def _model_input(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _twice_differentiable(differentiable: bool):
+    """For differentiable maps, attention by its plain formula (PyTorch's math kernel): the fused CPU and
+    CUDA kernels have no double backward, which the gradient of a map needs; else nothing."""
+    import contextlib
+
+    if not differentiable:
+        return contextlib.nullcontext()
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # an older torch: its attention has no fused kernels to avoid
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def model_input(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``x`` as the model takes it: in the dtype of its floating parameters (a half-precision model), and an
-    ordinary tensor where it was made under ``torch.inference_mode()`` (which autograd cannot record)."""
+    ordinary tensor where it was made under ``torch.inference_mode()`` (which autograd cannot record).
+    Every pass campp runs feeds the model through it (the explaining pass, Score-CAM's, guided
+    backpropagation, evaluate's perturbations, the dry runs)."""
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), x.dtype)
     if x.is_floating_point() and x.dtype != dtype:
         x = x.to(dtype)
-    return x.clone() if x.is_inference() else x
+    return x.clone() if x.is_inference() and not torch.is_inference_mode_enabled() else x
 
 
 def _forward_backward(model: torch.nn.Module, layer, x: torch.Tensor, classes, wants_grads: bool,
@@ -269,9 +291,6 @@ def _forward_backward(model: torch.nn.Module, layer, x: torch.Tensor, classes, w
         acts = tap.activation
         if acts is None:
             raise UsageError(f"--layer {tap.layer}: this module ran {tap.calls} times in the forward pass")
-        if differentiable and not acts.requires_grad:
-            raise UsageError("no parameter before the layer requires grad, so the maps cannot carry gradients "
-                             "to the weights", param="differentiable")
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ModelError(f"the model's output is {shape}, not (N, classes) logits")
@@ -324,6 +343,6 @@ def _scorer(model: torch.nn.Module, preprocess, activation: str = "softmax"):
     autograd, parameters untouched."""
     def score(images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            logits = model(preprocess(images) if preprocess is not None else images).float()
+            logits = model(model_input(model, preprocess(images) if preprocess is not None else images)).float()
             return probabilities(logits, activation).gather(1, classes[:, None])[:, 0]
     return score

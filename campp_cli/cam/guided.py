@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .explain import class_tensor
+from .explain import class_tensor, model_input
 from .outputs import LogitsOutput
 from .taps import FrozenParameters
 from .targets import target_scores
@@ -62,7 +62,7 @@ def guided_backprop(model: torch.nn.Module, rgb01: torch.Tensor, classes, prepro
         x = rgb01.detach().clone().requires_grad_(True)
     with torch.inference_mode(False), torch.enable_grad(), FrozenParameters(model), GuidedReLU(model), \
             LogitsOutput(model, output_key):
-        logits = model(preprocess(x) if preprocess is not None else x)
+        logits = model(model_input(model, preprocess(x) if preprocess is not None else x))
         idx = class_tensor(classes, logits.detach())
         (grad,) = torch.autograd.grad(target_scores(logits, idx[:, None], score, activation).sum(), x)
     return grad.detach().float().cpu().numpy()

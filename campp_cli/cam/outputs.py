@@ -34,7 +34,7 @@ def parse_key(text: "str | int | None") -> "str | int | None":
     text = str(text).strip()
     if not text:
         raise UsageError("give a name (logits) or an index (0)", param="output_key", value=text)
-    return int(text) if text.isdigit() else text
+    return int(text) if text.isascii() and text.isdigit() else text
 
 
 def _entries(output) -> "tuple[str, dict | list] | None":
@@ -65,7 +65,7 @@ def _pick(kind: str, entries, key):
                              f"the logits, one of: {names}", param="output_key")
     if isinstance(key, int) and kind in ("tuple", "namedtuple", "dict" if len(values) == 1 else ""):
         if 0 <= key < len(values):
-            return key, values[key]
+            return (list(entries)[key] if named else key), values[key]
     elif named and str(key) in entries:
         return str(key), entries[str(key)]
     raise UsageError(f"the model's {kind} output has no entry {key!r}; it has: {names}", param="output_key",

@@ -26,14 +26,22 @@ class FrozenParameters:
         self._flags = []
 
     def __enter__(self):
-        self._flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        params = list(self.model.parameters())
+        if any(p.is_inference() for p in params):
+            raise UsageError("the model's parameters were made under torch.inference_mode(), which autograd "
+                             "cannot use: build or load the model outside it (or clone its parameters)",
+                             param="model")
+        self._flags = [(p, p.requires_grad) for p in params]
         for p, _ in self._flags:
             p.requires_grad_(False)
         return self
 
     def __exit__(self, *exc):
-        for p, flag in self._flags:
-            p.requires_grad_(flag)
+        for p, flag in self._flags:  # each one, whatever the others do
+            try:
+                p.requires_grad_(flag)
+            except RuntimeError:
+                pass
 
 
 def split_layer(spec: str) -> tuple[str, int | None]:
@@ -159,6 +167,8 @@ class FeatureTap:
                              f"(N, C, H, W) nor transformer tokens (N, T, C) on a square grid")
         if self.keep_graph:
             self.activation = to_grid(output, self.layout)
+            if not self.activation.requires_grad:  # a frozen backbone: the maps still depend on the head
+                self.activation = self.activation.detach().requires_grad_(True)
         else:
             self.activation = to_grid(output.detach(), self.layout).requires_grad_(True)
         # The model goes on with a copy: the next module may work in place, which neither the activation

@@ -90,7 +90,7 @@ def top_k(label) -> int | None:
     if not text.startswith("top"):
         return None
     k = text[3:]
-    if not k.isdigit() or int(k) < 1:
+    if not (k.isascii() and k.isdigit()) or int(k) < 1:
         raise UsageError("give topK with K = 1, 2, ... (top3: each image's three most probable classes)",
                          param="label", value=label)
     return int(k)
@@ -114,44 +114,53 @@ def is_true(label) -> bool:
     return str(label).strip().lower() == TRUE
 
 
-def read_targets(path: str | os.PathLike) -> dict[str, tuple[int, str]]:
-    """``--targets FILE``: ``{absolute image path: (line number, class text)}`` from lines ``path,class``
-    (CSV: quote a path holding a comma; a class is an index or a name).  Paths are relative to the working
-    folder, as ``-f``'s are; empty lines and lines starting with ``#`` are skipped, and so is a first line
-    ``path,class``.  A malformed line, or one image given two classes, is a usage error naming its line."""
+def read_targets(path: str | os.PathLike) -> dict[str, list[tuple[int, str]]]:
+    """``--targets FILE``: ``{absolute image path: [(line number, class text), ...]}`` from lines
+    ``path,class`` (CSV: quote a path holding a comma; a class is an index or a name).  Paths are relative to
+    the working folder, as ``-f``'s are; empty lines and lines starting with ``#`` are skipped, and so is a
+    first line ``path,class``.  A malformed line is a usage error naming its line; an image given on several
+    lines must get one class from them (see :func:`true_classes`)."""
     from ..io.inputs import read_capped
 
     text = read_capped(path, MAX_TARGETS_BYTES, "targets", path, unreadable="cannot read it ({reason})",
                        too_large="larger than {mb} MB; is it a targets file?",
                        not_text="not UTF-8 text ({reason} at byte {start})")
-    out: dict[str, tuple[int, str]] = {}
-    for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+    out: dict[str, list[tuple[int, str]]] = {}
+    reader = csv.reader(io.StringIO(text))
+    number = 1  # the line a record starts on (a quoted path may hold a line break)
+    for row in reader:
+        start, number = number, reader.line_num + 1
         if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
             continue
-        if number == 1 and [c.strip().lower() for c in row] == ["path", "class"]:
+        if start == 1 and [c.strip().lower() for c in row] == ["path", "class"]:
             continue
         if len(row) != 2 or not row[0].strip() or not row[1].strip():
-            raise UsageError(f"line {number}: give path,class (quote a path that holds a comma)", param="targets",
+            raise UsageError(f"line {start}: give path,class (quote a path that holds a comma)", param="targets",
                              value=path)
-        key = os.path.abspath(row[0].strip())
-        if key in out and out[key][1] != row[1].strip():
-            raise UsageError(f"line {number}: {row[0].strip()} already has class {out[key][1]!r} "
-                             f"(line {out[key][0]})", param="targets", value=path)
-        out[key] = (number, row[1].strip())
+        out.setdefault(os.path.abspath(row[0].strip()), []).append((start, row[1].strip()))
     if not out:
         raise UsageError("no path,class line in it", param="targets", value=path)
     return out
 
 
-def class_index(text: str, categories: list[str]) -> int | None:
+def class_index(text: str, categories: list[str]) -> int | str:
     """A target's class as an index: a number in range, a WordNet id (1000-class models) or a class name
-    (exactly, then ignoring case); None when it is none of these."""
+    (exactly, then ignoring case where that names one class); else why it is none."""
     from ..commands.boxes import class_of
 
     value = text.strip()
-    if value.isdigit() and value not in categories:
-        return int(value) if int(value) < len(categories) else None
-    return class_of(value, categories)
+    if value.isascii() and value.isdigit() and value not in categories:
+        if int(value) < len(categories):
+            return int(value)
+        return f"the model has no class {value} (0..{len(categories) - 1})"
+    if value not in categories:
+        hits = [k for k, c in enumerate(categories) if c.lower() == value.lower()]
+        if len(hits) > 1:
+            listed = ", ".join(f"{k} {categories[k]!r}" for k in hits[:5])
+            return f"several classes are named {value!r} but for case ({listed}); give the index"
+    found = class_of(value, categories)
+    return found if found is not None else \
+        f"the model has no class {value!r} (give an index or one of its names)"
 
 
 def true_classes(sources, categories: list[str], targets: dict | None, folders: bool) -> dict[str, "int | str"]:
@@ -161,14 +170,20 @@ def true_classes(sources, categories: list[str], targets: dict | None, folders: 
     for source in sources:
         key = str(source)
         if targets is not None:
-            found = targets.get(os.path.abspath(key))
-            if found is None:
+            lines = targets.get(os.path.abspath(key))
+            if lines is None:
                 out[key] = "--targets has no line for this image"
                 continue
-            line, text = found
-            index = class_index(text, categories)
-            out[key] = index if index is not None else \
-                f"--targets line {line}: the model has no class {text!r} (give an index or one of its names)"
+            found = {line: class_index(text, categories) for line, text in lines}
+            bad = [(line, why) for line, why in found.items() if isinstance(why, str)]
+            classes = sorted({c for c in found.values() if isinstance(c, int)})
+            if bad:
+                out[key] = f"--targets line {bad[0][0]}: {bad[0][1]}"
+            elif len(classes) > 1:
+                out[key] = (f"--targets lines {', '.join(map(str, found))} give it different classes "
+                            f"({', '.join(map(str, classes))})")
+            else:
+                out[key] = classes[0]
         else:
             from ..outputs.report_cards import true_class
 

@@ -11,9 +11,9 @@ from .options import output_key_option
 @click.option("--arch", default=None, metavar="NAME", help="Architecture to list (default vgg16; timm:NAME).")
 @click.option("--model", "model", default=None, metavar="FILE.py:FUNCTION", help="Your own model instead.")
 @output_key_option
-@click.option("--size", type=click.IntRange(8, 8192), default=None, metavar="PIXELS",
+@click.option("--size", "input_size", type=click.IntRange(8, 8192), default=None, metavar="PIXELS",
               help="Input side for the shapes. Default: the architecture's own (224 for most).")
-def layers(arch, model, output_key, size) -> None:
+def layers(arch, model, output_key, input_size) -> None:
     """List the feature maps --layer accepts, with their shapes; '*' marks the default.
 
     Needs no weights: the shapes come from one forward pass of an untrained model.
@@ -26,10 +26,10 @@ def layers(arch, model, output_key, size) -> None:
     from ..models.spec import model_spec
     from ..run.run import model_request
 
-    request = model_request(arch, model, input_size=size, output_key=output_key)
-    spec = model_spec(request["arch"], request["model"], Overrides(size=size), request["output_key"])
+    request = model_request(arch, model, input_size=input_size, output_key=output_key)
+    spec = model_spec(request["arch"], request["model"], Overrides(size=input_size), request["output_key"])
     module = spec.build().eval()
-    side = size or spec.input_size
+    side = input_size or spec.input_size
     chosen = default_layer(spec, module, size=side)
     click.echo(f"{spec.name}: feature maps for a {side}x{side} input (C x H x W)")
     maps = feature_maps(module, side)

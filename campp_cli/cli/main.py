@@ -85,12 +85,14 @@ def debugging() -> bool:
     return given or os.environ.get("CAMPP_DEBUG", "") not in ("", "0")
 
 
-def flags() -> dict[str, str]:
+def flags(command: str | None = None) -> dict[str, str]:
     """Each parameter's flag, for errors that name a parameter (``param="label"`` -> ``-l``): every command's
     options by their click name (``files`` -> ``-f``) and by the keyword their long flag spells (``--model``
-    is ``model``, as the library calls it)."""
+    is ``model``, as the library calls it); ``command``'s own first (``campp layers`` calls ``input_size``
+    ``--size``)."""
     found: dict[str, str] = {}
-    for command in cli.commands.values():
+    first = [cli.commands[command]] if command in cli.commands else []
+    for command in [*first, *cli.commands.values()]:
         for param in command.params:
             if not isinstance(param, click.Option) or not param.opts:
                 continue
@@ -180,14 +182,15 @@ def run(args: list[str], debug: bool = False) -> int:
             if debug and isinstance(exc, Exception) and not isinstance(
                     exc, (click.ClickException, BrokenPipeError, MemoryError)):
                 raise
-            code = exit_code(exc)
+            code = exit_code(exc, next((a for a in args if a in cli.commands), None))
     if code is None:
         return 0
     return code if isinstance(code, int) else EXIT_FAILURE
 
 
-def exit_code(exc: BaseException) -> int:
-    """The one line an exception is worth on stderr (said here) and its exit code."""
+def exit_code(exc: BaseException, command: str | None = None) -> int:
+    """The one line an exception is worth on stderr (said here) and its exit code; ``command``: the subcommand
+    that ran, whose flags name the parameters."""
     if isinstance(exc, click.exceptions.UsageError):
         where = exc.ctx.command_path if exc.ctx is not None else "campp"
         say(f"{where}: error: {exc.format_message()} (see '{where} --help')")
@@ -200,7 +203,7 @@ def exit_code(exc: BaseException) -> int:
         say(f"campp: error: {exc.format_message()}")
         return exc.exit_code
     if isinstance(exc, CamppError):
-        say(f"campp: error: {exc.worded(flags())}")
+        say(f"campp: error: {exc.worded(flags(command))}")
         return exc.exit_code
     if isinstance(exc, BrokenPipeError):
         return EXIT_FAILURE

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..cam.explain import model_input
 from ..draw.geometry import upsample
 
 #: RISE's insertion baseline: a Gaussian blur of the image (kernel 11, sigma 5 at 224 pixels).
@@ -39,7 +40,7 @@ def class_probability(model: torch.nn.Module, preprocess, rgb01: torch.Tensor, c
     out = []
     with torch.no_grad():
         for start in range(0, rgb01.shape[0], chunk):
-            logits = model(preprocess(rgb01[start:start + chunk])).float()
+            logits = model(model_input(model, preprocess(rgb01[start:start + chunk]))).float()
             probs = torch.softmax(logits, dim=1)
             out.append(probs.gather(1, classes[start:start + chunk, None]).squeeze(1))
     return torch.cat(out).cpu().numpy()
@@ -307,7 +308,7 @@ def _probabilities(model: torch.nn.Module, preprocess: Callable, frames: _Frames
                 frames.prefetch(road[ahead])
                 ahead += 1
             done += sum(1 for spec in chunk if _is_road(spec))
-            logits = model(preprocess(torch.stack([frames(spec) for spec in chunk]))).float()
+            logits = model(model_input(model, preprocess(torch.stack([frames(spec) for spec in chunk])))).float()
             idx = torch.tensor([i for _, i in chunk], device=device)
             p = torch.softmax(logits, dim=1).gather(1, cls[idx][:, None]).squeeze(1).cpu().numpy()
             first = (logits.argmax(dim=1) == cls[idx]).cpu().numpy()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..cam.explain import model_input
 from ..cam.taps import grid_layout, split_layer, to_grid
 from ..errors import ModelError, UsageError, suggest
 from .spec import ArchSpec, raised
@@ -38,10 +39,10 @@ def _grid_outputs(module: torch.nn.Module, size: int, device) -> tuple[list, dic
     handles = [m.register_forward_hook(hook) for m in names]
     try:
         with torch.no_grad():
-            module(torch.zeros(1, 3, size, size, device=device))
+            module(model_input(module, torch.zeros(1, 3, size, size, device=device)))
     except Exception as exc:
         raise ModelError(f"a {size}x{size} input fails in the model: {raised(exc)} "
-                         f"(its input size? give --input-size)") from exc
+                         f"(its input size? give {{input_size}})", also=("input_size",)) from exc
     finally:
         for h in handles:
             h.remove()

@@ -127,7 +127,7 @@ class Run:
             raise UsageError("{targets} gives each photo's one class; {label} topK explains its most probable "
                              "ones: give one of them", param="targets", value=p.targets, also=("label",))
         if p.targets is not None:
-            if str(p.label).strip() not in ("-1", TRUE):
+            if str(p.label).strip().lower() not in ("-1", TRUE):
                 raise UsageError("{targets} gives each photo's class: use {label} true (or leave {label} out)",
                                  param="targets", value=p.targets, also=("label",))
             self.params = replace(p, label=TRUE)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ...cam.explain import model_input
 from ...cam.outputs import logits_of
 from ...errors import ModelError, UsageError, suggest
 from ..labels import numbered
@@ -126,10 +127,10 @@ def _dry_run(module: torch.nn.Module, n: int, size: int, name: str, output_key=N
     error unless they are (n, classes) floating-point logits."""
     try:
         with torch.no_grad():
-            out = module(torch.zeros(n, 3, size, size))
+            out = module(model_input(module, torch.zeros(n, 3, size, size)))
     except Exception as exc:
         raise ModelError(f"model {name}: a {size}x{size} input fails: {raised(exc)} "
-                         f"(its input size? give --input-size)") from exc
+                         f"(its input size? give {{input_size}})", also=("input_size",)) from exc
     out = logits_of(out, output_key)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != n:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
