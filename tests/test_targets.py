@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_image
+from test_report import browser  # noqa: F401 - the browser fixture (Debian's chromium through Playwright)
 from torch import nn
 
 from campp_cli.cam import explain as explain_module
@@ -361,3 +362,38 @@ def test_a_multi_label_model_on_the_command_line(tmp_path, run_cli, monkeypatch,
 def test_multi_label_options_where_they_do_not_apply(labelled, run_cli, command, args, message):
     code, out, err = run_cli(command, "-f", "val/red/0.png", *MODEL, *args)
     assert code == 2 and message in err, err
+
+
+def test_the_report_has_a_card_per_class_explained_and_a_rank_filter(labelled, run_cli):
+    from test_report import page_data
+
+    code, out, err = run_cli("classify", "-f", "val/red/0.png", "-f", "val/green/1.png", *MODEL, "-l", "top2",
+                             "--report", "r.html", "--jsonl", "r.jsonl")
+    assert code == 0, err
+    rows = [json.loads(line) for line in (labelled / "r.jsonl").read_text().splitlines()]
+    data = page_data(labelled / "r.html")
+    assert data["counts"]["done"] == 2 and data["header"]["label"] == "each image's 2 most probable classes (-l top2)"
+    cards = [(r["input"], r["rank"], r["class_name"], r["probability"]) for r in data["records"]]
+    want = [(row["input"], t["rank"], t["name"], round(t["probability"], 6)) for row in rows for t in row["targets"]]
+    assert cards == want
+    heat = labelled / "r_files" / "000"
+    for slot in range(4):  # each card its own heatmaps: those of its class (rank 2's differ from rank 1's)
+        assert (heat / f"{slot:06d}_heatmap_gradcam.jpeg").is_file()
+    assert (heat / "000000_heatmap_gradcam.jpeg").read_bytes() != (heat / "000001_heatmap_gradcam.jpeg").read_bytes()
+
+
+def test_browser_rank_filter(labelled, run_cli, browser):  # noqa: F811 - the fixture
+    from test_report import open_report, shown_names
+
+    code, out, err = run_cli("classify", "-f", "val/red/0.png", "-f", "val/green/1.png", *MODEL, "-l", "top3",
+                             "--report", "r.html")
+    assert code == 0, err
+    page, errors = open_report(browser, labelled / "r.html")
+    assert len(shown_names(page)) == 6 and page.is_visible("#rank-filter")
+    page.select_option("#rank", "2")
+    assert shown_names(page) == ["0.png", "1.png"]
+    assert all(t.startswith("top 2") for t in page.eval_on_selector_all(".card .cls", "els => els.map(e => "
+                                                                                     "e.textContent)"))
+    assert "2 of 6 cards" in page.inner_text("#count")
+    assert errors == []
+    page.close()

@@ -68,16 +68,22 @@ class ClassifyCommand(Command):
 
 def with_card(result: "Result", row: ExplainedRow, figures: dict[str, np.ndarray], cards: bool,
               ranked: bool = False) -> "Result":
-    """``result`` with its --report images (``extra["card"]``) when ``cards``: under ``-l topK``, those of
-    its first (most probable) class."""
+    """``result`` with its --report images (``extra["card"]``) when ``cards``; when ``ranked`` (``-l topK``, a
+    multi-label model), those of each class explained (``extra["cards"]``, in rank order)."""
     if cards:
         from ..cam.targets import rank_label
         from ..outputs.report_cards import card_assets
 
-        if ranked:
-            figures = {**figures, **{kinds.key("heatmap", m): figures[kinds.key("heatmap", rank_label(1, m))]
-                                     for m in row.maps}}
-        result.extra["card"] = card_assets(row.photo, figures, row.maps)
+        if not ranked:
+            result.extra["card"] = card_assets(row.photo, figures, row.maps)
+            return result
+        def rank_figures(rank: int, maps: dict) -> dict:  # its heatmaps under the methods' keys
+            return {**figures, **{kinds.key("heatmap", m): figures[kinds.key("heatmap", rank_label(rank, m))]
+                                  for m in maps}}
+
+        # A card per class explained: its own heatmaps, the comparison's thumbnail.
+        result.extra["cards"] = [card_assets(row.photo, rank_figures(r, maps), maps)
+                                 for r, (_, maps) in enumerate(row.targets, 1)]
     return result
 
 

@@ -191,12 +191,18 @@ class Report:
         """Record one image's Result (a failure, a skip or a done image) and write its images."""
         index = len(self.records)
         if result.error is not None:
-            record = {"input": result.input, "error": result.error}
+            self.records.append({"input": result.input, "error": result.error})
         elif result.skipped:
-            record = self._skipped_record(result, index)
+            self.records.append(self._skipped_record(result, index))
+        elif result.targets:  # -l topK, a multi-label model: a card per class explained, each with its rank
+            cards = result.extra.pop("cards", None) or [None] * len(result.targets)
+            for rank, ((c, name, p), card) in enumerate(zip(result.targets, cards), 1):
+                result.extra["card"] = card
+                record = self._done_record(result, len(self.records))
+                record.update(class_index=c, class_name=name, probability=round(p, 6), rank=rank)
+                self.records.append(record)
         else:
-            record = self._done_record(result, index)
-        self.records.append(record)
+            self.records.append(self._done_record(result, index))
         done = len(self.records)
         if done - self._written_at >= max(self.every, self._written_at // 10):
             self.write()
@@ -268,7 +274,8 @@ class Report:
         """The page's data blob: the run's facts, and its records as rows (see report_cards)."""
         counts = {"done": 0, "failed": 0, "skipped": 0}
         for r in self.records:
-            counts["failed" if "error" in r else "skipped" if "skipped" in r else "done"] += 1
+            if r.get("rank", 1) == 1:  # an image's further classes are more cards, not more images
+                counts["failed" if "error" in r else "skipped" if "skipped" in r else "done"] += 1
         data = {
             "command": self.command,
             "header": {**self.header, "seconds": round(time.time() - self.started, 1)},

@@ -43,6 +43,7 @@ COLUMNS = (
     "error",            # the one-line reason it failed
     "boxes_status",     # evaluate --boxes: whether and how its boxes were found
     "scores",           # evaluate: {method: its scores (SCORE_COLUMNS)}
+    "rank",             # -l topK, a multi-label model: the explained class's rank (1: the most probable)
 )
 #: The fields of one entry of a record's top-5.
 TOP5_COLUMNS = ("class_name", "probability")
