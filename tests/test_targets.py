@@ -268,7 +268,7 @@ def test_l_top2_draws_a_row_per_class_and_names_each_ranks_files(labelled, run_c
     ("classify", ("-l", "top0"), "-l top0: give topK with K = 1, 2, ..."),
     ("classify", ("-l", "top4"), "-l top4: net.py:build has 3 classes"),
     ("classify", ("-l", "top2", "--targets", "t.csv"), "--targets gives each photo's one class; -l topK explains"),
-    ("evaluate", ("-l", "top2"), "-l top2: campp evaluate scores one explained class per image"),
+    ("evaluate", ("-l", "top2", "--sanity"), "-l top2: --sanity randomises the model for one explained class"),
 ])
 def test_top_k_is_refused_where_it_cannot_be(labelled, run_cli, command, args, message):
     (labelled / "t.csv").write_text("val/red/0.png,blue\n")
@@ -357,7 +357,7 @@ def test_a_multi_label_model_on_the_command_line(tmp_path, run_cli, monkeypatch,
 @pytest.mark.parametrize("command, args, message", [
     ("classify", ("--threshold", "0.3"), "--threshold 0.3: is the probability a multi-label model's labels must "
                                          "reach: give --activation sigmoid too"),
-    ("evaluate", ("--activation", "sigmoid"), "--activation sigmoid: campp evaluate's metrics are the papers'"),
+    ("evaluate", ("--activation", "sigmoid", "--sanity"), "--activation sigmoid: --sanity randomises the model"),
 ])
 def test_multi_label_options_where_they_do_not_apply(labelled, run_cli, command, args, message):
     code, out, err = run_cli(command, "-f", "val/red/0.png", *MODEL, *args)
@@ -397,3 +397,54 @@ def test_browser_rank_filter(labelled, run_cli, browser):  # noqa: F811 - the fi
     assert "2 of 6 cards" in page.inner_text("#count")
     assert errors == []
     page.close()
+
+
+def test_evaluate_top_k_scores_each_class_as_evaluating_it_alone_does(labelled, run_cli):
+    import csv
+
+    from test_report import page_data
+
+    photos = ("-f", "val/red/0.png", "-f", "val/green/1.png")
+    code, out, err = run_cli("evaluate", *photos, *MODEL, "-l", "top2", "--csv", "top.csv", "--json", "top.json",
+                             "--report", "r.html", "--steps", "4")
+    assert code == 0, err
+    rows = list(csv.DictReader((labelled / "top.csv").open()))
+    assert [r["rank"] for r in rows] == ["1", "1", "2", "2"] * 2  # two methods, two classes, two photos
+    document = json.loads((labelled / "top.json").read_text())
+    assert document["images"] == 2 and document["explained_classes"] == 4 and document["methods"]["gradcam"]["n"] == 4
+    fields = ("probability", "explanation_probability", "drop_percent", "deletion_auc", "insertion_auc", "gini")
+    for photo in ("val/red/0.png", "val/green/1.png"):
+        for rank in ("1", "2"):
+            mine = [r for r in rows if r["input"] == photo and r["rank"] == rank]
+            alone = run_cli("evaluate", "-f", photo, *MODEL, "-l", mine[0]["class"], "--csv", "alone.csv",
+                            "--steps", "4")
+            assert alone[0] == 0, alone[2]
+            want = list(csv.DictReader((labelled / "alone.csv").open()))
+            for a, b in zip(mine, want, strict=True):
+                assert (a["method"], a["name"]) == (b["method"], b["name"])
+                for f in fields:
+                    assert float(a[f]) == pytest.approx(float(b[f]), abs=1e-5), (photo, rank, f)
+    cards = page_data(labelled / "r.html")["records"]
+    assert [(c["input"], c["rank"]) for c in cards] == [("val/red/0.png", 1), ("val/red/0.png", 2),
+                                                        ("val/green/1.png", 1), ("val/green/1.png", 2)]
+    by_card = {(c["input"], str(c["rank"])): c["scores"]["gradcam"]["deletion_auc"] for c in cards}
+    for r in rows:
+        if r["method"] == "gradcam":
+            assert by_card[(r["input"], r["rank"])] == pytest.approx(float(r["deletion_auc"]), abs=1e-3)  # as shown
+
+
+def test_evaluate_a_multi_label_model_scores_each_label_by_its_sigmoid(tmp_path, run_cli, monkeypatch):
+    import csv
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "multi.py").write_text(MULTI)
+    write_image(tmp_path / "photo.png", 40, 30)
+    code, out, err = run_cli("evaluate", "-f", "photo.png", "--model", "multi.py:build", "--input-size", "32",
+                             "--activation", "sigmoid", "--csv", "e.csv", "--steps", "4")
+    assert code == 0, err
+    rows = list(csv.DictReader((tmp_path / "e.csv").open()))
+    assert [(r["class"], r["rank"]) for r in rows if r["method"] == "gradcam"] == [("0", "1"), ("1", "2")]
+    probs = [float(r["probability"]) for r in rows if r["method"] == "gradcam"]
+    assert 0.9 < probs[0] < 0.97 and 0.65 < probs[1] < 0.8  # sigmoids (bias 3 and 1), not softmax shares
+    for r in rows:  # O: the label's sigmoid on the photo masked by its map, near Y (the weights are tiny)
+        assert abs(float(r["explanation_probability"]) - float(r["probability"])) < 0.05

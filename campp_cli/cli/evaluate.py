@@ -89,8 +89,10 @@ class EvaluatePrinter(Printer):
         if self.quiet:
             return
         road = " and ROAD's removals" if "road" in document else ""
+        classes = f" and {document['explained_classes'] // max(1, document['images'])} classes" \
+            if document["explained_classes"] != document["images"] else ""
         say(f"campp: {document['forward_passes_per_image']} forward passes per image for the metrics "
-            f"(O, and deletion and insertion steps{road}, of {len(methods)} methods)")
+            f"(O, and deletion and insertion steps{road}, of {len(methods)} methods{classes})")
         if planner.annotations is not None:
             counts = document["boxes"]["images"]
             say("campp: boxes: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))

@@ -41,7 +41,8 @@ class EvaluateCommand(Command):
     def __init__(self, steps: int = DEFAULT_STEPS, eval_batch: int | None = None,
                  boxes: dict | None = None, deltas=boxes_.DEFAULT_DELTAS, input_size: int = 224,
                  resize: str = "crop", cards: bool = False, caption: str = "",
-                 alpha: float = DEFAULT_ALPHA, road=None, sanity: bool = False, score: str = "logit"):
+                 alpha: float = DEFAULT_ALPHA, road=None, sanity: bool = False, score: str = "logit",
+                 activation: str = "softmax"):
         self.cards = self.draws = cards  # the report's figures are the only ones evaluate draws
         self.caption = caption
         self.alpha = alpha
@@ -54,15 +55,22 @@ class EvaluateCommand(Command):
         self.road = road  # metrics.RoadSettings, or None: no ROAD
         self.sanity = sanity  # also the model-randomisation sanity check (commands.sanity)
         self.score = score  # what the gradient methods differentiate, in the sanity check's passes too
+        self.activation = activation  # "sigmoid": a multi-label model's probabilities, in every metric
 
-    def additions(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list:
+    def additions(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation, ranked=None) -> list:
+        """Each image's scores of every method (``ranked``, under ``-l topK``: of each class explained, in rank
+        order: ``"ranked"``) and its sanity check."""
         from . import metrics
 
-        y = expl.probs[np.arange(len(expl.classes)), expl.classes]  # from the explaining pass
-        scored = metrics.score_all(clf.module, clf.preprocessing, rgb01, expl.maps, expl.classes, self.steps, y,
-                                   self.eval_batch or default_eval_batch(rgb01.device), road=self.road)
+        per_rank = []
+        for e in ranked or [expl]:
+            y = e.probs[np.arange(len(e.classes)), e.classes]  # from the explaining pass
+            per_rank.append(metrics.score_all(clf.module, clf.preprocessing, rgb01, e.maps, e.classes, self.steps,
+                                              y, self.eval_batch or default_eval_batch(rgb01.device),
+                                              road=self.road, activation=self.activation))
         checked = self.sanity_check(clf, rgb01, expl) if self.sanity else [None] * len(expl.classes)
-        return [{"scores": {m: s[i] for m, s in scored.items()}, "sanity": checked[i]}
+        return [{"scores": {m: s[i] for m, s in per_rank[0].items()}, "sanity": checked[i],
+                 "ranked": [{m: s[i] for m, s in scored.items()} for scored in per_rank] if ranked else None}
                 for i in range(len(expl.classes))]
 
     def sanity_check(self, clf: Classifier, rgb01: torch.Tensor, expl: Explanation) -> list[dict]:
@@ -83,20 +91,26 @@ class EvaluateCommand(Command):
         if self.road is not None:
             result.extra["road_fractions"] = self.road.fractions
         if self.boxes is not None:
-            result.extra["boxes"] = self.localise(row, categories)
+            result.extra["boxes"] = self.localise(row, categories, row.class_index, row.maps)
+        ranked = row.added.get("ranked")
+        if ranked:  # -l topK: each class explained, scored on its own (the first is also scores and boxes)
+            result.targets = [(c, categories[c], float(row.probs[c])) for c, _ in row.targets]
+            result.extra["ranked"] = [
+                {"scores": scores, **({"boxes": self.localise(row, categories, c, maps)} if self.boxes else {})}
+                for (c, maps), scores in zip(row.targets, ranked)]
         if self.cards:
-            result = with_card(result, row, render(row, categories, caption=self.caption, alpha=self.alpha),
-                               True)
+            figures = render(row, categories, caption=self.caption, alpha=self.alpha, ranked=bool(ranked))
+            result = with_card(result, row, figures, True, bool(ranked))
         return result
 
-    def localise(self, row: ExplainedRow, categories: list[str]) -> dict:
-        """{"status": ...} and, for an image with a box of its explained class, each method's scores."""
+    def localise(self, row: ExplainedRow, categories: list[str], class_index: int, maps: dict) -> dict:
+        """{"status": ...} and, for an image with a box of ``class_index``, each method's scores of ``maps``."""
         annotation = self.boxes.get(Path(str(row.job.source)).stem)
         if annotation is None:
             return {"status": "no annotation"}
         if annotation.problem is not None:
             return {"status": "bad annotation"}
-        mine = [b for b in annotation.boxes if boxes_.class_of(b.name, categories) == row.class_index]
+        mine = [b for b in annotation.boxes if boxes_.class_of(b.name, categories) == class_index]
         if not mine:
             return {"status": "no box of the class"}
         width, height = boxes_.image_size(row.job.source)
@@ -106,15 +120,27 @@ class EvaluateCommand(Command):
         if not framed:
             return {"status": "boxes outside the crop"}
         return {"status": "boxed", "scores": {m: boxes_.score(geometry.upsample(cam, size), framed, self.deltas)
-                                               for m, cam in row.maps.items()}}
+                                               for m, cam in maps.items()}}
+
+
+def explained(results: list[Result]) -> list[tuple[Result, int | None, dict, dict]]:
+    """Every explained class of the scored images: ``(result, rank, scores, boxes)``; under ``-l topK`` each
+    image's classes in rank order (rank 1, 2...), else its one class (rank None)."""
+    out = []
+    for r in results:
+        if "ranked" in r.extra:
+            out += [(r, k, u["scores"], u.get("boxes", {})) for k, u in enumerate(r.extra["ranked"], 1)]
+        elif "scores" in r.extra:
+            out.append((r, None, r.extra["scores"], r.extra.get("boxes", {})))
+    return out
 
 
 def summarise(results: list[Result], methods, resamples: int = 2000) -> dict:
-    """{method: n, metrics and 95 % intervals} over the images that were scored."""
+    """{method: n, metrics and 95 % intervals} over the explained classes of the images that were scored."""
     from . import metrics
 
-    scored = [r for r in results if "scores" in r.extra]
-    return {m: metrics.summarise([r.extra["scores"][m] for r in scored], resamples) for m in methods}
+    scored = [scores for _, _, scores, _ in explained(results)]
+    return {m: metrics.summarise([s[m] for s in scored], resamples) for m in methods}
 
 
 def localisation(results: list[Result], methods, deltas, resamples: int = 2000) -> tuple[dict, dict]:
@@ -123,11 +149,12 @@ def localisation(results: list[Result], methods, deltas, resamples: int = 2000) 
     from . import metrics
 
     counts: dict[str, int] = {}
-    for r in results:
-        status = r.extra.get("boxes", {}).get("status")
+    units = explained(results)
+    for _, _, _, located in units:
+        status = located.get("status")
         if status is not None:
             counts[status] = counts.get(status, 0) + 1
-    boxed = [r.extra["boxes"]["scores"] for r in results if r.extra.get("boxes", {}).get("status") == "boxed"]
+    boxed = [located["scores"] for _, _, _, located in units if located.get("status") == "boxed"]
     out = {}
     for m in methods:
         entry: dict = {"n_boxed": len(boxed), "loc": {}, "loc_ci95": {}}
@@ -162,8 +189,8 @@ def win_matrix(results: list[Result], methods) -> dict[str, dict[str, float]]:
     """Win % of every method against every other, over the images that were scored."""
     from . import metrics
 
-    scored = [r for r in results if "scores" in r.extra]
-    return metrics.win_percent({m: [r.extra["scores"][m].drop for r in scored] for m in methods})
+    scored = [scores for _, _, scores, _ in explained(results)]
+    return metrics.win_percent({m: [s[m].drop for s in scored] for m in methods})
 
 
 def document(results: list[Result], clf: Classifier, options: Options, steps: int, failed: int,
@@ -183,12 +210,13 @@ def document(results: list[Result], clf: Classifier, options: Options, steps: in
         "label": options.label,
         "steps": steps,
         "forward_passes_per_image": metrics.passes_per_image(len(options.methods), steps,
-                                                             len(road.fractions) if road else 0),
+                                                             len(road.fractions) if road else 0) * (options.top or 1),
         "deletion_baseline": "black (0 in RGB [0,1])",
         "insertion_baseline": f"Gaussian blur, kernel {metrics.BLUR_KERNEL}, sigma {metrics.BLUR_SIGMA} at 224 px",
         "complexity": "Gini sparseness (Chalasani et al. 2020) and entropy in nats (Bhatt et al. 2020) of each map "
                       "at the model's input resolution",
         "images": sum(1 for r in results if "scores" in r.extra),
+        "explained_classes": len(explained(results)),
         "failed": failed,
         "weights": clf.weights_source,
         "versions": versions(),
@@ -305,11 +333,13 @@ def csv_bytes(results: list[Result], deltas=None) -> bytes:
               "road_lerf"]
     if deltas is not None:
         header += ["boxes"] + [f"loc_{boxes_.key(d)}" for d in deltas] + ["pointing_hit", "energy_pointing"]
-    writer.writerow(header)
-    for r in results:
-        located = r.extra.get("boxes", {})
-        for m, s in r.extra.get("scores", {}).items():
-            row = [r.input, m, r.class_index, r.class_name, f"{s.y:.6f}", f"{s.o:.6f}",
+    units = explained(results)
+    ranked = any(rank is not None for _, rank, _, _ in units)
+    writer.writerow(header + (["rank"] if ranked else []))
+    for r, rank, scores, located in units:
+        c, name = (r.targets[rank - 1][:2]) if rank is not None else (r.class_index, r.class_name)
+        for m, s in scores.items():
+            row = [r.input, m, c, name, f"{s.y:.6f}", f"{s.o:.6f}",
                    f"{s.drop:.4f}", int(s.o > s.y), f"{s.deletion_auc:.6f}", f"{s.insertion_auc:.6f}",
                    f"{s.gini:.6f}", f"{s.entropy:.6f}"]
             row += [f"{np.mean(s.morf):.6f}", f"{np.mean(s.lerf):.6f}"] if s.morf is not None else ["", ""]
@@ -318,7 +348,7 @@ def csv_bytes(results: list[Result], deltas=None) -> bytes:
                 row += [located.get("status", "")]
                 row += ([f"{b['loc'][boxes_.key(d)]:.6f}" for d in deltas] + [int(b["pointing_hit"]),
                         f"{b['energy']:.6f}"]) if b else [""] * (len(deltas) + 2)
-            writer.writerow(row)
+            writer.writerow(row + ([rank] if ranked else []))
     return buf.getvalue().encode("utf-8")
 
 
@@ -330,7 +360,7 @@ PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 1
 def plot_png(results: list[Result], width: int = 1000, height: int = 420) -> bytes:
     """Mean deletion and insertion curves of every method, side by side, as a PNG; below them ROAD's MoRF and
     LeRF curves, where it ran (``height`` is each row's)."""
-    scored = [r.extra["scores"] for r in results if "scores" in r.extra]
+    scored = [scores for _, _, scores, _ in explained(results)]
     methods = list(scored[0]) if scored else []
     road = bool(scored) and all(s[m].morf is not None for s in scored for m in methods)
     charts = [("deletion", "Deletion (lower is better)", "fraction of pixels removed"),

@@ -24,13 +24,12 @@ class EvaluatePlanner(Planner):
         p = run.params
         from ..cam.targets import top_k
 
-        if top_k(p.label) is not None:
-            raise UsageError("campp evaluate scores one explained class per image: give a class, -1 (the "
-                             "predicted one) or true (each image's own); topK is classify's", param="label",
-                             value=p.label)
-        if p.activation != "softmax":
-            raise UsageError("campp evaluate's metrics are the papers', on softmax probabilities; a multi-label "
-                             "model is classify's", param="activation", value=p.activation)
+        if top_k(p.label) is not None and sanity:
+            raise UsageError("{sanity} randomises the model for one explained class per image: give a class, -1 "
+                             "or true with it", param="label", value=p.label, also=("sanity",))
+        if p.activation != "softmax" and sanity:
+            raise UsageError("{sanity} randomises the model for one explained class per image; give it without "
+                             "{activation} sigmoid", param="activation", value=p.activation, also=("sanity",))
         self.check_names(boxes=boxes, json=json, csv=csv, plot=plot, report=p.report, weights=p.weights,
                          labels=p.labels)
         self.steps, self.eval_batch, self.boxes_dir, self.deltas = steps, eval_batch, boxes, deltas
@@ -76,7 +75,7 @@ class EvaluatePlanner(Planner):
         return EvaluateCommand(self.steps, self.eval_batch, self.annotations, self.deltas, clf.input_size,
                                clf.preprocessing.resize, cards=report is not None,
                                caption=figure_caption(clf, options), road=road, sanity=self.sanity,
-                               score=options.score)
+                               score=options.score, activation=options.activation)
 
     def take(self, result) -> None:
         self.results.append(result)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..cam.explain import model_input
+from ..cam.targets import probabilities
 from ..draw.geometry import upsample
 
 #: RISE's insertion baseline: a Gaussian blur of the image (kernel 11, sigma 5 at 224 pixels).
@@ -35,13 +36,14 @@ BLUR_SIGMA = 5.0
 
 
 def class_probability(model: torch.nn.Module, preprocess, rgb01: torch.Tensor, classes: torch.Tensor,
-                      chunk: int = 32) -> np.ndarray:
-    """Softmax probability of ``classes[i]`` for each RGB image ``rgb01[i]`` (in [0, 1])."""
+                      chunk: int = 32, activation: str = "softmax") -> np.ndarray:
+    """Softmax probability of ``classes[i]`` for each RGB image ``rgb01[i]`` (in [0, 1]); a multi-label
+    model's (``activation="sigmoid"``): that label's sigmoid."""
     out = []
     with torch.no_grad():
         for start in range(0, rgb01.shape[0], chunk):
             logits = model(model_input(model, preprocess(rgb01[start:start + chunk]))).float()
-            probs = torch.softmax(logits, dim=1)
+            probs = probabilities(logits, activation)
             out.append(probs.gather(1, classes[start:start + chunk, None]).squeeze(1))
     return torch.cat(out).cpu().numpy()
 
@@ -150,8 +152,9 @@ def score_all(model: torch.nn.Module, preprocess: Callable, rgb01: torch.Tensor,
               classes: np.ndarray, steps: int, y: np.ndarray, eval_batch: int = 32,
               deletion_baseline: Callable[[torch.Tensor], torch.Tensor] = torch.zeros_like,
               insertion_baseline: Callable[[torch.Tensor], torch.Tensor] = blurred,
-              road: RoadSettings | None = None) -> dict[str, list[ImageScores]]:
-    """Every metric of every method's low-resolution maps for one batch of images.
+              road: RoadSettings | None = None, activation: str = "softmax") -> dict[str, list[ImageScores]]:
+    """Every metric of every method's low-resolution maps for one batch of images.  ``activation``: how the
+    logits become the class probabilities the metrics read (``"sigmoid"``: a multi-label model's labels).
 
     All the perturbed images (O, deletion and insertion steps, ROAD's imputed images, across images and
     methods) go through the model in batches of ``eval_batch`` under ``torch.inference_mode``; see
@@ -171,7 +174,7 @@ def score_all(model: torch.nn.Module, preprocess: Callable, rgb01: torch.Tensor,
         specs += [((m, order, k), i) for order in ("morf", "lerf") for k in fractions for i in range(n)]
     cls = torch.as_tensor(classes, dtype=torch.long, device=rgb01.device)
     try:
-        probs, kept = _probabilities(model, preprocess, frames, specs, cls, eval_batch)
+        probs, kept = _probabilities(model, preprocess, frames, specs, cls, eval_batch, activation)
     finally:
         frames.close()
     out = {}
@@ -293,7 +296,7 @@ ROAD_AHEAD = 64
 
 
 def _probabilities(model: torch.nn.Module, preprocess: Callable, frames: _Frames, specs: list, cls: torch.Tensor,
-                   eval_batch: int) -> tuple[dict, dict]:
+                   eval_batch: int, activation: str = "softmax") -> tuple[dict, dict]:
     """({spec: the explained class's probability on that frame}, {spec: whether it stayed the model's first
     class}), the frames in batches of ``eval_batch``; ROAD's imputed ahead."""
     probs: dict = {}
@@ -310,7 +313,7 @@ def _probabilities(model: torch.nn.Module, preprocess: Callable, frames: _Frames
             done += sum(1 for spec in chunk if _is_road(spec))
             logits = model(model_input(model, preprocess(torch.stack([frames(spec) for spec in chunk])))).float()
             idx = torch.tensor([i for _, i in chunk], device=device)
-            p = torch.softmax(logits, dim=1).gather(1, cls[idx][:, None]).squeeze(1).cpu().numpy()
+            p = probabilities(logits, activation).gather(1, cls[idx][:, None]).squeeze(1).cpu().numpy()
             first = (logits.argmax(dim=1) == cls[idx]).cpu().numpy()
             probs.update({spec: float(v) for spec, v in zip(chunk, p)})
             kept.update({spec: bool(v) for spec, v in zip(chunk, first)})

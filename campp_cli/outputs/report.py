@@ -196,8 +196,10 @@ class Report:
             self.records.append(self._skipped_record(result, index))
         elif result.targets:  # -l topK, a multi-label model: a card per class explained, each with its rank
             cards = result.extra.pop("cards", None) or [None] * len(result.targets)
-            for rank, ((c, name, p), card) in enumerate(zip(result.targets, cards), 1):
+            ranked = result.extra.get("ranked") or [{}] * len(result.targets)  # evaluate's scores of each
+            for rank, ((c, name, p), card, unit) in enumerate(zip(result.targets, cards, ranked), 1):
                 result.extra["card"] = card
+                result.extra.update(unit)
                 record = self._done_record(result, len(self.records))
                 record.update(class_index=c, class_name=name, probability=round(p, 6), rank=rank)
                 self.records.append(record)
