@@ -192,7 +192,7 @@ def test_a_page_of_an_older_format_is_no_earlier_run(tmp_path):
         assert one == {"input": "x/one.png", "skipped": 1} and "image_slot" not in two
     # The page just written is of this format: a run after it finds what it found.
     report = _report(tmp_path, 1)
-    assert set(report._earlier) == {"x/two.png"} and report._earlier["x/two.png"][1] == 1
+    assert set(report._earlier) == {("x/two.png", None)} and report._earlier[("x/two.png", None)][1] == 1
 
 
 def test_page_is_rewritten_during_the_run_and_marked_final_at_the_end(tmp_path):

@@ -265,7 +265,11 @@ def test_l_top2_draws_a_row_per_class_and_names_each_ranks_files(labelled, run_c
 
 
 @pytest.mark.parametrize("command, args, message", [
-    ("classify", ("-l", "top0"), "-l top0: give topK with K = 1, 2, ..."),
+    ("classify", ("-l", "top0"), "-l top0: give topK with K = 1..10"),
+    ("classify", ("-l", "top11"), "-l top11: give topK with K = 1..10"),
+    ("classify", ("-l", "topaz"), "-l 'topaz': no class of that name"),  # a class name, not a rank
+    ("classify", ("--activation", "sigmoid", "--threshold", "0.2", "-l", "2"), "--threshold 0.2: picks a "
+                 "multi-label model's labels; -l gives the classes already"),
     ("classify", ("-l", "top4"), "-l top4: net.py:build has 3 classes"),
     ("classify", ("-l", "top2", "--targets", "t.csv"), "--targets gives each photo's one class; -l topK explains"),
     ("evaluate", ("-l", "top2", "--sanity"), "-l top2: --sanity randomises the model for one explained class"),
@@ -448,3 +452,39 @@ def test_evaluate_a_multi_label_model_scores_each_label_by_its_sigmoid(tmp_path,
     assert 0.9 < probs[0] < 0.97 and 0.65 < probs[1] < 0.8  # sigmoids (bias 3 and 1), not softmax shares
     for r in rows:  # O: the label's sigmoid on the photo masked by its map, near Y (the weights are tiny)
         assert abs(float(r["explanation_probability"]) - float(r["probability"])) < 0.05
+
+
+def test_a_multi_label_run_checks_every_ranks_files_before_it_starts(tmp_path, run_cli, monkeypatch):
+    """A photo named like another's rank-2 heatmap is neither overwritten nor written twice."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "multi.py").write_text(MULTI)
+    (tmp_path / "col").mkdir()
+    write_image(tmp_path / "col" / "x.png", 40, 30)
+    (tmp_path / "out").mkdir()
+    victim = write_image(tmp_path / "out" / "x_top2_gradcam_heatmap.png", 40, 30, seed=3)
+    before = victim.read_bytes()
+    args = ("--model", "multi.py:build", "--input-size", "32", "--activation", "sigmoid", "--format", "png")
+    code, out, err = run_cli("classify", "-f", "col/x.png", "-f", str(victim), *args, "--output-dir", "out",
+                             "-o", "{stem}.png")
+    assert code == 2 and "overwrite" in err, err
+    assert victim.read_bytes() == before
+    write_image(tmp_path / "col" / "x_top2_gradcam_heatmap.png", 40, 30, seed=4)
+    code, out, err = run_cli("classify", "-f", "col", *args, "--output-dir", "o2", "--jsonl", "r.jsonl")
+    assert code == 0, err
+    outputs = [o for row in map(json.loads, (tmp_path / "r.jsonl").read_text().splitlines()) for o in row["outputs"]]
+    assert len(outputs) == len(set(outputs))  # no file is two photos' output
+
+
+def test_a_second_top_k_report_keeps_each_cards_own_images(labelled, run_cli):
+    from test_report import page_data
+
+    args = ("-f", "val/red/0.png", "-f", "val/green/1.png", *MODEL, "-l", "top2", "--report", "r.html")
+    for extra in ((), (), ("--skip-existing",)):
+        code, out, err = run_cli("classify", *args, *extra)
+        assert code == 0, err
+        records = page_data(labelled / "r.html")["records"]
+        assert [(r["input"], r["rank"]) for r in records] == [("val/red/0.png", 1), ("val/red/0.png", 2),
+                                                              ("val/green/1.png", 1), ("val/green/1.png", 2)]
+        slots = [r.get("image_slot", i) for i, r in enumerate(records)]
+        assert len(set(slots)) == 4, slots  # each card its own images
+        assert all(r["class_name"] for r in records)

@@ -33,6 +33,10 @@ ACTIVATIONS = {
 #: The default --threshold of a multi-label model's labels.
 DEFAULT_THRESHOLD = 0.5
 
+#: The most classes one image has explained at once (``-l topK``, a multi-label model's labels): a figure
+#: row each, and the files of every rank are checked before the run.
+MAX_RANKS = 10
+
 #: ``-l true``: each image's own class.
 TRUE = "true"
 
@@ -76,23 +80,23 @@ def target_scores(logits, idx, score: str = "logit", activation: str = "softmax"
 
 
 def labels_above(probs, threshold: float = DEFAULT_THRESHOLD) -> list[int]:
-    """How many labels of each image (rows of (N, C) ``probs``) reach ``threshold``, at least one (an image
-    with none is explained for its most probable label)."""
+    """How many labels of each image (rows of (N, C) ``probs``) reach ``threshold``: at least one (an image
+    with none is explained for its most probable label), at most :data:`MAX_RANKS` (its most probable)."""
     import numpy as np
 
-    return [max(1, int(n)) for n in (np.asarray(probs) >= threshold).sum(axis=1)]
+    return [min(MAX_RANKS, max(1, int(n))) for n in (np.asarray(probs) >= threshold).sum(axis=1)]
 
 
 def top_k(label) -> int | None:
-    """K of ``-l topK`` (each image's K most probable classes), or None for any other ``-l``; ``top0`` and
-    ``top`` alone are usage errors."""
+    """K of ``-l topK`` (each image's K most probable classes, at most :data:`MAX_RANKS`), or None for any
+    other ``-l`` (``topaz`` is a class name); ``top0``, ``top-1`` and ``top`` alone are usage errors."""
     text = str(label).strip().lower()
-    if not text.startswith("top"):
+    if not text.startswith("top") or text[3:4].isalpha():
         return None
     k = text[3:]
-    if not (k.isascii() and k.isdigit()) or int(k) < 1:
-        raise UsageError("give topK with K = 1, 2, ... (top3: each image's three most probable classes)",
-                         param="label", value=label)
+    if not (k.isascii() and k.isdigit()) or not 1 <= int(k) <= MAX_RANKS:
+        raise UsageError(f"give topK with K = 1..{MAX_RANKS} (top3: each image's three most probable classes; a "
+                         f"class named so: its index)", param="label", value=label)
     return int(k)
 
 

@@ -78,10 +78,11 @@ class EvaluateCommand(Command):
         from ..cam.guided import guided_backprop
         from . import sanity
 
-        guided = guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing, score=self.score)
+        guided = guided_backprop(clf.module, rgb01, expl.classes, clf.preprocessing, score=self.score,
+                                 activation=self.activation)
         intact = sanity.flat_maps(expl.maps, guided, rgb01.shape[-1])
         return sanity.check(clf, rgb01, intact, expl.classes, list(expl.maps), expl.settings or {},
-                            score=self.score)
+                            score=self.score, activation=self.activation)
 
     def finish(self, row: ExplainedRow, categories: list[str]) -> Result:
         result = result_of(row, categories, [])
@@ -208,6 +209,7 @@ def document(results: list[Result], clf: Classifier, options: Options, steps: in
         "layer": clf.layer,
         "settings": options.settings,
         "label": options.label,
+        **({"activation": "sigmoid", "threshold": options.threshold} if options.activation == "sigmoid" else {}),
         "steps": steps,
         "forward_passes_per_image": metrics.passes_per_image(len(options.methods), steps,
                                                              len(road.fractions) if road else 0) * (options.top or 1),

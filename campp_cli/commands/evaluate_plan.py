@@ -27,9 +27,10 @@ class EvaluatePlanner(Planner):
         if top_k(p.label) is not None and sanity:
             raise UsageError("{sanity} randomises the model for one explained class per image: give a class, -1 "
                              "or true with it", param="label", value=p.label, also=("sanity",))
-        if p.activation != "softmax" and sanity:
-            raise UsageError("{sanity} randomises the model for one explained class per image; give it without "
-                             "{activation} sigmoid", param="activation", value=p.activation, also=("sanity",))
+        if p.activation != "softmax" and sanity and str(p.label).strip() == "-1":
+            raise UsageError("{sanity} randomises the model for one explained class per image, and a multi-label "
+                             "model's labels are several: give {label} CLASS or true", param="activation",
+                             value=p.activation, also=("sanity", "label"))
         self.check_names(boxes=boxes, json=json, csv=csv, plot=plot, report=p.report, weights=p.weights,
                          labels=p.labels)
         self.steps, self.eval_batch, self.boxes_dir, self.deltas = steps, eval_batch, boxes, deltas

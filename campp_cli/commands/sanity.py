@@ -167,7 +167,8 @@ def similarity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 
 def check(clf, rgb01: torch.Tensor, intact: dict[str, np.ndarray], classes: np.ndarray, methods, settings: dict,
-          modes=MODES, progress: Callable[[int], None] | None = None, score: str = "logit") -> list[dict]:
+          modes=MODES, progress: Callable[[int], None] | None = None, score: str = "logit",
+          activation: str = "softmax") -> list[dict]:
     """Each image's similarities: ``[{mode: {map: {measure: [value per step]}}}]``, for the images of
     ``rgb01`` whose intact maps (:func:`flat_maps`) are ``intact``.  Runs one pass with the gradient and one
     guided backward per step and mode; the measures run on a thread per core (ranks, HOG and SSIM are
@@ -188,8 +189,9 @@ def check(clf, rgb01: torch.Tensor, intact: dict[str, np.ndarray], classes: np.n
         for mode in modes:
             for _, model in randomised_models(clf.module, mode):
                 expl = explain(model, clf.layer, x, classes=list(map(int, classes)), methods=methods,
-                               image=rgb01, preprocess=clf.preprocessing, score=score, **settings)
-                guided = guided_backprop(model, rgb01, classes, clf.preprocessing, score=score)
+                               image=rgb01, preprocess=clf.preprocessing, score=score, activation=activation,
+                               **settings)
+                guided = guided_backprop(model, rgb01, classes, clf.preprocessing, score=score, activation=activation)
                 now = flat_maps(expl.maps, guided, size)
                 measured = pool.map(lambda p, now=now: compare(reference[p], Features(now[p[1]][p[0]])), pairs)
                 for (i, name), values in zip(pairs, measured):

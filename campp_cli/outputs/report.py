@@ -125,7 +125,8 @@ class Report:
                        *(p for p in self.assets.iterdir() if p.is_dir() and not p.is_symlink())]:
             recover(folder)
         # An earlier page at this path: what --skip-existing skips is shown as that run found it.
-        self._earlier: dict[str, tuple[dict, int]] = {}  # input -> (its record, the slot of its images)
+        # (input, rank) -> (its record, the slot of its images); rank None but under -l topK and multi-label
+        self._earlier: dict[tuple[str, int | None], tuple[dict, int]] = {}
         self._earlier_methods: set[str] = set()
         self._read_earlier()
         self._reserved = {slot for record, slot in self._earlier.values() if "thumb_size" in record}
@@ -152,13 +153,15 @@ class Report:
         for index, record in enumerate(records):
             if record is not None and isinstance(record.get("input"), str) and "class_name" in record:
                 slot = record.get("image_slot", index)
-                if isinstance(slot, int) and slot >= 0:
-                    self._earlier[record["input"]] = (record, slot)
+                rank = record.get("rank")
+                if isinstance(slot, int) and slot >= 0 and (rank is None or isinstance(rank, int)):
+                    self._earlier[(record["input"], rank)] = (record, slot)
 
-    def _slot(self, index: int, name: str) -> int:
-        """Where the images of the ``index``-th record (of input ``name``) go: its earlier images' slot
-        (replaced), else its index unless an earlier record still shown may need that one, else a free one."""
-        earlier = self._earlier.get(name)
+    def _slot(self, index: int, name: str, rank: int | None = None) -> int:
+        """Where the images of the ``index``-th record (of input ``name``, the card of its class of ``rank``)
+        go: its earlier images' slot (replaced), else its index unless an earlier record still shown may need
+        that one, else a free one."""
+        earlier = self._earlier.get((name, rank))
         if earlier is not None and "thumb_size" in earlier[0]:
             slot = earlier[1]
         elif index not in self._reserved and index not in self._used:
@@ -170,10 +173,11 @@ class Report:
         self._used.add(slot)
         return slot
 
-    def _as_found_earlier(self, result, index: int) -> dict | None:
-        """A skipped result's record from the earlier page: only for the same methods (or more), and only if
-        its comparison figure is still the file that run wrote (same size and modification time)."""
-        earlier = self._earlier.get(result.input)
+    def _as_found_earlier(self, result, index: int, rank: int | None = None) -> dict | None:
+        """A skipped result's record (its card of ``rank``) from the earlier page: only for the same methods
+        (or more), and only if its comparison figure is still the file that run wrote (same size and
+        modification time)."""
+        earlier = self._earlier.get((result.input, rank))
         if earlier is None or not result.outputs or not set(self.methods) <= self._earlier_methods:
             return None
         record, slot = earlier
@@ -192,15 +196,17 @@ class Report:
         index = len(self.records)
         if result.error is not None:
             self.records.append({"input": result.input, "error": result.error})
-        elif result.skipped:
-            self.records.append(self._skipped_record(result, index))
+        elif result.skipped:  # its cards as the earlier page had them: one, or one per class explained
+            ranks = sorted(r for (name, r) in self._earlier if name == result.input and r is not None) or [None]
+            for rank in ranks:
+                self.records.append(self._skipped_record(result, len(self.records), rank))
         elif result.targets:  # -l topK, a multi-label model: a card per class explained, each with its rank
             cards = result.extra.pop("cards", None) or [None] * len(result.targets)
             ranked = result.extra.get("ranked") or [{}] * len(result.targets)  # evaluate's scores of each
             for rank, ((c, name, p), card, unit) in enumerate(zip(result.targets, cards, ranked), 1):
                 result.extra["card"] = card
                 result.extra.update(unit)
-                record = self._done_record(result, len(self.records))
+                record = self._done_record(result, len(self.records), rank)
                 record.update(class_index=c, class_name=name, probability=round(p, 6), rank=rank)
                 self.records.append(record)
         else:
@@ -209,10 +215,11 @@ class Report:
         if done - self._written_at >= max(self.every, self._written_at // 10):
             self.write()
 
-    def _skipped_record(self, result, index: int) -> dict:
-        """A skipped image's record: what the earlier page found of it, where that still holds."""
+    def _skipped_record(self, result, index: int, rank: int | None = None) -> dict:
+        """A skipped image's record (its card of ``rank``): what the earlier page found of it, where that still
+        holds."""
         record: dict = {"input": result.input, "skipped": 1}
-        earlier = self._as_found_earlier(result, index)
+        earlier = self._as_found_earlier(result, index, rank)
         if earlier is not None:
             record.update(earlier)
             if self.labels_from_folders:
@@ -223,12 +230,12 @@ class Report:
                     record["correct"] = int(bool(top5) and top5[0][0] == self.categories[truth])
         return record
 
-    def _done_record(self, result, index: int) -> dict:
-        """A done image's record; its card's images written to their slot."""
+    def _done_record(self, result, index: int, rank: int | None = None) -> dict:
+        """A done image's record (its card of ``rank``); its card's images written to their slot."""
         record: dict = {"input": result.input, **_cards().result_fields(result)}
         card = result.extra.pop("card", None)  # the bytes go to disk, not into memory for the run
         if card is not None:
-            slot = self._slot(index, result.input)
+            slot = self._slot(index, result.input, rank)
             self._write_assets(slot, card)
             if slot != index:
                 record["image_slot"] = slot

@@ -52,7 +52,7 @@ SCORE_COLUMNS = ("probability", "explanation_probability", "drop_percent", "dele
                  "deletion_curve", "insertion_curve", "loc", "pointing_hit", "energy_pointing", "gini", "entropy",
                  "road_morf", "road_lerf", "morf_curve", "lerf_curve")
 #: What a skipped image's record keeps of the record an earlier run's page has of it.
-KEPT = ("class_index", "class_name", "probability", "top5", "thumb_size", "disagreement", "figure_stamp")
+KEPT = ("class_index", "class_name", "probability", "top5", "thumb_size", "disagreement", "figure_stamp", "rank")
 
 
 # ----------------------------------------------------------------------------- on the workers

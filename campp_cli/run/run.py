@@ -123,6 +123,9 @@ class Run:
                              "sigmoid too", param="threshold", value=p.threshold, also=("activation",))
         if p.threshold is not None and not 0 <= p.threshold <= 1:
             raise UsageError("give a probability, 0..1", param="threshold", value=p.threshold)
+        if p.threshold is not None and str(p.label).strip() != "-1":
+            raise UsageError("picks a multi-label model's labels; {label} gives the classes already",
+                             param="threshold", value=p.threshold, also=("label",))
         if top_k(p.label) is not None and p.targets is not None:
             raise UsageError("{targets} gives each photo's one class; {label} topK explains its most probable "
                              "ones: give one of them", param="targets", value=p.targets, also=("label",))
