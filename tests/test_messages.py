@@ -19,7 +19,7 @@ LIBRARY_ONLY = {
     "command": "Run's first argument; on the command line a subcommand, checked by click",
     "preprocessing": "load_classifier's preprocessing=; the CLI gives --input-size, --mean, --std, --resize",
     "differentiable": "explain's differentiable=: maps as tensors for training, which no command writes",
-    "top": "explain_top's k; on the command line -l topK, not yet (issue 31)",
+    "top": "explain_top's k; on the command line -l topK, checked as --label",
 }
 
 
