@@ -25,6 +25,19 @@ def classifier(arch: str, scratch: Path):
     return load_classifier(arch, download=False)
 
 
+def timings(f, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``f``, after a first call (first-call costs out of the figures)."""
+    import time
+
+    f()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f()
+        out.append(time.perf_counter() - start)
+    return out
+
+
 def report_archs(measure, args, **settings) -> dict:
     """``measure(classifier, args)`` for each of ``args.archs`` (comma-separated), each model's figures
     printed as a JSON line as soon as they are made, then the whole report (the machine, ``settings`` and

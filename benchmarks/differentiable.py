@@ -11,11 +11,10 @@ models keep their own weights; VGG16 has random ones (nothing is downloaded).  P
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
-from common import report_archs
+from common import report_archs, timings
 
 from campp_cli.cam.explain import explain
 
@@ -23,13 +22,7 @@ METHODS = "gradcam,gradcampp"
 
 
 def best(f, repeats: int) -> float:
-    f()  # first-call costs out of the figures
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timings(f, repeats))
 
 
 def measure(clf, args) -> dict:

@@ -12,23 +12,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import torch
-from common import report_archs
+from common import report_archs, timings
 
 from campp_cli.cam.explain import explain, explain_top
 
 
 def median_time(f, repeats: int) -> float:
-    f()  # first-call costs out of the figures
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timings(f, repeats))
 
 
 def measure(clf, args) -> dict:

@@ -294,16 +294,28 @@ def test_sigmoid_scores_are_each_labels_own():
     np.testing.assert_allclose(target_scores(logits, idx, "logit", "sigmoid").numpy(), s)
 
 
-def multi_label_net() -> nn.Sequential:
-    """Four labels whose sigmoid probabilities are about 0.95, 0.73, 0.12 and 0.05 whatever the photo (small
-    weights, a fixed bias), so that 0.5 takes two labels, 0.9 one and 0.99 none."""
+MULTI = '''
+import torch
+from torch import nn
+
+
+def build():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 3, padding=1), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4))
     with torch.no_grad():
         net[6].weight.mul_(0.05)
         net[6].bias.copy_(torch.tensor([3.0, 1.0, -2.0, -3.0]))
-    return net.eval()
+    return net
+'''
+
+
+def multi_label_net() -> nn.Sequential:
+    """Four labels whose sigmoid probabilities are about 0.95, 0.73, 0.12 and 0.05 whatever the photo (small
+    weights, a fixed bias), so that 0.5 takes two labels, 0.9 one and 0.99 none: MULTI's model."""
+    namespace: dict = {}
+    exec(MULTI, namespace)
+    return namespace["build"]().eval()
 
 
 def test_explain_labels_explains_each_label_above_the_threshold():
@@ -325,20 +337,6 @@ def test_explain_labels_explains_each_label_above_the_threshold():
                 np.testing.assert_allclose(expl.maps[name], alone.maps[name], atol=1e-6)
 
 
-MULTI = '''
-import torch
-from torch import nn
-
-
-def build():
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 3, padding=1), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4))
-    with torch.no_grad():
-        net[6].weight.mul_(0.05)
-        net[6].bias.copy_(torch.tensor([3.0, 1.0, -2.0, -3.0]))
-    return net
-'''
 
 
 @pytest.mark.parametrize("threshold, labels", [(None, 2), ("0.9", 1), ("0.99", 1)])

@@ -113,6 +113,11 @@ def output_labels(methods, top: int | None) -> list[str]:
     return [rank_label(r, m) for r in range(1, top + 1) for m in methods]
 
 
+def is_multi_label(activation: str, label) -> bool:
+    """Whether a run explains a multi-label model's labels above its threshold: a sigmoid model, ``-l -1``."""
+    return activation == "sigmoid" and str(label).strip() == "-1"
+
+
 def is_true(label) -> bool:
     """Whether ``-l`` asks for each image's own class."""
     return str(label).strip().lower() == TRUE

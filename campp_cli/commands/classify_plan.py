@@ -31,14 +31,14 @@ class ClassifyPlanner(Planner):
         self.log = None
 
     def plan_jobs(self) -> list:
-        from ..cam.targets import MAX_RANKS, output_labels, top_k
+        from ..cam.targets import MAX_RANKS, is_multi_label, output_labels, top_k
         from ..io.jsonl import check_writable
         from ..io.names import check_collisions, check_no_overwrite, folds_case, prepare_output_dir
         from ..outputs.kinds import keys as output_keys
 
         run, out_dir, output, fmt = self.run, self.output_dir, self.output, self.format
-        multi = run.params.activation == "sigmoid" and str(run.params.label).strip() == "-1"
         # A multi-label model's photos have up to MAX_RANKS labels: every rank's files are checked.
+        multi = is_multi_label(run.params.activation, run.params.label)
         labels = output_labels(run.methods, MAX_RANKS if multi else top_k(run.params.label))
         keys = output_keys(labels, save_maps=self.drawing["save_maps"], guided=self.drawing["guided"])
         self.jobs = self.plan(Path(out_dir), output, keys=keys, fmt=fmt)

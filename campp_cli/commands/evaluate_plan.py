@@ -22,12 +22,12 @@ class EvaluatePlanner(Planner):
 
         super().__init__(run)
         p = run.params
-        from ..cam.targets import top_k
+        from ..cam.targets import is_multi_label, top_k
 
         if top_k(p.label) is not None and sanity:
             raise UsageError("{sanity} randomises the model for one explained class per image: give a class, -1 "
                              "or true with it", param="label", value=p.label, also=("sanity",))
-        if p.activation != "softmax" and sanity and str(p.label).strip() == "-1":
+        if sanity and is_multi_label(p.activation, p.label):
             raise UsageError("{sanity} randomises the model for one explained class per image, and a multi-label "
                              "model's labels are several: give {label} CLASS or true", param="activation",
                              value=p.activation, also=("sanity", "label"))

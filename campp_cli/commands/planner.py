@@ -92,14 +92,12 @@ class Planner:
         return contextlib.nullcontext()
 
     def options(self, clf, label: "int | str", **more) -> Options:
-        from ..cam.targets import is_true, true_classes
+        from ..cam.targets import DEFAULT_THRESHOLD, is_true, true_classes
         from ..run.options import Options
 
         p = self.run.params
         truth = true_classes([job.source for job in self.jobs], clf.categories, self.run.targets,
                              p.labels_from_folders) if is_true(label) else None
-        from ..cam.targets import DEFAULT_THRESHOLD
-
         threshold = DEFAULT_THRESHOLD if p.threshold is None else p.threshold
         return Options(label=label, methods=self.run.methods, settings=self.run.settings, max_pixels=p.max_pixels,
                        batch_size=p.batch_size, workers=p.workers, score=p.score, activation=p.activation,

@@ -64,7 +64,9 @@ class Options:
     @property
     def multi_label(self) -> bool:
         """A multi-label model's predicted labels: every label above ``threshold`` explained."""
-        return self.activation == "sigmoid" and self.label == -1
+        from ..cam.targets import is_multi_label
+
+        return is_multi_label(self.activation, self.label)
 
     @property
     def ranked(self) -> bool:

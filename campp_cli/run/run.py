@@ -194,12 +194,12 @@ class Run:
             device = resolve_device(self.params.gpu if here else -1, warn=lambda text: tell(Note(text)))
             clf = load_classifier(weights=self.params.weights, device=device, layer=self.params.layer,
                                   download=not self.params.offline, prepack=self.planner.prepack, **self.request)
-        given = str(self.params.label)
+        given, k = str(self.params.label), top_k(self.params.label)
         if is_true(given):
             label = TRUE
-        elif top_k(given) is not None:
-            label = f"top{top_k(given)}"
-            if top_k(given) > len(clf.categories):
+        elif k is not None:
+            label = f"top{k}"
+            if k > len(clf.categories):
                 raise UsageError(f"{clf.arch} has {len(clf.categories)} classes", param="label", value=given)
         else:
             label = resolve_label(given, clf.categories)
