@@ -202,6 +202,63 @@ def test_2_sigterm_is_an_abort_with_consistent_files(tmp_path):
     assert not list(out.glob(".campp-*"))
 
 
+
+@pytest.mark.parametrize("window", ["a set's writing has just begun", "a finished set is taken to be reported"])
+def test_2_a_stop_in_the_engines_gaps_still_reports_every_set_it_wrote(tmp_path, monkeypatch, window):
+    """A stop that falls between two steps of the engine's bookkeeping (a CI run once caught one between
+    the finishers' submit and the pending queue): every set on disk is still reported, and only those."""
+    from collections import deque
+
+    from campp_cli.io.inputs import plan
+    from campp_cli.models.loading import Classifier
+    from campp_cli.models.preprocessing import Preprocessing
+    from campp_cli.run.engines import local
+    from campp_cli.run.options import Options
+    from campp_cli.run.signals import deferrable
+
+    src = _tree(tmp_path / "src", 6)
+    out = tmp_path / "o"
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    clf = Classifier("tiny", net.eval(), "1", Preprocessing(), [str(i) for i in range(10)],
+                     torch.device("cpu"), input_size=32)
+    stop = {"armed": True}
+
+    def ctrl_c_now():  # the signal arrives at this very point, in the main thread
+        if stop.pop("armed", False):
+            signal.raise_signal(signal.SIGINT)
+
+    class Executor(local.ThreadPoolExecutor):
+        def submit(self, *args, **kwargs):
+            future = super().submit(*args, **kwargs)
+            if window.startswith("a set's") and self._thread_name_prefix == "campp-finish":
+                ctrl_c_now()
+            return future
+
+    class Pending(deque):
+        def popleft(self):
+            item = super().popleft()
+            if window.startswith("a finished"):
+                ctrl_c_now()
+            return item
+
+    monkeypatch.setattr(local, "ThreadPoolExecutor", Executor)
+    monkeypatch.setattr(local, "deque", Pending)
+    previous = signal.signal(signal.SIGINT, deferrable(signal.default_int_handler))
+    reported = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            local.run(plan([str(src)], out, None), clf, Options(batch_size=2, workers=1, max_side=48),
+                      on_result=reported.append)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "armed" not in stop  # the stop did come
+    on_disk = sorted(p.name for p in out.glob("*.jpeg") if p.stem.startswith("p") and "_" not in p.stem)
+    assert on_disk, "the stop came before anything was written: the test tests nothing"
+    assert sorted(Path(r.outputs[0]).name for r in reported) == on_disk
+
+
 # --------------------------------------------------------------------------- 3. re-runs never explain their outputs
 
 

@@ -18,6 +18,7 @@ from ...models.devices import default_batch_size
 from ...models.loading import Classifier
 from .. import stages
 from ..options import Options, Result, Summary
+from ..signals import deferred
 from ..stages import Command, Tally
 
 
@@ -79,26 +80,29 @@ class _Threads:
         # batches; a command that draws nothing (evaluate) has finished its previous batch by now.
         self._drain(0 if not self.command.draws else 2 * self.batch_size)
         while self.pending and self.pending[0].done():
-            self.record(self.pending.popleft().result())
-        finished = iter(())
-        if decoded:
-            rows = stages.explain_rows(decoded, self.clf, self.options, self.command, self.on_passes)
+            self._record_first()
+        rows = stages.explain_rows(decoded, self.clf, self.options, self.command, self.on_passes) if decoded else []
+        with deferred():  # a set whose writing has begun is in pending, so an abort reports it
             finished = iter([self.finishers.submit(stages.guarded, stages.finish, row.job.source, row,
                                                    self.clf.categories, self.command) for row in rows])
-        for outcome in outcomes:  # a failed decode is already a Result
-            if isinstance(outcome, Result):
-                failed: Future = Future()
-                failed.set_result(outcome)
-                self.pending.append(failed)
-            else:
-                self.pending.append(next(finished))
+            for outcome in outcomes:  # a failed decode is already a Result
+                if isinstance(outcome, Result):
+                    failed: Future = Future()
+                    failed.set_result(outcome)
+                    self.pending.append(failed)
+                else:
+                    self.pending.append(next(finished))
         self._drain(2 * self.batch_size)
 
     def _drain(self, limit: int) -> None:
         while len(self.pending) > limit:
-            result = self.pending[0].result()  # a signal while waiting leaves it queued, for _record_finished
-            self.pending.popleft()
-            self.record(result)
+            self.pending[0].result()  # a signal while waiting leaves it queued, for _record_finished
+            self._record_first()
+
+    def _record_first(self) -> None:
+        """Take the first finished outcome off pending and report it, with no stop in between."""
+        with deferred():
+            self.record(self.pending.popleft().result())
 
     def _shutdown(self) -> None:
         self.decoders.shutdown(wait=True, cancel_futures=True)

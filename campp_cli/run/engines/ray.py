@@ -41,6 +41,7 @@ from ...io.inputs import Job
 from ...models.devices import default_batch_size
 from .. import stages
 from ..options import Options, Result, Summary
+from ..signals import deferred
 from . import ray_tasks
 from .ray_cluster import _stop_watchdog, check_shared, connect, missing_on_nodes  # noqa: F401 (tests patch them)
 from .shipping import CANCELLED, InOrder
@@ -151,8 +152,7 @@ def _drive(todo: list[Job], clf: Classifier, options: Options, command: stages.C
 
     rows = _Rows(_dataset(todo, clf, options, command, placement, stop))
     try:
-        for row in rows:
-            take(row)
+        rows.each(take)
     except Exception:
         rows.close()
         raise
@@ -162,8 +162,7 @@ def _drive(todo: list[Job], clf: Classifier, options: Options, command: stages.C
         # still in flight come back soon; a second signal ends the wait.
         internal_kv._internal_kv_put(stop, b"1")
         try:
-            for row in rows:
-                take(row)
+            rows.each(take)
         finally:
             rows.close()
             with contextlib.suppress(Exception):
@@ -197,14 +196,20 @@ class _Rows:
         except BaseException as exc:  # noqa: BLE001 - handed to the driver's thread
             self._queue.put(("error", exc))
 
-    def __iter__(self):
+    def each(self, take) -> None:
+        """``take`` every row, in turn.  A stop waits while a row is taken off the queue and taken, so none
+        is lost between the two; it waits at most a fraction of a second for the next row to come."""
         while True:
-            kind, value = self._queue.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
+            with deferred():
+                try:
+                    kind, value = self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise value
+                take(value)
 
     def close(self) -> None:
         self._closed.set()
