@@ -80,13 +80,65 @@ def test_features_of_a_nonnegative_map_with_ties_measure_as_the_reference():
     cam = np.maximum(rng.normal(size=(64, 64)), 0)  # half the pixels tie at 0
     signed = rng.normal(size=(64, 64))
     for a, b in ((cam, np.maximum(cam + rng.normal(size=cam.shape), 0)), (signed, cam), (cam, signed)):
-        got = sanity.compare(sanity.Features(a), sanity.Features(b))
+        got = sanity.similarity(a, b)
         assert got["spearman"] == pytest.approx(ref.spearman(a, b), abs=1e-12)
         assert got["spearman_abs"] == pytest.approx(ref.spearman(np.abs(a), np.abs(b)), abs=1e-12)
     f = sanity.Features(signed)
     assert not np.array_equal(f.ranks, f.ranks_abs)
-    flat = sanity.compare(sanity.Features(np.zeros((64, 64))), sanity.Features(cam))
+    flat = sanity.similarity(np.zeros((64, 64)), cam)
     assert np.isnan(flat["spearman"]) and np.isnan(flat["hog"])
+
+
+
+def _stack_of_maps(size: int) -> np.ndarray:
+    """Maps as the check meets them: CAM-like (ties at 0, smooth), signed guided maps, ties everywhere
+    (quantised), nearly flat, flat, and gradients whose angles fall on the bins' edges (integer steps)."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[:size, :size] / size
+    blob = np.maximum(np.exp(-((yy - 0.4) ** 2 + (xx - 0.6) ** 2) * 20) - 0.3, 0)
+    return np.stack([blob, rng.normal(size=(size, size)), np.round(rng.random((size, size)) * 4),
+                     1 + 1e-9 * rng.random((size, size)), np.zeros((size, size)),
+                     np.add.outer(np.arange(size) % 3, 2 * (np.arange(size) % 5)).astype(float),
+                     np.maximum(blob + 0.05 * rng.normal(size=blob.shape), 0)])
+
+
+@pytest.mark.parametrize("size", [224, 200])
+def test_batched_measures_are_scipys_and_scikit_images(size):
+    """Every map's ranks, HOG and SSIM at once, as SciPy's ``rankdata`` and scikit-image's ``hog`` and
+    ``structural_similarity`` give them one map at a time (200: cells that do not tile the map)."""
+    from scipy.stats import rankdata
+    from skimage.feature import hog
+    from skimage.metrics import structural_similarity
+
+    maps = _stack_of_maps(size)
+    ranks = sanity.ranks(maps).numpy()
+    unit = np.stack([(np.abs(m) - np.abs(m).min()) / np.ptp(np.abs(m)) if np.ptp(m) else np.zeros_like(m)
+                     for m in maps])
+    hogs = sanity.hog(unit)
+    for k, m in enumerate(maps):
+        if np.ptp(m) == 0:
+            assert np.isnan(ranks[k]).all() and np.isnan(hogs[k]).all()
+            continue
+        np.testing.assert_array_equal(ranks[k], rankdata(m.ravel()))
+        # scikit-image sums each cell's magnitudes in float32 (its Cython accumulator), campp in float64:
+        # the features differ by up to about 1e-7
+        np.testing.assert_allclose(hogs[k], hog(unit[k], orientations=9, pixels_per_cell=(16, 16),
+                                                cells_per_block=(3, 3), block_norm="L2-Hys"), rtol=0, atol=1e-6)
+    x, y = torch.from_numpy(unit), torch.from_numpy(unit[::-1].copy())
+    got = sanity.ssim(x, y).numpy()
+    want = [structural_similarity(a, b, data_range=1.0) for a, b in zip(x.numpy(), y.numpy())]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_a_step_measures_each_map_as_it_would_alone():
+    """compare() over a stack gives each pair what similarity() gives it alone."""
+    maps = _stack_of_maps(64)
+    others = maps[::-1].copy()
+    together = sanity.compare(sanity.Features(maps), sanity.Features(others))
+    for k in range(len(maps)):
+        alone = sanity.similarity(maps[k], others[k])
+        for measure in sanity.MEASURES:
+            np.testing.assert_allclose(together[measure][k], alone[measure], rtol=0, atol=1e-12)
 
 
 @pytest.mark.slow

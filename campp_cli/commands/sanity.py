@@ -23,7 +23,7 @@ show it, a guided map's channels summed (signed), its absolute value for the "ab
 from __future__ import annotations
 
 import copy
-import os
+import functools
 from typing import Callable
 
 import numpy as np
@@ -112,50 +112,160 @@ def flat_maps(cams: dict[str, np.ndarray], guided: np.ndarray | None, size: int)
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
-    """``a`` scaled into [0, 1] (min-max; a flat map is all 0)."""
-    lo, hi = float(a.min()), float(a.max())
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    """Each (H, W) map of ``a`` (M, H, W) scaled into [0, 1] (min-max; a flat map is all 0)."""
+    lo = a.min(axis=(1, 2), keepdims=True)
+    span = a.max(axis=(1, 2), keepdims=True) - lo
+    return np.divide(a - lo, span, out=np.zeros_like(a), where=span > 0)
 
 
-def _ranks(a: np.ndarray) -> np.ndarray | None:
-    """``a``'s values' ranks (ties averaged, as Spearman's rank correlation ranks them), None where ``a`` is
-    flat (no rank correlation)."""
-    from scipy.stats import rankdata
+def ranks(a: np.ndarray) -> torch.Tensor:
+    """(M, H, W) -> (M, H*W): each map's values' ranks from 1, ties averaged (as Spearman's rank correlation
+    and SciPy's ``rankdata`` rank them), all maps at once; a flat map's row is NaN (no rank correlation)."""
+    x = torch.from_numpy(np.ascontiguousarray(a, np.float64).reshape(len(a), -1))
+    m, size = x.shape
+    values, order = torch.sort(x, dim=1)
+    pos = torch.arange(1, size + 1, dtype=torch.float64).expand(m, size)
+    starts = torch.ones(m, size, dtype=torch.bool)
+    starts[:, 1:] = values[:, 1:] != values[:, :-1]  # where a run of equal values begins
+    rank = pos.clone()
+    tied = ~starts.all(dim=1)
+    if tied.any():  # each run of equal values gets the mean of the ranks it spans
+        starts, p = starts[tied], pos[tied]
+        ends = torch.ones_like(starts)
+        ends[:, :-1] = starts[:, 1:]
+        first = torch.where(starts, p, 0.0).cummax(dim=1).values
+        last = torch.where(ends, p, float(size)).flip(1).cummin(dim=1).values.flip(1)
+        rank[tied] = (first + last) / 2
+    out = torch.empty_like(x).scatter_(1, order, rank)
+    out[values[:, 0] == values[:, -1]] = float("nan")
+    return out
 
-    return rankdata(a.ravel()) if np.ptp(a) > 0 else None
+
+#: HOG as the sanity check computes it (scikit-image's ``hog`` with these): 9 orientations over 180 degrees,
+#: cells of 16 x 16 pixels, blocks of 3 x 3 cells, each block L2-Hys normalised (eps 1e-5, clipped at 0.2).
+HOG_ORIENTATIONS, HOG_CELL, HOG_BLOCK, HOG_EPS, HOG_CLIP = 9, 16, 3, 1e-5, 0.2
 
 
-def _pearson(a: np.ndarray | None, b: np.ndarray | None) -> float:
-    return float(np.corrcoef(a, b)[0, 1]) if a is not None and b is not None else float("nan")
+@functools.lru_cache(maxsize=4)
+def _cell_index(m: int, rows: int, cols: int) -> np.ndarray:
+    """(m, rows * 16, cols * 16): the first histogram entry of each pixel's map and cell."""
+    cell_r = np.arange(rows * HOG_CELL) // HOG_CELL
+    cell_c = np.arange(cols * HOG_CELL) // HOG_CELL
+    index = (np.arange(m)[:, None, None] * rows + cell_r[None, :, None]) * cols + cell_c[None, None, :]
+    index = index * HOG_ORIENTATIONS
+    index.flags.writeable = False
+    return index
 
 
-def _hog(a: np.ndarray) -> np.ndarray | None:
-    from skimage.feature import hog
+def hog(unit: np.ndarray) -> np.ndarray:
+    """(M, H, W) maps -> (M, F) HOG feature vectors, all maps at once: scikit-image's ``hog(map,
+    orientations=9, pixels_per_cell=(16, 16), cells_per_block=(3, 3))`` (``block_norm="L2-Hys"``), computed
+    as it computes it (central differences, 0 on the border; the gradient's unsigned angle binned into
+    [20 i, 20 (i + 1)) degrees; each cell's magnitudes summed per bin over its area; every 3 x 3 block of
+    cells normalised), which ``tests/test_sanity.py`` holds it to (within 1e-6: scikit-image sums a cell's
+    magnitudes in float32, campp in float64); a row whose features are flat is NaN."""
+    from numpy.lib.stride_tricks import sliding_window_view
 
-    h = hog(_unit(a), orientations=9, pixels_per_cell=(16, 16), cells_per_block=(3, 3), feature_vector=True)
-    return h if np.ptp(h) > 0 else None
+    m, height, width = unit.shape
+    rows, cols = height // HOG_CELL, width // HOG_CELL
+    if rows < HOG_BLOCK or cols < HOG_BLOCK:
+        raise ValueError(f"maps of {height} x {width} are too small for HOG's {HOG_BLOCK * HOG_CELL}-pixel blocks")
+    h, w = rows * HOG_CELL, cols * HOG_CELL  # the pixels the cells cover
+    er, ec = min(h, height - 1), min(w, width - 1)  # central differences inside, 0 on the map's border
+    g_row = np.zeros((m, h, w))
+    np.subtract(unit[:, 2:er + 1, :w], unit[:, :er - 1, :w], out=g_row[:, 1:er])
+    g_col = np.zeros((m, h, w))
+    np.subtract(unit[:, :h, 2:ec + 1], unit[:, :h, :ec - 1], out=g_col[:, :, 1:ec])
+    magnitude = np.sqrt(g_col * g_col + g_row * g_row)
+    degrees = np.rad2deg(np.arctan2(g_row, g_col))  # (-180, 180]
+    # ``degrees % 180`` as NumPy computes it: a negative angle plus 180 (which may round to 180 itself: such a
+    # pixel falls in no bin, as in scikit-image), 180 itself 0
+    angle = np.where(degrees < 0, degrees + 180, np.where(degrees == 180, 0.0, degrees))
+    magnitude[angle >= 180] = 0
+    width_deg = 180.0 / HOG_ORIENTATIONS
+    bins = np.floor(angle / width_deg)
+    bins -= angle < bins * width_deg  # the bin whose [start, end) holds the angle (the division may round up)
+    index = _cell_index(m, rows, cols) + bins.astype(np.int64)
+    cells = np.bincount(index.ravel(), weights=magnitude.ravel(), minlength=m * rows * cols * HOG_ORIENTATIONS)
+    cells = cells.reshape(m, rows, cols, HOG_ORIENTATIONS) / (HOG_CELL * HOG_CELL)
+    blocks = sliding_window_view(cells, (HOG_BLOCK, HOG_BLOCK), axis=(1, 2))  # (M, r, c, 9, 3, 3)
+    blocks = blocks.transpose(0, 1, 2, 4, 5, 3)  # each block as scikit-image lays it out: rows, columns, bins
+    norm = np.sqrt((blocks ** 2).sum(axis=(3, 4, 5), keepdims=True) + HOG_EPS ** 2)
+    clipped = np.minimum(blocks / norm, HOG_CLIP)
+    out = clipped / np.sqrt((clipped ** 2).sum(axis=(3, 4, 5), keepdims=True) + HOG_EPS ** 2)
+    out = out.reshape(m, -1)
+    out[np.ptp(out, axis=1) == 0] = np.nan
+    return out
+
+
+#: SSIM's window (scikit-image's default): 7 x 7, uniform.
+SSIM_WINDOW = 7
+
+
+def _window_means(t: torch.Tensor) -> torch.Tensor:
+    """(M, H, W) -> (M, H - 6, W - 6): the mean of every 7 x 7 window that fits inside each map (running sums
+    along each axis, in float64)."""
+    w = SSIM_WINDOW
+    for dim in (-1, -2):
+        c = torch.cat([torch.zeros_like(t.narrow(dim, 0, 1)), t.cumsum(dim)], dim)
+        t = c.narrow(dim, w, c.shape[dim] - w) - c.narrow(dim, 0, c.shape[dim] - w)
+    return t / (w * w)
+
+
+def ssim_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One side's windowed means of x and x^2, made once for every comparison of the same maps."""
+    return _window_means(x), _window_means(x * x)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, x_moments=None, y_moments=None) -> torch.Tensor:
+    """(M, H, W) and (M, H, W) maps in [0, 1] -> (M,) SSIM: scikit-image's ``structural_similarity(x, y,
+    data_range=1)`` (7 x 7 uniform windows, sample covariances, K1 0.01 and K2 0.03, the mean over the
+    windows that fit inside the map), all pairs at once; ``*_moments``: :func:`ssim_moments`, if made."""
+    ux, uxx = x_moments or ssim_moments(x)
+    uy, uyy = y_moments or ssim_moments(y)
+    uxy = _window_means(x * y)
+    n = SSIM_WINDOW * SSIM_WINDOW
+    cov = n / (n - 1)
+    vx, vy, vxy = cov * (uxx - ux * ux), cov * (uyy - uy * uy), cov * (uxy - ux * uy)
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.mean(dim=(1, 2))
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Row-wise Pearson correlation of (M, F) and (M, F): NaN where either row is NaN (flat)."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    r = (a * b).sum(dim=1) / ((a * a).sum(dim=1) * (b * b).sum(dim=1)).sqrt()
+    return r.clamp(-1.0, 1.0).numpy()
 
 
 class Features:
-    """What the measures need of one (H, W) map, made once: its ranks (signed and of absolute values), its
-    absolute values scaled into [0, 1] and their HOG.  The intact model's maps are compared with every
-    step's, so theirs are made once per image; a map with no negative value (a CAM) ranks once."""
+    """What the measures need of a stack of (H, W) maps (M, H, W), or of one map, made once for all of them:
+    their ranks (signed and of absolute values), their absolute values scaled into [0, 1] and those maps'
+    HOG.  The intact model's maps are compared with every step's, so theirs are made once per image; a map
+    with no negative value (a CAM) ranks once."""
 
-    def __init__(self, a: np.ndarray):
+    def __init__(self, maps: np.ndarray):
+        a = np.asarray(maps, np.float64)
+        a = a[None] if a.ndim == 2 else a
         magnitude = np.abs(a)
-        self.ranks = _ranks(a)
-        self.ranks_abs = self.ranks if not (a < 0).any() else _ranks(magnitude)
-        self.unit_abs = _unit(magnitude)
-        self.hog = _hog(magnitude)
+        self.ranks = ranks(a)
+        signed = (a < 0).any(axis=(1, 2))
+        self.ranks_abs = self.ranks.clone() if signed.any() else self.ranks
+        if signed.any():
+            self.ranks_abs[torch.from_numpy(signed)] = ranks(magnitude[signed])
+        unit = _unit(magnitude)
+        self.unit_abs = torch.from_numpy(unit)
+        self.moments = ssim_moments(self.unit_abs)
+        self.hog = torch.from_numpy(hog(unit))
 
 
-def compare(a: Features, b: Features) -> dict[str, float]:
-    """:data:`MEASURES` of two maps' :class:`Features` (see :func:`similarity`)."""
-    from skimage.metrics import structural_similarity
-
+def compare(a: Features, b: Features) -> dict[str, np.ndarray]:
+    """:data:`MEASURES` of each pair of maps of two :class:`Features` of as many maps (see
+    :func:`similarity`), each an (M,) array."""
     return {"spearman": _pearson(a.ranks, b.ranks), "spearman_abs": _pearson(a.ranks_abs, b.ranks_abs),
-            "ssim": float(structural_similarity(a.unit_abs, b.unit_abs, data_range=1.0)),
-            "hog": _pearson(a.hog, b.hog)}
+            "ssim": ssim(a.unit_abs, b.unit_abs, a.moments, b.moments).numpy(), "hog": _pearson(a.hog, b.hog)}
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -163,7 +273,7 @@ def similarity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     Pearson correlation of their ranks, ties averaged), SSIM of their absolute values scaled into [0, 1] (as
     the paper shows maps), and the Pearson correlation of those maps' HOGs; NaN where a map (or its HOG) is
     flat."""
-    return compare(Features(a), Features(b))
+    return {k: float(v[0]) for k, v in compare(Features(a), Features(b)).items()}
 
 
 def check(clf, rgb01: torch.Tensor, intact: dict[str, np.ndarray], classes: np.ndarray, methods, settings: dict,
@@ -171,11 +281,8 @@ def check(clf, rgb01: torch.Tensor, intact: dict[str, np.ndarray], classes: np.n
           activation: str = "softmax") -> list[dict]:
     """Each image's similarities: ``[{mode: {map: {measure: [value per step]}}}]``, for the images of
     ``rgb01`` whose intact maps (:func:`flat_maps`) are ``intact``.  Runs one pass with the gradient and one
-    guided backward per step and mode; the measures run on a thread per core (ranks, HOG and SSIM are
-    NumPy's, which releases the GIL; beside the passes they only slow them), the intact maps' :class:`Features`
-    made once."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    guided backward per step and mode; each step's maps are measured all at once (:class:`Features`,
+    :func:`compare`), the intact maps' features made once."""
     from ..cam.explain import explain
     from ..cam.guided import guided_backprop
 
@@ -184,21 +291,20 @@ def check(clf, rgb01: torch.Tensor, intact: dict[str, np.ndarray], classes: np.n
     out: list[dict] = [{mode: {name: {m: [] for m in MEASURES} for name in intact} for mode in modes}
                        for _ in range(n)]
     x = clf.preprocessing(rgb01)
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        reference = dict(zip(pairs, pool.map(lambda p: Features(intact[p[1]][p[0]]), pairs)))
-        for mode in modes:
-            for _, model in randomised_models(clf.module, mode):
-                expl = explain(model, clf.layer, x, classes=list(map(int, classes)), methods=methods,
-                               image=rgb01, preprocess=clf.preprocessing, score=score, activation=activation,
-                               **settings)
-                guided = guided_backprop(model, rgb01, classes, clf.preprocessing, score=score, activation=activation)
-                now = flat_maps(expl.maps, guided, size)
-                measured = pool.map(lambda p, now=now: compare(reference[p], Features(now[p[1]][p[0]])), pairs)
-                for (i, name), values in zip(pairs, measured):
-                    for measure, value in values.items():
-                        out[i][mode][name][measure].append(value)
-                if progress is not None:
-                    progress(n)
+    reference = Features(np.stack([intact[name][i] for i, name in pairs]))
+    for mode in modes:
+        for _, model in randomised_models(clf.module, mode):
+            expl = explain(model, clf.layer, x, classes=list(map(int, classes)), methods=methods,
+                           image=rgb01, preprocess=clf.preprocessing, score=score, activation=activation,
+                           **settings)
+            guided = guided_backprop(model, rgb01, classes, clf.preprocessing, score=score, activation=activation)
+            now = flat_maps(expl.maps, guided, size)
+            measured = compare(reference, Features(np.stack([now[name][i] for i, name in pairs])))
+            for k, (i, name) in enumerate(pairs):
+                for measure, values in measured.items():
+                    out[i][mode][name][measure].append(float(values[k]))
+            if progress is not None:
+                progress(n)
     return out
 
 
