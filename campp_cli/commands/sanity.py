@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 from typing import Callable
 
 import numpy as np
@@ -118,26 +119,28 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return np.divide(a - lo, span, out=np.zeros_like(a), where=span > 0)
 
 
-def ranks(a: np.ndarray) -> torch.Tensor:
+def ranks(a: np.ndarray) -> np.ndarray:
     """(M, H, W) -> (M, H*W): each map's values' ranks from 1, ties averaged (as Spearman's rank correlation
     and SciPy's ``rankdata`` rank them), all maps at once; a flat map's row is NaN (no rank correlation)."""
-    x = torch.from_numpy(np.ascontiguousarray(a, np.float64).reshape(len(a), -1))
+    x = np.ascontiguousarray(a, np.float64).reshape(len(a), -1)
     m, size = x.shape
-    values, order = torch.sort(x, dim=1)
-    pos = torch.arange(1, size + 1, dtype=torch.float64).expand(m, size)
-    starts = torch.ones(m, size, dtype=torch.bool)
+    order = np.argsort(x, axis=1)
+    values = np.take_along_axis(x, order, axis=1)
+    pos = np.arange(1, size + 1, dtype=np.float64)
+    rank = np.broadcast_to(pos, (m, size)).copy()
+    starts = np.ones((m, size), bool)
     starts[:, 1:] = values[:, 1:] != values[:, :-1]  # where a run of equal values begins
-    rank = pos.clone()
-    tied = ~starts.all(dim=1)
+    tied = ~starts.all(axis=1)
     if tied.any():  # each run of equal values gets the mean of the ranks it spans
-        starts, p = starts[tied], pos[tied]
-        ends = torch.ones_like(starts)
+        starts = starts[tied]
+        ends = np.ones_like(starts)
         ends[:, :-1] = starts[:, 1:]
-        first = torch.where(starts, p, 0.0).cummax(dim=1).values
-        last = torch.where(ends, p, float(size)).flip(1).cummin(dim=1).values.flip(1)
+        first = np.maximum.accumulate(np.where(starts, pos, 0.0), axis=1)
+        last = np.minimum.accumulate(np.where(ends, pos, float(size))[:, ::-1], axis=1)[:, ::-1]
         rank[tied] = (first + last) / 2
-    out = torch.empty_like(x).scatter_(1, order, rank)
-    out[values[:, 0] == values[:, -1]] = float("nan")
+    out = np.empty_like(x)
+    np.put_along_axis(out, order, rank, axis=1)
+    out[values[:, 0] == values[:, -1]] = np.nan
     return out
 
 
@@ -202,22 +205,26 @@ def hog(unit: np.ndarray) -> np.ndarray:
 SSIM_WINDOW = 7
 
 
-def _window_means(t: torch.Tensor) -> torch.Tensor:
+def _window_means(t: np.ndarray) -> np.ndarray:
     """(M, H, W) -> (M, H - 6, W - 6): the mean of every 7 x 7 window that fits inside each map (running sums
     along each axis, in float64)."""
     w = SSIM_WINDOW
-    for dim in (-1, -2):
-        c = torch.cat([torch.zeros_like(t.narrow(dim, 0, 1)), t.cumsum(dim)], dim)
-        t = c.narrow(dim, w, c.shape[dim] - w) - c.narrow(dim, 0, c.shape[dim] - w)
+    for axis in (2, 1):
+        c = np.cumsum(t, axis=axis)
+        pad = [(0, 0)] * 3
+        pad[axis] = (1, 0)
+        c = np.pad(c, pad)
+        n = c.shape[axis]
+        t = c.take(np.arange(w, n), axis=axis) - c.take(np.arange(0, n - w), axis=axis)
     return t / (w * w)
 
 
-def ssim_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def ssim_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One side's windowed means of x and x^2, made once for every comparison of the same maps."""
     return _window_means(x), _window_means(x * x)
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, x_moments=None, y_moments=None) -> torch.Tensor:
+def ssim(x: np.ndarray, y: np.ndarray, x_moments=None, y_moments=None) -> np.ndarray:
     """(M, H, W) and (M, H, W) maps in [0, 1] -> (M,) SSIM: scikit-image's ``structural_similarity(x, y,
     data_range=1)`` (7 x 7 uniform windows, sample covariances, K1 0.01 and K2 0.03, the mean over the
     windows that fit inside the map), all pairs at once; ``*_moments``: :func:`ssim_moments`, if made."""
@@ -229,15 +236,16 @@ def ssim(x: torch.Tensor, y: torch.Tensor, x_moments=None, y_moments=None) -> to
     vx, vy, vxy = cov * (uxx - ux * ux), cov * (uyy - uy * uy), cov * (uxy - ux * uy)
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return s.mean(dim=(1, 2))
+    return s.mean(axis=(1, 2))
 
 
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise Pearson correlation of (M, F) and (M, F): NaN where either row is NaN (flat)."""
-    a = a - a.mean(dim=1, keepdim=True)
-    b = b - b.mean(dim=1, keepdim=True)
-    r = (a * b).sum(dim=1) / ((a * a).sum(dim=1) * (b * b).sum(dim=1)).sqrt()
-    return r.clamp(-1.0, 1.0).numpy()
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        r = (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    return np.clip(r, -1.0, 1.0)
 
 
 class Features:
@@ -252,20 +260,23 @@ class Features:
         magnitude = np.abs(a)
         self.ranks = ranks(a)
         signed = (a < 0).any(axis=(1, 2))
-        self.ranks_abs = self.ranks.clone() if signed.any() else self.ranks
+        self.ranks_abs = self.ranks
         if signed.any():
-            self.ranks_abs[torch.from_numpy(signed)] = ranks(magnitude[signed])
-        unit = _unit(magnitude)
-        self.unit_abs = torch.from_numpy(unit)
+            self.ranks_abs = self.ranks.copy()
+            self.ranks_abs[signed] = ranks(magnitude[signed])
+        self.unit_abs = _unit(magnitude)
         self.moments = ssim_moments(self.unit_abs)
-        self.hog = torch.from_numpy(hog(unit))
+        self.hog = hog(self.unit_abs)
+
+    def __len__(self) -> int:
+        return len(self.unit_abs)
 
 
 def compare(a: Features, b: Features) -> dict[str, np.ndarray]:
     """:data:`MEASURES` of each pair of maps of two :class:`Features` of as many maps (see
     :func:`similarity`), each an (M,) array."""
     return {"spearman": _pearson(a.ranks, b.ranks), "spearman_abs": _pearson(a.ranks_abs, b.ranks_abs),
-            "ssim": ssim(a.unit_abs, b.unit_abs, a.moments, b.moments).numpy(), "hog": _pearson(a.hog, b.hog)}
+            "ssim": ssim(a.unit_abs, b.unit_abs, a.moments, b.moments), "hog": _pearson(a.hog, b.hog)}
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -281,8 +292,10 @@ def check(clf, rgb01: torch.Tensor, intact: dict[str, np.ndarray], classes: np.n
           activation: str = "softmax") -> list[dict]:
     """Each image's similarities: ``[{mode: {map: {measure: [value per step]}}}]``, for the images of
     ``rgb01`` whose intact maps (:func:`flat_maps`) are ``intact``.  Runs one pass with the gradient and one
-    guided backward per step and mode; each step's maps are measured all at once (:class:`Features`,
-    :func:`compare`), the intact maps' features made once."""
+    guided backward per step and mode; each step's maps are measured in one batch per core (:class:`Features`
+    and :func:`compare` are NumPy's, which releases the GIL), the intact maps' features made once."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from ..cam.explain import explain
     from ..cam.guided import guided_backprop
 
@@ -291,20 +304,30 @@ def check(clf, rgb01: torch.Tensor, intact: dict[str, np.ndarray], classes: np.n
     out: list[dict] = [{mode: {name: {m: [] for m in MEASURES} for name in intact} for mode in modes}
                        for _ in range(n)]
     x = clf.preprocessing(rgb01)
-    reference = Features(np.stack([intact[name][i] for i, name in pairs]))
-    for mode in modes:
-        for _, model in randomised_models(clf.module, mode):
-            expl = explain(model, clf.layer, x, classes=list(map(int, classes)), methods=methods,
-                           image=rgb01, preprocess=clf.preprocessing, score=score, activation=activation,
-                           **settings)
-            guided = guided_backprop(model, rgb01, classes, clf.preprocessing, score=score, activation=activation)
-            now = flat_maps(expl.maps, guided, size)
-            measured = compare(reference, Features(np.stack([now[name][i] for i, name in pairs])))
-            for k, (i, name) in enumerate(pairs):
-                for measure, values in measured.items():
-                    out[i][mode][name][measure].append(float(values[k]))
-            if progress is not None:
-                progress(n)
+    cores = max(1, min(os.cpu_count() or 1, len(pairs)))
+    parts = [pairs[k::cores] for k in range(cores)]
+
+    def stack(maps: dict[str, np.ndarray], part) -> np.ndarray:
+        return np.stack([maps[name][i] for i, name in part])
+
+    with ThreadPoolExecutor(cores) as pool:
+        reference = list(pool.map(lambda part: Features(stack(intact, part)), parts))
+        for mode in modes:
+            for _, model in randomised_models(clf.module, mode):
+                expl = explain(model, clf.layer, x, classes=list(map(int, classes)), methods=methods,
+                               image=rgb01, preprocess=clf.preprocessing, score=score, activation=activation,
+                               **settings)
+                guided = guided_backprop(model, rgb01, classes, clf.preprocessing, score=score,
+                                         activation=activation)
+                now = flat_maps(expl.maps, guided, size)
+                measured = pool.map(lambda k, now=now: compare(reference[k], Features(stack(now, parts[k]))),
+                                    range(cores))
+                for part, values in zip(parts, measured):
+                    for k, (i, name) in enumerate(part):
+                        for measure, column in values.items():
+                            out[i][mode][name][measure].append(float(column[k]))
+                if progress is not None:
+                    progress(n)
     return out
 
 
