@@ -188,7 +188,7 @@ def hog(unit: np.ndarray) -> np.ndarray:
     width_deg = 180.0 / HOG_ORIENTATIONS
     bins = np.floor(angle / width_deg)
     bins -= angle < bins * width_deg  # the bin whose [start, end) holds the angle (the division may round up)
-    index = _cell_index(m, rows, cols) + bins.astype(np.int64)
+    index = _cell_index(m, rows, cols) + np.minimum(bins, HOG_ORIENTATIONS - 1).astype(np.int64)  # 180: weight 0
     cells = np.bincount(index.ravel(), weights=magnitude.ravel(), minlength=m * rows * cols * HOG_ORIENTATIONS)
     cells = cells.reshape(m, rows, cols, HOG_ORIENTATIONS) / (HOG_CELL * HOG_CELL)
     blocks = sliding_window_view(cells, (HOG_BLOCK, HOG_BLOCK), axis=(1, 2))  # (M, r, c, 9, 3, 3)
