@@ -268,9 +268,6 @@ class Features:
         self.moments = ssim_moments(self.unit_abs)
         self.hog = hog(self.unit_abs)
 
-    def __len__(self) -> int:
-        return len(self.unit_abs)
-
 
 def compare(a: Features, b: Features) -> dict[str, np.ndarray]:
     """:data:`MEASURES` of each pair of maps of two :class:`Features` of as many maps (see
