@@ -48,7 +48,8 @@ from campp_cli.registry import Setting
 
 #: Every method that needs only A and g (and Eigen-CAM, which needs A alone).
 ONE_PASS = ["gradcam", "xgradcam", "hirescam", "gradcam_elementwise", "layercam", "eigencam"]
-BUILT_IN = ["gradcam", "gradcampp", "xgradcam", "hirescam", "gradcam_elementwise", "layercam", "eigencam", "scorecam"]
+BUILT_IN = ["gradcam", "gradcampp", "xgradcam", "hirescam", "gradcam_elementwise", "layercam", "eigencam", "scorecam",
+            "cam", "eigengradcam", "kpcacam", "shapleycam", "finercam", "ablationcam", "sscam", "iscam"]
 
 
 def campp(method, A, g, variant="official"):
@@ -61,7 +62,7 @@ def campp(method, A, g, variant="official"):
 
 def test_builtins_are_registered_in_order():
     assert list_methods()[:len(BUILT_IN)] == BUILT_IN
-    assert parse_methods("all") == tuple(list_methods())
+    assert parse_methods("all") == tuple(m for m in list_methods() if m != "cam")  # CAM: GAP + linear heads only
     assert parse_methods(None) == DEFAULT_METHODS == ("gradcam", "gradcampp")
     assert parse_methods(" LayerCAM, gradcam,layercam ") == ("layercam", "gradcam")
 
@@ -142,8 +143,9 @@ def test_a_method_declares_its_own_settings():
 
 def test_check_method_settings_names_the_setting_at_fault():
     assert check_method_settings({}, ["gradcam", "scorecam"]) == {"score_batch": 32}
-    assert check_method_settings({"variant": "paper", "score_batch": 8.0}, "all") == {"variant": "paper",
-                                                                                      "score_batch": 8}
+    every = check_method_settings({"variant": "paper", "score_batch": 8.0}, "all")
+    assert every == {**{s.name: s.default for s in method_settings("all")}, "variant": "paper", "score_batch": 8}
+    assert every["score_batch"] == 8 and type(every["score_batch"]) is int
     assert check_method_settings({"score_batch": 8}, ["gradcam"]) == {}  # checked, not the run's
     with pytest.raises(UsageError, match="did you mean variant") as unknown:
         check_method_settings({"varient": "paper"}, ["gradcampp"])
@@ -260,6 +262,9 @@ def test_every_gradient_method_from_one_pass_on_seeded_models(seed):
 
     model = TinyVGG(seed)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    one_pass = [m for m in parse_methods("all") if get_method(m).needs != "forward passes"
+                and "hvp" not in get_method(m).uses]  # Finer-CAM's target is one more column of the same pass
+    assert {"gradcam", "eigengradcam", "kpcacam", "finercam"} <= set(one_pass)
     calls = {"forward": 0, "grad": 0}
     hook = model.register_forward_hook(lambda *a: calls.__setitem__("forward", calls["forward"] + 1))
     real_grad = torch.autograd.grad
@@ -270,11 +275,11 @@ def test_every_gradient_method_from_one_pass_on_seeded_models(seed):
 
     torch.autograd.grad = counting_grad
     try:
-        expl = explain(model, TARGET, x, classes=[-1, 3], methods=[m for m in list_methods() if m != "scorecam"])
+        expl = explain(model, TARGET, x, classes=[-1, 3], methods=one_pass)
     finally:
         torch.autograd.grad = real_grad
         hook.remove()
-    assert calls == {"forward": 1, "grad": 1}  # seven maps, one forward and one backward pass
+    assert calls == {"forward": 1, "grad": 1}  # ten maps, one forward and one backward pass
     for i in range(2):
         A, g, _, cls = vgg_activations_and_grads(model, x[i:i + 1], None if i == 0 else 3, cut=7)
         assert expl.classes[i] == cls
@@ -403,7 +408,8 @@ def test_every_method_through_the_cli_on_a_seeded_resnet(run_cli, tmp_path):
     out = tmp_path / "o"
     code, stdout, err = run_cli("classify", "--arch", "resnet18", "--weights", weights, "--layer", "layer1",
                                 "-f", IMAGES / "coffee.png", "-o", "c.jpeg", "--methods", "all", "--save-maps",
-                                "--output-dir", out, "--score-batch", "16")
+                                "--output-dir", out, "--score-batch", "16", "--sscam-samples", "2",
+                                "--iscam-steps", "2")
     assert code == 0, err
     rgb = np.asarray(Image.open(IMAGES / "coffee.png").convert("RGB"))
     square = paper_square(rgb, 224).astype(np.float64) / 255.0
@@ -422,12 +428,14 @@ def test_every_method_through_the_cli_on_a_seeded_resnet(run_cli, tmp_path):
         return float(torch.softmax(logits.double(), 1)[0, cls])
 
     np.testing.assert_allclose(np.load(out / "c_scorecam.npy"), scorecam_map(A, rgb01, prob), atol=1e-5)
-    # Every method's files are there, and the comparison shows the input and 8 panels in two rows.
-    for method in list_methods():
+    # Every method of "all" has its files (CAM is not one), and the comparison shows the input and 15 panels,
+    # four rows of four.
+    assert not (out / "c_cam.npy").exists()
+    for method in parse_methods("all"):
         for suffix in ("_heatmap.jpeg", "_overlay.jpeg", ".npy"):
             assert (out / f"c_{method}{suffix}").is_file()
     comparison = np.asarray(Image.open(out / "c.jpeg").convert("RGB"))
-    assert _panel_grid(comparison) == [5, 4]
+    assert _panel_grid(comparison) == [4, 4, 4, 4]
 
 
 def _panel_grid(figure: np.ndarray) -> list[int]:

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from ..errors import ModelError, UsageError
-from .methods import DEFAULT_METHODS, MethodInput, check_method_settings, get_method, needs_any, nonzero, parse_methods
+from .methods import (DEFAULT_METHODS, MethodInput, check_method_settings, get_method, needs_any, nonzero,
+                      parse_methods, uses_any)
 from .outputs import LogitsOutput
-from .taps import FeatureTap
+from .taps import FeatureTap, LayerSwap, layer_name
 from .targets import probabilities, target_scores
 
 # --------------------------------------------------------------------------- the maps
@@ -42,25 +43,41 @@ def normalise(combination: torch.Tensor) -> torch.Tensor:
 
 def cam_maps(grads: torch.Tensor | None, acts: torch.Tensor, methods=DEFAULT_METHODS, *, classes=None,
              image: torch.Tensor | None = None, score=None, progress=None, settings: dict | None = None,
+             head=None, hvp: torch.Tensor | None = None, relayer=None, own_grads: dict | None = None,
              **method_settings) -> dict[str, torch.Tensor]:
     """Every requested map from one (A, g) pair, computed in float64, returned as float32 (float64 for a
     float64 layer); differentiable functions of A and g: a graph they carry, the maps carry too.
 
     ``classes``, ``image``, ``score``, ``progress``: what methods that need forward passes take (see
-    :class:`campp_cli.cam.methods.MethodInput`).  ``settings`` and any other keyword: the methods'
-    own settings (``variant="paper"``), checked, the others at their defaults.
+    :class:`campp_cli.cam.methods.MethodInput`); ``head`` ((W, b)), ``hvp``, ``relayer``: what some methods
+    use (:data:`campp_cli.cam.methods.USES`); ``own_grads``: method name -> the gradient of that method's
+    own target.  ``settings`` and any other keyword: the methods' own settings (``variant="paper"``),
+    checked, the others at their defaults.
     """
+    import dataclasses
+
     names = parse_methods(methods)
     checked = check_method_settings({**(settings or {}), **method_settings}, names)
     inp = MethodInput(acts=acts.double(), grads=None if grads is None else grads.double(), classes=classes,
-                      image=image, score=score, progress=progress, settings=checked)
+                      image=image, score=score, progress=progress, settings=checked,
+                      head=None if head is None else tuple(t.double() for t in head),
+                      hvp=None if hvp is None else hvp.double(), relayer=relayer)
     dtype = torch.promote_types(acts.dtype, torch.float32)
     out = {}
     for name in names:
         method = get_method(name)
-        if method.needs == "gradients" and inp.grads is None:
+        mine = inp
+        if method.target is not None:
+            own = (own_grads or {}).get(name)
+            if own is None:
+                raise UsageError(f"method {name} needs the gradient of its own target; none was computed")
+            mine = dataclasses.replace(inp, grads=own.double())
+        elif method.needs == "gradients" and inp.grads is None:
             raise UsageError(f"method {name} needs the gradient; none was computed")
-        out[name] = normalise(method.compute(inp)).to(dtype)
+        missing = [use for use in method.uses if getattr(mine, use) is None]
+        if missing:
+            raise UsageError(f"method {name} uses {', '.join(missing)}; none was given")
+        out[name] = normalise(method.compute(mine)).to(dtype)
     return out
 
 
@@ -224,22 +241,32 @@ def _explain(model, layer, x, classes, top, methods, *, image=None, preprocess=N
     if differentiable and not x.requires_grad and not any(p.requires_grad for p in model.parameters()):
         raise UsageError("no parameter of the model (nor the input) requires grad, so the maps cannot carry "
                          "gradients", param="differentiable")
-    with torch.inference_mode(False), LogitsOutput(model, output_key), _twice_differentiable(differentiable):
+    own = [(n, get_method(n).target) for n in names if get_method(n).target is not None]
+    second = uses_any(names, "hvp")
+    with torch.inference_mode(False), LogitsOutput(model, output_key), \
+            _twice_differentiable(differentiable or second):
         x = model_input(model, x)
-        logits, idx, acts, grads = _forward_backward(model, layer, x, classes, needs_any(names, "gradients"),
-                                                     differentiable, score, top, activation)
+        pass_ = _forward_backward(model, layer, x, classes, needs_any(names, "gradients"), differentiable, score,
+                                  top, activation, own=[(n, fn, settings) for n, fn in own], hvp=second)
+        logits, idx, acts, grads = pass_[:4]
+        own_grads, hvps = pass_[4], pass_[5]
         extra = {}
         if needs_any(names, "forward passes"):
             source = image if image is not None else x
             prep = preprocess if image is not None else None
             extra.update(image=source.detach(), score=_scorer(model, prep, activation), progress=progress)
+        if uses_any(names, "head"):
+            extra["head"] = class_weights(model, acts, logits, layer)
+        if uses_any(names, "relayer"):
+            extra["relayer"] = _relayer(model, layer, x.detach(), score, activation)
         agnostic = [n for n in names if not get_method(n).class_specific]
         out, shared = [], {}
         with torch.enable_grad() if differentiable else torch.no_grad():
             for t in range(idx.shape[1]):
                 wanted = [n for n in names if n not in shared]
                 made = cam_maps(None if grads is None else grads[t], acts, wanted, classes=idx[:, t],
-                                settings=settings, **extra)
+                                settings=settings, hvp=None if hvps is None else hvps[t],
+                                own_grads={n: g[t] for n, g in own_grads.items()}, **extra)
                 shared.update({n: made[n] for n in agnostic if n in made})
                 out.append({n: made[n] if n in made else shared[n] for n in names})
     logits = logits.float()
@@ -278,13 +305,16 @@ def model_input(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _forward_backward(model: torch.nn.Module, layer, x: torch.Tensor, classes, wants_grads: bool,
                       differentiable: bool = False, score: str = "logit", top: int | None = None,
-                      activation: str = "softmax"):
+                      activation: str = "softmax", own=(), hvp: bool = False):
     """One forward pass through ``layer``'s tap (and the backward to it when ``wants_grads``): the logits,
     the explained classes (N, T) (``classes``, or each image's ``top`` most probable: a number, or a
     function of the logits that gives it), the activations and
     the gradient of each target's ``score`` (T, N, K, h, w) (None without ``wants_grads``), detached unless
-    ``differentiable`` (then the activations keep their graph and the gradient has one)."""
-    grads = None
+    ``differentiable`` (then the activations keep their graph and the gradient has one); then
+    ``{name: (T, N, K, h, w)}``, the gradients of the methods' own targets (``own``: (name, target,
+    settings) each), from the same batched backward pass, and with ``hvp`` the Hessian-vector products
+    H A of each target's score (T, N, K, h, w), else None."""
+    grads, own_grads, hvps = None, {}, None
     grad_mode = torch.enable_grad() if wants_grads or differentiable else torch.no_grad()
     with grad_mode, FeatureTap(model, layer, keep_graph=differentiable) as tap:
         logits = model(x)
@@ -301,10 +331,37 @@ def _forward_backward(model: torch.nn.Module, layer, x: torch.Tensor, classes, w
         else:  # a number, or what a function of the logits says (a multi-label model's labels)
             idx = top_tensor(top(logits.detach()) if callable(top) else top, logits.detach())
         if wants_grads:
-            grads = _target_grads(target_scores(logits, idx, score, activation), acts, differentiable)
+            t = idx.shape[1]
+            columns = [target_scores(logits, idx, score, activation)]
+            for _, target, settings in own:  # each method's own score of each target class
+                columns += [target(logits, idx[:, j], settings)[:, None] for j in range(t)]
+            every = _target_grads(torch.cat(columns, dim=1), acts, differentiable or hvp)
+            grads = every[:t]
+            own_grads = {name: every[t * (m + 1): t * (m + 2)] for m, (name, _, _) in enumerate(own)}
+            if hvp:
+                hvps = _hessian_products(grads, acts, differentiable)
+            if not differentiable:
+                grads = grads.detach()
+                own_grads = {name: g.detach() for name, g in own_grads.items()}
     if differentiable:
-        return logits.detach(), idx, acts, grads
-    return logits.detach(), idx, acts.detach(), grads
+        return logits.detach(), idx, acts, grads, own_grads, hvps
+    return logits.detach(), idx, acts.detach(), grads, own_grads, hvps
+
+
+def _hessian_products(grads: torch.Tensor, acts: torch.Tensor, differentiable: bool) -> torch.Tensor:
+    """H A for each target: the derivative of ``grads[t]`` (which carries its graph) along ``acts``, i.e.
+    the Hessian of the target's score with respect to A applied to A (zero where the head is linear in A
+    beyond the layer, piecewise: ReLU and max-pooling have no curvature)."""
+    out = []
+    for g in grads:
+        if not g.requires_grad:  # the score is linear in A: no curvature
+            out.append(torch.zeros_like(acts))
+            continue
+        (h,) = torch.autograd.grad(g, acts, grad_outputs=acts.detach(), retain_graph=True, allow_unused=True,
+                                   create_graph=differentiable)
+        out.append(torch.zeros_like(acts) if h is None else h)
+    hvps = torch.stack(out)
+    return hvps if differentiable else hvps.detach()
 
 
 def top_tensor(k: int, logits: torch.Tensor) -> torch.Tensor:
@@ -346,3 +403,38 @@ def _scorer(model: torch.nn.Module, preprocess, activation: str = "softmax"):
             logits = model(model_input(model, preprocess(images) if preprocess is not None else images)).float()
             return probabilities(logits, activation).gather(1, classes[:, None])[:, 0]
     return score
+
+
+def class_weights(model: torch.nn.Module, acts: torch.Tensor, logits: torch.Tensor, layer) -> tuple:
+    """The (W, b) of the model's head when it is a global average pool of ``layer``'s output and one linear
+    layer (CAM's setting): the last ``nn.Linear`` of K inputs and C outputs whose map of A's spatial means
+    gives the pass's logits (within float rounding); a usage error, in one line, where no such layer does."""
+    n, k = acts.shape[:2]
+    c = logits.shape[1]
+    means = acts.detach().double().mean(dim=(2, 3))
+    target = logits.detach().double()
+    low = acts.dtype in (torch.float16, torch.bfloat16)
+    tolerance = (1e-2 if low else 1e-4) * (1.0 + float(target.abs().amax()))
+    for module in reversed(list(model.modules())):
+        if isinstance(module, torch.nn.Linear) and module.in_features == k and module.out_features == c:
+            weight = module.weight.detach().double()
+            bias = torch.zeros(c, dtype=torch.float64, device=weight.device) if module.bias is None \
+                else module.bias.detach().double()
+            if float((means @ weight.T + bias - target).abs().amax()) <= tolerance:
+                return weight, bias
+    raise UsageError(f"cam: the model's head after layer {layer_name(model, layer)} is not a global average "
+                     f"pool and one linear layer ({k} -> {c}), so it has no class weights; choose gradcam, "
+                     f"which equals CAM where CAM applies", param="methods")
+
+
+
+def _relayer(model: torch.nn.Module, layer, x: torch.Tensor, score: str, activation: str):
+    """``relayer(grids, rows, classes)``: the ``score`` of ``classes`` when the model runs on ``x[rows]``
+    with ``layer``'s output replaced by ``grids`` (no autograd, parameters untouched)."""
+    swap = LayerSwap(model, layer)
+
+    def relayer(grids: torch.Tensor, rows, classes: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), swap:
+            logits = swap.run(model, x[rows], grids).float()
+            return target_scores(logits, classes[:, None].to(logits.device), score, activation)[:, 0]
+    return relayer

@@ -187,3 +187,47 @@ class FeatureTap:
             self._handle = None
         if self._frozen is not None:
             self._frozen.__exit__(*exc)
+
+
+class LayerSwap:
+    """Context manager: every forward pass of the model meanwhile has ``layer``'s output replaced by
+    ``self.grid`` (an (N, C, H, W) grid, as :class:`FeatureTap` exposes it), in the layer's own layout.
+
+    The pass is what the model computes once the layer has given that output (Ablation-CAM's channels set
+    to zero): what comes before the layer still runs, and the hook is always removed.
+    """
+
+    def __init__(self, model: torch.nn.Module, layer: "str | torch.nn.Module"):
+        layer = layer_name(model, layer)
+        name, self.call = split_layer(layer)
+        modules = dict(model.named_modules())
+        if name not in modules:
+            raise UsageError(f"--layer {layer}: the model has no such module")
+        self.module = modules[name]
+        self.grid: torch.Tensor | None = None
+        self._calls = 0
+        self._handle = None
+
+    def _hook(self, module, inputs, output):
+        index, self._calls = self._calls, self._calls + 1
+        if index != (self.call or 0) or self.grid is None:
+            return None
+        layout = grid_layout(tuple(output.shape))
+        return from_grid(self.grid.to(output.dtype), layout, output)
+
+    def run(self, model: torch.nn.Module, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """``model(x)`` with the layer's output replaced by ``grid`` (one row per row of ``x``)."""
+        self.grid, self._calls = grid, 0
+        try:
+            return model(x)
+        finally:
+            self.grid = None
+
+    def __enter__(self) -> "LayerSwap":
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None

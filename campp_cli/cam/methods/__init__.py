@@ -8,6 +8,13 @@ A method is a small module that registers a function with
   which all such methods share from campp's one forward and one backward pass;
 * ``"forward passes"``: A plus extra forward passes of the model (Score-CAM).
 
+A method may also use what only some methods want (``uses=``, :data:`USES`),
+which the pass then provides: the head's class weights (CAM), the
+Hessian-vector product H A of the score (ShapleyCAM), or passes of the model
+with the layer's output replaced (Ablation-CAM).  A method with a ``target=``
+function is given the gradient of its own score instead of the class's
+(Finer-CAM), from the same backward pass as every other target.
+
 The function receives a :class:`MethodInput` and returns the combination
 ``(N, h, w)`` *before* the common last step, ``relu(.)`` divided by its maximum
 per image (an all-zero map stays zero), which :func:`campp_cli.cam.explain.cam_maps`
@@ -46,12 +53,20 @@ from ...registry import Registry, Setting
 #: What a method may need, cheapest first.
 NEEDS = ("activations", "gradients", "forward passes")
 
+#: What a method may use besides its needs: ``"head"``: ``inp.head``, the (W, b) of a global-average-pool +
+#: linear head after the layer (a usage error where the model has none); ``"hvp"``: ``inp.hvp``, H A, the
+#: Hessian of the score with respect to A applied to A (a second backward pass); ``"relayer"``:
+#: ``inp.relayer(grids, rows, classes)``, the score of ``classes`` when the model runs on its images ``rows``
+#: with the layer's output replaced by ``grids`` (forward passes).
+USES = ("head", "hvp", "relayer")
+
 #: The methods of a run unless told otherwise (the paper's pair).
 DEFAULT_METHODS = ("gradcam", "gradcampp")
 
 #: Keywords of explain() and cam_maps() themselves: no method setting may take one of these names.
 RESERVED = frozenset({"model", "layer", "x", "classes", "methods", "image", "preprocess", "progress", "settings",
-                      "grads", "acts", "score", "output_key", "differentiable"})
+                      "grads", "acts", "score", "output_key", "differentiable", "head", "hvp", "relayer",
+                      "own_grads"})
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -68,15 +83,22 @@ class Method:
     reference: str = ""
     summary: str = ""
     settings: tuple[Setting, ...] = ()
+    uses: tuple[str, ...] = ()
+    target: Callable | None = None
+    cost: str = ""
+    in_all: bool = True
 
     @property
     def passes(self) -> str:
         """What it costs, in words: the shared pass, or that plus extra forward passes."""
+        if self.cost:
+            return self.cost
         if self.needs == "forward passes":
             return "one forward + K extra forward passes per image"
+        extra = " + a second backward (H A)" if "hvp" in self.uses else ""
         if self.needs == "activations":
             return "one forward pass (no backward)"
-        return "the shared forward + backward pass"
+        return "the shared forward + backward pass" + extra
 
 
 @dataclass
@@ -93,7 +115,8 @@ class MethodInput:
     before the model's normalisation), ``image`` the batch itself (N, 3, S, S)
     and ``progress(n)`` is called after every n forward passes; if it also has
     a ``planned(passes, images)`` method, that is called first with how many
-    passes the batch will run (for an ETA).
+    passes the batch will run (for an ETA).  What a method ``uses`` (:data:`USES`): ``head``, ``hvp``,
+    ``relayer``; a method with its own ``target`` finds the gradient of that target in ``grads``.
     """
 
     acts: Any
@@ -103,6 +126,9 @@ class MethodInput:
     score: Callable | None = None
     progress: Callable[[int], None] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    head: Any = None
+    hvp: Any = None
+    relayer: Callable | None = None
 
 
 def _check_settings(name: str, settings: tuple) -> None:
@@ -129,6 +155,11 @@ def _check_method(name: str, method: Method) -> None:
                          f"('all' is reserved)")
     if method.needs not in NEEDS:
         raise ValueError(f"method {name}: needs must be one of {', '.join(NEEDS)}, not {method.needs!r}")
+    unknown = [u for u in method.uses if u not in USES]
+    if unknown:
+        raise ValueError(f"method {name}: uses must be among {', '.join(USES)}, not {', '.join(map(repr, unknown))}")
+    if method.target is not None and method.needs != "gradients":
+        raise ValueError(f"method {name}: a target of its own is differentiated, so it needs gradients")
     _check_settings(name, method.settings)
 
 
@@ -137,18 +168,23 @@ METHODS: Registry[Method] = Registry("method", "methods", check=_check_method)
 
 
 def register_method(name: str, *, title: str | None = None, needs: str = "gradients", class_specific: bool = True,
-                    reference: str = "", summary: str = "", settings: Iterable[Setting] = (), replace: bool = False):
+                    reference: str = "", summary: str = "", settings: Iterable[Setting] = (), uses: Iterable[str] = (),
+                    target: Callable | None = None, cost: str = "", in_all: bool = True, replace: bool = False):
     """Decorator: register ``fn(MethodInput) -> (N, h, w)`` under ``name``.
 
     ``name`` is lower-case letters, digits and ``_`` (it becomes part of file
     names); ``settings``: the :class:`~campp_cli.registry.Setting` s the method
     reads from ``inp.settings`` (explain() takes each as a keyword);
-    ``replace=True`` lets a notebook re-run its cell.
+    ``uses``: what else it takes (:data:`USES`); ``target(logits, classes, settings) -> (N,)``: the score
+    whose gradient the method gets instead of the class's; ``cost``: its passes in words (for
+    ``campp methods``), when the need alone does not say it; ``in_all=False``: a method defined for some
+    models only, which ``"all"`` leaves out (CAM); ``replace=True`` lets a notebook re-run its cell.
     """
     settings = tuple(settings)
 
     def decorate(fn):
-        method = Method(name, title or name, fn, needs, class_specific, reference, summary, settings)
+        method = Method(name, title or name, fn, needs, class_specific, reference, summary, settings,
+                        tuple(uses), target, cost, in_all)
         METHODS.register(name, method, replace=replace)
         return fn
 
@@ -173,8 +209,14 @@ def get_method(name: str) -> Method:
     return METHODS.get(name)
 
 
+def every_method() -> list[str]:
+    """What ``"all"`` means: every registered method but those defined for some models only (``in_all``)."""
+    return [name for name in METHODS.list() if METHODS.get(name).in_all]
+
+
 def parse_methods(spec: str | Iterable[str] | None) -> tuple[str, ...]:
-    """``"gradcam,layercam"``, ``"all"`` or a list of names -> a checked tuple, each name once, in order."""
+    """``"gradcam,layercam"``, ``"all"`` (:func:`every_method`) or a list of names -> a checked tuple, each
+    name once, in order."""
     if spec is None:
         return DEFAULT_METHODS
     items = spec.split(",") if isinstance(spec, str) else list(spec)
@@ -182,7 +224,7 @@ def parse_methods(spec: str | Iterable[str] | None) -> tuple[str, ...]:
     if not names:
         raise UsageError("give at least one method name, or all", param=METHODS.param)
     if "all" in names:
-        return tuple(METHODS.list())
+        return tuple(every_method())
     for name in names:
         get_method(name)
     return tuple(dict.fromkeys(names))
@@ -240,6 +282,11 @@ def needs_any(names, need: str) -> bool:
     return any(get_method(n).needs == need for n in names)
 
 
+def uses_any(names, use: str) -> bool:
+    """Whether any of the methods ``names`` uses ``use`` (one of :data:`USES`)."""
+    return any(use in get_method(n).uses for n in names)
+
+
 def nonzero(x):
     """``x`` with exact zeros replaced by one: the guard against 0/0 every method uses."""
     return x.where(x != 0, x.new_ones(()))
@@ -255,4 +302,5 @@ def channel_sum(weights, acts):
 # The built-in methods register themselves on import, in the order campp lists them.
 # isort: off
 from . import gradcam, gradcampp, xgradcam, hirescam, elementwise, layercam, eigencam, scorecam  # noqa: E402,F401
+from . import cam, eigengradcam, kpcacam, shapleycam, finercam, ablationcam, sscam, iscam  # noqa: E402,F401
 # isort: on

@@ -25,19 +25,24 @@ SCORE_BATCH = Setting("score_batch", int, "N", "Images per forward pass for meth
                       "(Score-CAM).", minimum=1, maximum=4096, default=DEFAULT_SCORE_BATCH)
 
 
-def weights(inp):
-    """(N, K) Score-CAM weights; constant channels 0."""
+def weights(inp, samples: int = 1, vary=None, name: str = "scorecam"):
+    """(N, K) Score-CAM weights; constant channels 0.
+
+    With ``vary(masks, j) -> masks`` (SS-CAM's noise, IS-CAM's scales), each channel's mask is scored in
+    ``samples`` variants, the j-th being ``vary(mask, j)``, and its weight is their mean: the passes of
+    every variant, channel and image share batches of ``score_batch``.
+    """
     import torch
     import torch.nn.functional as F
 
     if inp.score is None or inp.image is None:
-        raise ValueError("scorecam needs the model: call campp_cli.explain with the image batch")
+        raise ValueError(f"{name} needs the model: call campp_cli.explain with the image batch")
     acts, image = inp.acts, inp.image
     n, k = acts.shape[:2]
     size = image.shape[-2:]
     flat = acts.flatten(2)
     live = flat.amax(dim=2) > flat.amin(dim=2)  # a constant low-resolution channel upsamples to a constant
-    todo = [(int(i), int(c)) for i, c in torch.nonzero(live)]
+    todo = [(int(i), int(c), j) for i, c in torch.nonzero(live) for j in range(samples)]
     classes = torch.as_tensor(inp.classes, dtype=torch.long, device=image.device)
     w = torch.zeros(n, k, dtype=acts.dtype, device=acts.device)
     batch = max(1, int(inp.settings["score_batch"]))
@@ -47,18 +52,21 @@ def weights(inp):
     for start in range(0, len(todo), batch):
         chunk = todo[start:start + batch]
         masks, owners = [], []
-        for i in sorted({i for i, _ in chunk}):
-            channels = [c for j, c in chunk if j == i]
+        for i in sorted({i for i, _, _ in chunk}):
+            mine = [(c, j) for r, c, j in chunk if r == i]
+            channels = sorted({c for c, _ in mine})
             up = F.interpolate(acts[i, channels][None].float(), size=size, mode="bilinear", align_corners=False)[0]
             lo = up.amin(dim=(1, 2), keepdim=True)
             span = up.amax(dim=(1, 2), keepdim=True) - lo
-            masks.append((up - lo) / nonzero(span))
-            owners += [(i, c) for c in channels]
-        masks = torch.cat(masks).to(image.dtype)
+            normed = dict(zip(channels, (up - lo) / nonzero(span)))
+            for c, j in mine:
+                masks.append(normed[c] if vary is None else vary(normed[c], j))
+                owners.append((i, c))
+        masks = torch.stack(masks).to(image.dtype)
         rows = [i for i, _ in owners]
         probs = inp.score(image[rows] * masks[:, None], classes[rows])
         for (i, c), p in zip(owners, probs.tolist()):
-            w[i, c] = p
+            w[i, c] += p / samples
         if inp.progress is not None:
             inp.progress(len(chunk))
     return w
