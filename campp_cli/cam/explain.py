@@ -25,8 +25,16 @@ import numpy as np
 import torch
 
 from ..errors import ModelError, UsageError
-from .methods import (DEFAULT_METHODS, MethodInput, check_method_settings, get_method, needs_any, nonzero,
-                      parse_methods, uses_any)
+from .methods import (
+    DEFAULT_METHODS,
+    MethodInput,
+    check_method_settings,
+    get_method,
+    needs_any,
+    nonzero,
+    parse_methods,
+    uses_any,
+)
 from .outputs import LogitsOutput
 from .taps import FeatureTap, LayerSwap, layer_name
 from .targets import probabilities, target_scores
