@@ -443,6 +443,6 @@ def _relayer(model: torch.nn.Module, layer, x: torch.Tensor, score: str, activat
 
     def relayer(grids: torch.Tensor, rows, classes: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), swap:
-            logits = swap.run(model, x[rows], grids).float()
+            logits = swap.run(model, x[rows], grids).double()
             return target_scores(logits, classes[:, None].to(logits.device), score, activation)[:, 0]
     return relayer
