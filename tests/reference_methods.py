@@ -17,7 +17,6 @@ Conventions (the same as tests/reference.py):
 from __future__ import annotations
 
 import numpy as np
-
 from reference import eigencam_combination, normalised, upsample_bilinear
 
 __all__ = [

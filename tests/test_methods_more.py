@@ -87,7 +87,7 @@ def test_methods_of_the_shared_pass_match_their_definitions(seed):
         g = _grad(head, A, c)
         np.testing.assert_allclose(expl.maps["eigengradcam"][i], eigengradcam_map(A, g), atol=1e-10)
         np.testing.assert_allclose(expl.maps["kpcacam"][i], kpcacam_map(A), atol=1e-10)
-        np.testing.assert_allclose(expl.maps["shapleycam"][i], shapleycam_map(A, lambda a: head(a)[c]), atol=1e-10)
+        np.testing.assert_allclose(expl.maps["shapleycam"][i], shapleycam_map(A, lambda a, c=c: head(a)[c]), atol=1e-10)
         np.testing.assert_allclose(expl.maps["finercam"][i], finercam_map(A, head, c), atol=1e-10)
     # The methods really differ here (a head with curvature, classes with rivals).
     gradcam = explain(model, LAYER, x, classes=[-1, 2], methods="gradcam").maps["gradcam"]
@@ -122,7 +122,7 @@ def test_top_k_targets_each_get_their_own_shapley_and_finer_maps():
         for i, A in enumerate(acts):
             c = int(expl.classes[i])
             assert c == int(np.argsort(-expl.logits[i], kind="stable")[t])
-            np.testing.assert_allclose(expl.maps["shapleycam"][i], shapleycam_map(A, lambda a: head(a)[c]),
+            np.testing.assert_allclose(expl.maps["shapleycam"][i], shapleycam_map(A, lambda a, c=c: head(a)[c]),
                                        atol=1e-10)
             np.testing.assert_allclose(expl.maps["finercam"][i], finercam_map(A, head, c), atol=1e-10)
 
@@ -224,7 +224,7 @@ def test_ablationcam_matches_its_definition(seed):
     for i, A in enumerate(acts):
         c = int(expl.classes[i])
         np.testing.assert_allclose(expl.maps["ablationcam"][i],
-                                   ablationcam_map(A, lambda a: head(torch.from_numpy(a)[None])[c].item(), c),
+                                   ablationcam_map(A, lambda a, c=c: head(torch.from_numpy(a)[None])[c].item(), c),
                                    atol=1e-10)
 
 
@@ -243,7 +243,7 @@ def test_ablationcam_skips_channels_that_are_zero_everywhere():
     assert sum(calls) == 1 + 1 + 7
     c = int(expl.classes[0])
     np.testing.assert_allclose(expl.maps["ablationcam"][0],
-                               ablationcam_map(acts[0], lambda a: head(torch.from_numpy(a)[None])[c].item(), c),
+                               ablationcam_map(acts[0], lambda a, c=c: head(torch.from_numpy(a)[None])[c].item(), c),
                                atol=1e-10)
 
 
@@ -258,9 +258,9 @@ def test_sscam_and_iscam_match_their_definitions(seed):
     for i, A in enumerate(acts):
         c = int(expl.classes[i])
         rgb01 = x[i].numpy()
-        np.testing.assert_allclose(expl.maps["sscam"][i], sscam_map(A, rgb01, lambda b: prob(b, c), deltas),
+        np.testing.assert_allclose(expl.maps["sscam"][i], sscam_map(A, rgb01, lambda b, c=c: prob(b, c), deltas),
                                    atol=1e-10)
-        np.testing.assert_allclose(expl.maps["iscam"][i], iscam_map(A, rgb01, lambda b: prob(b, c), 4), atol=1e-10)
+        np.testing.assert_allclose(expl.maps["iscam"][i], iscam_map(A, rgb01, lambda b, c=c: prob(b, c), 4), atol=1e-10)
 
 
 def test_sscam_noise_is_seeded_and_batch_invariant():
@@ -298,7 +298,7 @@ def _pgc(cam, x, **call):
 
 @pytest.mark.parametrize("seed", range(2))
 def test_matches_pytorch_grad_cam(seed):
-    from pytorch_grad_cam import AblationCAM, EigenGradCAM, FinerCAM, GradCAM, KPCA_CAM, ShapleyCAM
+    from pytorch_grad_cam import KPCA_CAM, AblationCAM, EigenGradCAM, FinerCAM, GradCAM, ShapleyCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     model = Smooth(seed).float()
