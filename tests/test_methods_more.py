@@ -338,3 +338,70 @@ def _flip_matches(expl, name, theirs, model, x, size) -> bool:
     flipped = torch.relu(-combination)[0].detach().numpy()
     flipped = flipped / max(flipped.max(), 1e-300)
     return np.abs(_same_normalisation(flipped, size) - theirs).max() < 2e-4
+
+
+def _torchcam(klass, model, x, cls, **kwargs):
+    with klass(model, TARGET, **kwargs) as extractor:
+        return extractor(cls, model(x))[0][0].detach().numpy()
+
+
+def _softmax_of_gains(model, x, cls, masks_of_sample, samples: int) -> np.ndarray:
+    """torchcam's score methods: the channel weights are a softmax over K of the mean over samples of
+    (logit of x times the sample's mask) minus (logit of x); masks_of_sample(i) -> (K, S, S)."""
+    with torch.no_grad():
+        base = float(model(x)[0, cls])
+        gains = np.zeros(samples and masks_of_sample(0).shape[0])
+        for i in range(samples):
+            masks = torch.as_tensor(masks_of_sample(i), dtype=torch.float32)
+            gains += (model(x * masks[:, None]).double()[:, cls].numpy() - base) / samples
+    w = np.exp(gains - gains.max())
+    return w / w.sum()
+
+
+def _torchcam_masks(A: np.ndarray, size: int) -> np.ndarray:
+    """torchcam's masks: each channel min-max normalised at the layer's resolution, then upsampled."""
+    from reference import upsample_bilinear
+
+    return np.stack([upsample_bilinear((a - a.min()) / (a.max() - a.min() + 1e-8), size) for a in A])
+
+
+def test_torchcam_iscam_is_a_softmax_over_channels_of_integrated_logit_gains():
+    """torchcam's ISCAM: the same cumulative masks as campp's IS-CAM, (sum_{j<=i} j/N) M_k, but scored by
+    logit gains and a softmax over channels (as its Score-CAM), where campp averages probabilities."""
+    from reference import normalised
+    from torchcam.methods import ISCAM
+
+    model = TinyVGG(5, scale=10.0)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    cls = int(torch.argmax(model(x)))
+    theirs = _torchcam(ISCAM, model, x, cls, batch_size=8, num_samples=4)
+    with torch.no_grad():
+        A = model.features[:7](x)[0].numpy().astype(np.float64)
+    masks = _torchcam_masks(A, 32)
+    factors = np.cumsum(np.arange(1, 5) / 4)
+    w = _softmax_of_gains(model, x, cls, lambda i: factors[i] * masks, 4)
+    expected = normalised(np.tensordot(w, A, axes=1))
+    np.testing.assert_allclose(theirs, (expected - expected.min()) / (expected.max() - expected.min() + 1e-8),
+                               atol=1e-4)
+
+
+def test_torchcam_sscam_adds_independent_noise_per_channel_and_takes_a_softmax_of_logit_gains():
+    """torchcam's SSCAM: N(0, std^2) noise drawn per channel on its masks (campp draws one set of samples
+    for every channel), scored by logit gains and a softmax over channels."""
+    from reference import normalised
+    from torchcam.methods import SSCAM
+
+    model = TinyVGG(6, scale=10.0)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    cls = int(torch.argmax(model(x)))
+    torch.manual_seed(123)
+    theirs = _torchcam(SSCAM, model, x, cls, batch_size=8, num_samples=3, std=0.3)
+    with torch.no_grad():
+        A = model.features[:7](x)[0].numpy().astype(np.float64)
+    masks = _torchcam_masks(A, 32)
+    torch.manual_seed(123)
+    draws = [torch.distributions.normal.Normal(0, 0.3).sample((1, *masks.shape))[0].numpy() for _ in range(3)]
+    w = _softmax_of_gains(model, x, cls, lambda i: masks + draws[i], 3)
+    expected = normalised(np.tensordot(w, A, axes=1))
+    np.testing.assert_allclose(theirs, (expected - expected.min()) / (expected.max() - expected.min() + 1e-8),
+                               atol=1e-4)
