@@ -9,6 +9,13 @@
    VGG16 (random weights) and on EfficientNet-Lite0 with its real ImageNet
    weights and the photos in images/ (real weights leave many channels
    constant, which campp skips without a pass).
+3. The other perturbation methods against the peers that have them, on
+   EfficientNet-Lite0 (real weights) and one photo, at the same batch size:
+   Ablation-CAM against pytorch-grad-cam's AblationCAM, SS-CAM and IS-CAM
+   against torchcam's SSCAM and ISCAM with the same number of samples.
+4. Smoothing on VGG16 (random weights), one image, Grad-CAM and Grad-CAM++:
+   each of --eigen-smooth, --aug-smooth and --noise-samples 8 against the plain
+   pass, and pytorch-grad-cam's eigen_smooth and aug_smooth against campp's.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from pathlib import Path
 import torch
 
 from campp_cli.cam.explain import explain
-from campp_cli.cam.methods import list_methods
+from campp_cli.cam.methods import get_method, parse_methods
 from campp_cli.draw import geometry
 from campp_cli.io import decode
 from campp_cli.models.loading import load_classifier, prepare_module
@@ -36,7 +43,8 @@ from campp_cli.models.spec import get_arch
 from campp_cli.run.stages import to_batch
 
 REPO = Path(__file__).resolve().parents[1]
-ONE_PASS = [m for m in list_methods() if m != "scorecam"]
+#: Every method of "all" that the shared pass serves (no extra forward passes).
+ONE_PASS = [m for m in parse_methods("all") if get_method(m).needs != "forward passes"]
 
 
 def _timed(fn) -> float:
@@ -58,12 +66,27 @@ def one_pass_contenders(model, prepared, layer: str, x: torch.Tensor) -> dict:
         "campp_two_maps": lambda: explain(prepared, layer, x),
         "campp_every_one_pass_method": lambda: explain(prepared, layer, x, methods=ONE_PASS),
     }
-    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+    from pytorch_grad_cam import (
+        KPCA_CAM,
+        EigenCAM,
+        EigenGradCAM,
+        FinerCAM,
+        GradCAM,
+        GradCAMElementWise,
+        GradCAMPlusPlus,
+        HiResCAM,
+        LayerCAM,
+        ShapleyCAM,
+        XGradCAM,
+    )
 
     def pgc():
-        for klass in (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, GradCAMElementWise, LayerCAM, EigenCAM):
+        for klass in (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, GradCAMElementWise, LayerCAM, EigenCAM,
+                      EigenGradCAM, KPCA_CAM, ShapleyCAM):
             with klass(model=model, target_layers=[module]) as cam:
                 cam(input_tensor=x, targets=None)
+        with FinerCAM(model=model, target_layers=[module]) as cam:
+            cam(input_tensor=x)
 
     from torchcam.methods import GradCAM as TGradCAM
     from torchcam.methods import GradCAMpp
@@ -79,7 +102,7 @@ def one_pass_contenders(model, prepared, layer: str, x: torch.Tensor) -> dict:
     def campp_torchcam_list():
         explain(prepared, layer, x, methods="gradcam,gradcampp,xgradcam,layercam")
 
-    found["pytorch_grad_cam_7_methods"] = pgc
+    found["pytorch_grad_cam_same_methods"] = pgc
     found["torchcam_4_methods"] = torchcam
     found["campp_torchcam_4_methods"] = campp_torchcam_list
     return found
@@ -102,8 +125,9 @@ def bench_one_pass(repeats: int) -> dict:
     return {
         "seconds_median": {k: round(v, 4) for k, v in med.items()},
         "every_method_vs_two_maps": round(med["campp_every_one_pass_method"] / med["campp_two_maps"], 3),
-        "pytorch_grad_cam_same_7_vs_campp": round(med["pytorch_grad_cam_7_methods"]
-                                                  / med["campp_every_one_pass_method"], 2),
+        "methods": ONE_PASS,
+        "pytorch_grad_cam_same_methods_vs_campp": round(med["pytorch_grad_cam_same_methods"]
+                                                        / med["campp_every_one_pass_method"], 2),
         "torchcam_same_4_vs_campp": round(med["torchcam_4_methods"] / med["campp_torchcam_4_methods"], 2),
     }
 
@@ -173,20 +197,105 @@ def bench_scorecam(repeats: int, batch: int) -> dict:
     return out
 
 
+def bench_perturbation(batch: int, samples: int, photo: str = "coffee.png") -> dict:
+    """Ablation-CAM, SS-CAM and IS-CAM against the peers' same methods, one run each (minutes a method)."""
+    from pytorch_grad_cam import AblationCAM
+    from torchcam.methods import ISCAM, SSCAM
+
+    clf = load_classifier("efficientnet_lite0")
+    plain = _Tapped(copy.deepcopy(clf.module).to(memory_format=torch.contiguous_format)).eval()
+    square = geometry.center_square(decode.load_rgb(REPO / "images" / photo))
+    rgb = to_batch([square], clf)
+    x = clf.preprocessing(rgb)
+    out = {"photo": photo, "batch": batch, "samples": samples}
+    settings = {"ablationcam": {}, "sscam": {"sscam_samples": samples}, "iscam": {"iscam_steps": samples}}
+    for name, extra in settings.items():
+        passes = []
+        seconds = _timed(lambda name=name, extra=extra, passes=passes: explain(
+            clf.module, clf.layer, x, methods=[name], image=rgb, preprocess=clf.preprocessing, score_batch=batch,
+            progress=passes.append, **extra))
+        out[name] = {"campp_s": round(seconds, 2), "campp_passes": sum(passes)}
+
+    def ablation():
+        with _quiet(), AblationCAM(model=plain, target_layers=[plain.tap], batch_size=batch) as cam:
+            cam(input_tensor=x, targets=None)
+
+    def torchcam(klass, **kwargs):
+        with klass(plain, "tap", batch_size=batch, **kwargs) as extractor:
+            scores = plain(x)
+            extractor(scores.argmax(1).tolist(), scores)
+
+    peers = {"ablationcam": ("pytorch_grad_cam_AblationCAM", ablation, 1280),
+             "sscam": ("torchcam_SSCAM", lambda: torchcam(SSCAM, num_samples=samples), 1280 * samples),
+             "iscam": ("torchcam_ISCAM", lambda: torchcam(ISCAM, num_samples=samples), 1280 * samples)}
+    for name, (peer, fn, passes) in peers.items():
+        seconds = _timed(fn)
+        out[name].update({peer + "_s": round(seconds, 2), peer + "_passes": passes,
+                          "speedup": round(seconds / out[name]["campp_s"], 2)})
+    return out
+
+
+def bench_smoothing(repeats: int) -> dict:
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+
+    spec = get_arch("vgg16")
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    prepared = prepare_module(copy.deepcopy(model), "cpu")
+    rgb = torch.rand(1, 3, 224, 224)
+    x = spec.preprocessing(rgb)
+    module = model.features[29]
+
+    def ours(**kw):
+        return lambda: explain(prepared, "features.29", x, image=rgb, preprocess=spec.preprocessing, **kw)
+
+    def theirs(**kw):
+        def run():
+            for klass in (GradCAM, GradCAMPlusPlus):
+                with _quiet(), klass(model=model, target_layers=[module]) as cam:
+                    cam(input_tensor=x, targets=None, **kw)
+        return run
+
+    fns = {"campp_plain": ours(), "campp_eigen_smooth": ours(eigen_smooth=True),
+           "campp_aug_smooth": ours(aug_smooth=True), "campp_noise_8": ours(noise_samples=8),
+           "pytorch_grad_cam_plain": theirs(), "pytorch_grad_cam_eigen_smooth": theirs(eigen_smooth=True),
+           "pytorch_grad_cam_aug_smooth": theirs(aug_smooth=True)}
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_timed(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"seconds_median": {k: round(v, 4) for k, v in med.items()},
+            "vs_plain": {k: round(med[k] / med["campp_plain"], 2) for k in fns if k.startswith("campp_")},
+            "pytorch_grad_cam_vs_campp": {k: round(med["pytorch_grad_cam_" + k] / med["campp_" + k], 2)
+                                          for k in ("plain", "eigen_smooth", "aug_smooth")}}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python benchmarks/methods.py", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--scorecam-repeats", type=int, default=1)
     parser.add_argument("--score-batch", type=int, default=16, help="both tools' Score-CAM batch size")
     parser.add_argument("--skip-scorecam", action="store_true")
+    parser.add_argument("--skip-perturbation", action="store_true")
+    parser.add_argument("--only", choices=["one-pass", "scorecam", "perturbation", "smoothing"], default=None,
+                        help="run one part only")
+    parser.add_argument("--samples", type=int, default=4, help="SS-CAM's samples and IS-CAM's steps, both tools")
     args = parser.parse_args(argv)
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                          "threads": torch.get_num_threads()},
-              "one_pass_methods_vgg16": bench_one_pass(args.repeats)}
-    print(json.dumps(report, indent=2), flush=True)
-    if not args.skip_scorecam:
-        report["scorecam_batch_%d" % args.score_batch] = bench_scorecam(args.scorecam_repeats, args.score_batch)
-        print(json.dumps(report, indent=2), flush=True)
+                          "threads": torch.get_num_threads()}}
+    parts = {"one-pass": ("one_pass_methods_vgg16", lambda: bench_one_pass(args.repeats), True),
+             "scorecam": ("scorecam_batch_%d" % args.score_batch,
+                          lambda: bench_scorecam(args.scorecam_repeats, args.score_batch), not args.skip_scorecam),
+             "perturbation": ("perturbation_efficientnet_lite0",
+                              lambda: bench_perturbation(args.score_batch, args.samples), not args.skip_perturbation),
+             "smoothing": ("smoothing_vgg16", lambda: bench_smoothing(args.repeats), True)}
+    for part, (key, fn, wanted) in parts.items():
+        if (args.only is None and wanted) or args.only == part:
+            report[key] = fn()
+            print(json.dumps(report, indent=2), flush=True)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,10 @@ class Setting:
         """``value`` as this setting's kind; a usage error naming the setting when it does not fit."""
         if value is None:
             return None
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise UsageError("give true or false", param=self.name, value=value)
+            return value
         if self.choices is not None and value not in self.choices:
             raise UsageError(f"choose from {', '.join(self.choices)}{suggest(str(value), self.choices)}",
                              param=self.name, value=value)

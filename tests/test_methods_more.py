@@ -405,3 +405,94 @@ def test_torchcam_sscam_adds_independent_noise_per_channel_and_takes_a_softmax_o
     expected = normalised(np.tensordot(w, A, axes=1))
     np.testing.assert_allclose(theirs, (expected - expected.min()) / (expected.max() - expected.min() + 1e-8),
                                atol=1e-4)
+
+
+# --------------------------------------------------------------------------- smoothing
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_eigen_smooth_is_the_principal_component_of_each_methods_terms(seed):
+    from reference import eigencam_combination
+
+    model, x = Smooth(seed), _images(seed)
+    expl = explain(model, LAYER, x, methods="gradcam,layercam,hirescam,eigencam,kpcacam", eigen_smooth=True)
+    plain = explain(model, LAYER, x, methods="eigencam,kpcacam").maps
+    acts, head = _split(model, x)
+    for i, A in enumerate(acts):
+        g = _grad(head, A, int(expl.classes[i]))
+        weights = g.reshape(g.shape[0], -1).mean(axis=1)
+        for name, terms in (("gradcam", weights[:, None, None] * A), ("layercam", np.maximum(g, 0) * A),
+                            ("hirescam", g * A)):
+            np.testing.assert_allclose(expl.maps[name][i], normalised(eigencam_combination(terms)), atol=1e-10,
+                                       err_msg=name)
+    for name in ("eigencam", "kpcacam"):  # principal components already: unchanged
+        np.testing.assert_allclose(expl.maps[name], plain[name], atol=1e-12)
+
+
+def test_eigen_smooth_is_pytorch_grad_cams_up_to_its_sign():
+    """pytorch-grad-cam projects the weighted activations on the SVD's first axis with whatever sign the SVD
+    returns; campp's map is that projection or its mirror image."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from reference import eigencam_combination
+
+    model = Smooth(1)
+    x = _images(1, 1, 32)
+    ours = explain(model, LAYER, x, methods="gradcam", eigen_smooth=True)
+    c = int(ours.classes[0])
+    peer = copy.deepcopy(model).float()
+    theirs = _pgc(GradCAM(peer, [peer.features[3]]), x.float(), targets=[ClassifierOutputTarget(c)],
+                  eigen_smooth=True)
+    (A,), head = _split(model, x)
+    g = _grad(head, A, c)
+    p = eigencam_combination(g.reshape(g.shape[0], -1).mean(axis=1)[:, None, None] * A)
+    np.testing.assert_allclose(ours.maps["gradcam"][0], normalised(p), atol=1e-10)
+    errors = [np.abs(_same_normalisation(normalised(sign * p), (32, 32)) - theirs).max() for sign in (1.0, -1.0)]
+    assert min(errors) < 2e-4, errors
+
+
+def _by_hand(model, x, image, copies, c, method="gradcam"):
+    """The smoothed map from each copy's own map (explained for the image's class c), made one by one."""
+    parts = []
+    for copy_, mirrored in copies:
+        m = explain(model, LAYER, copy_, classes=c, methods=method, image=copy_).maps[method]
+        parts.append(m[..., ::-1] if mirrored else m)
+    mean = np.mean(parts, axis=0)
+    return mean / mean.max(axis=(1, 2), keepdims=True)
+
+
+def test_aug_smooth_averages_the_mirrored_and_brightened_photos_maps():
+    model, x = Smooth(2), _images(2, 1, 16)
+    expl = explain(model, LAYER, x, methods="gradcam,scorecam", image=x, aug_smooth=True)
+    c = int(expl.classes[0])
+    assert c == int(torch.argmax(model(x)))  # the photo's own class, not each copy's
+    copies = [(factor * (torch.flip(x, dims=(-1,)) if mirrored else x), mirrored)
+              for mirrored in (False, True) for factor in (0.9, 1.0, 1.1)]
+    for method in ("gradcam", "scorecam"):
+        np.testing.assert_allclose(expl.maps[method], _by_hand(model, x, x, copies, c, method), atol=1e-10)
+
+
+def test_noise_samples_average_noisy_copies_whatever_the_batch():
+    model, x = Smooth(3), _images(3, 2, 16)
+    expl = explain(model, LAYER, x, methods="gradcam", image=x, noise_samples=3, noise_sigma=0.2)
+    noise = torch.randn((3, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.float32).double()
+    for i in range(2):
+        one = x[i:i + 1]
+        spread = float(one.max() - one.min()) * 0.2
+        copies = [(one + spread * noise[j], False) for j in range(3)]
+        np.testing.assert_allclose(expl.maps["gradcam"][i:i + 1],
+                                   _by_hand(model, one, one, copies, int(expl.classes[i])), atol=1e-10)
+    assert np.abs(expl.maps["gradcam"] - explain(model, LAYER, x, methods="gradcam").maps["gradcam"]).max() > 1e-3
+
+
+def test_smoothing_settings_are_checked_and_reach_the_cli(run_cli):
+    with pytest.raises(UsageError, match="give true or false") as bad:
+        explain(Smooth(0), LAYER, _images(0, 1), methods="gradcam", eigen_smooth="yes")
+    assert bad.value.param == "eigen_smooth"
+    with pytest.raises(UsageError, match="not differentiable"):
+        explain(Smooth(0).requires_grad_(True), LAYER, _images(0, 1), methods="gradcam", aug_smooth=True,
+                differentiable=True)
+    code, out, _ = run_cli("classify", "--help")
+    assert code == 0
+    for flag in ("--eigen-smooth", "--aug-smooth", "--noise-samples", "--noise-sigma"):
+        assert flag in out, flag

@@ -180,8 +180,10 @@ def test_l_true_explains_each_photo_against_its_folders_class(labelled, run_cli)
     single = run_cli("classify", "-f", "val/red/0.png", *MODEL, "-l", "0", "--jsonl", "s.jsonl", "--save-maps",
                      "--output-dir", "single", "-o", "x.png")
     assert single[0] == 0, single[2]
-    (folder_run,) = (labelled / "output").rglob("0_gradcam.npy")  # the same map as -l 0 gives that photo
-    np.testing.assert_array_equal(np.load(folder_run), np.load(labelled / "single" / "x_gradcam.npy"))
+    # the same map as -l 0 gives that photo, up to float rounding: the folder runs it in a batch with others, whose
+    # convolutions may sum in another order (the README's "under 1e-6"; 8e-7 on an AMD EPYC)
+    (folder_run,) = (labelled / "output").rglob("0_gradcam.npy")
+    np.testing.assert_allclose(np.load(folder_run), np.load(labelled / "single" / "x_gradcam.npy"), atol=1e-5)
 
 
 def test_l_true_from_a_targets_file(labelled, run_cli):

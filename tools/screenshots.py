@@ -71,6 +71,7 @@ FIGURES = {
     "chelsea_efficientnet_lite0.jpeg": ["-f", REPO / "images" / "chelsea.png"],
     "coffee_efficientnet_lite0.jpeg": ["-f", REPO / "images" / "coffee.png"],
     "coffee_all_methods_efficientnet_lite0.jpeg": ["-f", REPO / "images" / "coffee.png", "--methods", "all",
+                                                   "--sscam-samples", "2", "--iscam-steps", "2",
                                                    "--max-side", "300"],
     "two_espresso_efficientnet_lite0.jpeg": ["-f", "two_espresso.png", "-l", "967"],
     "astronaut_space_shuttle_efficientnet_lite0.jpeg": ["-f", REPO / "images" / "astronaut.png", "-l",

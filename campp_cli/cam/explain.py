@@ -29,6 +29,7 @@ from .methods import (
     DEFAULT_METHODS,
     MethodInput,
     check_method_settings,
+    eigen_smoothing,
     get_method,
     needs_any,
     nonzero,
@@ -85,7 +86,8 @@ def cam_maps(grads: torch.Tensor | None, acts: torch.Tensor, methods=DEFAULT_MET
         missing = [use for use in method.uses if getattr(mine, use) is None]
         if missing:
             raise UsageError(f"method {name} uses {', '.join(missing)}; none was given")
-        out[name] = normalise(method.compute(mine)).to(dtype)
+        with eigen_smoothing(checked["eigen_smooth"]):
+            out[name] = normalise(method.compute(mine)).to(dtype)
     return out
 
 
@@ -242,6 +244,13 @@ def _explain(model, layer, x, classes, top, methods, *, image=None, preprocess=N
     settings = check_method_settings(dict(settings or {}), names)  # before the pass
     check_score(score)
     check_activation(activation)
+    if settings["aug_smooth"] or settings["noise_samples"]:
+        if differentiable:
+            raise UsageError("smoothed maps (aug_smooth, noise_samples) are not differentiable",
+                             param="differentiable")
+        return _smoothed(model, layer, x, classes, top, names, image=image, preprocess=preprocess,
+                         progress=progress, score=score, activation=activation, output_key=output_key,
+                         settings=settings)
     if differentiable and needs_any(names, "forward passes"):
         costly = [n for n in names if get_method(n).needs == "forward passes"]
         raise UsageError(f"{', '.join(costly)}: maps from extra forward passes are not differentiable; "
@@ -446,3 +455,71 @@ def _relayer(model: torch.nn.Module, layer, x: torch.Tensor, score: str, activat
             logits = swap.run(model, x[rows], grids).double()
             return target_scores(logits, classes[:, None].to(logits.device), score, activation)[:, 0]
     return relayer
+
+
+# --------------------------------------------------------------------------- smoothing
+
+
+#: ``aug_smooth``'s brightness factors (pytorch-grad-cam's, which it applies with ttach), each with and
+#: without a horizontal flip.
+BRIGHTNESS = (0.9, 1.0, 1.1)
+
+
+def _copies(image: torch.Tensor, settings: dict) -> list[tuple[torch.Tensor, bool]]:
+    """The copies of the (N, 3, S, S) ``image`` that smoothing explains: (copy, mirrored) each.
+
+    ``aug_smooth``: the image and its mirror image, each at :data:`BRIGHTNESS` times its values;
+    ``noise_samples`` n: n copies (of each of those) with Gaussian noise of standard deviation
+    ``noise_sigma`` times each image's range (SmoothGrad's noise level), drawn on the CPU from a fixed seed,
+    the same samples for every image (so an image's maps do not depend on its batch).
+    """
+    base = [(image, False)]
+    if settings["aug_smooth"]:
+        base = [((torch.flip(image, dims=(-1,)) if mirrored else image) * factor, mirrored)
+                for mirrored in (False, True) for factor in BRIGHTNESS]
+    n = settings["noise_samples"]
+    if not n:
+        return base
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn((n, *image.shape[1:]), generator=generator, dtype=torch.float32)
+    flat = image.flatten(1)
+    spread = (flat.amax(dim=1) - flat.amin(dim=1)).reshape(-1, 1, 1, 1) * settings["noise_sigma"]
+    return [(copy + spread * noise[i].to(device=image.device, dtype=image.dtype), mirrored)
+            for copy, mirrored in base for i in range(n)]
+
+
+def _smoothed(model, layer, x, classes, top, names, *, image, preprocess, progress, score, activation,
+              output_key, settings) -> list[Explanation]:
+    """Every map as the mean of the maps of the image's copies (:func:`_copies`), each relu'd and divided by
+    its maximum and mirrored back where its copy was mirrored, then divided by the mean's maximum.  The
+    copies are made of ``image`` (RGB, which ``preprocess`` turns into the model's input) where it is given,
+    else of ``x``; the explained classes are the image's own (from one pass of the image itself), whatever
+    a copy predicts."""
+    from .targets import probabilities
+
+    with torch.inference_mode(False), LogitsOutput(model, output_key), torch.no_grad():
+        logits = model(model_input(model, x)).detach()
+    if top is None:
+        idx = class_tensor(classes, logits)[:, None]
+    else:
+        idx = top_tensor(top(logits) if callable(top) else top, logits)
+    copies = _copies((image if image is not None else x).detach(), settings)
+    batch = torch.cat([c for c, _ in copies])
+    xs = preprocess(batch) if image is not None and preprocess is not None else batch
+    inner = {**settings, "aug_smooth": False, "noise_samples": 0}
+    n, count = x.shape[0], len(copies)
+    out = []
+    for t in range(idx.shape[1]):
+        (expl,) = _explain(model, layer, xs, idx[:, t].repeat(count), None, names,
+                           image=batch if image is not None else None, preprocess=preprocess, progress=progress,
+                           score=score, activation=activation, output_key=output_key, settings=inner)
+        maps = {}
+        for name, stack in expl.maps.items():
+            parts = stack.reshape(count, n, *stack.shape[1:])
+            mean = np.mean([p[..., ::-1] if mirrored else p for p, (_, mirrored) in zip(parts, copies)], axis=0)
+            peak = mean.max(axis=(1, 2), keepdims=True)
+            maps[name] = (mean / np.where(peak > 0, peak, 1)).astype(stack.dtype)
+        out.append(Explanation(logits=logits.float().cpu().numpy(),
+                               probs=probabilities(logits.float(), activation).cpu().numpy(),
+                               classes=idx[:, t].cpu().numpy(), maps=maps, layer=layer, settings=settings))
+    return out

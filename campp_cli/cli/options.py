@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from ..cam.methods import DEFAULT_METHODS, METHODS
+from ..cam.methods import DEFAULT_METHODS, method_settings
 from ..cam.targets import ACTIVATIONS, DEFAULT_THRESHOLD, SCORES
 from ..models.preprocessing import PRESETS, RESIZE_MODES
 from ..registry import Setting
@@ -24,6 +24,9 @@ def options(*decorators):
 
 def setting_option(setting: Setting, users: str = ""):
     """A registered entry's setting as a click option (``users``: who declares it, said in the help)."""
+    if setting.kind is bool:  # a flag: --eigen-smooth
+        return click.option(setting.flag, setting.name, is_flag=True, default=bool(setting.default),
+                            help=setting.help + (f" ({users})" if users else ""))
     if setting.choices is not None:
         kind = click.Choice(list(setting.choices))
     else:
@@ -99,7 +102,7 @@ model_options = options(
                      f"{k}: {v}" for k, v in RESIZE_MODES.items()) + ". Default: crop."),
     click.option("--methods", "methods", default=",".join(DEFAULT_METHODS), show_default=True, metavar="LIST",
                  help="Comma-separated methods, or all (see 'campp methods'). Gradient methods share one pass."),
-    *[setting_option(s) for s in METHODS.settings()],  # each method's own: --variant, --score-batch...
+    *[setting_option(s) for s in method_settings()],  # the methods': --variant, --score-batch, --eigen-smooth...
     click.option("--offline", is_flag=True, envvar="CAMPP_OFFLINE",
                  help="Never download weights (also CAMPP_OFFLINE=1)."),
 )

@@ -43,6 +43,8 @@ A method may declare its own settings (keyword arguments of
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -59,6 +61,18 @@ NEEDS = ("activations", "gradients", "forward passes")
 #: ``inp.relayer(grids, rows, classes)``, the score of ``classes`` when the model runs on its images ``rows``
 #: with the layer's output replaced by ``grids`` (forward passes).
 USES = ("head", "hvp", "relayer")
+
+#: Settings every method takes (smoothing): on the CLI as flags and options of every command that explains.
+EIGEN_SMOOTH = Setting("eigen_smooth", bool, "", "Each map: the first principal component of the method's "
+                       "weighted activations instead of their sum (pytorch-grad-cam's eigen_smooth); no effect on "
+                       "the methods that are principal components already.", default=False)
+AUG_SMOOTH = Setting("aug_smooth", bool, "", "Each map: the mean of the maps of the photo and its mirror image, "
+                     "each at 0.9, 1 and 1.1 times its brightness (6 passes), mirrored back.", default=False)
+NOISE_SAMPLES = Setting("noise_samples", int, "N", "SmoothGrad: each map the mean of the maps of N copies of the "
+                        "photo with Gaussian noise (0: none).", minimum=0, maximum=1000, default=0)
+NOISE_SIGMA = Setting("noise_sigma", float, "S", "SmoothGrad: the noise's standard deviation, as a share of "
+                      "each photo's range of values.", minimum=0.0, maximum=10.0, default=0.15)
+COMMON = (EIGEN_SMOOTH, AUG_SMOOTH, NOISE_SAMPLES, NOISE_SIGMA)
 
 #: The methods of a run unless told otherwise (the paper's pair).
 DEFAULT_METHODS = ("gradcam", "gradcampp")
@@ -143,6 +157,8 @@ def _check_settings(name: str, settings: tuple) -> None:
             setting.check(setting.default)
         except UsageError as exc:
             raise ValueError(f"method {name}: the default of setting {setting.name!r} does not fit it: {exc}") from None
+        if any(c.name == setting.name for c in COMMON):
+            raise ValueError(f"method {name}: setting {setting.name!r} is one every method takes; pick another name")
         for other in METHODS:
             if other.name != name and any(s.name == setting.name and s != setting for s in other.settings):
                 raise ValueError(f"method {name}: setting {setting.name!r} is declared differently by method "
@@ -234,12 +250,12 @@ def method_settings(names: str | Iterable[str] | None = None) -> list[Setting]:
     """The settings the methods ``names`` declare (as :func:`parse_methods` reads them; None: every registered
     method), each name once, in registration order."""
     if names is None:
-        return METHODS.settings()
+        return METHODS.settings() + list(COMMON)
     seen: dict[str, Setting] = {}
     for name in parse_methods(names):
         for setting in get_method(name).settings:
             seen.setdefault(setting.name, setting)
-    return list(seen.values())
+    return list(seen.values()) + list(COMMON)
 
 
 def check_method_settings(given: dict[str, Any], names: str | Iterable[str] | None = None) -> dict[str, Any]:
@@ -292,10 +308,37 @@ def nonzero(x):
     return x.where(x != 0, x.new_ones(()))
 
 
+_EIGEN = contextvars.ContextVar("campp_eigen_smooth", default=False)
+
+
+@contextlib.contextmanager
+def eigen_smoothing(on: bool):
+    """While on, :func:`channel_sum` and :func:`terms_sum` give the first principal component of the terms
+    instead of their sum (``eigen_smooth``)."""
+    token = _EIGEN.set(bool(on))
+    try:
+        yield
+    finally:
+        _EIGEN.reset(token)
+
+
+def terms_sum(terms):
+    """``sum_k terms[n, k]``: (N, K, h, w) -> (N, h, w); with ``eigen_smooth``, Eigen-CAM's projection of the
+    terms instead (their first principal component, signed to correlate with their sum)."""
+    if _EIGEN.get():
+        from .eigencam import projection
+
+        return projection(terms)
+    return terms.sum(dim=1)
+
+
 def channel_sum(weights, acts):
-    """``sum_k weights[n, k] * acts[n, k]``: (N, K) and (N, K, h, w) -> (N, h, w)."""
+    """``sum_k weights[n, k] * acts[n, k]``: (N, K) and (N, K, h, w) -> (N, h, w) (with ``eigen_smooth``,
+    :func:`terms_sum` of the weighted channels)."""
     import torch
 
+    if _EIGEN.get():
+        return terms_sum(weights[:, :, None, None] * acts)
     return torch.einsum("nk,nkhw->nhw", weights, acts)
 
 
