@@ -183,6 +183,7 @@ MEMORY_PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_memory_stays_flat(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

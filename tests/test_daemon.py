@@ -110,6 +110,7 @@ def _without_times(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if " done, " not in line)
 
 
+@pytest.mark.slow
 def test_loop_with_and_without_daemon_is_byte_identical(home, tmp_path):
     """Figures, --jsonl, stdout, stderr and exit codes of a shell loop (a photo that fails among them) are
     the same whether a daemon runs each call or each call runs alone; and the daemon ran them."""
@@ -131,6 +132,7 @@ def test_loop_with_and_without_daemon_is_byte_identical(home, tmp_path):
     assert _served(home) == len(photos)
 
 
+@pytest.mark.slow
 def test_errors_through_the_daemon_are_those_of_a_call_alone(home, tmp_path):
     """A usage error, a missing photo and an unknown architecture: the same stderr line and exit code
     whether the daemon runs the call or the call runs alone (the daemon parses the same command line)."""
@@ -144,6 +146,7 @@ def test_errors_through_the_daemon_are_those_of_a_call_alone(home, tmp_path):
     assert _served(home) == len(calls)
 
 
+@pytest.mark.slow
 def test_closed_streams_and_device_names_run_as_alone(home, tmp_path):
     """A caller with stderr or stdout closed, or naming a descriptor (`<(...)`, `@/dev/fd/3`) in an argument,
     ends as the call alone does (here: the daemon would see its own socket, or its own descriptors)."""

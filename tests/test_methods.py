@@ -406,6 +406,7 @@ def _resnet_layer1_split(model, x):
     return A.detach()[0].numpy(), g[0].numpy(), cls
 
 
+@pytest.mark.slow
 def test_every_method_through_the_cli_on_a_seeded_resnet(run_cli, tmp_path):
     torch.manual_seed(11)
     model = torchvision.models.resnet18().eval()
@@ -638,6 +639,7 @@ def test_torchcam_gradcampp_vs_paper_variant_on_real_photos(capsys):
     assert all(v > 0.01 for v in gaps.values())
 
 
+@pytest.mark.slow
 def test_scorecam_progress_is_visible_for_one_photo(run_cli, tmp_path, monkeypatch):
     """One photo normally gets no bar; with extra forward passes it does, counting them."""
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)

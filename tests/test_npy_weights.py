@@ -65,6 +65,7 @@ def test_npy_gives_the_torch_models_logits_and_maps(npy_model):
     np.testing.assert_allclose(ours.maps["gradcampp"][0], reference_map(A, g, "official"), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_convert_writes_a_plain_state_dict_with_the_same_results(npy_model, run_cli, tmp_path):
     model, path = npy_model
     target = tmp_path / "vgg16_caffe.pth"

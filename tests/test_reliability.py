@@ -445,6 +445,7 @@ def test_19_four_10000px_rgba_pngs_with_four_workers(tmp_path, capsys):
     assert peak < 1700  # measured 1.3 GB; before this issue, 10.8 GB
 
 
+@pytest.mark.slow
 def test_20_a_checkpoint_that_inflates_is_refused_from_its_directory(tmp_path):
     import torchvision
 
@@ -520,6 +521,7 @@ def test_12_names_that_are_not_text_or_hold_newlines(tmp_path):
     assert sorted(Path(i).name for i in inputs) == sorted(["caf\udce9.png", "forged\ncampp: error: x.png", "ok.png"])
 
 
+@pytest.mark.slow
 def test_13_closed_and_full_streams(tmp_path):
     photos = _tree(tmp_path / "photos", 2)
     proc = _campp(["classify", *LITE, "-f", photos, "--output-dir", tmp_path / "a"], REPO, shell_suffix=" 2>&-")

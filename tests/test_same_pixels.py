@@ -46,6 +46,7 @@ def _reference_input(path: Path, size: int, interpolation: str) -> np.ndarray:
     return np.ascontiguousarray(paper_square(rgb, size, interpolation).transpose(2, 0, 1), np.float32) / 255
 
 
+@pytest.mark.slow
 def test_decode_gives_the_reference_input_whatever_the_display(photos):
     """Every display option, and no display at all (evaluate), give the same model input bit for bit, and
     it is the reference framing of the whole-resolution photo."""
