@@ -496,3 +496,30 @@ def test_smoothing_settings_are_checked_and_reach_the_cli(run_cli):
     assert code == 0
     for flag in ("--eigen-smooth", "--aug-smooth", "--noise-samples", "--noise-sigma"):
         assert flag in out, flag
+
+
+def test_smoothed_runs_say_so_and_give_the_librarys_maps(run_cli, tmp_path):
+    from campp_cli.cam.methods import settings_in_words
+
+    assert settings_in_words("gradcam", {"eigen_smooth": True, "aug_smooth": True, "noise_samples": 8,
+                                         "noise_sigma": 0.1}) == [("smoothed by", "eigen + aug + noise 8 x 0.1")]
+    assert settings_in_words("gradcam", {"eigen_smooth": False, "aug_smooth": False, "noise_samples": 0}) == []
+    torch.manual_seed(5)
+    model = torchvision.models.resnet18().eval()
+    weights = tmp_path / "r18.pth"
+    torch.save(model.state_dict(), weights)
+    code, out, err = run_cli("classify", "--arch", "resnet18", "--weights", weights, "-f", "images/coffee.png",
+                             "-o", "c.jpeg", "--output-dir", tmp_path / "o", "--save-maps", "--aug-smooth",
+                             "--noise-samples", "2", "--methods", "gradcam")
+    assert code == 0, err
+    assert "methods gradcam, smoothed by aug + noise 2 x 0.15)" in out
+    from campp_cli import load_classifier
+    from campp_cli.draw import geometry
+    from campp_cli.io import decode
+    from campp_cli.run.stages import to_batch
+
+    clf = load_classifier("resnet18", weights=str(weights))
+    rgb = to_batch([geometry.center_square(decode.load_rgb("images/coffee.png"))], clf)
+    ours = explain(clf.module, clf.layer, clf.preprocessing(rgb), methods="gradcam", image=rgb,
+                   preprocess=clf.preprocessing, aug_smooth=True, noise_samples=2)
+    np.testing.assert_allclose(np.load(tmp_path / "o" / "c_gradcam.npy"), ours.maps["gradcam"][0], atol=1e-5)

@@ -343,7 +343,9 @@ def _forward_backward(model: torch.nn.Module, layer, x: torch.Tensor, classes, w
             raise ModelError(f"the model's output is {shape}, not (N, classes) logits")
         if not torch.isfinite(logits).all():
             raise ModelError("the model produced non-finite logits (NaN or inf); are the weights broken?")
-        if top is None:
+        if callable(classes):  # smoothing: a function of the logits gives the (N, T) classes, the photos' own
+            idx = classes(logits.detach())
+        elif top is None:
             idx = class_tensor(classes, logits.detach())[:, None]
         else:  # a number, or what a function of the logits says (a multi-label model's labels)
             idx = top_tensor(top(logits.detach()) if callable(top) else top, logits.detach())
@@ -465,27 +467,32 @@ def _relayer(model: torch.nn.Module, layer, x: torch.Tensor, score: str, activat
 BRIGHTNESS = (0.9, 1.0, 1.1)
 
 
-def _copies(image: torch.Tensor, settings: dict) -> list[tuple[torch.Tensor, bool]]:
-    """The copies of the (N, 3, S, S) ``image`` that smoothing explains: (copy, mirrored) each.
+def _copies(image: torch.Tensor, settings: dict) -> list[tuple[torch.Tensor, bool, bool]]:
+    """The copies of the (N, 3, S, S) ``image`` that smoothing explains: (copy, mirrored, counted) each, the
+    image itself first (``counted``: whether its maps go into the mean).
 
     ``aug_smooth``: the image and its mirror image, each at :data:`BRIGHTNESS` times its values;
     ``noise_samples`` n: n copies (of each of those) with Gaussian noise of standard deviation
     ``noise_sigma`` times each image's range (SmoothGrad's noise level), drawn on the CPU from a fixed seed,
-    the same samples for every image (so an image's maps do not depend on its batch).
+    the same samples for every image (so an image's maps do not depend on its batch).  The image itself is
+    in the batch to give the explained classes: with ``aug_smooth`` alone it is one of the copies, else its
+    maps are left out of the mean.
     """
     base = [(image, False)]
     if settings["aug_smooth"]:
         base = [((torch.flip(image, dims=(-1,)) if mirrored else image) * factor, mirrored)
-                for mirrored in (False, True) for factor in BRIGHTNESS]
+                for mirrored in (False, True) for factor in BRIGHTNESS if (factor, mirrored) != (1.0, False)]
+        base.insert(0, (image, False))
     n = settings["noise_samples"]
     if not n:
-        return base
+        return [(copy, mirrored, True) for copy, mirrored in base]
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn((n, *image.shape[1:]), generator=generator, dtype=torch.float32)
     flat = image.flatten(1)
     spread = (flat.amax(dim=1) - flat.amin(dim=1)).reshape(-1, 1, 1, 1) * settings["noise_sigma"]
-    return [(copy + spread * noise[i].to(device=image.device, dtype=image.dtype), mirrored)
-            for copy, mirrored in base for i in range(n)]
+    noisy = [(copy + spread * noise[i].to(device=image.device, dtype=image.dtype), mirrored, True)
+             for copy, mirrored in base for i in range(n)]
+    return [(image, False, False)] + noisy
 
 
 def _smoothed(model, layer, x, classes, top, names, *, image, preprocess, progress, score, activation,
@@ -493,33 +500,40 @@ def _smoothed(model, layer, x, classes, top, names, *, image, preprocess, progre
     """Every map as the mean of the maps of the image's copies (:func:`_copies`), each relu'd and divided by
     its maximum and mirrored back where its copy was mirrored, then divided by the mean's maximum.  The
     copies are made of ``image`` (RGB, which ``preprocess`` turns into the model's input) where it is given,
-    else of ``x``; the explained classes are the image's own (from one pass of the image itself), whatever
-    a copy predicts."""
+    else of ``x``; the explained classes are the image's own, from the image itself in the same batch,
+    whatever a copy predicts.  One pass for every copy together."""
     from .targets import probabilities
 
-    with torch.inference_mode(False), LogitsOutput(model, output_key), torch.no_grad():
-        logits = model(model_input(model, x)).detach()
-    if top is None:
-        idx = class_tensor(classes, logits)[:, None]
-    else:
-        idx = top_tensor(top(logits) if callable(top) else top, logits)
     copies = _copies((image if image is not None else x).detach(), settings)
-    batch = torch.cat([c for c, _ in copies])
+    batch = torch.cat([c for c, _, _ in copies])
     xs = preprocess(batch) if image is not None and preprocess is not None else batch
-    inner = {**settings, "aug_smooth": False, "noise_samples": 0}
     n, count = x.shape[0], len(copies)
+    own = {}
+
+    def targets(logits: torch.Tensor) -> torch.Tensor:  # the image's own classes, for each of its copies
+        first = logits[:n]  # the image itself
+        own["logits"] = first
+        if top is None:
+            idx = class_tensor(classes, first)[:, None]
+        else:
+            idx = top_tensor(top(first) if callable(top) else top, first)
+        return idx.repeat(count, 1)
+
+    inner = {**settings, "aug_smooth": False, "noise_samples": 0}
+    ranked = _explain(model, layer, xs, targets, None, names, image=batch if image is not None else None,
+                      preprocess=preprocess, progress=progress, score=score, activation=activation,
+                      output_key=output_key, settings=inner)
+    logits = own["logits"].float()
+    probs = probabilities(logits, activation).cpu().numpy()
     out = []
-    for t in range(idx.shape[1]):
-        (expl,) = _explain(model, layer, xs, idx[:, t].repeat(count), None, names,
-                           image=batch if image is not None else None, preprocess=preprocess, progress=progress,
-                           score=score, activation=activation, output_key=output_key, settings=inner)
+    for expl in ranked:
         maps = {}
         for name, stack in expl.maps.items():
             parts = stack.reshape(count, n, *stack.shape[1:])
-            mean = np.mean([p[..., ::-1] if mirrored else p for p, (_, mirrored) in zip(parts, copies)], axis=0)
+            mean = np.mean([p[..., ::-1] if mirrored else p
+                            for p, (_, mirrored, counted) in zip(parts, copies) if counted], axis=0)
             peak = mean.max(axis=(1, 2), keepdims=True)
             maps[name] = (mean / np.where(peak > 0, peak, 1)).astype(stack.dtype)
-        out.append(Explanation(logits=logits.float().cpu().numpy(),
-                               probs=probabilities(logits.float(), activation).cpu().numpy(),
-                               classes=idx[:, t].cpu().numpy(), maps=maps, layer=layer, settings=settings))
+        out.append(Explanation(logits=logits.cpu().numpy(), probs=probs, classes=expl.classes[:n], maps=maps,
+                               layer=layer, settings=settings))
     return out

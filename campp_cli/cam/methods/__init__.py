@@ -279,13 +279,20 @@ def check_method_settings(given: dict[str, Any], names: str | Iterable[str] | No
 def settings_in_words(names, settings: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) for each setting of the methods ``names`` that picks a variant of its method (a setting
     with choices), as captions, the CLI's summary line and the report's header show them:
-    ``("Grad-CAM++ variant", "official")``."""
+    ``("Grad-CAM++ variant", "official")``; then the smoothing, if any: ``("smoothed by", "aug + noise 8 x
+    0.15")``."""
     out = []
     for name in parse_methods(names):
         method = get_method(name)
         for setting in method.settings:
             if setting.choices is not None and setting.name in settings:
                 out.append((f"{method.title} {setting.name}", str(settings[setting.name])))
+    smoothing = [word for word, on in (("eigen", settings.get("eigen_smooth")), ("aug", settings.get("aug_smooth")))
+                 if on]
+    if settings.get("noise_samples"):
+        smoothing.append(f"noise {settings['noise_samples']} x {settings['noise_sigma']:g}")
+    if smoothing:  # maps that are not the methods' own: every caption says so
+        out.append(("smoothed by", " + ".join(smoothing)))
     return out
 
 
