@@ -336,7 +336,7 @@ def test_killed_daemon_fails_that_call_in_one_line(home, tmp_path):
 
 
 def test_idle_exit(home):
-    pid = start(home, "--idle", "2s")
+    pid = start(home, "--idle", "6s")  # long enough for the status call that reads its pid, on a busy machine
     assert _wait_gone(Path(home["CAMPP_DAEMON_DIR"]), pid, seconds=30)
     status = campp(["daemon", "status"], home, REPO)
     assert status.returncode == 1 and "no daemon is running" in status.stderr
