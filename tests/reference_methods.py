@@ -181,7 +181,8 @@ def ablationcam_weights(A: np.ndarray, score, c: int) -> np.ndarray:
     """
     A = np.asarray(A, dtype=np.float64)
     y = _class_score(score(A.copy()), c)
-    denom = y if y != 0.0 else 1.0
+    # campp's decision (not the paper's y): divide by |y|, so that a negative score keeps drops positive
+    denom = abs(y) if y != 0.0 else 1.0
     weights = np.zeros(A.shape[0])
     for k in range(A.shape[0]):
         if not np.any(A[k]):

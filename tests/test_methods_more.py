@@ -523,3 +523,87 @@ def test_smoothed_runs_say_so_and_give_the_librarys_maps(run_cli, tmp_path):
     ours = explain(clf.module, clf.layer, clf.preprocessing(rgb), methods="gradcam", image=rgb,
                    preprocess=clf.preprocessing, aug_smooth=True, noise_samples=2)
     np.testing.assert_allclose(np.load(tmp_path / "o" / "c_gradcam.npy"), ours.maps["gradcam"][0], atol=1e-5)
+
+
+# --------------------------------------------------------------------------- what an attack found
+
+
+@pytest.mark.parametrize("score", ["logit", "log_probability"])
+def test_ablationcam_keeps_a_drop_a_drop_when_the_score_is_negative(score):
+    """Dividing by y_c < 0 (a class below the top, a log-probability) would flip every weight: campp divides
+    by |y_c|, so the map is the same as the drop-weighted one."""
+    model, x = Smooth(0), _images(0, 1)
+    with torch.no_grad():
+        logits = model(x)[0]
+    c = int(torch.argmin(logits)) if score == "logit" else int(torch.argmax(logits))
+    scores = torch.log_softmax(logits, 0) if score == "log_probability" else logits
+    assert float(scores[c]) < 0
+    expl = explain(model, LAYER, x, classes=c, methods="ablationcam", score=score)
+    acts, head = _split(model, x)
+
+    def y(a):
+        with torch.no_grad():
+            out = head(torch.from_numpy(a)[None])
+        return float((torch.log_softmax(out, 0) if score == "log_probability" else out)[c])
+
+    np.testing.assert_allclose(expl.maps["ablationcam"][0], ablationcam_map(acts[0], y, c), atol=1e-10)
+    assert expl.maps["ablationcam"][0].max() == 1.0
+
+
+class InPlaceAfter(nn.Module):
+    """A float64 model whose layer is followed by an in-place ReLU, as ResNet's blocks are."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+                                      nn.ReLU(inplace=True))
+        self.fc = nn.Linear(8, 4)
+        self.double().eval()
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+def test_ablations_leave_the_activations_as_they_were_for_every_other_method():
+    model, x = InPlaceAfter(), _images(1, 2)
+    alone = explain(model, "features.1", x, methods="gradcam,eigencam").maps
+    together = explain(model, "features.1", x, methods="ablationcam,gradcam,eigencam").maps
+    for name in alone:
+        np.testing.assert_array_equal(together[name], alone[name])
+
+
+def test_finercam_of_a_one_output_model_is_gradcam():
+    model = GapLinear(0)
+    model.fc = nn.Linear(16, 1)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    maps = explain(model, LAYER, x, methods="finercam,gradcam", activation="sigmoid").maps
+    np.testing.assert_allclose(maps["finercam"], maps["gradcam"], atol=1e-12)
+
+
+def test_smoothing_keeps_to_bounded_batches_and_an_eta_per_photo():
+    model, x = Smooth(2), _images(2, 3)
+    sizes, planned = [], []
+    hook = model.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[0]))
+
+    class Progress:
+        def __call__(self, n):
+            pass
+
+        def planned(self, passes, images):
+            planned.append(images)
+
+    try:
+        explain(model, LAYER, x, methods="scorecam", image=x, aug_smooth=True, noise_samples=4, progress=Progress())
+    finally:
+        hook.remove()
+    assert sum(planned) == pytest.approx(3)  # the three photos, not their 24 copies
+    assert max(sizes) <= 32 and sum(sizes[:1]) == 3  # one pass of the photos for their classes, then copies
+
+
+def test_differentiable_cam_carries_gradients_to_the_head():
+    model = GapLinear(1).requires_grad_(True)
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    maps = explain(model, LAYER, x, methods="cam", differentiable=True).maps
+    maps["cam"].sum().backward()
+    assert model.fc.weight.grad is not None and float(model.fc.weight.grad.abs().sum()) > 0

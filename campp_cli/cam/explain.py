@@ -273,7 +273,7 @@ def _explain(model, layer, x, classes, top, methods, *, image=None, preprocess=N
             prep = preprocess if image is not None else None
             extra.update(image=source.detach(), score=_scorer(model, prep, activation), progress=progress)
         if uses_any(names, "head"):
-            extra["head"] = class_weights(model, acts, logits, layer)
+            extra["head"] = class_weights(model, acts, logits, layer, keep_graph=differentiable)
         if uses_any(names, "relayer"):
             extra["relayer"] = _relayer(model, layer, x.detach(), score, activation)
         agnostic = [n for n in names if not get_method(n).class_specific]
@@ -424,10 +424,12 @@ def _scorer(model: torch.nn.Module, preprocess, activation: str = "softmax"):
     return score
 
 
-def class_weights(model: torch.nn.Module, acts: torch.Tensor, logits: torch.Tensor, layer) -> tuple:
+def class_weights(model: torch.nn.Module, acts: torch.Tensor, logits: torch.Tensor, layer,
+                  keep_graph: bool = False) -> tuple:
     """The (W, b) of the model's head when it is a global average pool of ``layer``'s output and one linear
     layer (CAM's setting): the last ``nn.Linear`` of K inputs and C outputs whose map of A's spatial means
-    gives the pass's logits (within float rounding); a usage error, in one line, where no such layer does."""
+    gives the pass's logits (within float rounding); a usage error, in one line, where no such layer does.
+    ``keep_graph`` (differentiable maps): W itself, so that the maps carry gradients to it."""
     n, k = acts.shape[:2]
     c = logits.shape[1]
     means = acts.detach().double().mean(dim=(2, 3))
@@ -440,7 +442,7 @@ def class_weights(model: torch.nn.Module, acts: torch.Tensor, logits: torch.Tens
             bias = torch.zeros(c, dtype=torch.float64, device=weight.device) if module.bias is None \
                 else module.bias.detach().double()
             if float((means @ weight.T + bias - target).abs().amax()) <= tolerance:
-                return weight, bias
+                return (module.weight.double(), bias) if keep_graph else (weight, bias)
     raise UsageError(f"cam: the model's head after layer {layer_name(model, layer)} is not a global average "
                      f"pool and one linear layer ({k} -> {c}), so it has no class weights; choose gradcam, "
                      f"which equals CAM where CAM applies", param="methods")
@@ -495,45 +497,78 @@ def _copies(image: torch.Tensor, settings: dict) -> list[tuple[torch.Tensor, boo
     return [(image, False, False)] + noisy
 
 
+#: At most this many rows (copies x images) go through the model in one smoothing pass, unless one copy of
+#: the batch is more (then one copy of every image a pass, the run's own batch).
+SMOOTH_ROWS = 32
+
+
+class _PerPhoto:
+    """A run's progress, told of smoothing's passes: the images planned are the photos, not their copies
+    (so that the ETA counts every copy's passes as the photo's)."""
+
+    def __init__(self, progress, copies: int):
+        self.progress, self.copies = progress, copies
+
+    def __call__(self, n: int) -> None:
+        self.progress(n)
+
+    def planned(self, passes: int, images: int) -> None:
+        planned = getattr(self.progress, "planned", None)
+        if planned is not None:
+            planned(passes, images / self.copies)
+
+
 def _smoothed(model, layer, x, classes, top, names, *, image, preprocess, progress, score, activation,
               output_key, settings) -> list[Explanation]:
     """Every map as the mean of the maps of the image's copies (:func:`_copies`), each relu'd and divided by
     its maximum and mirrored back where its copy was mirrored, then divided by the mean's maximum.  The
     copies are made of ``image`` (RGB, which ``preprocess`` turns into the model's input) where it is given,
-    else of ``x``; the explained classes are the image's own, from the image itself in the same batch,
-    whatever a copy predicts.  One pass for every copy together."""
+    else of ``x``; the explained classes are the image's own, whatever a copy predicts: from the image's
+    own rows where it is one of the copies (``aug_smooth``), else from one forward pass of it.  Copies go
+    through the model together, at most :data:`SMOOTH_ROWS` rows (or one copy of the batch) a pass."""
     from .targets import probabilities
 
     copies = _copies((image if image is not None else x).detach(), settings)
-    batch = torch.cat([c for c, _, _ in copies])
-    xs = preprocess(batch) if image is not None and preprocess is not None else batch
-    n, count = x.shape[0], len(copies)
-    own = {}
+    n = x.shape[0]
+    known: dict = {}
 
-    def targets(logits: torch.Tensor) -> torch.Tensor:  # the image's own classes, for each of its copies
-        first = logits[:n]  # the image itself
-        own["logits"] = first
-        if top is None:
-            idx = class_tensor(classes, first)[:, None]
-        else:
-            idx = top_tensor(top(first) if callable(top) else top, first)
-        return idx.repeat(count, 1)
+    def photo_targets(logits: torch.Tensor) -> torch.Tensor:  # the image's own classes, from its own rows
+        if "idx" not in known:
+            first = logits[:n]
+            known["logits"] = first.detach()
+            known["idx"] = class_tensor(classes, first)[:, None] if top is None else \
+                top_tensor(top(first) if callable(top) else top, first)
+        return known["idx"].repeat(logits.shape[0] // n, 1)
 
+    if not copies[0][2]:  # the image itself is not one of the copies: one forward pass gives its classes
+        with torch.inference_mode(False), LogitsOutput(model, output_key), torch.no_grad():
+            photo_targets(model(model_input(model, x)).detach())
+        copies = copies[1:]
     inner = {**settings, "aug_smooth": False, "noise_samples": 0}
-    ranked = _explain(model, layer, xs, targets, None, names, image=batch if image is not None else None,
-                      preprocess=preprocess, progress=progress, score=score, activation=activation,
-                      output_key=output_key, settings=inner)
-    logits = own["logits"].float()
+    told = None if progress is None else _PerPhoto(progress, len(copies))
+    per = max(1, SMOOTH_ROWS // n)
+    parts: list[dict[str, list]] = []
+    for start in range(0, len(copies), per):
+        chunk = copies[start:start + per]
+        batch = torch.cat([c for c, _, _ in chunk])
+        xs = preprocess(batch) if image is not None and preprocess is not None else batch
+        ranked = _explain(model, layer, xs, photo_targets, None, names, image=batch if image is not None else None,
+                          preprocess=preprocess, progress=told, score=score, activation=activation,
+                          output_key=output_key, settings=inner)
+        parts = parts or [{name: [] for name in names} for _ in ranked]
+        for t, expl in enumerate(ranked):
+            for name, stack in expl.maps.items():
+                for piece, (_, mirrored, _) in zip(stack.reshape(len(chunk), n, *stack.shape[1:]), chunk):
+                    parts[t][name].append(piece[..., ::-1] if mirrored else piece)
+    logits = known["logits"].float()
     probs = probabilities(logits, activation).cpu().numpy()
     out = []
-    for expl in ranked:
+    for t, made in enumerate(parts):
         maps = {}
-        for name, stack in expl.maps.items():
-            parts = stack.reshape(count, n, *stack.shape[1:])
-            mean = np.mean([p[..., ::-1] if mirrored else p
-                            for p, (_, mirrored, counted) in zip(parts, copies) if counted], axis=0)
+        for name, pieces in made.items():
+            mean = np.mean(pieces, axis=0)
             peak = mean.max(axis=(1, 2), keepdims=True)
-            maps[name] = (mean / np.where(peak > 0, peak, 1)).astype(stack.dtype)
-        out.append(Explanation(logits=logits.cpu().numpy(), probs=probs, classes=expl.classes[:n], maps=maps,
-                               layer=layer, settings=settings))
+            maps[name] = (mean / np.where(peak > 0, peak, 1)).astype(pieces[0].dtype)
+        out.append(Explanation(logits=logits.cpu().numpy(), probs=probs, classes=known["idx"][:, t].cpu().numpy(),
+                               maps=maps, layer=layer, settings=settings))
     return out

@@ -213,7 +213,9 @@ class LayerSwap:
         if index != (self.call or 0) or self.grid is None:
             return None
         layout = grid_layout(tuple(output.shape))
-        return from_grid(self.grid.to(output.dtype), layout, output)
+        # A copy: the next module may work in place (ReLU(inplace=True), a residual's +=), which must not
+        # change the caller's grid (Ablation-CAM hands in views of the activations themselves).
+        return from_grid(self.grid.to(output.dtype), layout, output).clone()
 
     def run(self, model: torch.nn.Module, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """``model(x)`` with the layer's output replaced by ``grid`` (one row per row of ``x``)."""

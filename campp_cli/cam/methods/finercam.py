@@ -6,7 +6,9 @@ closest to y_c, and the target is sum_j p_j (y_c - alpha y_j) / sum_j p_j
 (p = softmax of the logits, alpha = ``finer_alpha``), as pytorch-grad-cam's
 FinerCAM computes it (without its 1e-9 in the denominator).  Its gradient
 comes from the shared backward pass, as one more column.  alpha = 0 is
-Grad-CAM of the class logit, as the paper notes.
+Grad-CAM of the class logit, as the paper notes, and so is a model of one
+output, which has no rival (the authors' code falls back to the class score
+then).
 """
 
 from ...registry import Setting
@@ -27,10 +29,10 @@ def target(logits, classes, settings):
 
     c = logits.shape[1]
     rivals = min(int(settings["finer_rivals"]), c - 1)
-    if rivals < 1:
-        raise ValueError("finercam needs a model of two classes or more")
     y = logits.double()
     own = y.gather(1, classes[:, None])
+    if rivals < 1:  # one output: no rival, the class score itself
+        return own[:, 0].to(logits.dtype)
     gap = (y - own).abs().detach()
     gap = gap.scatter(1, classes[:, None], float("inf"))  # the class itself is no rival
     order = torch.sort(gap, dim=1, stable=True).indices[:, :rivals]
