@@ -16,6 +16,10 @@
 4. Smoothing on VGG16 (random weights), one image, Grad-CAM and Grad-CAM++:
    each of --eigen-smooth, --aug-smooth and --noise-samples 8 against the plain
    pass, and pytorch-grad-cam's eigen_smooth and aug_smooth against campp's.
+5. FullGrad on VGG16 and ResNet-50 (random weights), one image: campp's FullGrad
+   alone and with Grad-CAM and Grad-CAM++ from the same pass, against its floor
+   (one forward and one backward of the class score to the input, plain torch),
+   campp's two-map pass and pytorch-grad-cam's FullGrad.
 """
 
 from __future__ import annotations
@@ -43,8 +47,10 @@ from campp_cli.models.spec import get_arch
 from campp_cli.run.stages import to_batch
 
 REPO = Path(__file__).resolve().parents[1]
-#: Every method of "all" that the shared pass serves (no extra forward passes).
-ONE_PASS = [m for m in parse_methods("all") if get_method(m).needs != "forward passes"]
+#: Every method of "all" that the shared pass serves (no extra forward passes; FullGrad, whose backward goes
+#: on through the whole model, has its own part).
+ONE_PASS = [m for m in parse_methods("all") if get_method(m).needs != "forward passes"
+            and "biases" not in get_method(m).uses]
 #: Those of them that need no more of the head than the two-map pass does: ShapleyCAM's H A is a second
 #: backward of the head, Finer-CAM's target one more gradient column.
 FIRST_ORDER = [m for m in ONE_PASS if m not in ("shapleycam", "finercam")]
@@ -278,6 +284,57 @@ def bench_smoothing(repeats: int) -> dict:
                                           for k in ("plain", "eigen_smooth", "aug_smooth")}}
 
 
+def fullgrad_contenders(model, prepared, layer: str, x: torch.Tensor) -> dict:
+    from pytorch_grad_cam import FullGrad
+
+    def floor():
+        xs = x.clone().requires_grad_(True)
+        logits = model(xs)
+        torch.autograd.grad(logits[0, logits[0].argmax()], xs)
+
+    def pgc():
+        with _quiet():
+            cam = FullGrad(model, [])
+            try:
+                cam(input_tensor=x.clone(), targets=None)
+            finally:
+                cam.activations_and_grads.release()
+
+    # This order: with campp's FullGrad-alone run just before it, the run of three maps measured 1.3x its
+    # time when run alone (the allocator's state after the other tools' large arrays, not the maps' work)
+    return {"pytorch_grad_cam_fullgrad": pgc,
+            "campp_fullgrad_gradcam_gradcampp": lambda: explain(prepared, layer, x,
+                                                                methods="gradcam,gradcampp,fullgrad"),
+            "campp_fullgrad": lambda: explain(prepared, layer, x, methods="fullgrad"),
+            "campp_two_maps": lambda: explain(prepared, layer, x),
+            "forward_backward_to_input": floor}
+
+
+def bench_fullgrad(repeats: int) -> dict:
+    out = {}
+    for arch, layer in (("vgg16", "features.29"), ("resnet50", "layer4")):
+        spec = get_arch(arch)
+        torch.manual_seed(0)
+        model = spec.build().eval()
+        prepared = prepare_module(copy.deepcopy(model), "cpu")
+        fns = fullgrad_contenders(model, prepared, layer, spec.preprocessing(torch.rand(1, 3, 224, 224)))
+        for fn in fns.values():
+            fn()
+        times = {k: [] for k in fns}
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                times[name].append(_timed(fn))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        out[arch] = {
+            "seconds_median": {k: round(v, 4) for k, v in med.items()},
+            "fullgrad_vs_its_floor": round(med["campp_fullgrad"] / med["forward_backward_to_input"], 3),
+            "fullgrad_vs_two_maps": round(med["campp_fullgrad"] / med["campp_two_maps"], 3),
+            "three_maps_vs_fullgrad": round(med["campp_fullgrad_gradcam_gradcampp"] / med["campp_fullgrad"], 3),
+            "pytorch_grad_cam_vs_campp": round(med["pytorch_grad_cam_fullgrad"] / med["campp_fullgrad"], 2),
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python benchmarks/methods.py", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -285,7 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--score-batch", type=int, default=16, help="both tools' Score-CAM batch size")
     parser.add_argument("--skip-scorecam", action="store_true")
     parser.add_argument("--skip-perturbation", action="store_true")
-    parser.add_argument("--only", choices=["one-pass", "scorecam", "perturbation", "smoothing"], default=None,
+    parser.add_argument("--only", choices=["one-pass", "scorecam", "perturbation", "smoothing", "fullgrad"],
+                        default=None,
                         help="run one part only")
     parser.add_argument("--samples", type=int, default=4, help="SS-CAM's samples and IS-CAM's steps, both tools")
     args = parser.parse_args(argv)
@@ -296,7 +354,8 @@ def main(argv: list[str] | None = None) -> None:
                           lambda: bench_scorecam(args.scorecam_repeats, args.score_batch), not args.skip_scorecam),
              "perturbation": ("perturbation_efficientnet_lite0",
                               lambda: bench_perturbation(args.score_batch, args.samples), not args.skip_perturbation),
-             "smoothing": ("smoothing_vgg16", lambda: bench_smoothing(args.repeats), True)}
+             "smoothing": ("smoothing_vgg16", lambda: bench_smoothing(args.repeats), True),
+             "fullgrad": ("fullgrad", lambda: bench_fullgrad(args.repeats), True)}
     for part, (key, fn, wanted) in parts.items():
         if (args.only is None and wanted) or args.only == part:
             report[key] = fn()

@@ -37,7 +37,7 @@ from .methods import (
     uses_any,
 )
 from .outputs import LogitsOutput
-from .taps import FeatureTap, LayerSwap, layer_name
+from .taps import BiasTap, FeatureTap, FrozenParameters, LayerSwap, layer_name
 from .targets import probabilities, target_scores
 
 # --------------------------------------------------------------------------- the maps
@@ -52,13 +52,13 @@ def normalise(combination: torch.Tensor) -> torch.Tensor:
 
 def cam_maps(grads: torch.Tensor | None, acts: torch.Tensor, methods=DEFAULT_METHODS, *, classes=None,
              image: torch.Tensor | None = None, score=None, progress=None, settings: dict | None = None,
-             head=None, hvp: torch.Tensor | None = None, relayer=None, own_grads: dict | None = None,
-             **method_settings) -> dict[str, torch.Tensor]:
+             head=None, hvp: torch.Tensor | None = None, relayer=None, biases=None,
+             own_grads: dict | None = None, **method_settings) -> dict[str, torch.Tensor]:
     """Every requested map from one (A, g) pair, computed in float64, returned as float32 (float64 for a
     float64 layer); differentiable functions of A and g: a graph they carry, the maps carry too.
 
     ``classes``, ``image``, ``score``, ``progress``: what methods that need forward passes take (see
-    :class:`campp_cli.cam.methods.MethodInput`); ``head`` ((W, b)), ``hvp``, ``relayer``: what some methods
+    :class:`campp_cli.cam.methods.MethodInput`); ``head`` ((W, b)), ``hvp``, ``relayer``, ``biases``: what some methods
     use (:data:`campp_cli.cam.methods.USES`); ``own_grads``: method name -> the gradient of that method's
     own target.  ``settings`` and any other keyword: the methods' own settings (``variant="paper"``),
     checked, the others at their defaults.
@@ -70,7 +70,8 @@ def cam_maps(grads: torch.Tensor | None, acts: torch.Tensor, methods=DEFAULT_MET
     inp = MethodInput(acts=acts.double(), grads=None if grads is None else grads.double(), classes=classes,
                       image=image, score=score, progress=progress, settings=checked,
                       head=None if head is None else tuple(t.double() for t in head),
-                      hvp=None if hvp is None else hvp.double(), relayer=relayer)
+                      hvp=None if hvp is None else hvp.double(), relayer=relayer,
+                      biases=biases)
     dtype = torch.promote_types(acts.dtype, torch.float32)
     out = {}
     for name in names:
@@ -255,6 +256,10 @@ def _explain(model, layer, x, classes, top, methods, *, image=None, preprocess=N
         costly = [n for n in names if get_method(n).needs == "forward passes"]
         raise UsageError(f"{', '.join(costly)}: maps from extra forward passes are not differentiable; "
                          f"choose methods of activations and gradients", param="differentiable")
+    full = uses_any(names, "biases")
+    if differentiable and full:
+        raise UsageError("fullgrad: its maps are not differentiable; choose methods of the layer's activations "
+                         "and gradients", param="differentiable")
     if differentiable and not x.requires_grad and not any(p.requires_grad for p in model.parameters()):
         raise UsageError("no parameter of the model (nor the input) requires grad, so the maps cannot carry "
                          "gradients", param="differentiable")
@@ -264,9 +269,10 @@ def _explain(model, layer, x, classes, top, methods, *, image=None, preprocess=N
             _twice_differentiable(differentiable or second):
         x = model_input(model, x)
         pass_ = _forward_backward(model, layer, x, classes, needs_any(names, "gradients"), differentiable, score,
-                                  top, activation, own=[(n, fn, settings) for n, fn in own], hvp=second)
+                                  top, activation, own=[(n, fn, settings) for n, fn in own], hvp=second,
+                                  full=full)
         logits, idx, acts, grads = pass_[:4]
-        own_grads, hvps = pass_[4], pass_[5]
+        own_grads, hvps, biases = pass_[4], pass_[5], pass_[6]
         extra = {}
         if needs_any(names, "forward passes"):
             source = image if image is not None else x
@@ -283,6 +289,7 @@ def _explain(model, layer, x, classes, top, methods, *, image=None, preprocess=N
                 wanted = [n for n in names if n not in shared]
                 made = cam_maps(None if grads is None else grads[t], acts, wanted, classes=idx[:, t],
                                 settings=settings, hvp=None if hvps is None else hvps[t],
+                                biases=None if biases is None else biases[t],
                                 own_grads={n: g[t] for n, g in own_grads.items()}, **extra)
                 shared.update({n: made[n] for n in agnostic if n in made})
                 out.append({n: made[n] if n in made else shared[n] for n in names})
@@ -322,7 +329,7 @@ def model_input(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _forward_backward(model: torch.nn.Module, layer, x: torch.Tensor, classes, wants_grads: bool,
                       differentiable: bool = False, score: str = "logit", top: int | None = None,
-                      activation: str = "softmax", own=(), hvp: bool = False):
+                      activation: str = "softmax", own=(), hvp: bool = False, full: bool = False):
     """One forward pass through ``layer``'s tap (and the backward to it when ``wants_grads``): the logits,
     the explained classes (N, T) (``classes``, or each image's ``top`` most probable: a number, or a
     function of the logits that gives it), the activations and
@@ -330,10 +337,18 @@ def _forward_backward(model: torch.nn.Module, layer, x: torch.Tensor, classes, w
     ``differentiable`` (then the activations keep their graph and the gradient has one); then
     ``{name: (T, N, K, h, w)}``, the gradients of the methods' own targets (``own``: (name, target,
     settings) each), from the same batched backward pass, and with ``hvp`` the Hessian-vector products
-    H A of each target's score (T, N, K, h, w), else None."""
-    grads, own_grads, hvps = None, {}, None
+    H A of each target's score (T, N, K, h, w), else None; last, with ``full`` (FullGrad), each target's
+    ``(x * dS/dx, [b * dS/dz for each layer of BiasTap])``, from the backward carried on to the input (the
+    activations stay in the graph of what came before them), else None."""
+    import contextlib
+
+    grads, own_grads, hvps, biases = None, {}, None, None
     grad_mode = torch.enable_grad() if wants_grads or differentiable else torch.no_grad()
-    with grad_mode, FeatureTap(model, layer, keep_graph=differentiable) as tap:
+    frozen = FrozenParameters(model) if full else contextlib.nullcontext()
+    if full:
+        x = x.detach().requires_grad_(True)
+    with grad_mode, frozen, FeatureTap(model, layer, keep_graph=differentiable or full) as tap, \
+            (BiasTap(model) if full else contextlib.nullcontext()) as bias_tap:
         logits = model(x)
         acts = tap.activation
         if acts is None:
@@ -354,8 +369,10 @@ def _forward_backward(model: torch.nn.Module, layer, x: torch.Tensor, classes, w
             columns = [target_scores(logits, idx, score, activation)]
             for _, target, settings in own:  # each method's own score of each target class
                 columns += [target(logits, idx[:, j], settings)[:, None] for j in range(t)]
-            every = _target_grads(torch.cat(columns, dim=1), acts, differentiable or hvp)
+            every = _target_grads(torch.cat(columns, dim=1), acts, differentiable or hvp, keep=full)
             grads = every[:t]
+            if full:
+                biases = _bias_gradients(columns[0], x, bias_tap)
             own_grads = {name: every[t * (m + 1): t * (m + 2)] for m, (name, _, _) in enumerate(own)}
             if hvp:
                 hvps = _hessian_products(grads, acts, differentiable)
@@ -363,8 +380,21 @@ def _forward_backward(model: torch.nn.Module, layer, x: torch.Tensor, classes, w
                 grads = grads.detach()
                 own_grads = {name: g.detach() for name, g in own_grads.items()}
     if differentiable:
-        return logits.detach(), idx, acts, grads, own_grads, hvps
-    return logits.detach(), idx, acts.detach(), grads, own_grads, hvps
+        return logits.detach(), idx, acts, grads, own_grads, hvps, biases
+    return logits.detach(), idx, acts.detach(), grads, own_grads, hvps, biases
+
+
+def _bias_gradients(scores: torch.Tensor, x: torch.Tensor, tap: "BiasTap") -> list:
+    """FullGrad's terms of each column of ``scores`` (N, T): ``(x * dS/dx, [b * dS/dz for each output z
+    that ``tap`` holds])``, detached; one backward through the whole model per target."""
+    out = []
+    for j in range(scores.shape[1]):
+        found = torch.autograd.grad(scores[:, j].sum(), [x, *tap.outputs], retain_graph=True, allow_unused=True)
+        terms = [torch.zeros_like(z) if g is None else g * b[None, :, None, None]
+                 for g, z, b in zip(found[1:], tap.outputs, tap.biases)]
+        input_grad = torch.zeros_like(x) if found[0] is None else found[0]
+        out.append(((x * input_grad).detach(), [t.detach() for t in terms]))
+    return out
 
 
 def _hessian_products(grads: torch.Tensor, acts: torch.Tensor, differentiable: bool) -> torch.Tensor:
@@ -392,13 +422,16 @@ def top_tensor(k: int, logits: torch.Tensor) -> torch.Tensor:
     return order[:, :k]
 
 
-def _target_grads(scores: torch.Tensor, acts: torch.Tensor, differentiable: bool) -> torch.Tensor:
+def _target_grads(scores: torch.Tensor, acts: torch.Tensor, differentiable: bool,
+                  keep: bool = False) -> torch.Tensor:
     """The gradient of each column of ``scores`` (N, T) with respect to ``acts``: (T, N, K, h, w).  Images
     are independent in eval mode, so a column's sum gives each image its own gradient; the T columns go in
-    one batched backward pass (vmap over the grad outputs) where every operation has a batched rule."""
+    one batched backward pass (vmap over the grad outputs) where every operation has a batched rule;
+    ``keep``: the graph is kept for another backward."""
     n, t = scores.shape
     if t == 1:
-        (grad,) = torch.autograd.grad(scores.sum(), acts, allow_unused=True, create_graph=differentiable)
+        (grad,) = torch.autograd.grad(scores.sum(), acts, allow_unused=True, retain_graph=keep or None,
+                                      create_graph=differentiable)
         grads = None if grad is None else grad[None]
     else:
         eye = torch.eye(t, dtype=scores.dtype, device=scores.device)[:, None, :].expand(t, n, t)

@@ -233,3 +233,60 @@ class LayerSwap:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+
+
+def bias_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The layers whose bias FullGrad reads, in the order of ``model.modules()``: every ``nn.Conv2d`` with a
+    bias and every ``nn.BatchNorm2d`` (a subclass too, unless it overrides ``forward``: timm's
+    ``BatchNormAct2d`` applies its activation inside, so its output is not the normalisation's)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d) and module.bias is not None:
+            out.append((name, module))
+        elif isinstance(module, torch.nn.BatchNorm2d) and type(module).forward is _BatchNorm.forward \
+                and module.running_mean is not None:
+            out.append((name, module))
+    return out
+
+
+def effective_bias(module: torch.nn.Module) -> torch.Tensor:
+    """What a layer adds at every position whatever its input: a convolution's bias; a batch norm's, in eval
+    mode, beta - running_mean * gamma / sqrt(running_var + eps) (gamma 1 and beta 0 without affine)."""
+    if isinstance(module, torch.nn.Conv2d):
+        return module.bias.detach()
+    scale = torch.rsqrt(module.running_var.detach() + module.eps)
+    gamma = module.weight.detach() if module.weight is not None else torch.ones_like(scale)
+    beta = module.bias.detach() if module.bias is not None else torch.zeros_like(scale)
+    return beta - module.running_mean.detach() * gamma * scale
+
+
+class BiasTap:
+    """Context manager: the outputs z of every layer of :func:`bias_layers` as the forward pass makes them
+    (``self.outputs``, in graph) and each one's :func:`effective_bias` (``self.biases``), for FullGrad's
+    bias-gradients b * dS/dz.  The model goes on with a copy of each output, so that an in-place module
+    after the layer (VGG16's ``ReLU(inplace=True)``) leaves z, and its gradient, the layer's own.  A layer
+    that runs several times gives one output per call.  The hooks are always removed."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.layers = bias_layers(model)
+        self.outputs: list[torch.Tensor] = []
+        self.biases: list[torch.Tensor] = []
+        self._handles = []
+
+    def _hook(self, module, inputs, output):
+        if not isinstance(output, torch.Tensor) or output.dim() != 4 or not output.requires_grad:
+            return None
+        self.outputs.append(output)
+        self.biases.append(effective_bias(module).to(output.dtype))
+        return output.clone()
+
+    def __enter__(self) -> "BiasTap":
+        self._handles = [module.register_forward_hook(self._hook) for _, module in self.layers]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []

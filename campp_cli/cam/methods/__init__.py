@@ -59,8 +59,11 @@ NEEDS = ("activations", "gradients", "forward passes")
 #: linear head after the layer (a usage error where the model has none); ``"hvp"``: ``inp.hvp``, H A, the
 #: Hessian of the score with respect to A applied to A (a second backward pass); ``"relayer"``:
 #: ``inp.relayer(grids, rows, classes)``, the score of ``classes`` when the model runs on its images ``rows``
-#: with the layer's output replaced by ``grids`` (forward passes).
-USES = ("head", "hvp", "relayer")
+#: with the layer's output replaced by ``grids`` (forward passes); ``"biases"``: ``inp.biases``, FullGrad's
+#: ``(input_term, bias_terms)``: x * dS/dx (N, 3, H, W) and, for every convolution with a bias and every batch
+#: norm of the model (:func:`campp_cli.cam.taps.bias_layers`), b * dS/dz (N, C, h, w) at its output z (the
+#: shared pass's backward carried through the whole model to the input).
+USES = ("head", "hvp", "relayer", "biases")
 
 #: Settings every method takes (smoothing): on the CLI as flags and options of every command that explains.
 EIGEN_SMOOTH = Setting("eigen_smooth", bool, "", "Each map: the first principal component of the method's "
@@ -80,7 +83,7 @@ DEFAULT_METHODS = ("gradcam", "gradcampp")
 #: Keywords of explain() and cam_maps() themselves: no method setting may take one of these names.
 RESERVED = frozenset({"model", "layer", "x", "classes", "methods", "image", "preprocess", "progress", "settings",
                       "grads", "acts", "score", "output_key", "differentiable", "head", "hvp", "relayer",
-                      "own_grads"})
+                      "biases", "own_grads"})
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -110,6 +113,8 @@ class Method:
         if self.needs == "forward passes":
             return "one forward + K extra forward passes per image"
         extra = " + a second backward (H A)" if "hvp" in self.uses else ""
+        if "biases" in self.uses:
+            extra += ", its backward carried through the whole model to the input"
         if self.needs == "activations":
             return "one forward pass (no backward)"
         return "the shared forward + backward pass" + extra
@@ -130,7 +135,8 @@ class MethodInput:
     and ``progress(n)`` is called after every n forward passes; if it also has
     a ``planned(passes, images)`` method, that is called first with how many
     passes the batch will run (for an ETA).  What a method ``uses`` (:data:`USES`): ``head``, ``hvp``,
-    ``relayer``; a method with its own ``target`` finds the gradient of that target in ``grads``.
+    ``relayer``, ``biases`` (in the pass's dtype, not float64: a VGG16 has 13 million of them); a method
+    with its own ``target`` finds the gradient of that target in ``grads``.
     """
 
     acts: Any
@@ -143,6 +149,7 @@ class MethodInput:
     head: Any = None
     hvp: Any = None
     relayer: Callable | None = None
+    biases: Any = None
 
 
 def _check_settings(name: str, settings: tuple) -> None:
@@ -329,6 +336,11 @@ def eigen_smoothing(on: bool):
         _EIGEN.reset(token)
 
 
+def eigen_smoothed() -> bool:
+    """Whether :func:`terms_sum` gives principal components now (``eigen_smooth``)."""
+    return _EIGEN.get()
+
+
 def terms_sum(terms):
     """``sum_k terms[n, k]``: (N, K, h, w) -> (N, h, w); with ``eigen_smooth``, Eigen-CAM's projection of the
     terms instead (their first principal component, signed to correlate with their sum)."""
@@ -353,4 +365,5 @@ def channel_sum(weights, acts):
 # isort: off
 from . import gradcam, gradcampp, xgradcam, hirescam, elementwise, layercam, eigencam, scorecam  # noqa: E402,F401
 from . import cam, eigengradcam, kpcacam, shapleycam, finercam, ablationcam, sscam, iscam  # noqa: E402,F401
+from . import fullgrad  # noqa: E402,F401
 # isort: on
