@@ -20,6 +20,11 @@
    alone and with Grad-CAM and Grad-CAM++ from the same pass, against its floor
    (one forward and one backward of the class score to the input, plain torch),
    campp's two-map pass and pytorch-grad-cam's FullGrad.
+6. Several layers (--layer a,b,c) on VGG16 (random weights), one image: Grad-CAM
+   and Grad-CAM++ at features.29 against the same two fused over features.15,
+   features.22 and features.29, against pytorch-grad-cam's GradCAM and
+   GradCAMPlusPlus with those three target layers; LayerCAM over the three
+   against torchcam's LayerCAM with its fuse_cams.
 """
 
 from __future__ import annotations
@@ -335,6 +340,57 @@ def bench_fullgrad(repeats: int) -> dict:
     return out
 
 
+FUSED = ("features.15", "features.22", "features.29")
+
+
+def fusion_contenders(model, prepared, x: torch.Tensor) -> dict:
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+    from torchcam.methods import LayerCAM
+
+    modules = dict(model.named_modules())
+    both = ",".join(FUSED)
+
+    def pgc():
+        for klass in (GradCAM, GradCAMPlusPlus):
+            with klass(model=model, target_layers=[modules[name] for name in FUSED]) as cam:
+                cam(input_tensor=x, targets=None)
+
+    def torchcam():
+        with LayerCAM(model, list(FUSED)) as extractor:
+            scores = model(x)
+            LayerCAM.fuse_cams(extractor(scores.argmax(1).tolist(), scores))
+
+    return {"campp_two_maps_one_layer": lambda: explain(prepared, FUSED[-1], x),
+            "campp_two_maps_three_layers": lambda: explain(prepared, both, x),
+            "pytorch_grad_cam_two_maps_three_layers": pgc,
+            "campp_layercam_three_layers": lambda: explain(prepared, both, x, methods="layercam"),
+            "torchcam_layercam_three_layers": torchcam}
+
+
+def bench_fusion(repeats: int) -> dict:
+    spec = get_arch("vgg16")
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    prepared = prepare_module(copy.deepcopy(model), "cpu")
+    fns = fusion_contenders(model, prepared, spec.preprocessing(torch.rand(1, 3, 224, 224)))
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_timed(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "layers": list(FUSED),
+        "seconds_median": {k: round(v, 4) for k, v in med.items()},
+        "three_layers_vs_one": round(med["campp_two_maps_three_layers"] / med["campp_two_maps_one_layer"], 3),
+        "pytorch_grad_cam_vs_campp": round(med["pytorch_grad_cam_two_maps_three_layers"]
+                                           / med["campp_two_maps_three_layers"], 2),
+        "torchcam_layercam_vs_campp": round(med["torchcam_layercam_three_layers"]
+                                            / med["campp_layercam_three_layers"], 2),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python benchmarks/methods.py", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -342,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--score-batch", type=int, default=16, help="both tools' Score-CAM batch size")
     parser.add_argument("--skip-scorecam", action="store_true")
     parser.add_argument("--skip-perturbation", action="store_true")
-    parser.add_argument("--only", choices=["one-pass", "scorecam", "perturbation", "smoothing", "fullgrad"],
+    parser.add_argument("--only", choices=["one-pass", "scorecam", "perturbation", "smoothing", "fullgrad", "fusion"],
                         default=None,
                         help="run one part only")
     parser.add_argument("--samples", type=int, default=4, help="SS-CAM's samples and IS-CAM's steps, both tools")
@@ -355,7 +411,8 @@ def main(argv: list[str] | None = None) -> None:
              "perturbation": ("perturbation_efficientnet_lite0",
                               lambda: bench_perturbation(args.score_batch, args.samples), not args.skip_perturbation),
              "smoothing": ("smoothing_vgg16", lambda: bench_smoothing(args.repeats), True),
-             "fullgrad": ("fullgrad", lambda: bench_fullgrad(args.repeats), True)}
+             "fullgrad": ("fullgrad", lambda: bench_fullgrad(args.repeats), True),
+             "fusion": ("several_layers_vgg16", lambda: bench_fusion(args.repeats), True)}
     for part, (key, fn, wanted) in parts.items():
         if (args.only is None and wanted) or args.only == part:
             report[key] = fn()

@@ -37,7 +37,7 @@ from .methods import (
     uses_any,
 )
 from .outputs import LogitsOutput
-from .taps import BiasTap, FeatureTap, FrozenParameters, LayerSwap, layer_name
+from .taps import BiasTap, FeatureTap, FrozenParameters, LayerSwap, layer_name, split_layers
 from .targets import probabilities, target_scores
 
 # --------------------------------------------------------------------------- the maps
@@ -48,6 +48,28 @@ def normalise(combination: torch.Tensor) -> torch.Tensor:
     cam = torch.relu(combination)
     peak = cam.amax(dim=(1, 2), keepdim=True)
     return cam / nonzero(peak)
+
+
+#: LayerCAM's scaling of each layer's map before the fusion (Jiang et al. 2021, eq. 9: tanh(gamma M / max M)).
+FUSION_GAMMA = 2.0
+
+
+def fuse_layers(maps: list) -> torch.Tensor:
+    """Several layers' maps of one method, (N, h_l, w_l) each in [0, 1] (divided by their maximum), as one:
+    LayerCAM's rule (Jiang et al., IEEE TIP 2021, eq. 9, as torchcam fuses them): each map scaled to
+    tanh(2 M), upsampled to the finest grid (bilinear, half-pixel centres, as the figures draw maps), the
+    element-wise maximum over the layers, divided by its maximum; computed in float64, returned in the
+    maps' dtype."""
+    import torch.nn.functional as F
+
+    size = max((tuple(m.shape[-2:]) for m in maps), key=lambda hw: hw[0] * hw[1])
+    fused = None
+    for m in maps:
+        scaled = torch.tanh(FUSION_GAMMA * m.double())
+        if tuple(scaled.shape[-2:]) != size:
+            scaled = F.interpolate(scaled[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        fused = scaled if fused is None else torch.maximum(fused, scaled)
+    return normalise(fused).to(maps[0].dtype)
 
 
 def cam_maps(grads: torch.Tensor | None, acts: torch.Tensor, methods=DEFAULT_METHODS, *, classes=None,
@@ -268,31 +290,46 @@ def _explain(model, layer, x, classes, top, methods, *, image=None, preprocess=N
     with torch.inference_mode(False), LogitsOutput(model, output_key), \
             _twice_differentiable(differentiable or second):
         x = model_input(model, x)
-        pass_ = _forward_backward(model, layer, x, classes, needs_any(names, "gradients"), differentiable, score,
-                                  top, activation, own=[(n, fn, settings) for n, fn in own], hvp=second,
+        layers = split_layers(layer)
+        pass_ = _forward_backward(model, layers, x, classes, needs_any(names, "gradients"), differentiable,
+                                  score, top, activation, own=[(n, fn, settings) for n, fn in own], hvp=second,
                                   full=full)
         logits, idx, acts, grads = pass_[:4]
         own_grads, hvps, biases = pass_[4], pass_[5], pass_[6]
-        extra = {}
+        common = {}
         if needs_any(names, "forward passes"):
             source = image if image is not None else x
             prep = preprocess if image is not None else None
-            extra.update(image=source.detach(), score=_scorer(model, prep, activation), progress=progress)
-        if uses_any(names, "head"):
-            extra["head"] = class_weights(model, acts, logits, layer, keep_graph=differentiable)
-        if uses_any(names, "relayer"):
-            extra["relayer"] = _relayer(model, layer, x.detach(), score, activation)
+            common.update(image=source.detach(), score=_scorer(model, prep, activation),
+                          progress=None if progress is None else _ImagesOnce(progress))
+        extras = []  # what each layer's methods use
+        for where, a in zip(layers, acts):
+            extra = dict(common)
+            if uses_any(names, "head"):
+                extra["head"] = class_weights(model, a, logits, where, keep_graph=differentiable)
+            if uses_any(names, "relayer"):
+                extra["relayer"] = _relayer(model, where, x.detach(), score, activation)
+            extras.append(extra)
         agnostic = [n for n in names if not get_method(n).class_specific]
+        layer_free = [n for n in names if "biases" in get_method(n).uses]  # FullGrad: every layer already
         out, shared = [], {}
         with torch.enable_grad() if differentiable else torch.no_grad():
             for t in range(idx.shape[1]):
                 wanted = [n for n in names if n not in shared]
-                made = cam_maps(None if grads is None else grads[t], acts, wanted, classes=idx[:, t],
-                                settings=settings, hvp=None if hvps is None else hvps[t],
-                                biases=None if biases is None else biases[t],
-                                own_grads={n: g[t] for n, g in own_grads.items()}, **extra)
+                per_layer = []
+                for j, (a, extra) in enumerate(zip(acts, extras)):
+                    mine = wanted if j == 0 else [n for n in wanted if n not in layer_free]
+                    per_layer.append(cam_maps(
+                        None if grads is None else grads[j][t], a, mine, classes=idx[:, t], settings=settings,
+                        hvp=None if hvps is None else hvps[j][t],
+                        biases=None if biases is None or j else biases[t],
+                        own_grads={n: g[j][t] for n, g in own_grads.items()}, **extra))
+                made = per_layer[0] if len(layers) == 1 else \
+                    {n: per_layer[0][n] if n in layer_free else fuse_layers([m[n] for m in per_layer]) for n in wanted}
                 shared.update({n: made[n] for n in agnostic if n in made})
                 out.append({n: made[n] if n in made else shared[n] for n in names})
+        if len(layers) > 1:
+            layer = ",".join(layer_name(model, one) for one in layers)
     logits = logits.float()
     probs = probabilities(logits, activation).cpu().numpy()
     logits = logits.cpu().numpy()
@@ -327,19 +364,20 @@ def model_input(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.clone() if x.is_inference() and not torch.is_inference_mode_enabled() else x
 
 
-def _forward_backward(model: torch.nn.Module, layer, x: torch.Tensor, classes, wants_grads: bool,
+def _forward_backward(model: torch.nn.Module, layers: list, x: torch.Tensor, classes, wants_grads: bool,
                       differentiable: bool = False, score: str = "logit", top: int | None = None,
                       activation: str = "softmax", own=(), hvp: bool = False, full: bool = False):
-    """One forward pass through ``layer``'s tap (and the backward to it when ``wants_grads``): the logits,
-    the explained classes (N, T) (``classes``, or each image's ``top`` most probable: a number, or a
-    function of the logits that gives it), the activations and
-    the gradient of each target's ``score`` (T, N, K, h, w) (None without ``wants_grads``), detached unless
-    ``differentiable`` (then the activations keep their graph and the gradient has one); then
-    ``{name: (T, N, K, h, w)}``, the gradients of the methods' own targets (``own``: (name, target,
-    settings) each), from the same batched backward pass, and with ``hvp`` the Hessian-vector products
-    H A of each target's score (T, N, K, h, w), else None; last, with ``full`` (FullGrad), each target's
-    ``(x * dS/dx, [b * dS/dz for each layer of BiasTap])``, from the backward carried on to the input (the
-    activations stay in the graph of what came before them), else None."""
+    """One forward pass through the taps of ``layers`` (and the backward to them when ``wants_grads``): the
+    logits, the explained classes (N, T) (``classes``, or each image's ``top`` most probable: a number, or
+    a function of the logits that gives it), each layer's activations and each layer's gradient of each
+    target's ``score`` (T, N, K, h, w) (None without ``wants_grads``), detached unless ``differentiable``
+    (then the activations keep their graph and the gradient has one); then ``{name: [(T, N, K, h, w) per
+    layer]}``, the gradients of the methods' own targets (``own``: (name, target, settings) each), from the
+    same batched backward pass, and with ``hvp`` each layer's Hessian-vector products H A of each target's
+    score (T, N, K, h, w), else None; last, with ``full`` (FullGrad), each target's ``(x * dS/dx, [b * dS/dz
+    for each layer of BiasTap])``, from the backward carried on to the input (the activations stay in the
+    graph of what came before them), else None.  Of several layers, the first the forward pass reaches is
+    the gradient leaf and the others stay in its graph, so that one backward pass reaches them all."""
     import contextlib
 
     grads, own_grads, hvps, biases = None, {}, None, None
@@ -347,12 +385,15 @@ def _forward_backward(model: torch.nn.Module, layer, x: torch.Tensor, classes, w
     frozen = FrozenParameters(model) if full else contextlib.nullcontext()
     if full:
         x = x.detach().requires_grad_(True)
-    with grad_mode, frozen, FeatureTap(model, layer, keep_graph=differentiable or full) as tap, \
-            (BiasTap(model) if full else contextlib.nullcontext()) as bias_tap:
+    with grad_mode, frozen, contextlib.ExitStack() as stack:
+        taps = [stack.enter_context(FeatureTap(model, one, keep_graph=differentiable or full, chain=len(layers) > 1))
+                for one in layers]
+        bias_tap = stack.enter_context(BiasTap(model)) if full else None
         logits = model(x)
-        acts = tap.activation
-        if acts is None:
-            raise UsageError(f"--layer {tap.layer}: this module ran {tap.calls} times in the forward pass")
+        acts = [tap.activation for tap in taps]
+        for tap in taps:
+            if tap.activation is None:
+                raise UsageError(f"--layer {tap.layer}: this module ran {tap.calls} times in the forward pass")
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ModelError(f"the model's output is {shape}, not (N, classes) logits")
@@ -370,18 +411,18 @@ def _forward_backward(model: torch.nn.Module, layer, x: torch.Tensor, classes, w
             for _, target, settings in own:  # each method's own score of each target class
                 columns += [target(logits, idx[:, j], settings)[:, None] for j in range(t)]
             every = _target_grads(torch.cat(columns, dim=1), acts, differentiable or hvp, keep=full)
-            grads = every[:t]
+            grads = [e[:t] for e in every]
+            own_grads = {name: [e[t * (m + 1): t * (m + 2)] for e in every] for m, (name, _, _) in enumerate(own)}
             if full:
                 biases = _bias_gradients(columns[0], x, bias_tap)
-            own_grads = {name: every[t * (m + 1): t * (m + 2)] for m, (name, _, _) in enumerate(own)}
             if hvp:
-                hvps = _hessian_products(grads, acts, differentiable)
+                hvps = [_hessian_products(g, a, differentiable) for g, a in zip(grads, acts)]
             if not differentiable:
-                grads = grads.detach()
-                own_grads = {name: g.detach() for name, g in own_grads.items()}
+                grads = [g.detach() for g in grads]
+                own_grads = {name: [g.detach() for g in gs] for name, gs in own_grads.items()}
     if differentiable:
         return logits.detach(), idx, acts, grads, own_grads, hvps, biases
-    return logits.detach(), idx, acts.detach(), grads, own_grads, hvps, biases
+    return logits.detach(), idx, [a.detach() for a in acts], grads, own_grads, hvps, biases
 
 
 def _bias_gradients(scores: torch.Tensor, x: torch.Tensor, tap: "BiasTap") -> list:
@@ -422,29 +463,28 @@ def top_tensor(k: int, logits: torch.Tensor) -> torch.Tensor:
     return order[:, :k]
 
 
-def _target_grads(scores: torch.Tensor, acts: torch.Tensor, differentiable: bool,
-                  keep: bool = False) -> torch.Tensor:
-    """The gradient of each column of ``scores`` (N, T) with respect to ``acts``: (T, N, K, h, w).  Images
-    are independent in eval mode, so a column's sum gives each image its own gradient; the T columns go in
-    one batched backward pass (vmap over the grad outputs) where every operation has a batched rule;
-    ``keep``: the graph is kept for another backward."""
+def _target_grads(scores: torch.Tensor, acts: list, differentiable: bool, keep: bool = False) -> list:
+    """The gradient of each column of ``scores`` (N, T) with respect to each of ``acts``: (T, N, K, h, w) per
+    layer.  Images are independent in eval mode, so a column's sum gives each image its own gradient; the
+    T columns go in one batched backward pass (vmap over the grad outputs) where every operation has a
+    batched rule; ``keep``: the graph is kept for another backward."""
     n, t = scores.shape
     if t == 1:
-        (grad,) = torch.autograd.grad(scores.sum(), acts, allow_unused=True, retain_graph=keep or None,
-                                      create_graph=differentiable)
-        grads = None if grad is None else grad[None]
+        found = torch.autograd.grad(scores.sum(), acts, allow_unused=True, retain_graph=keep or None,
+                                    create_graph=differentiable)
+        grads = [None if g is None else g[None] for g in found]
     else:
         eye = torch.eye(t, dtype=scores.dtype, device=scores.device)[:, None, :].expand(t, n, t)
         try:
-            (grads,) = torch.autograd.grad(scores, acts, grad_outputs=eye, is_grads_batched=True,
-                                           allow_unused=True, retain_graph=True, create_graph=differentiable)
+            grads = list(torch.autograd.grad(scores, acts, grad_outputs=eye, is_grads_batched=True,
+                                             allow_unused=True, retain_graph=True, create_graph=differentiable))
         except RuntimeError:  # an operation without a batched backward: one pass of the head per target
             parts = [torch.autograd.grad(scores[:, j].sum(), acts, allow_unused=True, retain_graph=True,
-                                         create_graph=differentiable)[0] for j in range(t)]
-            grads = None if parts[0] is None else torch.stack(parts)
-    if grads is None:  # the target does not reach the logits
-        grads = acts.new_zeros((t, *acts.shape))
-    return grads if differentiable else grads.detach()
+                                         create_graph=differentiable) for j in range(t)]
+            grads = [None if parts[0][k] is None else torch.stack([p[k] for p in parts]) for k in range(len(acts))]
+    # a target that does not reach the logits, or a layer it does not pass through: zero
+    grads = [a.new_zeros((t, *a.shape)) if g is None else g for g, a in zip(grads, acts)]
+    return grads if differentiable else [g.detach() for g in grads]
 
 
 def _scorer(model: torch.nn.Module, preprocess, activation: str = "softmax"):
@@ -533,6 +573,23 @@ def _copies(image: torch.Tensor, settings: dict) -> list[tuple[torch.Tensor, boo
 #: At most this many rows (copies x images) go through the model in one smoothing pass, unless one copy of
 #: the batch is more (then one copy of every image a pass, the run's own batch).
 SMOOTH_ROWS = 32
+
+
+class _ImagesOnce:
+    """A run's progress, told of one batch's passes by each method and layer that runs its own: the passes
+    add up, the batch's images count once (so that the ETA's passes per image are the batch's total)."""
+
+    def __init__(self, progress):
+        self.progress, self.told = progress, False
+
+    def __call__(self, n: int) -> None:
+        self.progress(n)
+
+    def planned(self, passes: int, images: int) -> None:
+        planned = getattr(self.progress, "planned", None)
+        if planned is not None:
+            planned(passes, 0 if self.told else images)
+        self.told = True
 
 
 class _PerPhoto:

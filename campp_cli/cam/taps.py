@@ -54,6 +54,25 @@ def split_layer(spec: str) -> tuple[str, int | None]:
     return name, int(call)
 
 
+def split_layers(layer) -> list:
+    """The layers of ``layer``: a dotted name, several of them separated by commas (``"layer3,layer4"``), a
+    module, or a list of names and modules; each once, in the order given."""
+    if isinstance(layer, str):
+        parts = [part.strip() for part in layer.split(",")]
+        if not all(parts):
+            raise UsageError(f"--layer {layer}: give dotted module names separated by commas")
+    elif isinstance(layer, (list, tuple)):
+        parts = list(layer)
+        if not parts:
+            raise UsageError("give at least one layer", param="layer")
+    else:
+        parts = [layer]
+    names = [part if isinstance(part, str) else id(part) for part in parts]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--layer {layer}: give each layer once")
+    return parts
+
+
 def layer_name(model: torch.nn.Module, layer: "str | torch.nn.Module") -> str:
     """``layer`` as a dotted name: a name is kept, a module of ``model`` is looked up by identity."""
     if isinstance(layer, str):
@@ -127,7 +146,9 @@ class FeatureTap:
 
     ``keep_graph=True`` (differentiable maps): the parameters are left as they
     are and the activation stays in the graph of what came before it, so maps
-    made from it carry gradients to the model's weights.
+    made from it carry gradients to the model's weights.  ``chain=True`` (one
+    of several taps): an output that already carries a graph (from the tap of
+    a layer before it) stays in it, so that one backward pass reaches both.
 
     ``layer`` is a dotted module name, or ``name@k`` for the k-th call (from 0)
     of a module the forward pass runs several times, or the module object itself.
@@ -136,7 +157,8 @@ class FeatureTap:
     the same values in its own layout.
     """
 
-    def __init__(self, model: torch.nn.Module, layer: "str | torch.nn.Module", keep_graph: bool = False):
+    def __init__(self, model: torch.nn.Module, layer: "str | torch.nn.Module", keep_graph: bool = False,
+                 chain: bool = False):
         layer = layer_name(model, layer)
         name, self.call = split_layer(layer)
         modules = dict(model.named_modules())
@@ -150,6 +172,7 @@ class FeatureTap:
         self.calls = 0
         self._handle = None
         self.keep_graph = keep_graph
+        self.chain = chain
         self._frozen = None if keep_graph else FrozenParameters(model)
 
     def _hook(self, module, inputs, output):
@@ -165,7 +188,7 @@ class FeatureTap:
         if self.layout is None:
             raise UsageError(f"--layer {self.layer}: its output {tuple(output.shape)} is neither a feature map "
                              f"(N, C, H, W) nor transformer tokens (N, T, C) on a square grid")
-        if self.keep_graph:
+        if self.keep_graph or (self.chain and output.requires_grad):
             self.activation = to_grid(output, self.layout)
             if not self.activation.requires_grad:  # a frozen backbone: the maps still depend on the head
                 self.activation = self.activation.detach().requires_grad_(True)
@@ -173,7 +196,7 @@ class FeatureTap:
             self.activation = to_grid(output.detach(), self.layout).requires_grad_(True)
         # The model goes on with a copy: the next module may work in place, which neither the activation
         # (its values are the map's) nor a leaf (autograd refuses) may undergo.
-        return from_grid(self.activation, self.layout, output, self.keep_graph).clone()
+        return from_grid(self.activation, self.layout, output, self.keep_graph or self.chain).clone()
 
     def __enter__(self) -> "FeatureTap":
         if self._frozen is not None:

@@ -80,8 +80,9 @@ model_options = options(
                       "a torch.nn.Module; campp imports and runs that code."),
     output_key_option,
     click.option("--layer", default=None, metavar="DOTTED.NAME",
-                 help="Feature map to explain (see 'campp layers'). Default: vgg16 features.29 as in the "
-                      "paper; a transformer's last block's first norm; else the last spatial feature map "
+                 help="Feature map to explain (see 'campp layers'); several, comma-separated, give each "
+                      "method's maps of every one fused by LayerCAM's rule. Default: vgg16 features.29 as in "
+                      "the paper; a transformer's last block's first norm; else the last spatial feature map "
                       "before global pooling."),
     click.option("--weights", default=None, metavar="PATH",
                  help="Weights: a state_dict .pth or .safetensors, or for vgg16 the paper's vgg16.npy. Default: "

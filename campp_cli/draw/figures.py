@@ -44,6 +44,8 @@ def layer_label(module, layer) -> str:
 
     if not isinstance(layer, str):
         return str(layer)
+    if "," in layer:  # several layers, fused
+        return ", ".join(layer_label(module, part.strip()) for part in layer.split(","))
     try:
         sub = module.get_submodule(split_layer(layer)[0])
     except (AttributeError, CamppError):

@@ -107,8 +107,13 @@ def check_layer(module: torch.nn.Module, layer: str, spec: ArchSpec, device: tor
 
 
 def target_layer(spec: ArchSpec, module: torch.nn.Module, layer: str | None, size: int, device: str) -> str:
-    """``layer`` once checked, or the default one (a dry run on ``device`` where the spec names none)."""
+    """``layer`` once checked (each of several, comma-separated, whose maps are fused), or the default one
+    (a dry run on ``device`` where the spec names none)."""
+    from ..cam.taps import split_layers
+
     if layer is None:
         return default_layer(spec, module, device=device, size=size)
-    check_layer(module, layer, spec, device=device, size=size)
-    return layer
+    parts = split_layers(layer)
+    for part in parts:
+        check_layer(module, part, spec, device=device, size=size)
+    return ",".join(parts)
