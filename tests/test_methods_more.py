@@ -607,3 +607,16 @@ def test_differentiable_cam_carries_gradients_to_the_head():
     maps = explain(model, LAYER, x, methods="cam", differentiable=True).maps
     maps["cam"].sum().backward()
     assert model.fc.weight.grad is not None and float(model.fc.weight.grad.abs().sum()) > 0
+
+
+def test_a_smoothed_run_explains_x_when_the_image_comes_without_its_preprocess():
+    """An image without preprocess is what the perturbation methods mask; the model's copies are still
+    made of x (they were made of the image, so the maps explained pixels the model was never given)."""
+    model = Smooth(9)
+    image = _images(9, 2, 16)
+    x = (image - 0.45) / 0.25
+    plain = explain(model, LAYER, x, methods="gradcam", noise_samples=2, aug_smooth=True)
+    given = explain(model, LAYER, x, methods="gradcam,scorecam", image=image, noise_samples=2, aug_smooth=True)
+    np.testing.assert_array_equal(given.maps["gradcam"], plain.maps["gradcam"])
+    np.testing.assert_array_equal(given.classes, plain.classes)
+    assert np.isfinite(given.maps["scorecam"]).all() and given.maps["scorecam"].max() == 1

@@ -612,13 +612,18 @@ def _smoothed(model, layer, x, classes, top, names, *, image, preprocess, progre
               output_key, settings) -> list[Explanation]:
     """Every map as the mean of the maps of the image's copies (:func:`_copies`), each relu'd and divided by
     its maximum and mirrored back where its copy was mirrored, then divided by the mean's maximum.  The
-    copies are made of ``image`` (RGB, which ``preprocess`` turns into the model's input) where it is given,
-    else of ``x``; the explained classes are the image's own, whatever a copy predicts: from the image's
+    copies are made of ``image`` (RGB, which ``preprocess`` turns into the model's input) where both are
+    given, else of ``x`` (and an ``image`` without ``preprocess``, which Score-CAM masks, gets the same
+    copies); the explained classes are the image's own, whatever a copy predicts: from the image's
     own rows where it is one of the copies (``aug_smooth``), else from one forward pass of it.  Copies go
     through the model together, at most :data:`SMOOTH_ROWS` rows (or one copy of the batch) a pass."""
     from .targets import probabilities
 
-    copies = _copies((image if image is not None else x).detach(), settings)
+    # The model's copies: of the photo, which preprocess turns into x, where both are given; else of x
+    # itself, and then an image given without its preprocess (what Score-CAM masks) gets the same copies
+    from_image = image is not None and preprocess is not None
+    copies = _copies((image if from_image else x).detach(), settings)
+    masked = None if image is None or from_image else _copies(image.detach(), settings)
     n = x.shape[0]
     known: dict = {}
 
@@ -634,6 +639,7 @@ def _smoothed(model, layer, x, classes, top, names, *, image, preprocess, progre
         with torch.inference_mode(False), LogitsOutput(model, output_key), torch.no_grad():
             photo_targets(model(model_input(model, x)).detach())
         copies = copies[1:]
+        masked = masked and masked[1:]
     inner = {**settings, "aug_smooth": False, "noise_samples": 0}
     told = None if progress is None else _PerPhoto(progress, len(copies))
     per = max(1, SMOOTH_ROWS // n)
@@ -641,10 +647,12 @@ def _smoothed(model, layer, x, classes, top, names, *, image, preprocess, progre
     for start in range(0, len(copies), per):
         chunk = copies[start:start + per]
         batch = torch.cat([c for c, _, _ in chunk])
-        xs = preprocess(batch) if image is not None and preprocess is not None else batch
-        ranked = _explain(model, layer, xs, photo_targets, None, names, image=batch if image is not None else None,
-                          preprocess=preprocess, progress=told, score=score, activation=activation,
-                          output_key=output_key, settings=inner)
+        xs = preprocess(batch) if from_image else batch
+        shown = batch if from_image else None if masked is None else \
+            torch.cat([c for c, _, _ in masked[start:start + per]])
+        ranked = _explain(model, layer, xs, photo_targets, None, names, image=shown, preprocess=preprocess,
+                          progress=told, score=score, activation=activation, output_key=output_key,
+                          settings=inner)
         parts = parts or [{name: [] for name in names} for _ in ranked]
         for t, expl in enumerate(ranked):
             for name, stack in expl.maps.items():
