@@ -361,6 +361,7 @@ def fusion_contenders(model, prepared, x: torch.Tensor) -> dict:
             LayerCAM.fuse_cams(extractor(scores.argmax(1).tolist(), scores))
 
     return {"campp_two_maps_one_layer": lambda: explain(prepared, FUSED[-1], x),
+            "campp_two_maps_shallowest_layer": lambda: explain(prepared, FUSED[0], x),
             "campp_two_maps_three_layers": lambda: explain(prepared, both, x),
             "pytorch_grad_cam_two_maps_three_layers": pgc,
             "campp_layercam_three_layers": lambda: explain(prepared, both, x, methods="layercam"),
@@ -384,6 +385,8 @@ def bench_fusion(repeats: int) -> dict:
         "layers": list(FUSED),
         "seconds_median": {k: round(v, 4) for k, v in med.items()},
         "three_layers_vs_one": round(med["campp_two_maps_three_layers"] / med["campp_two_maps_one_layer"], 3),
+        "three_layers_vs_the_shallowest_alone": round(med["campp_two_maps_three_layers"]
+                                                      / med["campp_two_maps_shallowest_layer"], 3),
         "pytorch_grad_cam_vs_campp": round(med["pytorch_grad_cam_two_maps_three_layers"]
                                            / med["campp_two_maps_three_layers"], 2),
         "torchcam_layercam_vs_campp": round(med["torchcam_layercam_three_layers"]

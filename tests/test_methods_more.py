@@ -136,6 +136,56 @@ def test_shapleycam_is_gradcam_where_the_head_has_no_curvature():
     assert np.abs(prob["shapleycam"] - prob["gradcam"]).max() > 1e-3  # the softmax has curvature
 
 
+class Curved(nn.Module):
+    """A head after the layer that is piecewise linear or not, as asked: ``kind`` picks what follows A."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        torch.manual_seed(1)
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.norm = nn.BatchNorm2d(6)
+        self.kind = kind
+        self.fc = nn.Linear(6, 4)
+        self.eval()
+
+    def forward(self, x):
+        a = self.features(x)
+        if self.kind == "square":  # a product of two A-dependent factors (plus A: not homogeneous, where
+            a = a + a * a           # H A = (degree - 1) g would give Grad-CAM's map again)
+        elif self.kind == "divided":  # a division by something of A
+            a = a / (1.0 + a.mean())
+        elif self.kind in ("norm", "training norm"):
+            a = self.norm(a)
+        elif self.kind == "relu6":
+            a = nn.functional.relu6(2.0 * a - 0.5)
+        return self.fc(a.amax(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("kind,linear", [("relu6", True), ("norm", True), ("square", False), ("divided", False),
+                                         ("training norm", False)])
+def test_shapleycam_skips_its_second_backward_only_where_the_head_is_piecewise_linear(kind, linear, monkeypatch):
+    """Where every operation after the layer is (piecewise) linear, H A = 0 and campp skips the second
+    backward; its map is then the one the second backward gives, and elsewhere that backward runs."""
+    import campp_cli.cam.explain as explaining
+
+    model = Curved(kind)
+    if kind == "training norm":
+        model.norm.train()
+    x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+    features = "features.1"
+    seen = []
+    real = explaining._hessian_products
+    monkeypatch.setattr(explaining, "_hessian_products", lambda *a: seen.append(1) or real(*a))
+    ours = explain(copy.deepcopy(model), features, x, methods="shapleycam").maps["shapleycam"]
+    assert bool(seen) is not linear
+    monkeypatch.setattr(explaining, "piecewise_linear", lambda *a: False)  # the second backward, always
+    forced = explain(copy.deepcopy(model), features, x, methods="shapleycam").maps["shapleycam"]
+    np.testing.assert_allclose(ours, forced, atol=1e-6)
+    if kind == "square":
+        gradcam = explain(copy.deepcopy(model), features, x, methods="gradcam").maps["gradcam"]
+        assert np.abs(ours - gradcam).max() > 1e-3  # the curvature is there, and ShapleyCAM shows it
+
+
 # --------------------------------------------------------------------------- CAM
 
 

@@ -410,13 +410,17 @@ def _forward_backward(model: torch.nn.Module, layers: list, x: torch.Tensor, cla
             columns = [target_scores(logits, idx, score, activation)]
             for _, target, settings in own:  # each method's own score of each target class
                 columns += [target(logits, idx[:, j], settings)[:, None] for j in range(t)]
-            every = _target_grads(torch.cat(columns, dim=1), acts, differentiable or hvp, keep=full)
+            # H A is zero where the scores are piecewise linear in the activations: then no graph of the
+            # backward and no second backward
+            curved = hvp and not piecewise_linear(columns[0], acts)
+            every = _target_grads(torch.cat(columns, dim=1), acts, differentiable or curved, keep=full)
             grads = [e[:t] for e in every]
             own_grads = {name: [e[t * (m + 1): t * (m + 2)] for e in every] for m, (name, _, _) in enumerate(own)}
             if full:
                 biases = _bias_gradients(columns[0], x, bias_tap)
             if hvp:
-                hvps = [_hessian_products(g, a, differentiable) for g, a in zip(grads, acts)]
+                hvps = [_hessian_products(g, a, differentiable) if curved else torch.zeros_like(g)
+                        for g, a in zip(grads, acts)]
             if not differentiable:
                 grads = [g.detach() for g in grads]
                 own_grads = {name: [g.detach() for g in gs] for name, gs in own_grads.items()}
@@ -436,6 +440,69 @@ def _bias_gradients(scores: torch.Tensor, x: torch.Tensor, tap: "BiasTap") -> li
         input_grad = torch.zeros_like(x) if found[0] is None else found[0]
         out.append(((x * input_grad).detach(), [t.detach() for t in terms]))
     return out
+
+
+#: Autograd nodes that are linear, or piecewise linear, in every input (structure, sums, pools, ReLU-like
+#: activations): a score computed from A through these alone has H A = 0.
+PIECEWISE_LINEAR = frozenset({
+    "AddBackward0", "SubBackward0", "NegBackward0", "CloneBackward0", "ToCopyBackward0", "ViewBackward0",
+    "UnsafeViewBackward0", "ReshapeAliasBackward0", "AsStridedBackward0", "AsStridedBackward1",
+    "PermuteBackward0", "TransposeBackward0", "TBackward0", "ExpandBackward0", "SqueezeBackward0",
+    "SqueezeBackward1", "UnsqueezeBackward0", "SliceBackward0", "SelectBackward0", "IndexBackward0",
+    "GatherBackward0", "CatBackward0", "StackBackward0", "SplitBackward0", "UnbindBackward0", "SumBackward0",
+    "SumBackward1", "MeanBackward0", "MeanBackward1", "AvgPool2DBackward0", "AdaptiveAvgPool2DBackward0",
+    "MaxPool2DWithIndicesBackward0", "AdaptiveMaxPool2DBackward0", "ReluBackward0", "ThresholdBackward0",
+    "HardtanhBackward0", "LeakyReluBackward0", "ClampBackward1", "ClampMinBackward0", "ClampMaxBackward0",
+    "MaximumBackward0", "MinimumBackward0", "AmaxBackward0", "AminBackward0", "MaxBackward0", "MaxBackward1",
+    "AddBackward1", "SubBackward1", "RsubBackward1", "MulBackward1", "DivBackward1",  # with a number
+})
+#: Nodes that are linear in each input when the others are constants (products, convolutions, linear
+#: layers with frozen weights; campp's sparse-gradient linear): linear where only one input depends on A.
+PRODUCTS = frozenset({"MmBackward0", "AddmmBackward0", "BmmBackward0", "MulBackward0", "ConvolutionBackward0",
+                      "LinearBackward0", "_LinearSparseInputGradBackward", "NativeBatchNormBackward0"})
+
+
+def piecewise_linear(scores: torch.Tensor, acts: list) -> bool:
+    """Whether every operation that takes ``acts`` to ``scores`` is (piecewise) linear in them, read from
+    the autograd graph: then the Hessian of each score with respect to A is zero (ReLU's and max-pooling's
+    second derivatives are zero wherever they are defined, as autograd's double backward computes them).
+    Unknown operations, products of two A-dependent inputs, a division by one and a batch norm in training
+    mode count as curved."""
+    ends = {a.grad_fn for a in acts if a.grad_fn is not None}
+    leaves = {id(a) for a in acts if a.grad_fn is None}
+    depends: dict = {}
+
+    def children(node):
+        return [child for child, _ in node.next_functions if child is not None]
+
+    order, opened, stack = [], set(), [scores.grad_fn]
+    while stack:  # post-order, without recursion (a graph that runs back to the input is deep)
+        node = stack.pop()
+        if node is None or node in depends:
+            continue
+        if node in ends or type(node).__name__ == "AccumulateGrad":
+            depends[node] = node in ends or id(getattr(node, "variable", None)) in leaves
+            continue
+        if node in opened:
+            depends[node] = any(depends.get(c, False) for c in children(node))
+            continue
+        opened.add(node)
+        order.append(node)
+        stack.append(node)
+        stack.extend(c for c in children(node) if c not in depends)
+    for node in order:
+        if not depends.get(node):
+            continue
+        name = type(node).__name__
+        live = [depends.get(c, False) for c in children(node)]
+        if name in PIECEWISE_LINEAR:
+            continue
+        if name in PRODUCTS and sum(live) <= 1 and getattr(node, "_saved_training", False) is False:
+            continue
+        if name == "DivBackward0" and live[1:] == [False] * (len(live) - 1):
+            continue
+        return False
+    return True
 
 
 def _hessian_products(grads: torch.Tensor, acts: torch.Tensor, differentiable: bool) -> torch.Tensor:

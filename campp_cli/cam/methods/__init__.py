@@ -112,7 +112,7 @@ class Method:
             return self.cost
         if self.needs == "forward passes":
             return "one forward + K extra forward passes per image"
-        extra = " + a second backward (H A)" if "hvp" in self.uses else ""
+        extra = " + a second backward (H A), none where the head is piecewise linear" if "hvp" in self.uses else ""
         if "biases" in self.uses:
             extra += ", its backward carried through the whole model to the input"
         if self.needs == "activations":

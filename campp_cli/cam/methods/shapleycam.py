@@ -5,7 +5,9 @@ Hessian of the class score with respect to A applied to A (a second backward
 pass, from the gradient the shared pass computes).  Where the score is
 piecewise linear in A beyond the layer (ReLU, max-pooling and linear layers
 only), H A = 0 and ShapleyCAM is Grad-CAM; it differs where the head has
-curvature (softmax scores, GELU, attention).
+curvature (softmax scores, GELU, attention).  The pass reads that from its
+autograd graph (:func:`campp_cli.cam.explain.piecewise_linear`) and then
+runs no second backward.
 """
 
 from . import channel_sum, register_method
