@@ -24,24 +24,27 @@ from . import eigen_smoothed, register_method, terms_sum
 EPS = 1e-6
 
 
-def part(term, size):
-    """One part of the map: the term's magnitude rescaled (minus its minimum, divided by its maximum + eps,
-    per image over all its channels and positions: the official ``_postProcess``), summed over its channels,
-    at ``size`` (bilinear, aligned corners), in float64.  Rescaling is affine, so the sum is
-    (sum_c |t_c| - C min) / (max - min + eps), made from |t|'s channel sum, minimum and maximum without a
-    rescaled copy of the term; channels are summed before the interpolation, which, being linear, gives
-    the same."""
+def rescaled(term):
+    """The term's magnitude rescaled (minus its minimum, divided by its maximum + eps, per image over all its
+    channels and positions: the official ``_postProcess``) and summed over its channels: (N, h, w), float64.
+    Rescaling is affine, so the sum is (sum_c |t_c| - C min) / (max - min + eps), made from |t|'s channel
+    sum, minimum and maximum without a rescaled copy of the term (nor a contiguous one of a channels-last
+    term)."""
     import torch
-    import torch.nn.functional as F
 
     magnitude = term.abs()
-    flat = magnitude.flatten(1)
-    low = flat.amin(dim=1).double()[:, None, None]
-    high = flat.amax(dim=1).double()[:, None, None] - low
-    summed = (magnitude.sum(dim=1, dtype=torch.float64) - term.shape[1] * low) / (high + EPS)
-    if tuple(summed.shape[-2:]) != tuple(size):
-        summed = F.interpolate(summed[:, None], size=tuple(size), mode="bilinear", align_corners=True)[:, 0]
-    return summed
+    low = magnitude.amin(dim=(1, 2, 3)).double()[:, None, None]
+    high = magnitude.amax(dim=(1, 2, 3)).double()[:, None, None] - low
+    return (magnitude.sum(dim=1, dtype=torch.float64) - term.shape[1] * low) / (high + EPS)
+
+
+def upsampled(part, size):
+    """A part at ``size``: bilinear, aligned corners, as the official code."""
+    import torch.nn.functional as F
+
+    if tuple(part.shape[-2:]) == tuple(size):
+        return part
+    return F.interpolate(part[:, None], size=tuple(size), mode="bilinear", align_corners=True)[:, 0]
 
 
 @register_method("fullgrad", title="FullGrad", uses=("biases",),
@@ -53,8 +56,15 @@ def fullgrad(inp):
     inputs, terms = inp.biases
     size = inputs.shape[-2:]
     if eigen_smoothed():  # a principal component needs every part at once
-        return terms_sum(torch.stack([part(inputs, size)] + [part(t, size) for t in terms], dim=1))
-    total = part(inputs, size)
-    for term in terms:  # one part at a time: a ResNet-50 has 53 of them
-        total = total + part(term, size)
+        return terms_sum(torch.stack([rescaled(inputs)] + [upsampled(rescaled(t), size) for t in terms], dim=1))
+    # Interpolation is linear: the parts of one grid are added up first, then upsampled once (a ResNet-50
+    # has 53 parts on 5 grids); channels are summed before it for the same reason
+    grids: dict = {}
+    for term in terms:
+        part = rescaled(term)
+        key = tuple(part.shape[-2:])
+        grids[key] = part if key not in grids else grids[key] + part
+    total = rescaled(inputs)
+    for part in grids.values():
+        total = total + upsampled(part, size)
     return total
