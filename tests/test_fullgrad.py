@@ -25,13 +25,15 @@ nn = torch.nn
 
 class Normed(nn.Module):
     """Convolutions with and without biases, batch norms with running statistics (one without affine
-    parameters), in-place ReLUs, a residual sum, global average pooling and a linear head."""
+    parameters), in-place ReLUs, a residual sum of two batch norms, global average pooling and a linear
+    head."""
 
     def __init__(self, seed: int, classes: int = 5, affine: bool = False):
         super().__init__()
         torch.manual_seed(seed)
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True))
         self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8, affine=affine))
+        self.side = nn.BatchNorm2d(8)  # summed with body: both outputs are handed the same gradient tensor
         self.down = nn.Sequential(nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(12),
                                   nn.ReLU(inplace=True))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, classes))
@@ -46,7 +48,7 @@ class Normed(nn.Module):
 
     def forward(self, x):
         a = self.stem(x)
-        a = torch.relu(a + self.body(a))
+        a = torch.relu(self.side(a) + self.body(a))
         return self.head(self.down(a))
 
 
@@ -94,14 +96,19 @@ def test_the_terms_add_up_to_the_score_and_are_the_references(captured, seed):
     x = _images(seed)
     expl = explain(model, "down.2", x, classes=[1, 3], methods="keep_biases")
     inputs, terms = captured[0]
-    assert len(terms) == len(bias_layers(model)) == 4  # the stem's conv and bn, the bns after bias-free convs
+    assert len(terms) == len(bias_layers(model)) == 5  # the stem's conv and bn, the side bn, the bns after
+    # bias-free convs
     total = inputs.sum(dim=(1, 2, 3)) + sum(t.sum(dim=(1, 2, 3)) for t in terms)
     head_bias = model.head[2].bias.detach()[[1, 3]]
     np.testing.assert_allclose((total + head_bias).numpy(), expl.logits[[0, 1], [1, 3]], rtol=1e-5)
     their_inputs, their_terms = fullgrad_terms(model, x, [1, 3])
     np.testing.assert_allclose(inputs.numpy(), their_inputs, atol=1e-12)
-    for ours, theirs in zip(terms, their_terms, strict=True):
-        np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-12)
+    # campp's terms come in the order the forward pass runs the layers (side before body), the reference's
+    # in the order of model.modules(): each of one is one of the other
+    assert len(terms) == len(their_terms)
+    for ours in terms:
+        assert sum(t.shape == ours.shape and np.allclose(ours.numpy(), t, rtol=0, atol=1e-12)
+                   for t in their_terms) == 1
 
 
 def test_each_target_of_top_k_gets_its_own_fullgrad():
@@ -187,3 +194,60 @@ def test_fullgrad_through_the_cli(run_cli, tmp_path):
     ours = np.load(tmp_path / "o" / "c_fullgrad.npy")
     assert ours.shape == (224, 224) and np.load(tmp_path / "o" / "c_gradcam.npy").shape == (28, 28)
     np.testing.assert_allclose(ours, fullgrad_reference(model, x, [cls])[0], atol=1e-5)
+
+
+class InPlaceInput(nn.Module):
+    """A model that clamps its input in place before its first layer (or, ``in_place=False``, a copy)."""
+
+    def __init__(self, in_place: bool):
+        super().__init__()
+        torch.manual_seed(13)
+        self.in_place = in_place
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.norm = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 4)
+        self.eval()
+
+    def forward(self, x):
+        x = x.clamp_(-1.0, 1.0) if self.in_place else x.clamp(-1.0, 1.0)
+        return self.fc(torch.relu(self.norm(self.conv(x))).mean(dim=(2, 3)))
+
+
+def test_a_model_that_changes_its_input_in_place_gets_its_fullgrad():
+    x = _images(13, 2, 12)
+    ours = explain(InPlaceInput(True), "conv", x.clone(), methods="fullgrad,gradcam").maps
+    theirs = explain(InPlaceInput(False), "conv", x.clone(), methods="fullgrad,gradcam").maps
+    for name in ours:
+        np.testing.assert_array_equal(ours[name], theirs[name])
+
+
+class Folded(nn.Module):
+    """Each image's four quadrants through a convolution as one batch of 4N, then put back together."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(14)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.last = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+        self.eval()
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        tiles = x.reshape(n, c, 2, h // 2, 2, w // 2).permute(0, 2, 4, 1, 3, 5).reshape(4 * n, c, h // 2, w // 2)
+        tiles = self.conv(tiles)
+        whole = tiles.reshape(n, 2, 2, 4, h // 2, w // 2).permute(0, 3, 1, 4, 2, 5).reshape(n, 4, h, w)
+        return self.fc(torch.relu(self.last(whole)).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("images", [1, 2])
+def test_fullgrad_refuses_layers_without_one_row_per_image_and_training_batch_norms(images):
+    with pytest.raises(UsageError) as info:
+        explain(Folded(), "last", torch.randn(images, 3, 8, 8), methods="fullgrad")
+    assert info.value.param == "methods" and "rows for" in str(info.value) and "\n" not in str(info.value)
+    assert explain(Folded(), "last", torch.randn(images, 3, 8, 8), methods="gradcam").maps["gradcam"].shape[0] \
+        == images
+    model = Normed(15).train()
+    with pytest.raises(UsageError) as info:
+        explain(model, "down.2", _images(15, images), methods="fullgrad")
+    assert info.value.param == "methods" and "training mode" in str(info.value)

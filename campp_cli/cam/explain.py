@@ -383,12 +383,13 @@ def _forward_backward(model: torch.nn.Module, layers: list, x: torch.Tensor, cla
     grads, own_grads, hvps, biases = None, {}, None, None
     grad_mode = torch.enable_grad() if wants_grads or differentiable else torch.no_grad()
     frozen = FrozenParameters(model) if full else contextlib.nullcontext()
-    if full:
-        x = x.detach().requires_grad_(True)
+    if full:  # the model gets a copy of the leaf: it may change its input in place
+        leaf = x.detach().requires_grad_(True)
+        x = leaf.clone()
     with grad_mode, frozen, contextlib.ExitStack() as stack:
         taps = [stack.enter_context(FeatureTap(model, one, keep_graph=differentiable or full, chain=len(layers) > 1))
                 for one in layers]
-        bias_tap = stack.enter_context(BiasTap(model)) if full else None
+        bias_tap = stack.enter_context(BiasTap(model, x.shape[0])) if full else None
         logits = model(x)
         acts = [tap.activation for tap in taps]
         for tap in taps:
@@ -417,7 +418,7 @@ def _forward_backward(model: torch.nn.Module, layers: list, x: torch.Tensor, cla
             grads = [e[:t] for e in every]
             own_grads = {name: [e[t * (m + 1): t * (m + 2)] for e in every] for m, (name, _, _) in enumerate(own)}
             if full:
-                biases = _bias_gradients(columns[0], x, bias_tap)
+                biases = _BiasGradients(columns[0], leaf, bias_tap)
             if hvp:
                 hvps = [_hessian_products(g, a, differentiable) if curved else torch.zeros_like(g)
                         for g, a in zip(grads, acts)]
@@ -429,17 +430,25 @@ def _forward_backward(model: torch.nn.Module, layers: list, x: torch.Tensor, cla
     return logits.detach(), idx, [a.detach() for a in acts], grads, own_grads, hvps, biases
 
 
-def _bias_gradients(scores: torch.Tensor, x: torch.Tensor, tap: "BiasTap") -> list:
-    """FullGrad's terms of each column of ``scores`` (N, T): ``(x * dS/dx, [b * dS/dz for each output z
-    that ``tap`` holds])``, detached; one backward through the whole model per target."""
-    out = []
-    for j in range(scores.shape[1]):
-        found = torch.autograd.grad(scores[:, j].sum(), [x, *tap.outputs], retain_graph=True, allow_unused=True)
-        terms = [torch.zeros_like(z) if g is None else g * b[None, :, None, None]
-                 for g, z, b in zip(found[1:], tap.outputs, tap.biases)]
-        input_grad = torch.zeros_like(x) if found[0] is None else found[0]
-        out.append(((x * input_grad).detach(), [t.detach() for t in terms]))
-    return out
+class _BiasGradients:
+    """FullGrad's terms of each column ``j`` of ``scores`` (N, T), made when asked for (``self[j]``), so
+    that a run of T targets holds one target's terms at a time: ``(x * dS/dx, [b * dS/dz for each output z
+    that ``tap`` holds])``, detached; one backward through the whole model per target, from ``leaf``,
+    the input's gradient leaf (the model was given a copy of it, which it may change in place)."""
+
+    def __init__(self, scores: torch.Tensor, leaf: torch.Tensor, tap: "BiasTap"):
+        self.scores, self.leaf, self.outputs, self.biases = scores, leaf, tap.outputs, tap.biases
+
+    def __getitem__(self, j: int):
+        with torch.enable_grad():  # the maps are made under no_grad: the column's sum must be recorded
+            found = list(torch.autograd.grad(self.scores[:, j].sum(), [self.leaf, *self.outputs],
+                                             retain_graph=True, allow_unused=True))
+        # Each gradient replaced by its term as it goes, so that at most one more is held: not in place, as
+        # two outputs summed (a residual) may be handed the very same gradient tensor
+        for k, (z, b) in enumerate(zip(self.outputs, self.biases), start=1):
+            found[k] = torch.zeros_like(z) if found[k] is None else (found[k] * b[None, :, None, None]).detach()
+        inputs = torch.zeros_like(self.leaf) if found[0] is None else (found[0] * self.leaf.detach()).detach()
+        return inputs, found[1:]
 
 
 #: Autograd nodes that are linear, or piecewise linear, in every input (structure, sums, pools, ReLU-like

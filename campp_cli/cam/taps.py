@@ -292,8 +292,10 @@ class BiasTap:
     after the layer (VGG16's ``ReLU(inplace=True)``) leaves z, and its gradient, the layer's own.  A layer
     that runs several times gives one output per call.  The hooks are always removed."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, rows: int):
         self.layers = bias_layers(model)
+        self.names = {id(module): name for name, module in self.layers}
+        self.rows = rows  # the images of the batch: every tapped output has one row per image
         self.outputs: list[torch.Tensor] = []
         self.biases: list[torch.Tensor] = []
         self._handles = []
@@ -301,6 +303,14 @@ class BiasTap:
     def _hook(self, module, inputs, output):
         if not isinstance(output, torch.Tensor) or output.dim() != 4 or not output.requires_grad:
             return None
+        name = self.names.get(id(module), type(module).__name__)
+        if isinstance(module, torch.nn.BatchNorm2d) and module.training:
+            raise UsageError(f"fullgrad: batch norm {name} is in training mode, where its bias is the batch's, "
+                             f"not a constant; put the model in eval mode (model.eval())", param="methods")
+        if output.shape[0] != self.rows:
+            raise UsageError(f"fullgrad: layer {name} gives {output.shape[0]} rows for {self.rows} images (a "
+                             f"model that folds patches or crops into the batch), so its terms are not any one "
+                             f"image's; choose another method", param="methods")
         self.outputs.append(output)
         self.biases.append(effective_bias(module).to(output.dtype))
         return output.clone()
