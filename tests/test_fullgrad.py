@@ -251,3 +251,32 @@ def test_fullgrad_refuses_layers_without_one_row_per_image_and_training_batch_no
     with pytest.raises(UsageError) as info:
         explain(model, "down.2", _images(15, images), methods="fullgrad")
     assert info.value.param == "methods" and "training mode" in str(info.value)
+
+
+class Checkpointed(nn.Module):
+    """A block run through torch.utils.checkpoint before the layer, reentrant or not."""
+
+    def __init__(self, reentrant: bool):
+        super().__init__()
+        torch.manual_seed(16)
+        self.reentrant = reentrant
+        self.block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.last = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+        self.eval()
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        h = checkpoint(self.block, x, use_reentrant=self.reentrant)
+        return self.fc(torch.relu(self.last(h)).mean(dim=(2, 3)))
+
+
+def test_a_reentrant_checkpoint_is_one_line_and_a_plain_one_gets_its_map():
+    x = _images(16, 1, 8).float()
+    plain = Checkpointed(False)
+    assert explain(plain, "last", x, methods="fullgrad").maps["fullgrad"].shape == (1, 8, 8)
+    with pytest.raises(UsageError) as info:
+        explain(Checkpointed(True), "last", x, methods="fullgrad")
+    assert info.value.param == "methods" and "use_reentrant=False" in str(info.value)
+    assert "\n" not in str(info.value)

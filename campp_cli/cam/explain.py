@@ -441,8 +441,15 @@ class _BiasGradients:
 
     def __getitem__(self, j: int):
         with torch.enable_grad():  # the maps are made under no_grad: the column's sum must be recorded
-            found = list(torch.autograd.grad(self.scores[:, j].sum(), [self.leaf, *self.outputs],
-                                             retain_graph=True, allow_unused=True))
+            try:
+                found = list(torch.autograd.grad(self.scores[:, j].sum(), [self.leaf, *self.outputs],
+                                                 retain_graph=True, allow_unused=True))
+            except RuntimeError as exc:
+                if "use_reentrant" not in str(exc):
+                    raise
+                raise UsageError("fullgrad: the model checkpoints a block with torch.utils.checkpoint("
+                                 "use_reentrant=True), whose backward cannot reach the input; checkpoint with "
+                                 "use_reentrant=False, or choose another method", param="methods") from None
         # Each gradient replaced by its term as it goes, so that at most one more is held: not in place, as
         # two outputs summed (a residual) may be handed the very same gradient tensor
         for k, (z, b) in enumerate(zip(self.outputs, self.biases), start=1):
