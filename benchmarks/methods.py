@@ -67,6 +67,17 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def _medians(fns: dict, repeats: int) -> dict:
+    """Each function's median time over ``repeats`` interleaved rounds, after one warm-up call of each."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_timed(fn))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 @contextlib.contextmanager
 def _quiet():
     """pytorch-grad-cam's ScoreCAM draws tqdm bars on stderr."""
@@ -130,13 +141,7 @@ def bench_one_pass(repeats: int) -> dict:
     prepared = prepare_module(copy.deepcopy(model), "cpu")
     x = spec.preprocessing(torch.rand(1, 3, 224, 224))
     fns = one_pass_contenders(model, prepared, "features.29", x)
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(_timed(fn))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = _medians(fns, repeats)
     return {
         "seconds_median": {k: round(v, 4) for k, v in med.items()},
         "every_method_vs_two_maps": round(med["campp_every_one_pass_method"] / med["campp_two_maps"], 3),
@@ -276,13 +281,7 @@ def bench_smoothing(repeats: int) -> dict:
            "campp_aug_smooth": ours(aug_smooth=True), "campp_noise_8": ours(noise_samples=8),
            "pytorch_grad_cam_plain": theirs(), "pytorch_grad_cam_eigen_smooth": theirs(eigen_smooth=True),
            "pytorch_grad_cam_aug_smooth": theirs(aug_smooth=True)}
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(_timed(fn))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = _medians(fns, repeats)
     return {"seconds_median": {k: round(v, 4) for k, v in med.items()},
             "vs_plain": {k: round(med[k] / med["campp_plain"], 2) for k in fns if k.startswith("campp_")},
             "pytorch_grad_cam_vs_campp": {k: round(med["pytorch_grad_cam_" + k] / med["campp_" + k], 2)
@@ -323,13 +322,7 @@ def bench_fullgrad(repeats: int) -> dict:
         model = spec.build().eval()
         prepared = prepare_module(copy.deepcopy(model), "cpu")
         fns = fullgrad_contenders(model, prepared, layer, spec.preprocessing(torch.rand(1, 3, 224, 224)))
-        for fn in fns.values():
-            fn()
-        times = {k: [] for k in fns}
-        for _ in range(repeats):
-            for name, fn in fns.items():
-                times[name].append(_timed(fn))
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = _medians(fns, repeats)
         out[arch] = {
             "seconds_median": {k: round(v, 4) for k, v in med.items()},
             "fullgrad_vs_its_floor": round(med["campp_fullgrad"] / med["forward_backward_to_input"], 3),
@@ -374,13 +367,7 @@ def bench_fusion(repeats: int) -> dict:
     model = spec.build().eval()
     prepared = prepare_module(copy.deepcopy(model), "cpu")
     fns = fusion_contenders(model, prepared, spec.preprocessing(torch.rand(1, 3, 224, 224)))
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(_timed(fn))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = _medians(fns, repeats)
     return {
         "layers": list(FUSED),
         "seconds_median": {k: round(v, 4) for k, v in med.items()},

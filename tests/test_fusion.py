@@ -11,6 +11,7 @@ import pytest
 import torch
 from reference import normalised, reference_map, reference_method_map, upsample_bilinear, vgg_activations_and_grads
 from test_fidelity import TinyVGG
+from test_methods import counted_passes
 
 from campp_cli.cam.explain import explain, explain_top
 from campp_cli.errors import UsageError
@@ -53,20 +54,8 @@ def test_several_layers_are_fused_by_layercams_rule(seed):
 def test_one_forward_and_one_backward_reach_every_layer():
     model = TinyVGG(3)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    calls = {"forward": 0, "grad": 0}
-    hook = model.register_forward_hook(lambda *a: calls.__setitem__("forward", calls["forward"] + 1))
-    real_grad = torch.autograd.grad
-
-    def counting_grad(*args, **kwargs):
-        calls["grad"] += 1
-        return real_grad(*args, **kwargs)
-
-    torch.autograd.grad = counting_grad
-    try:
-        explain(model, "features.1,features.4,features.6", x, methods=["gradcam", "gradcampp", "layercam"])
-    finally:
-        torch.autograd.grad = real_grad
-        hook.remove()
+    _, calls = counted_passes(model, lambda: explain(model, "features.1,features.4,features.6", x,
+                                                     methods=["gradcam", "gradcampp", "layercam"]))
     assert calls == {"forward": 1, "grad": 1}
 
 

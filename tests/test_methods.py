@@ -262,6 +262,25 @@ def test_paper_variant_gives_no_weight_where_eq19_is_undefined():
     np.testing.assert_allclose(official, raw / raw.sum())
 
 
+def counted_passes(model: torch.nn.Module, run):
+    """``run()``'s result and how many forward passes of ``model`` and ``torch.autograd.grad`` calls it made."""
+    calls = {"forward": 0, "grad": 0}
+    hook = model.register_forward_hook(lambda *a: calls.__setitem__("forward", calls["forward"] + 1))
+    real_grad = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        calls["grad"] += 1
+        return real_grad(*args, **kwargs)
+
+    torch.autograd.grad = counting_grad
+    try:
+        result = run()
+    finally:
+        torch.autograd.grad = real_grad
+        hook.remove()
+    return result, calls
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_every_gradient_method_from_one_pass_on_seeded_models(seed):
     from reference import vgg_activations_and_grads
@@ -274,21 +293,8 @@ def test_every_gradient_method_from_one_pass_on_seeded_models(seed):
     one_pass = [m for m in parse_methods("all") if get_method(m).needs != "forward passes"
                 and "biases" not in get_method(m).uses]
     assert {"gradcam", "eigengradcam", "kpcacam", "finercam", "shapleycam"} <= set(one_pass)
-    calls = {"forward": 0, "grad": 0}
-    hook = model.register_forward_hook(lambda *a: calls.__setitem__("forward", calls["forward"] + 1))
-    real_grad = torch.autograd.grad
-
-    def counting_grad(*args, **kwargs):
-        calls["grad"] += 1
-        return real_grad(*args, **kwargs)
-
-    torch.autograd.grad = counting_grad
-    try:
-        expl = explain(model, TARGET, x, classes=[-1, 3], methods=one_pass)
-    finally:
-        torch.autograd.grad = real_grad
-        hook.remove()
-    assert calls == {"forward": 1, "grad": 1}  # ten maps, one forward and one backward pass
+    expl, calls = counted_passes(model, lambda: explain(model, TARGET, x, classes=[-1, 3], methods=one_pass))
+    assert calls == {"forward": 1, "grad": 1}  # every map, one forward and one backward pass
     for i in range(2):
         A, g, _, cls = vgg_activations_and_grads(model, x[i:i + 1], None if i == 0 else 3, cut=7)
         assert expl.classes[i] == cls
