@@ -23,20 +23,37 @@ def grad_with_density(n: int, out: int, density: float, seed: int) -> torch.Tens
 
 @pytest.fixture()
 def count_sparse_sums(monkeypatch):
-    """How many times the row-gathering sum ran (so a test knows which path it exercised)."""
-    calls = []
-    real = sparse_linear.F.embedding_bag
+    """The shapes of the gradients each row-skipping sum ran on (so a test knows which path it exercised):
+    ``calls["bags"]`` one gradient row's, ``calls["blocks"]`` several rows' shared reads."""
+    calls = {"bags": [], "blocks": []}
+    for kind, name in (("bags", "_row_bags"), ("blocks", "_row_blocks")):
+        real = getattr(sparse_linear, name)
 
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+        def spy(grad_out, *args, _real=real, _kind=kind):
+            calls[_kind].append(tuple(grad_out.shape))
+            return _real(grad_out, *args)
 
-    monkeypatch.setattr(sparse_linear.F, "embedding_bag", spy)
+        monkeypatch.setattr(sparse_linear, name, spy)
     return calls
 
 
-@pytest.mark.parametrize("n", [1, 2, 3])
-@pytest.mark.parametrize("in_features", [64, 63])  # even and odd widths (column blocks or not)
+def ran_sparse(calls) -> bool:
+    return bool(calls["bags"] or calls["blocks"])
+
+
+def sums_of(g: torch.Tensor) -> tuple[str, ...]:
+    """Which row-skipping sum ``input_grad`` should run on ``g`` (M, out), from the rule in its docstring."""
+    m, out = g.shape
+    nnz = int((g != 0).sum())
+    if nnz == 0 or m > sparse_linear.MAX_SHARED_ROWS:
+        return ()
+    if m <= sparse_linear.MAX_BAG_ROWS:
+        return ("bags",) if m > 1 or nnz <= sparse_linear.MAX_ROW_SHARE * out else ()
+    return ("blocks",)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 9])
+@pytest.mark.parametrize("in_features", [64, 63, 1024])  # even and odd widths (column blocks or not)
 @pytest.mark.parametrize("density", [0.0, 0.02, 0.2, 0.5, 0.9, 1.0])
 @pytest.mark.parametrize("threads", [1, 2, 4])  # 4 threads, 2 samples: 2 blocks each
 def test_input_grad_equals_the_dense_product(n, in_features, density, threads, count_sparse_sums):
@@ -52,9 +69,29 @@ def test_input_grad_equals_the_dense_product(n, in_features, density, threads, c
     expected = g.double().numpy() @ weight.double().numpy()
     assert got.shape == (n, in_features) and got.dtype == torch.float32
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
-    nnz = int((g != 0).sum())
-    took_sparse = 0 < nnz <= sparse_linear.MAX_ROW_SHARE * out
-    assert bool(count_sparse_sums) == took_sparse
+    assert tuple(kind for kind in ("bags", "blocks") if count_sparse_sums[kind]) == sums_of(g)
+    assert all(calls in ([], [(n, out)]) for calls in count_sparse_sums.values())
+
+
+def test_more_rows_than_share_reads_take_the_dense_product(count_sparse_sums):
+    rows = sparse_linear.MAX_SHARED_ROWS + 1
+    weight = torch.randn(48, 20)
+    g = grad_with_density(rows, 48, 0.1, seed=5)
+    np.testing.assert_allclose(input_grad(g, weight).numpy(), g.double().numpy() @ weight.double().numpy(),
+                               rtol=1e-5, atol=1e-5)
+    assert not ran_sparse(count_sparse_sums)
+
+
+def test_a_block_boundary_inside_the_live_rows(count_sparse_sums):
+    """Rows read in blocks: more live rows than one block holds, and a last block that is not full."""
+    out = 3 * sparse_linear.BLOCK_ROWS + 7
+    rows = sparse_linear.MAX_BAG_ROWS + 1
+    weight = torch.randn(out, 33, dtype=torch.float64)
+    g = torch.zeros(rows, out, dtype=torch.float64)
+    g[:, ::2] = torch.randn(rows, len(range(0, out, 2)), dtype=torch.float64)
+    g[-1, 1] = 3.0  # the last row needs one row the others do not
+    np.testing.assert_allclose(input_grad(g, weight).numpy(), g.numpy() @ weight.numpy(), rtol=1e-12, atol=1e-12)
+    assert count_sparse_sums["blocks"] == [(rows, out)]
 
 
 def test_input_grad_zero_rows_of_a_batch_give_zero_gradients():
@@ -92,7 +129,7 @@ def test_frozen_head_input_gradient_equals_nn_linear(bias, dtype, count_sparse_s
         grads.append((out.detach(), grad))
     torch.testing.assert_close(grads[1][0], grads[0][0])
     torch.testing.assert_close(grads[1][1], grads[0][1])
-    assert count_sparse_sums, "the ReLUs leave sparse gradients: the sparse sum should have run"
+    assert ran_sparse(count_sparse_sums), "the ReLUs leave sparse gradients: the sparse sum should have run"
 
 
 def test_trainable_parameters_still_get_their_gradients(count_sparse_sums):
@@ -104,14 +141,14 @@ def test_trainable_parameters_still_get_their_gradients(count_sparse_sums):
         model(x).square().sum().backward()
     for (name, p), q in zip(plain.named_parameters(), sparse.parameters()):
         torch.testing.assert_close(q.grad, p.grad, msg=name)
-    assert not count_sparse_sums
+    assert not ran_sparse(count_sparse_sums)
 
 
 def test_double_backward_through_the_sparse_path(count_sparse_sums):
     sparse = converted(relu_head(8).double()).requires_grad_(False)
     x = torch.randn(1, 40, dtype=torch.float64, requires_grad=True)  # one sample: ~half the rows
     assert torch.autograd.gradgradcheck(sparse, (x,))
-    assert count_sparse_sums
+    assert count_sparse_sums["bags"]
 
 
 def test_no_grad_and_gpu_shaped_calls_are_plain(count_sparse_sums):
@@ -122,7 +159,7 @@ def test_no_grad_and_gpu_shaped_calls_are_plain(count_sparse_sums):
         torch.testing.assert_close(sparse(x), plain(x))
     x3 = torch.randn(2, 7, 40, requires_grad=True)  # 3-D input: plain path
     torch.testing.assert_close(sparse(x3), plain(x3))
-    assert not count_sparse_sums
+    assert not ran_sparse(count_sparse_sums)
 
 
 def test_conversion_keeps_names_state_and_pickles():
@@ -160,3 +197,48 @@ def test_explain_through_a_converted_head_equals_the_plain_model():
     np.testing.assert_array_equal(b.classes, a.classes)
     for method in a.maps:
         np.testing.assert_allclose(b.maps[method], a.maps[method], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_batched_backward_folds_its_targets_into_rows_read_once(n, count_sparse_sums):
+    """torch.func.vmap over autograd.grad, one grad output per target (campp's top-k and Finer-CAM): the same
+    gradients as one backward per target, and each layer's weight read once for all T targets (one call on
+    T * n rows), not once per target."""
+    plain = relu_head(9).double().requires_grad_(False)
+    sparse = converted(plain)
+    x = torch.randn(n, 40, dtype=torch.float64)
+    t = 4
+    cotangents = torch.randn(t, n, 5, dtype=torch.float64)
+    leaf = x.clone().requires_grad_(True)
+    out = plain(leaf)
+    expected = torch.stack([torch.autograd.grad(out, leaf, c, retain_graph=True)[0] for c in cotangents])
+    leaf = x.clone().requires_grad_(True)
+    out = sparse(leaf)
+    got = torch.func.vmap(lambda c: torch.autograd.grad(out, leaf, c, retain_graph=True)[0])(cotangents)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    # the three layers' input gradients, each on all t * n rows at once
+    kind = "bags" if t * n <= sparse_linear.MAX_BAG_ROWS else "blocks"
+    assert count_sparse_sums[kind] == [(t * n, 5), (t * n, 16), (t * n, 32)]
+
+
+def test_a_batched_double_backward_through_the_shared_reads():
+    """create_graph=True inside the vmap: the targets' gradients are differentiable again (as campp's
+    differentiable maps need), equal to the plain head's."""
+    plain = relu_head(10).double().requires_grad_(False)
+    sparse = converted(plain)
+    x = torch.randn(2, 40, dtype=torch.float64)
+    found = []
+    for model in (plain, sparse):
+        cotangents = torch.randn(3, 2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2),
+                                 requires_grad=True)
+        leaf = x.clone().requires_grad_(True)
+        out = model(leaf)
+        grads = torch.func.vmap(lambda c, out=out, leaf=leaf: torch.autograd.grad(
+            out, leaf, c, retain_graph=True, create_graph=True)[0])(cotangents)
+        # a ReLU head is piecewise linear, so differentiate in the cotangents: 2 J J^T c, through the
+        # backward of the shared reads
+        (second,) = torch.autograd.grad(grads.square().sum(), cotangents)
+        assert second.abs().max() > 0
+        found.append((grads.detach(), second))
+    torch.testing.assert_close(found[1][0], found[0][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(found[1][1], found[0][1], rtol=1e-12, atol=1e-12)

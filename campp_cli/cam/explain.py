@@ -215,7 +215,7 @@ def explain_top(model: torch.nn.Module, layer: "str | torch.nn.Module", x: torch
     :class:`Explanation` s, the most probable class first (``[0]`` is :func:`explain` 's default).
 
     The gradients of the ``k`` scores come from one batched backward pass to the layer
-    (``torch.autograd.grad(..., is_grads_batched=True)``; ``k`` passes of the head where an operation has
+    (``torch.func.vmap`` over ``torch.autograd.grad``; ``k`` passes of the head where an operation has
     no batched rule); class-agnostic maps (Eigen-CAM) are made once.  Keywords: as :func:`explain`.
     """
     import numbers
@@ -558,10 +558,15 @@ def _target_grads(scores: torch.Tensor, acts: list, differentiable: bool, keep: 
         grads = [None if g is None else g[None] for g in found]
     else:
         eye = torch.eye(t, dtype=scores.dtype, device=scores.device)[:, None, :].expand(t, n, t)
+
+        def backward(grad_output):
+            found = torch.autograd.grad(scores, acts, grad_outputs=grad_output, allow_unused=True,
+                                        retain_graph=True, create_graph=differentiable)
+            return tuple(a.new_zeros(a.shape) if g is None else g for g, a in zip(found, acts))
+
         try:
-            grads = list(torch.autograd.grad(scores, acts, grad_outputs=eye, is_grads_batched=True,
-                                             allow_unused=True, retain_graph=True, create_graph=differentiable))
-        except RuntimeError:  # an operation without a batched backward: one pass of the head per target
+            grads = list(torch.func.vmap(backward)(eye))
+        except (RuntimeError, NotImplementedError):  # an operation without a batched backward: one pass per target
             parts = [torch.autograd.grad(scores[:, j].sum(), acts, allow_unused=True, retain_graph=True,
                                          create_graph=differentiable) for j in range(t)]
             grads = [None if parts[0][k] is None else torch.stack([p[k] for p in parts]) for k in range(len(acts))]
