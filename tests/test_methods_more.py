@@ -103,6 +103,32 @@ def test_kpcacam_is_scikit_learns_kernel_pca_up_to_its_sign():
     assert min(np.abs(ours - normalised(sign * theirs)).max() for sign in (1.0, -1.0)) < 1e-8
 
 
+@pytest.mark.parametrize("size", [1, 2, 49, 196])
+def test_the_top_eigenpair_is_numpys_largest(size, monkeypatch):
+    """Eigen-CAM's and KPCA-CAM's one eigenpair (LAPACK's dsyevr on the CPU) against NumPy's full eigh, on
+    a batch; the full-decomposition path (differentiable maps) the same; a non-finite Gram never reaches
+    LAPACK."""
+    import scipy.linalg
+
+    from campp_cli.cam.methods.eigencam import top_eigenpair
+
+    gen = torch.Generator().manual_seed(size)
+    m = torch.randn(3, size, size + 5, dtype=torch.float64, generator=gen)
+    gram = m @ m.transpose(1, 2)
+    values, vectors = np.linalg.eigh(gram.numpy())
+    for found in (top_eigenpair(gram), top_eigenpair(gram.clone().requires_grad_(True))):
+        value, vector = (t.detach().numpy() for t in found)
+        np.testing.assert_allclose(value, values[:, -1], rtol=1e-12)
+        for got, want in zip(vector, vectors[..., -1]):
+            assert min(np.abs(got - s * want).max() for s in (1.0, -1.0)) < 1e-10
+    monkeypatch.setattr(scipy.linalg, "eigh", lambda *a, **k: pytest.fail("LAPACK got a non-finite matrix"))
+    gram[1, 0, 0] = float("nan")
+    try:
+        top_eigenpair(gram)
+    except RuntimeError:  # torch's own error for it, if it raises one
+        pass
+
+
 def test_finercam_settings_change_its_target_only():
     model, x = Smooth(1), _images(1)
     acts, head = _split(model, x)

@@ -12,7 +12,7 @@ it); scikit-learn instead makes the largest-magnitude value positive.
 """
 
 from . import register_method
-from .eigencam import sign
+from .eigencam import sign, top_eigenpair
 
 
 def projection(acts):
@@ -25,8 +25,8 @@ def projection(acts):
     gram = torch.tanh(x @ x.transpose(1, 2) / k + 1.0)
     gram = gram - gram.mean(dim=1, keepdim=True)  # centred in feature space: K - 1K - K1 + 1K1
     gram = gram - gram.mean(dim=2, keepdim=True)
-    values, vectors = torch.linalg.eigh(gram)
-    proj = vectors[..., -1] * values[:, -1:].clamp(min=0).sqrt()
+    value, vector = top_eigenpair(gram)
+    proj = vector * value[:, None].clamp(min=0).sqrt()
     return (proj * sign(proj, x)[:, None]).reshape(n, h, w)
 
 
