@@ -253,6 +253,20 @@ def test_fullgrad_refuses_layers_without_one_row_per_image_and_training_batch_no
     assert info.value.param == "methods" and "training mode" in str(info.value)
 
 
+def test_a_batch_norm_without_running_statistics_is_refused_not_skipped():
+    """track_running_stats=False normalises with the batch's statistics in eval mode too: no constant bias,
+    so the terms would not add up; refused in one line (it used to be left out without a word)."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3)).eval()
+    assert [name for name, _ in bias_layers(model)] == ["0", "1", "3"]
+    with pytest.raises(UsageError) as info:
+        explain(model, "3", torch.randn(2, 3, 8, 8), methods="fullgrad")
+    assert info.value.param == "methods" and "track_running_stats=False" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert explain(model, "3", torch.randn(2, 3, 8, 8), methods="gradcam").maps["gradcam"].shape == (2, 8, 8)
+
+
 class Checkpointed(nn.Module):
     """A block run through torch.utils.checkpoint before the layer, reentrant or not."""
 

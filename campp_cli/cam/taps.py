@@ -261,15 +261,15 @@ class LayerSwap:
 def bias_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """The layers whose bias FullGrad reads, in the order of ``model.modules()``: every ``nn.Conv2d`` with a
     bias and every ``nn.BatchNorm2d`` (a subclass too, unless it overrides ``forward``: timm's
-    ``BatchNormAct2d`` applies its activation inside, so its output is not the normalisation's)."""
+    ``BatchNormAct2d`` applies its activation inside, so its output is not the normalisation's).  A batch
+    norm without running statistics is listed too: :class:`BiasTap` refuses it where the pass reaches it."""
     from torch.nn.modules.batchnorm import _BatchNorm
 
     out = []
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Conv2d) and module.bias is not None:
             out.append((name, module))
-        elif isinstance(module, torch.nn.BatchNorm2d) and type(module).forward is _BatchNorm.forward \
-                and module.running_mean is not None:
+        elif isinstance(module, torch.nn.BatchNorm2d) and type(module).forward is _BatchNorm.forward:
             out.append((name, module))
     return out
 
@@ -307,6 +307,10 @@ class BiasTap:
         if isinstance(module, torch.nn.BatchNorm2d) and module.training:
             raise UsageError(f"fullgrad: batch norm {name} is in training mode, where its bias is the batch's, "
                              f"not a constant; put the model in eval mode (model.eval())", param="methods")
+        if isinstance(module, torch.nn.BatchNorm2d) and module.running_mean is None:
+            raise UsageError(f"fullgrad: batch norm {name} keeps no running statistics "
+                             f"(track_running_stats=False), so it normalises with the batch's even in eval mode "
+                             f"and its bias is not a constant; choose another method", param="methods")
         if output.shape[0] != self.rows:
             raise UsageError(f"fullgrad: layer {name} gives {output.shape[0]} rows for {self.rows} images (a "
                              f"model that folds patches or crops into the batch), so its terms are not any one "
