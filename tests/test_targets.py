@@ -81,14 +81,24 @@ def test_top_k_without_a_batched_backward_takes_one_pass_per_class(monkeypatch):
     model, x = gap_net(), torch.rand(2, 3, 10, 10)
     want = explain_top(model, "3", x, 4, "gradcam,gradcampp")
     grad = torch.autograd.grad
+    passes = []
 
-    def unbatched(*args, **kwargs):
-        if kwargs.get("is_grads_batched"):
+    def no_batching_rule(fn, *args, **kwargs):
+        def batched(*inputs):
             raise RuntimeError("no batching rule")
+        return batched
+
+    def counted(*args, **kwargs):
+        passes.append(1)
         return grad(*args, **kwargs)
 
-    monkeypatch.setattr(explain_module.torch.autograd, "grad", unbatched)
+    monkeypatch.setattr(explain_module.torch.autograd, "grad", counted)
+    explain_top(model, "3", x, 4, "gradcam,gradcampp")
+    assert len(passes) == 1  # the four classes' gradients from one batched backward
+    passes.clear()
+    monkeypatch.setattr(explain_module.torch.func, "vmap", no_batching_rule)
     got = explain_top(model, "3", x, 4, "gradcam,gradcampp")
+    assert len(passes) == 4  # one backward of the head per class
     for a, b in zip(got, want, strict=True):
         for name in a.maps:
             np.testing.assert_allclose(a.maps[name], b.maps[name], atol=1e-6)
