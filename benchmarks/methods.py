@@ -25,6 +25,11 @@
    features.22 and features.29, against pytorch-grad-cam's GradCAM and
    GradCAMPlusPlus with those three target layers; LayerCAM over the three
    against torchcam's LayerCAM with its fuse_cams.
+7. The principal-component maps' cost at larger grids (random activations of
+   256 channels, one image): Eigen-CAM and KPCA-CAM from campp's maps, against
+   the full torch.linalg.eigh of the same Gram matrix that campp used before it
+   computed only the top eigenpair, and pytorch-grad-cam's KPCA_CAM projection
+   (scikit-learn's KernelPCA) on the same activations.
 """
 
 from __future__ import annotations
@@ -381,6 +386,27 @@ def bench_fusion(repeats: int) -> dict:
     }
 
 
+def bench_grids(repeats: int) -> dict:
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_kernel
+
+    from campp_cli.cam.explain import cam_maps
+
+    found = {}
+    for side in (14, 28, 56):
+        torch.manual_seed(side)
+        acts = torch.rand(1, 256, side, side)
+        x = acts.double().reshape(1, 256, -1).transpose(1, 2)
+        x = x - x.mean(dim=1, keepdim=True)
+        gram = torch.tanh(x @ x.transpose(1, 2) / 256 + 1.0)
+        fns = {"campp_eigencam": lambda a=acts: cam_maps(None, a, "eigencam"),
+               "campp_kpcacam": lambda a=acts: cam_maps(None, a, "kpcacam"),
+               "full_eigh_of_the_kernel_matrix": lambda g=gram: torch.linalg.eigh(g),
+               "pytorch_grad_cam_kpca_projection": lambda a=acts: get_2d_projection_kernel(a.numpy())}
+        med = _medians(fns, repeats if side < 56 else max(1, repeats // 5))
+        found[f"{side}x{side}"] = {k: round(v, 4) for k, v in med.items()}
+    return {"seconds_median": found}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python benchmarks/methods.py", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -388,7 +414,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--score-batch", type=int, default=16, help="both tools' Score-CAM batch size")
     parser.add_argument("--skip-scorecam", action="store_true")
     parser.add_argument("--skip-perturbation", action="store_true")
-    parser.add_argument("--only", choices=["one-pass", "scorecam", "perturbation", "smoothing", "fullgrad", "fusion"],
+    parser.add_argument("--only", choices=["one-pass", "scorecam", "perturbation", "smoothing", "fullgrad", "fusion",
+                                                 "grids"],
                         default=None,
                         help="run one part only")
     parser.add_argument("--samples", type=int, default=4, help="SS-CAM's samples and IS-CAM's steps, both tools")
@@ -402,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
                               lambda: bench_perturbation(args.score_batch, args.samples), not args.skip_perturbation),
              "smoothing": ("smoothing_vgg16", lambda: bench_smoothing(args.repeats), True),
              "fullgrad": ("fullgrad", lambda: bench_fullgrad(args.repeats), True),
-             "fusion": ("several_layers_vgg16", lambda: bench_fusion(args.repeats), True)}
+             "fusion": ("several_layers_vgg16", lambda: bench_fusion(args.repeats), True),
+             "grids": ("principal_components_at_larger_grids", lambda: bench_grids(args.repeats), True)}
     for part, (key, fn, wanted) in parts.items():
         if (args.only is None and wanted) or args.only == part:
             report[key] = fn()

@@ -103,14 +103,20 @@ def test_kpcacam_is_scikit_learns_kernel_pca_up_to_its_sign():
     assert min(np.abs(ours - normalised(sign * theirs)).max() for sign in (1.0, -1.0)) < 1e-8
 
 
-@pytest.mark.parametrize("size", [1, 2, 49, 196])
+@pytest.mark.parametrize("size", [1, 2, 49, 196, 300, 1100])
 def test_the_top_eigenpair_is_numpys_largest(size, monkeypatch):
-    """Eigen-CAM's and KPCA-CAM's one eigenpair (LAPACK's dsyevr on the CPU) against NumPy's full eigh, on
-    a batch; the full-decomposition path (differentiable maps) the same; a non-finite Gram never reaches
-    LAPACK."""
+    """Eigen-CAM's and KPCA-CAM's one eigenpair (LAPACK's dsyevr, from 257 on Lanczos iterations, on the
+    CPU) against NumPy's full eigh, on a batch; the full-decomposition path (differentiable maps) the same;
+    a non-finite Gram never reaches LAPACK."""
     import scipy.linalg
+    import scipy.sparse.linalg
 
+    from campp_cli.cam.methods import eigencam
     from campp_cli.cam.methods.eigencam import top_eigenpair
+
+    lanczos = []
+    real = scipy.sparse.linalg.eigsh
+    monkeypatch.setattr(scipy.sparse.linalg, "eigsh", lambda *a, **k: lanczos.append(1) or real(*a, **k))
 
     gen = torch.Generator().manual_seed(size)
     m = torch.randn(3, size, size + 5, dtype=torch.float64, generator=gen)
@@ -121,6 +127,9 @@ def test_the_top_eigenpair_is_numpys_largest(size, monkeypatch):
         np.testing.assert_allclose(value, values[:, -1], rtol=1e-12)
         for got, want in zip(vector, vectors[..., -1]):
             assert min(np.abs(got - s * want).max() for s in (1.0, -1.0)) < 1e-10
+    assert len(lanczos) == (3 if size >= eigencam.LANCZOS_FROM else 0)  # three matrices, once each
+    torch.testing.assert_close(top_eigenpair(gram)[1], top_eigenpair(gram)[1], rtol=0, atol=0)  # the same again
+    monkeypatch.setattr(scipy.sparse.linalg, "eigsh", lambda *a, **k: pytest.fail("ARPACK got a non-finite matrix"))
     monkeypatch.setattr(scipy.linalg, "eigh", lambda *a, **k: pytest.fail("LAPACK got a non-finite matrix"))
     gram[1, 0, 0] = float("nan")
     try:
