@@ -251,6 +251,27 @@ def test_cam_is_the_heads_class_weights(seed):
     np.testing.assert_allclose(expl.maps["cam"], expl.maps["gradcam"], atol=1e-6)  # g = W_c / hw
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_cam_is_torchcams_cam_up_to_its_normalisation(seed):
+    """torchcam 0.5.0's CAM: the same sum of the fc weights times the channels; it min-max normalises that sum
+    (no ReLU), where campp keeps its positive part over its maximum, as for every method."""
+    from torchcam.methods import CAM as TorchcamCAM
+
+    model = GapLinear(seed)
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(10 + seed))
+    ours = explain(model, LAYER, x, methods="cam")
+    with TorchcamCAM(model, LAYER, fc_layer="fc") as extractor:
+        scores = model(x)
+        (raw,) = extractor(ours.classes.tolist(), scores, normalized=False)
+        (scaled,) = extractor(ours.classes.tolist(), scores)
+    raw = raw.detach().double()
+    positive = raw.clamp(min=0)
+    np.testing.assert_allclose(ours.maps["cam"], (positive / positive.amax(dim=(1, 2), keepdim=True)).numpy(),
+                               atol=1e-6)
+    low, high = raw.amin(dim=(1, 2), keepdim=True), raw.amax(dim=(1, 2), keepdim=True)
+    np.testing.assert_allclose(scaled.detach().numpy(), ((raw - low) / (high - low)).numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("model,layer", [(TinyVGG(0), TARGET), (GapLinear(0, scale=2.0), LAYER),
                                          (GapLinear(0), "features.1")])
 def test_cam_is_refused_in_one_line_without_a_gap_linear_head(model, layer):
@@ -263,6 +284,12 @@ def test_cam_is_refused_in_one_line_without_a_gap_linear_head(model, layer):
 
 def test_all_leaves_cam_out_and_says_so(run_cli):
     assert "cam" not in parse_methods("all") and not get_method("cam").in_all
+    every = [m for m in parse_methods("all")]
+    assert parse_methods("all,cam") == (*every, "cam")  # "all" among names: every method at its place
+    assert parse_methods("cam,all,gradcam") == ("cam", *every)
+    with pytest.raises(UsageError) as info:  # a name beside "all" is still checked
+        parse_methods("all,bogus")
+    assert info.value.param == "methods" and "bogus" in str(info.value)
     code, out, _ = run_cli("methods")
     assert code == 0
     assert [line for line in out.splitlines() if line.startswith("cam ")][0].count("not in all") == 1

@@ -239,18 +239,22 @@ def every_method() -> list[str]:
 
 def parse_methods(spec: str | Iterable[str] | None) -> tuple[str, ...]:
     """``"gradcam,layercam"``, ``"all"`` (:func:`every_method`) or a list of names -> a checked tuple, each
-    name once, in order."""
+    name once, in order; ``"all"`` among names stands for :func:`every_method` at its place (``"all,cam"``:
+    every method and CAM), and every other name is checked."""
     if spec is None:
         return DEFAULT_METHODS
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     names = [str(s).strip().lower() for s in items if str(s).strip()]
     if not names:
         raise UsageError("give at least one method name, or all", param=METHODS.param)
-    if "all" in names:
-        return tuple(every_method())
+    expanded = []
     for name in names:
-        get_method(name)
-    return tuple(dict.fromkeys(names))
+        if name == "all":
+            expanded.extend(every_method())
+        else:
+            get_method(name)
+            expanded.append(name)
+    return tuple(dict.fromkeys(expanded))
 
 
 def method_settings(names: str | Iterable[str] | None = None) -> list[Setting]:
