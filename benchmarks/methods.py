@@ -1,31 +1,37 @@
-"""Every method at once: ``python benchmarks/methods.py [--repeats 15] [--scorecam-repeats 2]``; prints JSON.
+"""Every method at once: ``python benchmarks/methods.py [--repeats 15] [--only PART]``; prints JSON.
 
-1. VGG16 at 224 (random weights: speed does not depend on their values), one
+1. one-pass: VGG16 at 224 (random weights: speed does not depend on their values), one
    image: campp's two-map pass against campp computing every gradient method
    (and Eigen-CAM) from the same pass, against pytorch-grad-cam and torchcam
    computing the same list the way their documentation shows (one object per
-   method, each with its own forward and backward pass).  Interleaved, medians.
-2. Score-CAM against pytorch-grad-cam's and torchcam's ScoreCAM at the same batch size, interleaved: on
-   VGG16 (random weights) and on EfficientNet-Lite0 with its real ImageNet
+   method, each with its own forward and backward pass; torchcam's five:
+   GradCAM, GradCAMpp, XGradCAM, LayerCAM, FinerCAM).  Interleaved, medians.
+2. cam: CAM on ResNet-50 (random weights), one image, against torchcam's CAM,
+   campp's forward pass alone and campp's two-map pass.  Interleaved, medians.
+3. scorecam: Score-CAM against pytorch-grad-cam's and torchcam's ScoreCAM at the same batch size, interleaved:
+   on VGG16 (random weights) and on EfficientNet-Lite0 with its real ImageNet
    weights and the photos in images/ (real weights leave many channels
    constant, which campp skips without a pass).
-3. The other perturbation methods against the peers that have them, on
-   EfficientNet-Lite0 (real weights) and one photo, at the same batch size:
+4. perturbation: the other perturbation methods against the peers that have them, on
+   EfficientNet-Lite0 (real weights) and one photo, at the same batch size, interleaved
+   (--perturbation-repeats rounds of campp's method then the peer's; medians):
    Ablation-CAM against pytorch-grad-cam's AblationCAM, SS-CAM and IS-CAM
    against torchcam's SSCAM and ISCAM with the same number of samples.
-4. Smoothing on VGG16 (random weights), one image, Grad-CAM and Grad-CAM++:
+5. smoothing: VGG16 (random weights), one image, Grad-CAM and Grad-CAM++:
    each of --eigen-smooth, --aug-smooth and --noise-samples 8 against the plain
-   pass, and pytorch-grad-cam's eigen_smooth and aug_smooth against campp's.
-5. FullGrad on VGG16 and ResNet-50 (random weights), one image: campp's FullGrad
+   pass, pytorch-grad-cam's eigen_smooth and aug_smooth against campp's, and
+   torchcam's SmoothGradCAMpp (8 samples) against campp's Grad-CAM++ with
+   --noise-samples 8.  Interleaved, medians.
+6. fullgrad: FullGrad on VGG16 and ResNet-50 (random weights), one image: campp's FullGrad
    alone and with Grad-CAM and Grad-CAM++ from the same pass, against its floor
    (one forward and one backward of the class score to the input, plain torch),
    campp's two-map pass and pytorch-grad-cam's FullGrad.
-6. Several layers (--layer a,b,c) on VGG16 (random weights), one image: Grad-CAM
+7. fusion: several layers (--layer a,b,c) on VGG16 (random weights), one image: Grad-CAM
    and Grad-CAM++ at features.29 against the same two fused over features.15,
    features.22 and features.29, against pytorch-grad-cam's GradCAM and
    GradCAMPlusPlus with those three target layers; LayerCAM over the three
    against torchcam's LayerCAM with its fuse_cams.
-7. The principal-component maps' cost at larger grids (random activations of
+8. grids: the principal-component maps' cost at larger grids (random activations of
    256 channels, one image): Eigen-CAM and KPCA-CAM from campp's maps, against
    the full torch.linalg.eigh of the same Gram matrix that campp used before it
    computed only the top eigenpair, and pytorch-grad-cam's KPCA_CAM projection
@@ -119,23 +125,24 @@ def one_pass_contenders(model, prepared, layer: str, x: torch.Tensor) -> dict:
         with FinerCAM(model=model, target_layers=[module]) as cam:
             cam(input_tensor=x)
 
+    from torchcam.methods import FinerCAM as TFinerCAM
     from torchcam.methods import GradCAM as TGradCAM
     from torchcam.methods import GradCAMpp
     from torchcam.methods import LayerCAM as TLayerCAM
     from torchcam.methods import XGradCAM as TXGradCAM
 
     def torchcam():
-        for klass in (TGradCAM, GradCAMpp, TXGradCAM, TLayerCAM):
+        for klass in (TGradCAM, GradCAMpp, TXGradCAM, TLayerCAM, TFinerCAM):
             with klass(model, layer) as extractor:
                 scores = model(x)
                 extractor(scores.argmax(1).tolist(), scores)
 
     def campp_torchcam_list():
-        explain(prepared, layer, x, methods="gradcam,gradcampp,xgradcam,layercam")
+        explain(prepared, layer, x, methods="gradcam,gradcampp,xgradcam,layercam,finercam")
 
     found["pytorch_grad_cam_same_methods"] = pgc
-    found["torchcam_4_methods"] = torchcam
-    found["campp_torchcam_4_methods"] = campp_torchcam_list
+    found["torchcam_5_methods"] = torchcam
+    found["campp_torchcam_5_methods"] = campp_torchcam_list
     return found
 
 
@@ -154,7 +161,7 @@ def bench_one_pass(repeats: int) -> dict:
         "methods": ONE_PASS,
         "pytorch_grad_cam_same_methods_vs_campp": round(med["pytorch_grad_cam_same_methods"]
                                                         / med["campp_every_one_pass_method"], 2),
-        "torchcam_same_4_vs_campp": round(med["torchcam_4_methods"] / med["campp_torchcam_4_methods"], 2),
+        "torchcam_same_5_vs_campp": round(med["torchcam_5_methods"] / med["campp_torchcam_5_methods"], 2),
     }
 
 
@@ -238,8 +245,9 @@ def bench_scorecam(repeats: int, batch: int) -> dict:
     return out
 
 
-def bench_perturbation(batch: int, samples: int, photo: str = "coffee.png") -> dict:
-    """Ablation-CAM, SS-CAM and IS-CAM against the peers' same methods, one run each (minutes a method)."""
+def bench_perturbation(batch: int, samples: int, repeats: int, photo: str = "coffee.png") -> dict:
+    """Ablation-CAM, SS-CAM and IS-CAM against the peers' same methods, interleaved: each round runs campp's
+    method, then the peer's, ``repeats`` rounds (minutes a round); medians."""
     from pytorch_grad_cam import AblationCAM
     from torchcam.methods import ISCAM, SSCAM
 
@@ -248,14 +256,7 @@ def bench_perturbation(batch: int, samples: int, photo: str = "coffee.png") -> d
     square = geometry.center_square(decode.load_rgb(REPO / "images" / photo))
     rgb = to_batch([square], clf)
     x = clf.preprocessing(rgb)
-    out = {"photo": photo, "batch": batch, "samples": samples}
-    settings = {"ablationcam": {}, "sscam": {"sscam_samples": samples}, "iscam": {"iscam_steps": samples}}
-    for name, extra in settings.items():
-        passes = []
-        seconds = _timed(lambda name=name, extra=extra, passes=passes: explain(
-            clf.module, clf.layer, x, methods=[name], image=rgb, preprocess=clf.preprocessing, score_batch=batch,
-            progress=passes.append, **extra))
-        out[name] = {"campp_s": round(seconds, 2), "campp_passes": sum(passes)}
+    out = {"photo": photo, "batch": batch, "samples": samples, "repeats": repeats}
 
     def ablation():
         with _quiet(), AblationCAM(model=plain, target_layers=[plain.tap], batch_size=batch) as cam:
@@ -266,18 +267,28 @@ def bench_perturbation(batch: int, samples: int, photo: str = "coffee.png") -> d
             scores = plain(x)
             extractor(scores.argmax(1).tolist(), scores)
 
+    settings = {"ablationcam": {}, "sscam": {"sscam_samples": samples}, "iscam": {"iscam_steps": samples}}
     peers = {"ablationcam": ("pytorch_grad_cam_AblationCAM", ablation, 1280),
              "sscam": ("torchcam_SSCAM", lambda: torchcam(SSCAM, num_samples=samples), 1280 * samples),
              "iscam": ("torchcam_ISCAM", lambda: torchcam(ISCAM, num_samples=samples), 1280 * samples)}
-    for name, (peer, fn, passes) in peers.items():
-        seconds = _timed(fn)
-        out[name].update({peer + "_s": round(seconds, 2), peer + "_passes": passes,
-                          "speedup": round(seconds / out[name]["campp_s"], 2)})
+    for name, extra in settings.items():
+        peer, fn, peer_passes = peers[name]
+        passes, ours, theirs = [], [], []
+        for _ in range(repeats):
+            passes.clear()
+            ours.append(_timed(lambda name=name, extra=extra, passes=passes: explain(
+                clf.module, clf.layer, x, methods=[name], image=rgb, preprocess=clf.preprocessing,
+                score_batch=batch, progress=passes.append, **extra)))
+            theirs.append(_timed(fn))
+        mine, peer_s = statistics.median(ours), statistics.median(theirs)
+        out[name] = {"campp_s": round(mine, 2), "campp_passes": sum(passes), peer + "_s": round(peer_s, 2),
+                     peer + "_passes": peer_passes, "speedup": round(peer_s / mine, 2)}
     return out
 
 
 def bench_smoothing(repeats: int) -> dict:
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+    from torchcam.methods import SmoothGradCAMpp
 
     spec = get_arch("vgg16")
     torch.manual_seed(0)
@@ -297,15 +308,55 @@ def bench_smoothing(repeats: int) -> dict:
                     cam(input_tensor=x, targets=None, **kw)
         return run
 
+    def smoothgradcampp():
+        # torchcam's SmoothGradCAMpp: Grad-CAM++ alone, its 8 noisy copies one forward and backward each
+        # (std 0.3 of the normalised input, its default; campp's noise is 0.15 of the image's range).
+        with SmoothGradCAMpp(model, "features.29", num_samples=8) as extractor:
+            scores = model(x)
+            extractor(scores.argmax(1).tolist(), scores)
+
     fns = {"campp_plain": ours(), "campp_eigen_smooth": ours(eigen_smooth=True),
            "campp_aug_smooth": ours(aug_smooth=True), "campp_noise_8": ours(noise_samples=8),
+           "campp_gradcampp_noise_8": ours(noise_samples=8, methods="gradcampp"),
            "pytorch_grad_cam_plain": theirs(), "pytorch_grad_cam_eigen_smooth": theirs(eigen_smooth=True),
-           "pytorch_grad_cam_aug_smooth": theirs(aug_smooth=True)}
+           "pytorch_grad_cam_aug_smooth": theirs(aug_smooth=True), "torchcam_smoothgradcampp_8": smoothgradcampp}
     med = _medians(fns, repeats)
     return {"seconds_median": {k: round(v, 4) for k, v in med.items()},
             "vs_plain": {k: round(med[k] / med["campp_plain"], 2) for k in fns if k.startswith("campp_")},
             "pytorch_grad_cam_vs_campp": {k: round(med["pytorch_grad_cam_" + k] / med["campp_" + k], 2)
-                                          for k in ("plain", "eigen_smooth", "aug_smooth")}}
+                                          for k in ("plain", "eigen_smooth", "aug_smooth")},
+            "torchcam_smoothgradcampp_vs_campp_gradcampp_noise_8": round(
+                med["torchcam_smoothgradcampp_8"] / med["campp_gradcampp_noise_8"], 2)}
+
+
+def bench_cam(repeats: int) -> dict:
+    """CAM on ResNet-50 (random weights), one image: campp's CAM (a forward pass, no backward) against
+    torchcam's CAM, campp's forward pass alone (its floor) and campp's two-map pass."""
+    from torchcam.methods import CAM
+
+    spec = get_arch("resnet50")
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    prepared = prepare_module(copy.deepcopy(model), "cpu")
+    x = spec.preprocessing(torch.rand(1, 3, 224, 224))
+
+    def floor():
+        with torch.no_grad():
+            prepared(x)
+
+    def torchcam():
+        with CAM(model, "layer4", "fc") as extractor:
+            with torch.no_grad():
+                scores = model(x)
+            extractor(scores.argmax(1).tolist(), scores)
+
+    fns = {"campp_cam": lambda: explain(prepared, "layer4", x, methods="cam"), "campp_forward_only": floor,
+           "campp_two_maps": lambda: explain(prepared, "layer4", x), "torchcam_cam": torchcam}
+    med = _medians(fns, repeats)
+    return {"seconds_median": {k: round(v, 4) for k, v in med.items()},
+            "cam_vs_its_floor": round(med["campp_cam"] / med["campp_forward_only"], 3),
+            "cam_vs_two_maps": round(med["campp_cam"] / med["campp_two_maps"], 3),
+            "torchcam_vs_campp": round(med["torchcam_cam"] / med["campp_cam"], 2)}
 
 
 def fullgrad_contenders(model, prepared, layer: str, x: torch.Tensor) -> dict:
@@ -429,19 +480,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--score-batch", type=int, default=16, help="both tools' Score-CAM batch size")
     parser.add_argument("--skip-scorecam", action="store_true")
     parser.add_argument("--skip-perturbation", action="store_true")
-    parser.add_argument("--only", choices=["one-pass", "scorecam", "perturbation", "smoothing", "fullgrad", "fusion",
-                                                 "grids"],
+    parser.add_argument("--only", choices=["one-pass", "cam", "scorecam", "perturbation", "smoothing", "fullgrad",
+                                           "fusion", "grids"],
                         default=None,
                         help="run one part only")
     parser.add_argument("--samples", type=int, default=4, help="SS-CAM's samples and IS-CAM's steps, both tools")
+    parser.add_argument("--perturbation-repeats", type=int, default=3,
+                        help="interleaved rounds of Ablation-CAM, SS-CAM and IS-CAM against their peers")
     args = parser.parse_args(argv)
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                           "threads": torch.get_num_threads()}}
     parts = {"one-pass": ("one_pass_methods_vgg16", lambda: bench_one_pass(args.repeats), True),
+             "cam": ("cam_resnet50", lambda: bench_cam(args.repeats), True),
              "scorecam": ("scorecam_batch_%d" % args.score_batch,
                           lambda: bench_scorecam(args.scorecam_repeats, args.score_batch), not args.skip_scorecam),
              "perturbation": ("perturbation_efficientnet_lite0",
-                              lambda: bench_perturbation(args.score_batch, args.samples), not args.skip_perturbation),
+                              lambda: bench_perturbation(args.score_batch, args.samples,
+                                                         args.perturbation_repeats), not args.skip_perturbation),
              "smoothing": ("smoothing_vgg16", lambda: bench_smoothing(args.repeats), True),
              "fullgrad": ("fullgrad", lambda: bench_fullgrad(args.repeats), True),
              "fusion": ("several_layers_vgg16", lambda: bench_fusion(args.repeats), True),
