@@ -87,8 +87,10 @@ def test_cli_refuses_an_unknown_method_before_importing_torch(tmp_path):
 def test_methods_command_lists_every_registered_method(run_cli):
     code, out, _ = run_cli("methods")
     assert code == 0
-    names = [line.split()[0] for line in out.splitlines() if line and not line.startswith(" ")]
+    *listing, last = out.splitlines()
+    names = [line.split()[0] for line in listing if line and not line.startswith(" ")]
     assert names == list_methods()
+    assert last.startswith("What each costs on a model: campp methods --measure")
     assert "extra forward passes" in out and "class-agnostic" in out
 
 

@@ -50,6 +50,52 @@ input_options = options(
     click.option("--recursive", is_flag=True, help="Descend into subfolders of folders given with -f."),
 )
 
+gpu_option = click.option(
+    "-gpu", "--gpu", "gpu", type=int, default=None, metavar="ID",
+    help="CUDA device index; -1 forces the CPU. Default: GPU 0 if CUDA is available, else the CPU. "
+         "On a machine without CUDA, an index warns and runs on the CPU.")
+
+arch_option = click.option(
+    "--arch", default=None, metavar="NAME",
+    help="vgg16 (the paper's, the default), efficientnet_lite0, _lite1, _lite2 (offline), any "
+         "torchvision classifier by name (resnet50, convnext_tiny, vit_b_16, swin_t...), or "
+         "timm:NAME (pip install 'campp[timm]').")
+
+model_option = click.option(
+    "--model", "model", default=None, metavar="FILE.py:FUNCTION",
+    help="Your own model instead: a function (in a file, or package.module:FUNCTION) that returns "
+         "a torch.nn.Module; campp imports and runs that code.")
+
+layer_option = click.option(
+    "--layer", default=None, metavar="DOTTED.NAME",
+    help="Feature map to explain (see 'campp layers'); several, comma-separated, give each "
+         "method's maps of every one fused by LayerCAM's rule. Default: vgg16 features.29 as in "
+         "the paper; a transformer's last block's first norm; else the last spatial feature map "
+         "before global pooling.")
+
+weights_option = click.option(
+    "--weights", default=None, metavar="PATH",
+    help="Weights: a state_dict .pth or .safetensors, or for vgg16 the paper's vgg16.npy. Default: "
+         "models/, then the torch or timm cache (or the package, for efficientnet_liteN), then a "
+         "download; with --model, the model as the function built it.")
+
+
+def methods_option(default: str | None = ",".join(DEFAULT_METHODS), help: str = "Comma-separated methods, or all "
+                   "(see 'campp methods'). Gradient methods share one pass."):
+    return click.option("--methods", "methods", default=default, show_default=default is not None, metavar="LIST",
+                        help=help)
+
+
+method_setting_options = options(*[setting_option(s) for s in method_settings()])  # --variant, --eigen-smooth...
+
+input_size_option = click.option(
+    "--input-size", type=int, default=None, metavar="N",
+    help="Side of the model's square input. Default: the model's own (224 for --model).")
+
+offline_option = click.option(
+    "--offline", is_flag=True, envvar="CAMPP_OFFLINE",
+    help="Never download weights (also CAMPP_OFFLINE=1).")
+
 model_options = options(
     click.option("-l", "--label", default="-1", show_default=True, metavar="CLASS",
                  help="Class to explain: an index (ImageNet: 0..999) or a class name ('tiger cat', or one of "
@@ -68,32 +114,17 @@ model_options = options(
     click.option("--score", type=click.Choice(list(SCORES)), default="logit", show_default=True,
                  help="What the gradient methods (and --guided) differentiate: " + "; ".join(
                      f"{k}: {v}" for k, v in SCORES.items()) + "."),
-    click.option("-gpu", "--gpu", "gpu", type=int, default=None, metavar="ID",
-                 help="CUDA device index; -1 forces the CPU. Default: GPU 0 if CUDA is available, else the CPU. "
-                      "On a machine without CUDA, an index warns and runs on the CPU."),
-    click.option("--arch", default=None, metavar="NAME",
-                 help="vgg16 (the paper's, the default), efficientnet_lite0, _lite1, _lite2 (offline), any "
-                      "torchvision classifier by name (resnet50, convnext_tiny, vit_b_16, swin_t...), or "
-                      "timm:NAME (pip install 'campp[timm]')."),
-    click.option("--model", "model", default=None, metavar="FILE.py:FUNCTION",
-                 help="Your own model instead: a function (in a file, or package.module:FUNCTION) that returns "
-                      "a torch.nn.Module; campp imports and runs that code."),
+    gpu_option,
+    arch_option,
+    model_option,
     output_key_option,
-    click.option("--layer", default=None, metavar="DOTTED.NAME",
-                 help="Feature map to explain (see 'campp layers'); several, comma-separated, give each "
-                      "method's maps of every one fused by LayerCAM's rule. Default: vgg16 features.29 as in "
-                      "the paper; a transformer's last block's first norm; else the last spatial feature map "
-                      "before global pooling."),
-    click.option("--weights", default=None, metavar="PATH",
-                 help="Weights: a state_dict .pth or .safetensors, or for vgg16 the paper's vgg16.npy. Default: "
-                      "models/, then the torch or timm cache (or the package, for efficientnet_liteN), then a "
-                      "download; with --model, the model as the function built it."),
+    layer_option,
+    weights_option,
     click.option("--num-classes", type=click.IntRange(1, 10**6), default=None, metavar="N",
                  help="The architecture with a head of N classes (your fine-tuned model; needs --weights)."),
     click.option("--labels", "labels", default=None, metavar="FILE",
                  help="Class names, one a line or a JSON list, one per output of the model."),
-    click.option("--input-size", type=int, default=None, metavar="N",
-                 help="Side of the model's square input. Default: the model's own (224 for --model)."),
+    input_size_option,
     click.option("--mean", default=None, metavar="R,G,B|PRESET",
                  help="Normalisation mean, or a preset: " + ", ".join(PRESETS) + " (caffe: BGR, 0..255, minus "
                       "the mean). Default: the model's own (imagenet for --model)."),
@@ -101,11 +132,9 @@ model_options = options(
     click.option("--resize", type=click.Choice(list(RESIZE_MODES)), default=None,
                  help="How a photo becomes the square input: " + "; ".join(
                      f"{k}: {v}" for k, v in RESIZE_MODES.items()) + ". Default: crop."),
-    click.option("--methods", "methods", default=",".join(DEFAULT_METHODS), show_default=True, metavar="LIST",
-                 help="Comma-separated methods, or all (see 'campp methods'). Gradient methods share one pass."),
-    *[setting_option(s) for s in method_settings()],  # the methods': --variant, --score-batch, --eigen-smooth...
-    click.option("--offline", is_flag=True, envvar="CAMPP_OFFLINE",
-                 help="Never download weights (also CAMPP_OFFLINE=1)."),
+    methods_option(),
+    method_setting_options,
+    offline_option,
 )
 
 run_options = options(
