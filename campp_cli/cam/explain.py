@@ -91,7 +91,7 @@ def cam_maps(grads: torch.Tensor | None, acts: torch.Tensor, methods=DEFAULT_MET
     checked = check_method_settings({**(settings or {}), **method_settings}, names)
     inp = MethodInput(acts=acts.double(), grads=None if grads is None else grads.double(), classes=classes,
                       image=image, score=score, progress=progress, settings=checked,
-                      head=None if head is None else tuple(t.double() for t in head),
+                      head=None if head is None else tuple(head),
                       hvp=None if hvp is None else hvp.double(), relayer=relayer,
                       biases=biases)
     dtype = torch.promote_types(acts.dtype, torch.float32)
@@ -593,17 +593,21 @@ def class_weights(model: torch.nn.Module, acts: torch.Tensor, logits: torch.Tens
     ``keep_graph`` (differentiable maps): W itself, so that the maps carry gradients to it."""
     n, k = acts.shape[:2]
     c = logits.shape[1]
-    means = acts.detach().double().mean(dim=(2, 3))
-    target = logits.detach().double()
     low = acts.dtype in (torch.float16, torch.bfloat16)
+    # In the pass's precision (at least float32): the logits were made so, and the whole weight is not copied
+    # into float64 (CAM casts only the explained classes' rows).
+    dtype = torch.float32 if low else acts.dtype
+    means = acts.detach().to(dtype).mean(dim=(2, 3))
+    target = logits.detach().to(dtype)
     tolerance = (1e-2 if low else 1e-4) * (1.0 + float(target.abs().amax()))
     for module in reversed(list(model.modules())):
         if isinstance(module, torch.nn.Linear) and module.in_features == k and module.out_features == c:
-            weight = module.weight.detach().double()
-            bias = torch.zeros(c, dtype=torch.float64, device=weight.device) if module.bias is None \
-                else module.bias.detach().double()
-            if float((means @ weight.T + bias - target).abs().amax()) <= tolerance:
-                return (module.weight.double(), bias) if keep_graph else (weight, bias)
+            weight = module.weight.detach().to(dtype)
+            bias = torch.zeros(c, dtype=dtype, device=weight.device) if module.bias is None \
+                else module.bias.detach().to(dtype)
+            if float((torch.addmm(bias, means.to(weight.device), weight.T) - target.to(weight.device))
+                     .abs().amax()) <= tolerance:
+                return (module.weight.to(dtype), bias) if keep_graph else (weight, bias)
     raise UsageError(f"cam: the model's head after layer {layer_name(model, layer)} is not a global average "
                      f"pool and one linear layer ({k} -> {c}), so it has no class weights; choose gradcam, "
                      f"which equals CAM where CAM applies", param="methods")

@@ -55,14 +55,14 @@ from ...registry import Registry, Setting
 #: What a method may need, cheapest first.
 NEEDS = ("activations", "gradients", "forward passes")
 
-#: What a method may use besides its needs: ``"head"``: ``inp.head``, the (W, b) of a global-average-pool +
-#: linear head after the layer (a usage error where the model has none); ``"hvp"``: ``inp.hvp``, H A, the
-#: Hessian of the score with respect to A applied to A (a second backward pass); ``"relayer"``:
-#: ``inp.relayer(grids, rows, classes)``, the score of ``classes`` when the model runs on its images ``rows``
-#: with the layer's output replaced by ``grids`` (forward passes); ``"biases"``: ``inp.biases``, FullGrad's
-#: ``(input_term, bias_terms)``: x * dS/dx (N, 3, H, W) and, for every convolution with a bias and every batch
-#: norm of the model (:func:`campp_cli.cam.taps.bias_layers`), b * dS/dz (N, C, h, w) at its output z (the
-#: shared pass's backward carried through the whole model to the input).
+#: What a method may use besides its needs: ``"head"``: ``inp.head``, the (W, b) of a global-average-pool + linear
+#: head after the layer (a usage error where the model has none), in the pass's dtype (at least float32); ``"hvp"``:
+#: ``inp.hvp``, H A, the Hessian of the score with respect to A applied to A (a second backward pass); ``"relayer"``:
+#: ``inp.relayer(grids, rows, classes)``, the score of ``classes`` when the model runs on its images ``rows`` with
+#: the layer's output replaced by ``grids`` (forward passes); ``"biases"``: ``inp.biases``, FullGrad's ``(input_term,
+#: bias_terms)``: x * dS/dx (N, 3, H, W) and, for every convolution with a bias and every batch norm of the model
+#: (:func:`campp_cli.cam.taps.bias_layers`), b * dS/dz (N, C, h, w) at its output z (the shared pass's backward
+#: carried through the whole model to the input).
 USES = ("head", "hvp", "relayer", "biases")
 
 #: Settings every method takes (smoothing): on the CLI as flags and options of every command that explains.
@@ -135,7 +135,8 @@ class MethodInput:
     and ``progress(n)`` is called after every n forward passes; if it also has
     a ``planned(passes, images)`` method, that is called first with how many
     passes the batch will run (for an ETA).  What a method ``uses`` (:data:`USES`): ``head``, ``hvp``,
-    ``relayer``, ``biases`` (in the pass's dtype, not float64: a VGG16 has 13 million of them); a method
+    ``relayer``, ``biases`` (``head`` and ``biases`` in the pass's dtype, not float64: they are the size of the
+    model's layers); a method
     with its own ``target`` finds the gradient of that target in ``grads``.
     """
 

@@ -22,4 +22,4 @@ def cam(inp):
 
     weight, _ = inp.head
     classes = torch.as_tensor(inp.classes, dtype=torch.long, device=weight.device)
-    return channel_sum(weight[classes].to(inp.acts.device), inp.acts)
+    return channel_sum(weight[classes].to(inp.acts), inp.acts)  # float64: the rows of the explained classes
