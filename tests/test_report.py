@@ -380,6 +380,41 @@ def evaluate_run(tmp_path_factory):
     return base, code
 
 
+POOLED_NET = """
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+"""
+
+
+def test_evaluate_and_its_report_take_every_registered_method(tmp_path, monkeypatch):
+    """--methods all,cam: every method of the registry scored by evaluate, in its JSON and its report (a
+    model whose head is a pooled linear layer, so that CAM applies; one sample for SS-CAM and IS-CAM)."""
+    from campp_cli.cam.methods import list_methods, parse_methods
+
+    (tmp_path / "net.py").write_text(POOLED_NET)
+    write_image(tmp_path / "a.png", 40, 30, seed=1)
+    write_image(tmp_path / "b.png", 30, 40, seed=2)
+    monkeypatch.chdir(tmp_path)
+    code = _run(["evaluate", "--model", "net.py:build", "--input-size", "32", "-f", "a.png", "-f", "b.png",
+                 "--methods", "all,cam", "--sscam-samples", "1", "--iscam-steps", "1", "--steps", "2",
+                 "--json", "e.json", "--report", "e.html", "-q", "-gpu", "-1"])
+    assert code == 0
+    every = list(parse_methods("all,cam"))  # in that order: CAM last
+    assert sorted(every) == sorted(list_methods())
+    document = json.loads((tmp_path / "e.json").read_text())
+    assert list(document["methods"]) == every
+    assert all(stats["n"] == 2 for stats in document["methods"].values())
+    data = page_data(tmp_path / "e.html")
+    assert data["methods"] == every and list(data["summary"]["methods"]) == every
+    assert all(set(record["scores"]) == set(every) for record in data["records"])
+
+
 def test_evaluate_report_holds_the_summary_and_every_images_scores(evaluate_run):
     base, code = evaluate_run
     assert code == 0
