@@ -105,6 +105,15 @@ def test_bad_arguments_are_one_line_before_torch(nets, args, flag):
     assert len(err.strip().splitlines()) == 1 and not loaded
 
 
+@pytest.mark.parametrize("args, flag", [(["--arch", "resnet50"], "--arch"), (["--repeats", "3"], "--repeats"),
+                                        (["--sscam-samples", "2"], "--sscam-samples"), (["-f", "x.png"], "-f")])
+def test_options_of_measure_without_it_are_refused(run_cli, args, flag):
+    code, out, err = run_cli("methods", *args)
+    assert code == 2 and out == ""
+    assert err.strip() == f"campp: error: {flag}: only with --measure (campp methods lists the methods; --measure " \
+                          f"times them on a model)"
+
+
 def test_measure_costs_times_explain_itself(monkeypatch):
     """The library's measurement: one untimed pass, then ``repeats`` calls of explain() per method, each cost
     the median of its calls and its ratio that over the two-map pass's median (a clock of the test's own)."""

@@ -52,10 +52,24 @@ def methods(measure: bool, arch, model, output_key, input_size, layer, weights, 
       campp methods --measure --arch resnet50 --methods scorecam -f photo.jpg
     """
     if not measure:
+        _refuse_measure_options()
         _list()
         return
     _measure(arch, model, output_key, input_size, layer, weights, gpu, offline, photo, methods, repeats,
              settings)
+
+
+def _refuse_measure_options() -> None:
+    """An option of --measure given without it would be ignored: a usage error naming it instead."""
+    from click.core import ParameterSource
+
+    from ..errors import UsageError
+
+    ctx = click.get_current_context()
+    for name in ctx.params:
+        if name != "measure" and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+            raise UsageError("only with --measure (campp methods lists the methods; --measure times them on a "
+                             "model)", param=name)
 
 
 def _list() -> None:
