@@ -121,5 +121,9 @@ class ModelError(CamppError):
     """The model misbehaves at run time (for example non-finite logits)."""
 
 
+class MemoryLimitError(CamppError):
+    """A batch that does not fit in the device's memory (the GPU's, or the machine's for the CPU)."""
+
+
 def _rebuild(cls, text: str, param: str | None, value: object, also: tuple[str, ...] = ()) -> CamppError:
     return cls(text, param=param, value=value, also=also)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..draw.geometry import display_full, display_square, model_input
-from ..errors import InputError, ModelError, OutputError, UsageError
+from ..errors import InputError, MemoryLimitError, ModelError, OutputError, UsageError
 from ..io.decode import PixelBudget, open_photo, photo_of
 from ..io.durable import recover
 from ..io.inputs import Job
@@ -200,7 +200,39 @@ def decode(job: Job, size: int, options: Options, draws: bool,
 def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, command: "Command",
                  progress: Callable[[int], None] | None = None) -> list[ExplainedRow]:
     """Stage 2: one batch through the model: every requested map, then what the command adds.  ``progress``
-    is told of extra forward passes as they run (see :func:`campp_cli.cam.explain`)."""
+    is told of extra forward passes as they run (see :func:`campp_cli.cam.explain`).  A batch that does not
+    fit in the device's memory is a :class:`MemoryLimitError` naming ``--batch-size`` (one line, no CUDA
+    traceback): the run stops there, every set written before it complete."""
+    try:
+        return _explain_rows(rows, clf, options, command, progress)
+    except (RuntimeError, MemoryError) as exc:
+        if not out_of_memory(exc):
+            raise
+        import torch
+
+        if clf.device.type == "cuda":
+            torch.cuda.empty_cache()
+        where = "the GPU" if clf.device.type == "cuda" else "the machine"
+        smaller = f", such as {len(rows) // 2}" if len(rows) > 1 else " (this one holds one image already: a " \
+            "smaller --input-size, or another device)"
+        raise MemoryLimitError(f"{where} ({clf.device}) ran out of memory for a batch of {len(rows)} images of "
+                               f"{clf.arch} at {clf.input_size}x{clf.input_size}; try a smaller one{smaller}",
+                               param="batch_size") from None
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device's memory ran out: CUDA's ``torch.OutOfMemoryError``, the CPU
+    allocator's RuntimeError, or Python's MemoryError."""
+    import torch
+
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "CUDA out of memory" in text)
+
+
+def _explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, command: "Command",
+                  progress: Callable[[int], None] | None) -> list[ExplainedRow]:
     from ..cam.explain import explain, explain_labels, explain_top
 
     rgb01 = _to_device(np.stack([r.model_input for r in rows]), clf.device)
