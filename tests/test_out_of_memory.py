@@ -68,6 +68,16 @@ def test_a_batch_out_of_memory_is_one_line_naming_the_batch_size(photos, run_cli
     assert all(sum(n.startswith(stem + "_") or n == stem + ".jpeg" for n in written) == 5 for stem in stems)
 
 
+def test_one_image_out_of_memory_says_what_may_fit_it(photos, run_cli, monkeypatch):
+    _failing_after(monkeypatch, 0, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB"))
+    code, out, err = run_cli("classify", "--model", "net.py:build", "--input-size", "32", "-f", photos / "p0.png",
+                             "-gpu", "-1", "--output-dir", "o")
+    assert code == 1
+    assert err.strip().splitlines()[-1] == ("campp: error: the machine (cpu) ran out of memory for one image of "
+                                            "net.py:build at 32x32; a smaller --input-size or another device may "
+                                            "fit it")
+
+
 def test_other_runtime_errors_are_not_taken_for_memory(photos, run_cli, monkeypatch):
     _failing_after(monkeypatch, 0, RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     code, out, err = run_cli("classify", "--model", "net.py:build", "--input-size", "32", "-f", photos / "p0.png",

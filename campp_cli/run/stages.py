@@ -212,12 +212,15 @@ def explain_rows(rows: list[DecodedRow], clf: Classifier, options: Options, comm
 
         if clf.device.type == "cuda":
             torch.cuda.empty_cache()
-        where = "the GPU" if clf.device.type == "cuda" else "the machine"
-        smaller = f", such as {len(rows) // 2}" if len(rows) > 1 else " (this one holds one image already: a " \
-            "smaller --input-size, or another device)"
-        raise MemoryLimitError(f"{where} ({clf.device}) ran out of memory for a batch of {len(rows)} images of "
-                               f"{clf.arch} at {clf.input_size}x{clf.input_size}; try a smaller one{smaller}",
-                               param="batch_size") from None
+        # on CUDA, a MemoryError is the host's memory, not the GPU's
+        where = "the machine (cpu)" if clf.device.type != "cuda" else "the machine's memory" \
+            if isinstance(exc, MemoryError) else f"the GPU ({clf.device})"
+        what = f"{clf.arch} at {clf.input_size}x{clf.input_size}"
+        if len(rows) == 1:
+            raise MemoryLimitError(f"{where} ran out of memory for one image of {what}; a smaller --input-size "
+                                   f"or another device may fit it") from None
+        raise MemoryLimitError(f"{where} ran out of memory for a batch of {len(rows)} images of {what}; try a "
+                               f"smaller one, such as {len(rows) // 2}", param="batch_size") from None
 
 
 def out_of_memory(exc: BaseException) -> bool:
