@@ -32,6 +32,19 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "images"
 VGG16_FILE = "vgg16-397923af.pth"
 
+#: A tiny classifier of three classes as your own model's file (``--model net.py:build``): two convolutions,
+#: then a global average pool and one linear layer (a head CAM applies to).
+POOLED_NET = '''
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+'''
+
 
 @pytest.fixture(scope="session")
 def vgg_weights() -> Path:

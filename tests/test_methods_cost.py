@@ -5,21 +5,12 @@ checked before torch."""
 from __future__ import annotations
 
 import pytest
-from conftest import fresh_campp, write_image
+from conftest import POOLED_NET, fresh_campp, write_image
 
 from campp_cli.cam.methods import get_method, list_methods
 
-NET = '''
-import torch
-from torch import nn
-
-
-def pooled():
-    """A global-average-pool + linear head after the last convolution: CAM applies."""
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
-
+#: Beside conftest's pooled net (net.py:build, a head CAM applies to): one whose head has none.
+FLAT = '''
 
 def flat():
     """A head that flattens the grid into a linear layer: no pooled head, so no CAM."""
@@ -31,7 +22,7 @@ def flat():
 
 @pytest.fixture()
 def nets(tmp_path, monkeypatch):
-    (tmp_path / "net.py").write_text(NET)
+    (tmp_path / "net.py").write_text(POOLED_NET + FLAT)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -58,7 +49,7 @@ def test_the_list_has_every_registered_method_with_its_passes_and_source(run_cli
 
 
 def test_measure_times_every_method_but_the_perturbation_ones(nets, run_cli):
-    code, out, err = run_cli("methods", "--measure", "--model", "net.py:pooled", "--input-size", "32",
+    code, out, err = run_cli("methods", "--measure", "--model", "net.py:build", "--input-size", "32",
                              "--repeats", "1", "-gpu", "-1")
     assert code == 0, err
     rows = _rows(out)
@@ -71,7 +62,7 @@ def test_measure_times_every_method_but_the_perturbation_ones(nets, run_cli):
         seconds, ratio = rows[name].split(" s ")
         assert float(seconds) > 0 and float(ratio.rstrip("x")) > 0, name
     assert f"not measured (extra forward passes, one or more per channel): {', '.join(slow)}" in out
-    assert out.splitlines()[0].startswith("net.py:pooled at ") and "cpu" in out.splitlines()[0]
+    assert out.splitlines()[0].startswith("net.py:build at ") and "cpu" in out.splitlines()[0]
 
 
 def test_measure_names_what_the_model_cannot_have_and_goes_on(nets, run_cli):
@@ -86,7 +77,7 @@ def test_measure_names_what_the_model_cannot_have_and_goes_on(nets, run_cli):
 
 def test_measure_on_a_photo(nets, run_cli):
     write_image(nets / "photo.png", 70, 40)
-    code, out, err = run_cli("methods", "--measure", "--model", "net.py:pooled", "--input-size", "32",
+    code, out, err = run_cli("methods", "--measure", "--model", "net.py:build", "--input-size", "32",
                              "-f", "photo.png", "--methods", "gradcam", "--repeats", "1", "-gpu", "-1")
     assert code == 0, err
     assert "photo.png at 32x32" in out.splitlines()[0]
@@ -100,7 +91,7 @@ def test_measure_on_a_photo(nets, run_cli):
     (["--sscam-samples", "0"], "--sscam-samples"),
 ])
 def test_bad_arguments_are_one_line_before_torch(nets, args, flag):
-    code, loaded, err = fresh_campp(["methods", "--measure", "--model", "net.py:pooled", *args], nets)
+    code, loaded, err = fresh_campp(["methods", "--measure", "--model", "net.py:build", *args], nets)
     assert code == 2 and flag in err, err
     assert len(err.strip().splitlines()) == 1 and not loaded
 

@@ -5,23 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import write_image
-
-NET = '''
-import torch
-from torch import nn
-
-
-def build():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(4, 3))
-'''
+from conftest import POOLED_NET, write_image
 
 
 @pytest.fixture()
 def photos(tmp_path, monkeypatch):
-    (tmp_path / "net.py").write_text(NET)
+    (tmp_path / "net.py").write_text(POOLED_NET)
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(6):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IMAGES, REPO, fresh_campp, write_image
+from conftest import IMAGES, POOLED_NET, REPO, fresh_campp, write_image
 from PIL import Image
 
 from campp_cli.outputs import report as rp
@@ -378,18 +378,6 @@ def evaluate_run(tmp_path_factory):
     code = _run(["evaluate", *LITE, "-f", IMAGES, "--boxes", IMAGES / "boxes", "--steps", "4", "--json",
                  base / "eval.json", "--csv", base / "eval.csv", "--report", base / "eval.html", "-q"])
     return base, code
-
-
-POOLED_NET = """
-import torch
-from torch import nn
-
-
-def build():
-    torch.manual_seed(3)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
-"""
 
 
 def test_evaluate_and_its_report_take_every_registered_method(tmp_path, monkeypatch):

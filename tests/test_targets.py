@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import write_image
+from conftest import POOLED_NET, write_image
 from test_report import browser  # noqa: F401 - the browser fixture (Debian's chromium through Playwright)
 from torch import nn
 
@@ -150,23 +150,11 @@ def test_each_images_class_is_resolved_once_the_model_is_known(tmp_path, monkeyp
     assert got["missing.png"] == "--targets has no line for this image"
 
 
-SHAPES = '''
-import torch
-from torch import nn
-
-
-def build():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
-'''
-
-
 @pytest.fixture()
 def labelled(tmp_path, monkeypatch):
     """A model of three classes (red, green, blue) and photos in class folders, one in no class's folder."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "net.py").write_text(SHAPES)
+    (tmp_path / "net.py").write_text(POOLED_NET)
     (tmp_path / "labels.txt").write_text("red\ngreen\nblue\n")
     for i, folder in enumerate(["red", "green", "blue", "blue", "other"]):
         (tmp_path / "val" / folder).mkdir(parents=True, exist_ok=True)
