@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import CamppError
-from .methods import DEFAULT_METHODS, check_method_settings, parse_methods
+from .methods import DEFAULT_METHODS, check_method_settings, get_method, list_methods, parse_methods
 
 if TYPE_CHECKING:
     from ..models.loading import Classifier
@@ -95,14 +95,10 @@ def measure_costs(classifier: "Classifier", methods=None, *, image=None, repeats
 
 def default_measured() -> tuple[str, ...]:
     """The methods measured unless told otherwise: every method (CAM too) but the perturbation methods."""
-    from .methods import get_method, list_methods
-
     return tuple(n for n in list_methods() if get_method(n).needs != "forward passes")
 
 
 def not_measured() -> tuple[str, ...]:
     """The methods :func:`default_measured` leaves out."""
-    from .methods import list_methods
-
     kept = set(default_measured())
     return tuple(n for n in list_methods() if n not in kept)

@@ -121,8 +121,8 @@ def _measure(arch, model, output_key, input_size, layer, weights, gpu, offline, 
             click.echo(f"  {label:<{width}}  not for this model: {cost.refused.worded(flags('methods'))}")
         else:
             click.echo(f"  {label:<{width}}  {cost.seconds:9.4f} s  {cost.ratio:6.2f}x")
-    left = [n for n in not_measured() if n not in names]
-    if methods is None and left:
+    left = not_measured()
+    if methods is None and left:  # the default: every method but these
         click.echo(f"not measured (extra forward passes, one or more per channel): {', '.join(left)}; "
                    f"name them with --methods")
 
