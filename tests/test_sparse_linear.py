@@ -42,14 +42,18 @@ def ran_sparse(calls) -> bool:
 
 
 def sums_of(g: torch.Tensor) -> tuple[str, ...]:
-    """Which row-skipping sum ``input_grad`` should run on ``g`` (M, out), from the rule in its docstring."""
+    """Which row-skipping sum ``input_grad`` should run on ``g`` (M, out), from the rule in its docstring and
+    its constants' comments (reads counted in whole weights)."""
     m, out = g.shape
     nnz = int((g != 0).sum())
-    if nnz == 0 or m > sparse_linear.MAX_SHARED_ROWS:
+    union = int((g != 0).any(dim=0).sum())
+    if union == 0 or m > sparse_linear.MAX_SHARED_ROWS:
         return ()
-    if m <= sparse_linear.MAX_BAG_ROWS:
-        return ("bags",) if m > 1 or nnz <= sparse_linear.MAX_ROW_SHARE * out else ()
-    return ("blocks",)
+    reads = (union + sparse_linear.CACHED_READ * (nnz - union)) / out
+    limit = sparse_linear.MAX_ROW_SHARE if m == 1 else sparse_linear.MAX_BAG_READS
+    if m <= sparse_linear.MAX_BAG_ROWS and reads <= limit:
+        return ("bags",)
+    return ("blocks",) if m > 1 and union <= sparse_linear.MAX_BLOCK_SHARE * out else ()
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 9])
@@ -71,6 +75,29 @@ def test_input_grad_equals_the_dense_product(n, in_features, density, threads, c
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
     assert tuple(kind for kind in ("bags", "blocks") if count_sparse_sums[kind]) == sums_of(g)
     assert all(calls in ([], [(n, out)]) for calls in count_sparse_sums.values())
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("in_features", [48, 40, 7])  # 3 parts of 16, 4 of 10 (no part of 16 divides 40), whole rows
+@pytest.mark.parametrize("shared", [True, False])
+def test_bags_in_chunks_and_parts_equal_the_dense_product(n, in_features, shared, monkeypatch):
+    """Chunks of 3 weight rows and parts of at most 16 values: rows of several chunks, gradient rows with
+    different numbers of chunks (a short one, an empty one) and the same or different live rows."""
+    monkeypatch.setattr(sparse_linear, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(sparse_linear, "MAX_PART_WIDTH", 16)
+    monkeypatch.setattr(sparse_linear, "MIN_PART_WIDTH", 8)
+    out = 20
+    gen = torch.Generator().manual_seed(n * 10 + in_features)
+    weight = torch.randn(out, in_features, generator=gen, dtype=torch.float64)
+    live = torch.rand(n if not shared else 1, out, generator=gen) < 0.5
+    g = torch.randn(n, out, generator=gen, dtype=torch.float64) * live
+    if n > 2:
+        g[1] = 0.0  # a row with no live weight rows: no bags of its own
+        g[2, 2:] = 0.0  # and one with at most one chunk
+        g[2, 0] = 1.5
+    nonzero = g != 0
+    got = sparse_linear._row_bags(g, weight, nonzero, int(nonzero.sum()))
+    np.testing.assert_allclose(got.numpy(), g.numpy() @ weight.numpy(), rtol=1e-12, atol=1e-12)
 
 
 def test_more_rows_than_share_reads_take_the_dense_product(count_sparse_sums):
@@ -200,7 +227,7 @@ def test_explain_through_a_converted_head_equals_the_plain_model():
 
 
 @pytest.mark.parametrize("n", [1, 3])
-def test_a_batched_backward_folds_its_targets_into_rows_read_once(n, count_sparse_sums):
+def test_a_batched_backward_folds_its_targets_into_rows_read_once(n, monkeypatch):
     """torch.func.vmap over autograd.grad, one grad output per target (campp's top-k and Finer-CAM): the same
     gradients as one backward per target, and each layer's weight read once for all T targets (one call on
     T * n rows), not once per target."""
@@ -212,13 +239,20 @@ def test_a_batched_backward_folds_its_targets_into_rows_read_once(n, count_spars
     leaf = x.clone().requires_grad_(True)
     out = plain(leaf)
     expected = torch.stack([torch.autograd.grad(out, leaf, c, retain_graph=True)[0] for c in cotangents])
+    calls = []
+    real = sparse_linear.input_grad
+
+    def spy(grad_out, weight):
+        calls.append(tuple(grad_out.shape))
+        return real(grad_out, weight)
+
+    monkeypatch.setattr(sparse_linear, "input_grad", spy)
     leaf = x.clone().requires_grad_(True)
     out = sparse(leaf)
     got = torch.func.vmap(lambda c: torch.autograd.grad(out, leaf, c, retain_graph=True)[0])(cotangents)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     # the three layers' input gradients, each on all t * n rows at once
-    kind = "bags" if t * n <= sparse_linear.MAX_BAG_ROWS else "blocks"
-    assert count_sparse_sums[kind] == [(t * n, 5), (t * n, 16), (t * n, 32)]
+    assert calls == [(t * n, 5), (t * n, 16), (t * n, 32)]
 
 
 def test_a_batched_double_backward_through_the_shared_reads():

@@ -29,56 +29,75 @@ from torch import nn
 
 from .packing import swap_cpu_class
 
-#: The sparse sum is taken when it reads at most this share of the rows one
-#: dense product reads.  Gathered rows stream a little slower than a dense
-#: pass: on VGG16's fc6, one image, 2 cores, the sparse sum took 6.6, 12.1,
-#: 14.1, 16.5 and 18.8 ms at 30, 50, 60, 70 and 80 % of the rows, the dense
-#: product 17.2 ms.
+#: Which sum ``input_grad`` takes, from the weight rows it would read, counted in weights (one dense
+#: product reads one): a chunk of rows read again from cache, for another gradient row with the same live
+#: rows, counts CACHED_READ of one read from memory.  Figures from ``benchmarks/sparse_linear.py`` on this
+#: project's 2-core machine, VGG16's fc6 (fc7 alike; milliseconds, medians), which set the constants:
+#:
+#: * One gradient row: bags 4.2, 8.8, 11.4 and 14.3 at 30, 50, 60 and 70 % live, the dense product 12.9:
+#:   bags up to MAX_ROW_SHARE of the rows.
+#: * Up to MAX_BAG_ROWS gradient rows, where a dense product of several rows costs about 1.6 of one (20.3
+#:   to 21.8): bags while they read at most MAX_BAG_READS.  The same 50 % live for all: 8.7, 12.6, 14.7 and
+#:   18.5 for 1, 2, 3 and 4 rows (a second row costs CACHED_READ ~ 0.4 of the first); 2 rows at 70 % 19.5,
+#:   4 rows at 70 % 26.8 (dense 21.2); 2 and 4 rows of independent patterns (half live each) 15.5 and 26.2,
+#:   against 21.0 and 21.6 dense.
+#: * Up to MAX_SHARED_ROWS, where the rows any of them needs are at most MAX_BLOCK_SHARE of the weight: those
+#:   rows read once, in blocks.  8 and 32 rows at 50 % live: blocks 20.9 and 38.6, dense 24.8 and 43.1, bags
+#:   24.0 and 97.4; at 70 % blocks 30.5 and 52.6 against dense 24.3 and 43.4; independent patterns (their
+#:   union is all the rows) 46.8 and 76.5 in blocks against 25.2 and 43.7 dense.
+#: * Otherwise the dense product.
 MAX_ROW_SHARE = 0.6
-
-#: Up to this many gradient rows (images, or the targets of a batched backward pass), each row's weight
-#: rows are summed by ``embedding_bag`` in column parts about PART_WIDTH values wide: the bags of one part,
-#: one per gradient row, run one after the other, so rows that several gradients need are still in cache
-#: for the next.  From there up to MAX_SHARED_ROWS gradient rows, the rows any of them needs are read once,
-#: BLOCK_ROWS at a time; beyond, the dense product.  On VGG16's fc6 (fc7), 2 cores, half the rows live,
-#: the same for every gradient row: 1, 2, 3, 4 and 6 rows took 11.1 (2.3), 14.0 (2.5), 17.1 (3.3), 19.3
-#: (3.4) and 26.8 (4.7) ms as bags, 14.8 (4.6), 18.7 (5.3), 18.5 (4.6) and 19.5 (8.6) ms in blocks from
-#: 2 rows on; 8 rows 21 (5.6) ms in blocks; the dense product 20 ms for one row and 40 to 54 ms for 2 to 8
-#: (MKL's small-M product on this shape).  Rows of independent patterns (their union is all the rows):
-#: 8, 16, 32 and 64 took 39, 48, 66 and 108 ms in blocks against 52, 58, 75 and 113 ms dense; at 128 rows
-#: the dense product was faster.
 MAX_BAG_ROWS = 4
-PART_WIDTH = 256
+MAX_BAG_READS = 1.2
+CACHED_READ = 0.4
 MAX_SHARED_ROWS = 64
+MAX_BLOCK_SHARE = 0.55
 BLOCK_ROWS = 32
 
+#: Bags of at most CHUNK_ROWS weight rows over one column part (at most MAX_PART_WIDTH values wide): the bags
+#: of the gradient rows that need the same chunk run one after the other, so the chunk (64 rows of 6272
+#: floats on fc6: 1.6 MB) is still in cache for the next.  One row half live on fc6 took 8.7 ms so, against
+#: 11.0 ms in bags of a whole row's rows over 256-wide parts, and 2 rows 12.6 against 20.7.
+CHUNK_ROWS = 64
+MAX_PART_WIDTH = 8192
+#: Narrower parts than this are not worth their bags: a width with no divisor in between takes whole rows.
+MIN_PART_WIDTH = 512
 
-def _parts(n_samples: int, in_features: int) -> int:
-    """Into how many column parts to split each gradient row's sum: about PART_WIDTH values wide, and at
-    least one per thread; a divisor of ``in_features`` (1 where it has none below that)."""
-    want = max(1, -(-torch.get_num_threads() // max(1, n_samples)), round(in_features / PART_WIDTH))
-    for parts in range(want, 0, -1):
+
+def _parts(in_features: int) -> int:
+    """Into how many column parts of equal width to split the weight: the fewest that make a part at most
+    MAX_PART_WIDTH wide, a divisor of ``in_features``; 1 where that would make parts narrower than
+    MIN_PART_WIDTH."""
+    for parts in range(-(-in_features // MAX_PART_WIDTH), in_features // MIN_PART_WIDTH + 1):
         if in_features % parts == 0:
             return parts
     return 1
 
 
 def _row_bags(grad_out: torch.Tensor, weight: torch.Tensor, nonzero: torch.Tensor, nnz: int) -> torch.Tensor:
-    """Each gradient row's weight rows summed by ``embedding_bag`` with per-sample weights, in column parts
-    (:func:`_parts`), the bags of one part next to each other."""
+    """Each gradient row's weight rows summed by ``embedding_bag`` with per-sample weights: bag (part, chunk,
+    gradient row) sums CHUNK_ROWS of the row's live weight rows over one column part, the bags of one chunk
+    next to each other (gradient rows with the same live rows read the same chunk from cache); the chunks'
+    sums are then added."""
     n, out_features = grad_out.shape
     in_features = weight.shape[1]
-    parts = _parts(n, in_features)
-    samples, rows = nonzero.nonzero(as_tuple=True)  # sample-major order
-    # Bag (p, s) sums block p of the rows of sample s: weight viewed as (out * parts, in / parts).
-    block = torch.arange(parts, device=rows.device)
-    indices = (rows.unsqueeze(0) * parts + block.unsqueeze(1)).reshape(-1)
+    parts = _parts(in_features)
+    width = in_features // parts
+    samples, rows = nonzero.nonzero(as_tuple=True)  # sample-major, each sample's rows ascending
     counts = nonzero.sum(dim=1)
     starts = torch.cumsum(counts, 0) - counts
-    offsets = (block.unsqueeze(1) * nnz + starts.unsqueeze(0)).reshape(-1)
-    summed = F.embedding_bag(indices, weight.view(out_features * parts, in_features // parts), offsets,
-                             mode="sum", per_sample_weights=grad_out[samples, rows].repeat(parts))
-    return summed.view(parts, n, in_features // parts).transpose(0, 1).reshape(n, in_features)
+    chunk = (torch.arange(nnz, device=rows.device) - starts[samples]) // CHUNK_ROWS
+    chunks = int(chunk.max()) + 1
+    order = torch.argsort(chunk * n + samples, stable=True)  # chunk-major, then sample
+    samples, rows = samples[order], rows[order]
+    per_bag = torch.bincount(chunk[order] * n + samples, minlength=chunks * n)
+    block = torch.arange(parts, device=rows.device)
+    # Bag (p, c, s): weight viewed as (out * parts, in / parts), where row r's part p is r * parts + p.
+    indices = (rows.unsqueeze(0) * parts + block.unsqueeze(1)).reshape(-1)
+    offsets = (block.unsqueeze(1) * nnz + (torch.cumsum(per_bag, 0) - per_bag).unsqueeze(0)).reshape(-1)
+    summed = F.embedding_bag(indices, weight.view(out_features * parts, width), offsets, mode="sum",
+                             per_sample_weights=grad_out[samples, rows].repeat(parts))
+    return summed.view(parts, chunks, n, width).sum(dim=1).transpose(0, 1).reshape(n, in_features)
 
 
 def _row_blocks(grad_out: torch.Tensor, weight: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
@@ -98,24 +117,26 @@ def input_grad(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``grad_out @ weight`` for 2-D ``grad_out`` (M, out), skipping weight rows that no gradient needs.
 
     Up to MAX_BAG_ROWS rows (images, or the targets of a batched backward pass, which share their image's
-    ReLU pattern): ``embedding_bag`` sums the weight rows each gradient row needs (:func:`_row_bags`).  Up
-    to MAX_SHARED_ROWS: the rows any of them needs are read once, in blocks (:func:`_row_blocks`).
-    Otherwise, or where one row needs most of the weight, the dense product."""
+    ReLU pattern), where they read little enough: ``embedding_bag`` sums the weight rows each gradient row
+    needs (:func:`_row_bags`).  Up to MAX_SHARED_ROWS, where the rows any of them needs are few enough: those
+    rows read once, in blocks (:func:`_row_blocks`).  Otherwise the dense product (the constants' figures are
+    at their definitions)."""
     n, out_features = grad_out.shape
     if not weight.is_contiguous() or n > MAX_SHARED_ROWS:
         return grad_out @ weight
     nonzero = grad_out != 0
+    live = nonzero.any(dim=0)
+    union = int(live.sum())
+    if union == 0:
+        return grad_out.new_zeros(n, weight.shape[1])
     if n <= MAX_BAG_ROWS:
         nnz = int(nonzero.sum())
-        if n == 1 and nnz > MAX_ROW_SHARE * out_features:
-            return grad_out @ weight
-        if nnz == 0:
-            return grad_out.new_zeros(n, weight.shape[1])
-        return _row_bags(grad_out, weight, nonzero, nnz)
-    live = nonzero.any(dim=0).nonzero()[:, 0]
-    if live.numel() == 0:
-        return grad_out.new_zeros(n, weight.shape[1])
-    return _row_blocks(grad_out, weight, live)
+        reads = (union + CACHED_READ * (nnz - union)) / out_features
+        if reads <= (MAX_ROW_SHARE if n == 1 else MAX_BAG_READS):
+            return _row_bags(grad_out, weight, nonzero, nnz)
+    if n > 1 and union <= MAX_BLOCK_SHARE * out_features:
+        return _row_blocks(grad_out, weight, live.nonzero()[:, 0])
+    return grad_out @ weight
 
 
 class _InputGrad(torch.autograd.Function):
