@@ -19,9 +19,9 @@ import argparse
 import json
 import platform
 import statistics
-import time
 
 import torch
+from common import timings
 
 from campp_cli.models.fast import sparse_linear as sl
 
@@ -29,13 +29,7 @@ SHAPES = {"fc6": (4096, 25088), "fc7": (4096, 4096)}
 
 
 def _ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times) * 1000, 2)
+    return round(statistics.median(timings(fn, repeats)) * 1000, 2)
 
 
 def _paths(g: torch.Tensor, weight: torch.Tensor, repeats: int, which=("dense", "bags", "blocks")) -> dict:
