@@ -41,19 +41,23 @@ def ran_sparse(calls) -> bool:
     return bool(calls["bags"] or calls["blocks"])
 
 
-def sums_of(g: torch.Tensor) -> tuple[str, ...]:
-    """Which row-skipping sum ``input_grad`` should run on ``g`` (M, out), from the rule in its docstring and
-    its constants' comments (reads counted in whole weights)."""
+def sums_of(g: torch.Tensor) -> dict[str, int]:
+    """Which row-skipping sums ``input_grad`` should run on ``g`` (M, out), and on how many gradient rows
+    each, from the rule in its docstring and its constants' comments (reads counted in whole weights)."""
     m, out = g.shape
     nnz = int((g != 0).sum())
     union = int((g != 0).any(dim=0).sum())
-    if union == 0 or m > sparse_linear.MAX_SHARED_ROWS:
-        return ()
+    if union <= sparse_linear.FEW_ROWS or m > sparse_linear.MAX_SHARED_ROWS:
+        return {}  # nothing live, a few rows gathered at once, or the dense product
+    own = (g != 0).sum(dim=1)
+    alone_dense = own > sparse_linear.MAX_ROW_SHARE * out
+    if m <= sparse_linear.MAX_BAG_ROWS and 0 < int(alone_dense.sum()) < m:
+        return sums_of(g[~alone_dense])  # those rows in the dense product, the others as if on their own
     reads = (union + sparse_linear.CACHED_READ * (nnz - union)) / out
     limit = sparse_linear.MAX_ROW_SHARE if m == 1 else sparse_linear.MAX_BAG_READS
     if m <= sparse_linear.MAX_BAG_ROWS and reads <= limit:
-        return ("bags",)
-    return ("blocks",) if m > 1 and union <= sparse_linear.MAX_BLOCK_SHARE * out else ()
+        return {"bags": m}
+    return {"blocks": m} if m > 1 and union <= sparse_linear.MAX_BLOCK_SHARE * out else {}
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 9])
@@ -61,7 +65,7 @@ def sums_of(g: torch.Tensor) -> tuple[str, ...]:
 @pytest.mark.parametrize("density", [0.0, 0.02, 0.2, 0.5, 0.9, 1.0])
 @pytest.mark.parametrize("threads", [1, 2, 4])  # 4 threads, 2 samples: 2 blocks each
 def test_input_grad_equals_the_dense_product(n, in_features, density, threads, count_sparse_sums):
-    out = 48
+    out = 96  # more live rows than FEW_ROWS from 50 % on
     weight = torch.randn(out, in_features, generator=torch.Generator().manual_seed(1))
     g = grad_with_density(n, out, density, seed=n * 100 + in_features)
     before = torch.get_num_threads()
@@ -73,8 +77,8 @@ def test_input_grad_equals_the_dense_product(n, in_features, density, threads, c
     expected = g.double().numpy() @ weight.double().numpy()
     assert got.shape == (n, in_features) and got.dtype == torch.float32
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
-    assert tuple(kind for kind in ("bags", "blocks") if count_sparse_sums[kind]) == sums_of(g)
-    assert all(calls in ([], [(n, out)]) for calls in count_sparse_sums.values())
+    assert {kind: [rows for rows, _ in calls] for kind, calls in count_sparse_sums.items() if calls} \
+        == {kind: [rows] for kind, rows in sums_of(g).items()}
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
@@ -98,6 +102,31 @@ def test_bags_in_chunks_and_parts_equal_the_dense_product(n, in_features, shared
     nonzero = g != 0
     got = sparse_linear._row_bags(g, weight, nonzero, int(nonzero.sum()))
     np.testing.assert_allclose(got.numpy(), g.numpy() @ weight.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("hot", [[3], [3, 3], [0, 7], [5, 40, 41]])
+def test_a_few_live_rows_are_gathered_and_multiplied(hot, count_sparse_sums):
+    """A class score's one-hot rows (one per target, the same or other classes): at most FEW_ROWS live weight
+    rows in all are gathered at once, neither bags nor blocks."""
+    weight = torch.randn(64, 50, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    g = torch.zeros(len(hot), 64, dtype=torch.float64)
+    for row, column in enumerate(hot):
+        g[row, column] = 1.0 + row
+    np.testing.assert_allclose(input_grad(g, weight).numpy(), g.numpy() @ weight.numpy(), rtol=1e-12, atol=0)
+    assert not ran_sparse(count_sparse_sums)
+
+
+@pytest.mark.parametrize("full", [[1], [0], [0, 2], [1, 2, 3]])
+def test_rows_that_alone_take_the_dense_product_leave_the_others_their_own_sum(full, count_sparse_sums):
+    """Finer-CAM's logits: its target's gradient is live in every row (a softmax), the class score's in one;
+    a row live in more than MAX_ROW_SHARE of the weight rows goes to the dense product, the others to bags."""
+    out, n = 200, 4 if max(full) > 1 else 2
+    gen = torch.Generator().manual_seed(len(full))
+    weight = torch.randn(out, 30, dtype=torch.float64, generator=gen)
+    g = torch.randn(n, out, dtype=torch.float64, generator=gen) * (torch.rand(n, out, generator=gen) < 0.3)
+    g[full] = torch.randn(len(full), out, dtype=torch.float64, generator=gen)  # every row live
+    np.testing.assert_allclose(input_grad(g, weight).numpy(), g.numpy() @ weight.numpy(), rtol=1e-12, atol=1e-12)
+    assert count_sparse_sums["bags"] == [(n - len(full), out)] and not count_sparse_sums["blocks"]
 
 
 def test_more_rows_than_share_reads_take_the_dense_product(count_sparse_sums):
@@ -132,8 +161,9 @@ def test_input_grad_zero_rows_of_a_batch_give_zero_gradients():
 
 def relu_head(seed: int, bias: bool = True) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(40, 32, bias=bias), nn.ReLU(inplace=True), nn.Dropout(),
-                         nn.Linear(32, 16, bias=bias), nn.ReLU(), nn.Linear(16, 5, bias=bias)).eval()
+    # wide enough that about half of its first layer's 128 rows, more than FEW_ROWS, are live
+    return nn.Sequential(nn.Linear(40, 128, bias=bias), nn.ReLU(inplace=True), nn.Dropout(),
+                         nn.Linear(128, 16, bias=bias), nn.ReLU(), nn.Linear(16, 5, bias=bias)).eval()
 
 
 def converted(model: nn.Module) -> nn.Module:
@@ -252,7 +282,7 @@ def test_a_batched_backward_folds_its_targets_into_rows_read_once(n, monkeypatch
     got = torch.func.vmap(lambda c: torch.autograd.grad(out, leaf, c, retain_graph=True)[0])(cotangents)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     # the three layers' input gradients, each on all t * n rows at once
-    assert calls == [(t * n, 5), (t * n, 16), (t * n, 32)]
+    assert calls == [(t * n, 5), (t * n, 16), (t * n, 128)]
 
 
 def test_a_batched_double_backward_through_the_shared_reads():

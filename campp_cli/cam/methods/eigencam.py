@@ -53,17 +53,16 @@ def top_eigenpair(gram):
     (``scipy.sparse.linalg.eigsh(k=1, tol=0)``, to machine precision, from a fixed start vector so that the
     same matrix always gives the same vector; dsyevr if they do not converge).  Elsewhere (CUDA, float32,
     differentiable maps, non-finite entries), the full ``torch.linalg.eigh`` 's last pair."""
+    import numpy as np
     import torch
 
     if gram.device.type != "cpu" or gram.dtype != torch.float64 or gram.requires_grad \
-            or not bool(torch.isfinite(gram).all()):
+            or not np.isfinite(matrices := gram.numpy()).all():  # NumPy's check: one thread, no wake-ups
         values, vectors = torch.linalg.eigh(gram)
         return values[:, -1], vectors[..., -1]
-    import numpy as np
-
     n = gram.shape[-1]
     with _lapack_threads().limit(limits=1 if n < THREADED_FROM else None, user_api="blas"):
-        pairs = [_top_pair(g) for g in gram.numpy()]
+        pairs = [_top_pair(g) for g in matrices]
     values = torch.from_numpy(np.array([value for value, _ in pairs]))
     vectors = torch.from_numpy(np.stack([vector for _, vector in pairs]))
     return values, vectors
