@@ -103,6 +103,27 @@ def test_kpcacam_is_scikit_learns_kernel_pca_up_to_its_sign():
     assert min(np.abs(ours - normalised(sign * theirs)).max() for sign in (1.0, -1.0)) < 1e-8
 
 
+@pytest.mark.parametrize("order", ["eigencam,kpcacam,eigengradcam", "kpcacam,eigengradcam,eigencam"])
+def test_the_principal_component_methods_of_one_pass_share_only_what_is_the_same(order):
+    """Eigen-CAM and KPCA-CAM of one pass share the centred activations and their Gram matrix (computed once:
+    the same tensors), EigenGrad-CAM's g * A does not: each map equals the method's map alone, whichever runs
+    first, on a grid smaller than the channels (one Gram for both) and larger (Eigen-CAM's is K x K)."""
+    from campp_cli.cam.methods import MethodInput
+    from campp_cli.cam.methods.eigencam import centred_positions
+
+    for model, x in ((Smooth(1), _images(1, 2, size=6)), (Smooth(2), _images(2, 2))):  # 3 x 3 and 8 x 8, 12 channels
+        together = explain(model, LAYER, x, methods=order).maps
+        for name in order.split(","):
+            alone = explain(model, LAYER, x, methods=name).maps[name]
+            np.testing.assert_array_equal(together[name], alone, err_msg=name)
+    inp = MethodInput(acts=torch.rand(2, 4, 3, 3, dtype=torch.float64))
+    m, gram = centred_positions(inp.acts, inp.shared, gram=True)
+    again, gram_again = centred_positions(inp.acts, inp.shared, gram=True)
+    assert again is m and gram_again is gram and centred_positions(inp.acts, inp.shared)[1] is None
+    torch.testing.assert_close(m.sum(dim=1), torch.zeros(2, 4, dtype=torch.float64))
+    torch.testing.assert_close(gram, m @ m.transpose(1, 2))
+
+
 @pytest.mark.parametrize("size", [1, 2, 49, 196, 300, 1100])
 def test_the_top_eigenpair_is_numpys_largest(size, monkeypatch):
     """Eigen-CAM's and KPCA-CAM's one eigenpair (LAPACK's dsyevr, from 257 on Lanczos iterations, on the

@@ -306,3 +306,32 @@ def test_a_batched_double_backward_through_the_shared_reads():
         found.append((grads.detach(), second))
     torch.testing.assert_close(found[1][0], found[0][0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(found[1][1], found[0][1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("targets", [1, 3])
+def test_a_backward_with_no_graph_to_build_calls_the_sum_straight(targets, monkeypatch):
+    """Without create_graph, a backward pass (plain, or batched over targets by vmap) calls input_grad
+    directly, not through the differentiable _InputGrad and torch.func's custom-function machinery; the
+    gradients are still the plain head's; nested vmap levels still work, through _InputGrad."""
+    plain = relu_head(11).double().requires_grad_(False)
+    sparse = converted(plain)
+    x = torch.randn(2, 40, dtype=torch.float64)
+    cotangents = torch.randn(targets, 2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    leaf = x.clone().requires_grad_(True)
+    out = plain(leaf)
+    expected = torch.stack([torch.autograd.grad(out, leaf, c, retain_graph=True)[0] for c in cotangents])
+    through = []
+    real = sparse_linear._InputGrad.apply
+    monkeypatch.setattr(sparse_linear._InputGrad, "apply", lambda *a: through.append(1) or real(*a))
+    leaf = x.clone().requires_grad_(True)
+    out = sparse(leaf)
+    if targets == 1:
+        got = torch.autograd.grad(out, leaf, cotangents[0], retain_graph=True)[0][None]
+    else:
+        got = torch.func.vmap(lambda c: torch.autograd.grad(out, leaf, c, retain_graph=True)[0])(cotangents)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert through == []
+    nested = torch.func.vmap(torch.func.vmap(lambda c: torch.autograd.grad(out, leaf, c, retain_graph=True)[0]))(
+        torch.stack([cotangents, 2 * cotangents]))
+    torch.testing.assert_close(nested, torch.stack([expected, 2 * expected]), rtol=1e-12, atol=1e-12)
+    assert through  # the nested levels went through _InputGrad's vmap rule

@@ -137,7 +137,9 @@ class MethodInput:
     passes the batch will run (for an ETA).  What a method ``uses`` (:data:`USES`): ``head``, ``hvp``,
     ``relayer``, ``biases`` (``head`` and ``biases`` in the pass's dtype, not float64: they are the size of the
     model's layers); a method
-    with its own ``target`` finds the gradient of that target in ``grads``.
+    with its own ``target`` finds the gradient of that target in ``grads``.  ``shared``: a dict the methods of
+    one pass may keep what they computed from ``acts`` in, for one another (Eigen-CAM's and KPCA-CAM's
+    centred activations); one dict for the whole pass, so a key names what its value is computed from.
     """
 
     acts: Any
@@ -151,6 +153,7 @@ class MethodInput:
     hvp: Any = None
     relayer: Callable | None = None
     biases: Any = None
+    shared: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 def _check_settings(name: str, settings: tuple) -> None:

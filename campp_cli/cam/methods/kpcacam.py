@@ -12,26 +12,27 @@ it); scikit-learn instead makes the largest-magnitude value positive.
 """
 
 from . import register_method
-from .eigencam import sign, top_eigenpair
+from .eigencam import centred_positions, sign, top_eigenpair
 
 
-def projection(acts):
-    """(N, K, h, w) -> (N, h, w): the sign-fixed coordinates on the first kernel principal component."""
+def projection(acts, shared: dict | None = None):
+    """(N, K, h, w) -> (N, h, w): the sign-fixed coordinates on the first kernel principal component
+    (``shared``: see :func:`campp_cli.cam.methods.eigencam.centred_positions`)."""
     import torch
 
     n, k, h, w = acts.shape
-    x = acts.reshape(n, k, h * w).transpose(1, 2)  # (N, hw, K)
-    x = x - x.mean(dim=1, keepdim=True)
-    gram = torch.tanh(x @ x.transpose(1, 2) / k + 1.0)
+    x, linear = centred_positions(acts, shared, gram=True)  # (N, hw, K) and x x^T
+    energy = linear.diagonal(dim1=1, dim2=2).sum(dim=1)
+    gram = torch.tanh(linear / k + 1.0)
     gram = gram - gram.mean(dim=1, keepdim=True)  # centred in feature space: K - 1K - K1 + 1K1
     gram = gram - gram.mean(dim=2, keepdim=True)
     value, vector = top_eigenpair(gram)
     proj = vector * value[:, None].clamp(min=0).sqrt()
-    return (proj * sign(proj, x)[:, None]).reshape(n, h, w)
+    return (proj * sign(proj, x, energy)[:, None]).reshape(n, h, w)
 
 
 @register_method("kpcacam", title="KPCA-CAM", needs="activations", class_specific=False,
                  reference="Karmani et al. 2024, arXiv:2410.00267",
                  summary="first kernel principal component (sigmoid kernel) of the (hw x K) activations")
 def kpcacam(inp):
-    return projection(inp.acts)
+    return projection(inp.acts, inp.shared)
