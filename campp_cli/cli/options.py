@@ -7,6 +7,7 @@ import click
 
 from ..cam.methods import DEFAULT_METHODS, method_settings
 from ..cam.targets import ACTIVATIONS, DEFAULT_THRESHOLD, SCORES
+from ..models.precision import PRECISIONS
 from ..models.preprocessing import PRESETS, RESIZE_MODES
 from ..registry import Setting
 from ..run.engines import ENGINES, get_engine, list_engines
@@ -54,6 +55,12 @@ gpu_option = click.option(
     "-gpu", "--gpu", "gpu", type=int, default=None, metavar="ID",
     help="CUDA device index; -1 forces the CPU. Default: GPU 0 if CUDA is available, else the CPU. "
          "On a machine without CUDA, an index warns and runs on the CPU.")
+
+precision_option = click.option(
+    "--precision", type=click.Choice(list(PRECISIONS)), default=None,
+    help="Arithmetic of the model's passes: " + "; ".join(f"{k}: {v}" for k, v in PRECISIONS.items())
+         + ". Maps are computed in float64 whatever it is; the README says when half precision is safe. "
+           "Default: fp32.")
 
 arch_option = click.option(
     "--arch", default=None, metavar="NAME",
@@ -115,6 +122,7 @@ model_options = options(
                  help="What the gradient methods (and --guided) differentiate: " + "; ".join(
                      f"{k}: {v}" for k, v in SCORES.items()) + "."),
     gpu_option,
+    precision_option,
     arch_option,
     model_option,
     output_key_option,

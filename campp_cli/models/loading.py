@@ -19,6 +19,7 @@ from ..errors import CamppError, ModelError, UsageError, WeightsError, first_lin
 from .fast.packing import pack_convolutions
 from .fast.sparse_linear import sparse_linear_backward
 from .layers import target_layer
+from .precision import check_precision, set_precision
 from .preprocessing import Overrides, Preprocessing, check_preprocessing, final_preprocessing
 from .spec import ArchSpec, model_spec, with_head
 from .weights import check_fits, find_weights, read_weights, tensor_bytes
@@ -172,6 +173,7 @@ def load_classifier(
     preprocessing: "Preprocessing | Overrides | None" = None,
     prepack: bool = True,
     output_key: "str | int | None" = None,
+    precision: str = "fp32",
 ) -> Classifier:
     """Build a classifier, load its weights (see :func:`~campp_cli.models.weights.find_weights`), move it to
     ``device``.
@@ -187,12 +189,15 @@ def load_classifier(
     passes: False for one pass only, see :func:`prepare_module`).  ``output_key``: for a model whose forward
     returns a dict, tuple or dataclass, the entry holding the logits (default: ``logits``, or a tuple's
     first; see :func:`campp_cli.cam.outputs.logits_of`); the loaded module returns the logits themselves.
+    ``precision``: ``fp32``, or ``bf16`` / ``fp16`` to run every forward pass of the model under autocast
+    (:mod:`campp_cli.models.precision`).
     The last model loaded is kept, so repeated calls from a notebook or a test
     do not re-read hundreds of megabytes.
     """
     if num_classes is not None and weights is None:
         raise UsageError("give the weights of that head with --weights", param="num_classes", value=num_classes)
     check_preprocessing(preprocessing)  # before any model is built
+    check_precision(precision)
     device = torch.device(device)
     if download is None:
         download = os.environ.get("CAMPP_OFFLINE", "") in ("", "0")
@@ -201,7 +206,7 @@ def load_classifier(
     # The file found is part of the key: a new file renamed over the old one (campp convert, a download) is a
     # new model.  Your own code (model="FILE.py:...") is built afresh every call.
     key = _cache_key(arch, model, weights, device, layer, num_classes, labels, preprocessing, prepack) + (
-        _file_identity(path), output_key)
+        _file_identity(path), output_key, precision)
     source = str(path) if path is not None else f"as built by {spec.name}"  # as this call spelled it
     if key in _CACHE and not isinstance(model, str):
         _CACHE.move_to_end(key)
@@ -211,8 +216,10 @@ def load_classifier(
     prepare_module(module, device, prepack)
     if model is not None or output_key is not None:  # your own model: every pass sees its logits, whatever
         keep_logits_output(module, output_key)       # its forward returns (the sources' return tensors)
+    set_precision(module, precision)
     recipe = dict(arch=arch, model=model, weights=str(path.absolute()) if path is not None else None, layer=target,
-                  num_classes=num_classes, labels=list(spec.categories), preprocessing=final, output_key=output_key)
+                  num_classes=num_classes, labels=list(spec.categories), preprocessing=final, output_key=output_key,
+                  precision=precision)
     clf = Classifier(arch=spec.name, module=module, layer=target, preprocessing=final,
                      categories=list(spec.categories), device=device, input_size=final.size or spec.input_size,
                      weights_source=source,

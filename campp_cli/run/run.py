@@ -48,6 +48,7 @@ class RunParams:
     std: str | None = None
     resize: str | None = None
     gpu: int | None = None
+    precision: str | None = None  # campp_cli.models.precision.PRECISIONS; None: fp32
     offline: bool = False
     methods: Any = DEFAULT_METHODS
     batch_size: int | None = None
@@ -145,9 +146,9 @@ class Run:
         p = self.params
         if self.classifier is None:
             return model_request(p.arch, p.model, p.num_classes, p.labels, p.input_size, p.mean, p.std, p.resize,
-                                 p.output_key)
+                                 p.output_key, p.precision)
         given = [k for k in ("arch", "model", "weights", "num_classes", "labels", "input_size", "mean", "std",
-                             "resize", "output_key") if getattr(p, k) is not None]
+                             "resize", "output_key", "precision") if getattr(p, k) is not None]
         if given:
             raise UsageError(f"give a classifier or the arguments that load one ({', '.join(given)}), not both")
         return {}
@@ -203,7 +204,7 @@ class Run:
                 raise UsageError(f"{clf.arch} has {len(clf.categories)} classes", param="label", value=given)
         else:
             label = resolve_label(given, clf.categories)
-        where = describe_device(clf.device) if here else f"--engine {self.params.engine}"
+        where = describe_device(clf.device) + _precision_words(clf) if here else f"--engine {self.params.engine}"
         tell(Loaded(clf, label, where, len(self.jobs), layer_label(clf.module, clf.layer)))
         return clf, label
 
@@ -237,7 +238,8 @@ class Run:
             "settings": settings_in_words(options.methods, options.settings),
             "label": f"each image's labels of probability {options.threshold} or more (--activation sigmoid)"
                      if options.multi_label else describe_label(label, clf.categories),
-            "device": describe_device(clf.device) if get_engine(engine).on_this_machine else f"--engine {engine}",
+            "device": describe_device(clf.device) + _precision_words(clf) if get_engine(engine).on_this_machine
+            else f"--engine {engine}",
             "versions": versions(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
@@ -246,10 +248,19 @@ class Run:
                       truth=options.truth if self.targets is not None else None)
 
 
+def _precision_words(clf) -> str:
+    """How the device line names a half precision (nothing for fp32)."""
+    from ..models.precision import precision_of
+
+    name = precision_of(clf.module)
+    return "" if name == "fp32" else f", {name} autocast"
+
+
 def model_request(arch=None, model=None, num_classes=None, labels=None, input_size=None, mean=None, std=None,
-                  resize=None, output_key=None) -> dict:
+                  resize=None, output_key=None, precision=None) -> dict:
     """load_classifier's model arguments from a run's, checked before any slow import."""
     from ..cam.outputs import parse_key
+    from ..models.precision import check_precision
 
     if model is not None and arch is not None:
         raise UsageError("give {arch} or {model}, not both", also=("arch", "model"))
@@ -259,7 +270,7 @@ def model_request(arch=None, model=None, num_classes=None, labels=None, input_si
     return dict(arch=arch or "vgg16", model=model, num_classes=num_classes,
                 labels=read_labels(labels) if labels is not None else None,
                 preprocessing=parse_overrides(input_size, mean, std, resize) or None,
-                output_key=parse_key(output_key))
+                output_key=parse_key(output_key), precision=check_precision(precision or "fp32"))
 
 
 def run(command: str = "classify", files=(), listener: Listener | None = None, **params):
