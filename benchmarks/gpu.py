@@ -3,8 +3,9 @@ measured (so that a step cut short by its timeout still gives what it measured).
 them in order on the GPU machine; each also runs on the CPU (``--device cpu``, small sizes) to check it here.
 
 * ``pass``: images/s of (a) a bare forward pass (plain torch, ``inference_mode``) and (b) campp's explaining
-  pass (Grad-CAM and Grad-CAM++ from one forward and one backward, ``explain()``), per model and batch size,
-  random weights (speed does not depend on their values), random pixels.
+  pass (Grad-CAM and Grad-CAM++ from one forward and one backward, ``explain()``), per precision (``--precision``:
+  fp32, bf16, fp16 autocast), model and batch size, random weights (speed does not depend on their values),
+  random pixels; then each half precision's largest map difference against fp32 on the photos of images/.
 * ``photos``: N JPEGs of ImageNet sizes made from ``images/`` (cropped, flipped, resized, re-encoded), on
   every core, for the folder runs.
 * ``folder``: ``campp classify`` over that folder with all five figures per photo, end to end (decode,
@@ -69,39 +70,83 @@ def _seconds(fn, device, repeats: int) -> float:
     return statistics.median(runs)
 
 
+def _photos(size: int, device):
+    """The photos of images/ as RGB in [0, 1], (N, 3, size, size), resized (for the maps' differences)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    found = [np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
+             for p in sorted((REPO / "images").iterdir()) if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
+    return torch.from_numpy(np.stack(found)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
 def step_pass(args) -> None:
+    """For each precision (fp32 first: the main table), model and batch size: images/s of a bare forward in
+    that precision and of campp's pass; then each half precision's largest map difference against fp32 on
+    the photos of images/ (per method; trained weights only for EfficientNet-Lite, random for the others)."""
     import torch
 
     from campp_cli.cam.explain import explain
+    from campp_cli.models.precision import set_precision
 
     device = torch.device(args.device)
-    for arch in args.archs:
-        try:
-            prepared, plain, layer = _model(arch, device)
-        except Exception as exc:  # noqa: BLE001 - a model missing on this machine: say so, go on
-            emit(step="pass", arch=arch, error=f"{type(exc).__name__}: {exc}")
+    models = {}
+    for precision in args.precisions:
+        for arch in args.archs:
+            if arch not in models:
+                try:
+                    models[arch] = _model(arch, device)
+                except Exception as exc:  # noqa: BLE001 - a model missing on this machine: say so, go on
+                    emit(step="pass", arch=arch, error=f"{type(exc).__name__}: {exc}")
+                    models[arch] = None
+            if models[arch] is None:
+                continue
+            prepared, plain, layer = models[arch]
+            set_precision(prepared, precision)
+            set_precision(plain, precision)
+            for batch in args.batches:
+                x = torch.rand(batch, 3, 224, 224, device=device)
+
+                def bare(plain=plain, x=x):
+                    with torch.inference_mode():
+                        plain(x)
+
+                def explaining(prepared=prepared, layer=layer, x=x):
+                    explain(prepared, layer, x, methods="gradcam,gradcampp")
+
+                try:
+                    forward = _seconds(bare, device, args.repeats)
+                    passes = _seconds(explaining, device, args.repeats)
+                except Exception as exc:  # noqa: BLE001 - out of memory at this batch: say so, try the next
+                    emit(step="pass", arch=arch, batch=batch, precision=precision,
+                         error=f"{type(exc).__name__}: {str(exc)[:200]}")
+                    break
+                emit(step="pass", arch=arch, batch=batch, precision=precision, device=str(device),
+                     forward_images_s=round(batch / forward, 1), explain_images_s=round(batch / passes, 1),
+                     explain_vs_forward=round(passes / forward, 3))
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    for arch, found in models.items():
+        if found is None or len(args.precisions) < 2:
             continue
-        for batch in args.batches:
-            x = torch.rand(batch, 3, 224, 224, device=device)
+        prepared, _, layer = found
+        from campp_cli.models.spec import get_arch
 
-            def bare(plain=plain, x=x):
-                with torch.inference_mode():
-                    plain(x)
-
-            def explaining(prepared=prepared, layer=layer, x=x):
-                explain(prepared, layer, x, methods="gradcam,gradcampp")
-
-            try:
-                forward = _seconds(bare, device, args.repeats)
-                passes = _seconds(explaining, device, args.repeats)
-            except Exception as exc:  # noqa: BLE001 - out of memory at this batch: say so, try the next model
-                emit(step="pass", arch=arch, batch=batch, error=f"{type(exc).__name__}: {str(exc)[:200]}")
-                break
-            emit(step="pass", arch=arch, batch=batch, device=str(device),
-                 forward_images_s=round(batch / forward, 1), explain_images_s=round(batch / passes, 1),
-                 explain_vs_forward=round(passes / forward, 3))
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        x = get_arch(arch).preprocessing(_photos(224, device))
+        maps = {}
+        for precision in args.precisions:
+            set_precision(prepared, precision)
+            maps[precision] = explain(prepared, layer, x, methods=args.map_methods)
+        reference = maps[args.precisions[0]]
+        for precision in args.precisions[1:]:
+            got = maps[precision]
+            emit(step="maps", arch=arch, precision=precision, against=args.precisions[0], photos=int(x.shape[0]),
+                 same_classes=int((got.classes == reference.classes).sum()),
+                 largest_difference={m: round(float(abs(got.maps[m] - reference.maps[m]).max()), 4)
+                                     for m in got.maps},
+                 mean_difference={m: round(float(abs(got.maps[m] - reference.maps[m]).mean()), 5)
+                                  for m in got.maps})
 
 
 def _photo(job) -> None:
@@ -186,6 +231,9 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[32, 64, 128])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "fp16"])
+    parser.add_argument("--map-methods", default="gradcam,gradcampp,xgradcam,layercam,eigencam,scorecam",
+                        help="pass: the methods whose maps each half precision is compared on")
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--dir", default="/tmp/campp_photos")
     parser.add_argument("--out", default="/tmp/campp_gpu_out", help="folder and scaling: where figures go")

@@ -105,3 +105,26 @@ def test_evaluate_on_cuda_scores_as_the_cpu(run_cli, tmp_path):
     for method, cpu in scores["-1"].items():
         for key in ("average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc"):
             assert scores["0"][method][key] == pytest.approx(cpu[key], abs=1e-2), (method, key)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_on_cuda_is_close_to_float32_and_faster_never_broken(precision):
+    """--precision on CUDA (autocast there): finite float32 maps in [0, 1], the same classes, and the maps of
+    the real EfficientNet-Lite0 on the photos of images/ within 0.1 of fp32's (the README's figures come
+    from benchmarks/gpu.py's maps step)."""
+    from PIL import Image
+
+    from campp_cli.models.loading import load_classifier
+    from campp_cli.run.stages import to_batch
+
+    photos = [Image.open(p).convert("RGB") for p in sorted(IMAGES.glob("*.png"))]
+    found = {}
+    for name in ("fp32", precision):
+        clf = load_classifier("efficientnet_lite0", device="cuda", precision=name)
+        x = clf.preprocessing(to_batch(photos, clf))
+        found[name] = explain(clf.module, clf.layer, x, methods="gradcam,gradcampp,eigencam")
+    half, full = found[precision], found["fp32"]
+    assert np.array_equal(half.classes, full.classes) and half.logits.dtype == np.float32
+    for method, maps in half.maps.items():
+        assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1, method
+        assert np.abs(maps - full.maps[method]).max() < 0.1, method

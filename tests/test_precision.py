@@ -119,3 +119,20 @@ def test_a_bad_precision_on_the_cli_is_a_usage_error_before_torch(tmp_path):
 
     code, loaded, err = fresh_campp(["classify", "-f", "x.jpg", "--precision", "fp8"], tmp_path)
     assert code == 2 and not loaded and "--precision" in err
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+def test_every_method_runs_in_half_precision(name):
+    """Every registered method (extra passes, FullGrad's backward to the input, guided maps' own pass) under
+    autocast: finite float32 maps in [0, 1], for a model campp prepared."""
+    from campp_cli.cam.guided import guided_backprop
+    from campp_cli.models.loading import prepare_module
+
+    model = set_precision(prepare_module(TinyVGG(4), "cpu"), name)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    found = explain(model, TARGET, x, methods="all", score_batch=8)
+    assert len(found.maps) > 10
+    for method, maps in found.maps.items():
+        assert maps.dtype == np.float32 and np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1, method
+    guided = guided_backprop(model, x, torch.as_tensor(found.classes))
+    assert np.isfinite(np.asarray(guided)).all()
