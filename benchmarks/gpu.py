@@ -10,6 +10,8 @@ them in order on the GPU machine; each also runs on the CPU (``--device cpu``, s
   every core, for the folder runs.
 * ``folder``: ``campp classify`` over that folder with all five figures per photo, end to end (decode,
   explain, render, durable writes), in a fresh process per batch size: images/s.
+* ``render``: one photo's four heatmap and overlay figures drawn and encoded by the CPU's code against
+  :mod:`campp_cli.draw.tensors` on the device: figures/s.
 * ``scaling``: the same run on the CPU with 1, 2, 4, 8 and 16 threads (torch's and the decode/write
   workers), on a part of the folder: images/s (Ray is not on the GPU machine: the local engine's threads
   stand for its actors).
@@ -149,6 +151,41 @@ def step_pass(args) -> None:
                                   for m in got.maps})
 
 
+def step_render(args) -> None:
+    """One photo's heatmaps and overlays (two methods, panels of --side pixels) and their four JPEGs: the CPU's
+    drawing (OpenCV, Pillow) against campp_cli.draw.tensors on --device, figures/s; and how many of the
+    tensor path's pixels differ from the CPU's."""
+    import numpy as np
+    import torch
+
+    from campp_cli.draw import tensors
+    from campp_cli.draw.encode import encode_jpeg
+    from campp_cli.draw.geometry import upsample
+    from campp_cli.draw.panels import colorize, overlay
+
+    device = torch.device(args.device)
+    rng = np.random.default_rng(0)
+    seen = rng.integers(0, 256, (args.side, args.side, 3), dtype=np.uint8)
+    cams = rng.random((2, 14, 14)).astype(np.float32)
+
+    def on_cpu():
+        heats = [colorize(upsample(c, args.side, args.side)) for c in cams]
+        return [encode_jpeg(f) for h in heats for f in (h, overlay(seen, h, 0.5))]
+
+    gpu_seen, gpu_cams = torch.from_numpy(seen).to(device), torch.from_numpy(cams).to(device)
+
+    def on_device():
+        heat, blended = tensors.heatmaps_and_overlays(gpu_cams, gpu_seen, 0.5)
+        return tensors.encode_jpegs([*heat, *blended])
+
+    cpu, dev = _seconds(on_cpu, torch.device("cpu"), args.repeats), _seconds(on_device, device, args.repeats)
+    heat, _ = tensors.heatmaps_and_overlays(gpu_cams, gpu_seen, 0.5)
+    reference = np.stack([colorize(upsample(c, args.side, args.side)) for c in cams])
+    emit(step="render", device=str(device), side=args.side, cpu_figures_s=round(4 / cpu, 1),
+         device_figures_s=round(4 / dev, 1), heat_pixels_differing=float(np.mean(
+             np.any(heat.cpu().numpy() != reference, axis=-1))))
+
+
 def _photo(job) -> None:
     import numpy as np
     from PIL import Image, ImageOps
@@ -224,7 +261,8 @@ def step_scaling(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["pass", "photos", "folder", "scaling"])
+    parser.add_argument("step", choices=["pass", "photos", "folder", "scaling", "render"])
+    parser.add_argument("--side", type=int, default=1024, help="render: the panels' side")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--archs", nargs="+", default=["vgg16", "resnet50", "efficientnet_lite0"])
     parser.add_argument("--arch", default="efficientnet_lite0", help="folder and scaling: the model")
@@ -239,7 +277,9 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/campp_gpu_out", help="folder and scaling: where figures go")
     parser.add_argument("--gpu", default="0", help="folder: the -gpu index")
     args = parser.parse_args()
-    {"pass": step_pass, "photos": step_photos, "folder": step_folder, "scaling": step_scaling}[args.step](args)
+    steps = {"pass": step_pass, "photos": step_photos, "folder": step_folder, "scaling": step_scaling,
+             "render": step_render}
+    steps[args.step](args)
 
 
 if __name__ == "__main__":

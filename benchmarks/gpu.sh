@@ -11,9 +11,11 @@
 # exit code and seconds), so that a run cut short still returns what it measured: 8 files at most come back.
 #   env     the machine: Python, torch, the GPU
 #   tests   pytest -m gpu (tests/test_gpu.py): CUDA's maps against the CPU's, the CLI's -gpu
-#   pass    images/s: a bare forward against campp's explaining pass, VGG16, ResNet-50, Lite0 at 32/64/128
+#   pass    images/s: a bare forward against campp's explaining pass, VGG16, ResNet-50, Lite0 at 32/64/128,
+#           fp32 then bf16 and fp16 autocast; then the half precisions' map differences on images/
 #   photos  PHOTOS JPEGs of ImageNet sizes made from images/
 #   folder  campp classify over them with every figure, -gpu 0, batch 32/64/128: images/s end to end
+#   render  one photo's four heatmap/overlay figures: the CPU's drawing against campp_cli/draw/tensors.py
 #   scaling the same on the CPU with 1 to 16 threads, 200 photos
 # The limits add up to under 10 minutes, one device call (`run` with carry [".whl"], timeout_s 600).
 # SMOKE=1 runs every step small on the CPU (to check the script where there is no GPU).
@@ -30,8 +32,9 @@ fi
 if [ "${SMOKE:-0}" = 1 ]; then
     device=(--device cpu) gpu=(--gpu -1) batches=(--batches 2 4) archs=(--archs resnet18 efficientnet_lite0)
     photos=${2:-24} repeats=(--repeats 1) threads=(--threads 1 2) part=12 tests=(-m gpu)
+    precisions=(--precisions fp32 bf16 --map-methods gradcam,gradcampp) side=(--side 256)
 else
-    device=() gpu=() batches=() archs=() repeats=() threads=() part=200 tests=(-m gpu)
+    device=() gpu=() batches=() archs=() repeats=() threads=() part=200 tests=(-m gpu) precisions=() side=()
 fi
 dir=${PHOTO_DIR:-/tmp/campp_photos}  # the photos made, and beside them (DIR.run) the figures of the runs
 
@@ -42,10 +45,12 @@ step() {  # step NAME SECONDS COMMAND...: its output in OUT/NAME.txt, its exit c
     echo "$name rc=$? $((SECONDS - start)) s" | tee -a "$out/steps.txt"
 }
 
-step env 30 bash -c "$py -c 'import sys, torch, torchvision; print(sys.version); print(torch.__version__, \
+step env 20 bash -c "$py -c 'import sys, torch, torchvision; print(sys.version); print(torch.__version__, \
 torchvision.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))'; nvidia-smi; nproc; free -g"
-step tests 120 $py -m pytest "${tests[@]}" -q -p no:cacheprovider tests/test_gpu.py
-step pass 120 $py benchmarks/gpu.py pass "${device[@]}" "${archs[@]}" "${batches[@]}" "${repeats[@]}"
-step photos 45 $py benchmarks/gpu.py photos --count "$photos" --dir "$dir"
-step folder 150 $py benchmarks/gpu.py folder --dir "$dir" --out "$dir.run" --count "$photos" "${gpu[@]}" "${batches[@]}"
-step scaling 100 $py benchmarks/gpu.py scaling --dir "$dir" --out "$dir.run" --count "$part" "${threads[@]}"
+step tests 100 $py -m pytest "${tests[@]}" -q -p no:cacheprovider tests/test_gpu.py
+step pass 150 $py benchmarks/gpu.py pass "${device[@]}" "${archs[@]}" "${batches[@]}" "${repeats[@]}" \
+    "${precisions[@]}"
+step photos 40 $py benchmarks/gpu.py photos --count "$photos" --dir "$dir"
+step folder 130 $py benchmarks/gpu.py folder --dir "$dir" --out "$dir.run" --count "$photos" "${gpu[@]}" "${batches[@]}"
+step render 30 $py benchmarks/gpu.py render "${device[@]}" "${repeats[@]}" "${side[@]}"
+step scaling 70 $py benchmarks/gpu.py scaling --dir "$dir" --out "$dir.run" --count "$part" "${threads[@]}"
