@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
 import pytest
 import torch
@@ -44,11 +46,12 @@ def test_the_forward_runs_under_autocast_and_gives_float32(name):
     assert out.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
     assert 0 < (out - plain).abs().max() < 0.05 * plain.abs().max()
     set_precision(model, "fp32")  # removed: the model as it was
-    assert precision_of(model) == "fp32" and not model._forward_hooks and not model._forward_pre_hooks
+    assert precision_of(model) == "fp32" and "forward" not in model.__dict__
     torch.testing.assert_close(model(x), plain, rtol=0, atol=0)
 
 
-def test_a_forward_that_raises_leaves_no_autocast_behind():
+@pytest.mark.parametrize("error", [ValueError, KeyboardInterrupt, SystemExit])
+def test_whatever_ends_a_forward_leaves_no_autocast_behind(error):
     class Broken(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -56,14 +59,77 @@ def test_a_forward_that_raises_leaves_no_autocast_behind():
 
         def forward(self, x):
             self.conv(x)
-            raise ValueError("broken")
+            raise error("broken")
 
     model = set_precision(Broken(), "bf16")
-    with pytest.raises(ValueError):
+    with pytest.raises(error):
         model(torch.rand(1, 3, 4, 4))
     assert not torch.is_autocast_enabled("cpu")
     set_precision(model, "fp16")  # a second call replaces the first
-    assert precision_of(model) == "fp16" and len(model._forward_hooks) == 1
+    assert precision_of(model) == "fp16" and isinstance(model.__dict__["forward"].inner, type(None))
+
+
+def test_autocast_is_the_calling_threads_alone():
+    """Another thread in the middle of the module's forward leaves this thread's arithmetic alone."""
+    import threading
+
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    class Slow(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            inside.set()
+            release.wait(10)
+            return self.linear(x)
+
+    model = set_precision(Slow(), "bf16")
+    worker = threading.Thread(target=model, args=(torch.rand(2, 4),))
+    worker.start()
+    assert inside.wait(10)
+    here = torch.is_autocast_enabled("cpu")
+    release.set()
+    worker.join(10)
+    assert seen == [True] and here is False
+    assert model(torch.rand(2, 4)).dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+
+
+Pair = namedtuple("Pair", "logits features")
+
+
+class Several(torch.nn.Module):
+    """A module whose output holds tensors in a dict, a list, a tuple and a named tuple."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.linear(x)
+        return {"logits": y, "rest": [y, (y, Pair(y, y)), 3], "index": torch.arange(3)}
+
+
+def test_outputs_in_containers_come_back_as_float32_and_copies_keep_their_precision():
+    import copy
+    import io
+
+    model = set_precision(Several(), "bf16")
+    out = model(torch.rand(2, 4))
+    assert out["logits"].dtype == out["rest"][0].dtype == out["rest"][1][1].features.dtype == torch.float32
+    assert isinstance(out["rest"][1][1], Pair) and out["index"].dtype == torch.int64 and out["rest"][2] == 3
+    twin = copy.deepcopy(model)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    for other in (twin, loaded):
+        assert precision_of(other) == "bf16" and other.forward.module is other
+        assert other(torch.rand(2, 4))["logits"].dtype == torch.float32
+    set_precision(twin, "fp32")
+    assert precision_of(model) == "bf16" and precision_of(twin) == "fp32"
 
 
 @pytest.mark.parametrize("name", ["bf16", "fp16"])
@@ -101,6 +167,26 @@ def test_load_classifier_keeps_the_precision_in_its_recipe_and_cache(tmp_path):
     with pytest.raises(UsageError) as info:
         load_classifier(model=spec, precision="half")
     assert info.value.param == "precision"
+    assert precision_of(load_classifier(model=spec, precision=None).module) == "fp32"
+
+
+def test_your_own_module_has_one_precision_for_all_its_loads():
+    """load_classifier(model=<module>) uses the module itself: a second precision would change the first
+    load's under it, so it is refused; a copy takes its own."""
+    import copy
+
+    from campp_cli.models.loading import load_classifier
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    first = load_classifier(model=net, download=False)
+    assert load_classifier(model=net, download=False).module is first.module
+    with pytest.raises(UsageError) as info:
+        load_classifier(model=net, precision="bf16", download=False)
+    assert info.value.param == "precision" and "copy" in info.value.message
+    assert precision_of(first.module) == "fp32"
+    half = load_classifier(model=copy.deepcopy(net), precision="bf16", download=False)
+    assert precision_of(half.module) == "bf16" and precision_of(first.module) == "fp32"
 
 
 def test_the_cli_runs_in_half_precision_and_says_so(tmp_path, run_cli):

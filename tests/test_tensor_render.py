@@ -89,3 +89,11 @@ def test_jpegs_from_the_gpu_encoder_equal_pillows_within_jpeg_rounding():
         gpu, cpu = _decoded(data), _decoded(encode_jpeg(figure))
         assert gpu.shape == cpu.shape == figure.shape
         assert np.abs(gpu - cpu).mean() < 1.0 and np.abs(gpu - figure.astype(int)).mean() < 4.0
+
+
+def test_a_nan_or_inf_in_a_map_is_drawn_at_an_end_of_the_scale():
+    """NaN as the colour scale's 0 (what NumPy's cast of NaN to uint8 gives the CPU path on x86), inf clipped
+    to 1, -inf to 0: no index out of the table (on CUDA that would be a device-side assert)."""
+    cam = np.array([[0.0, np.nan], [np.inf, -np.inf]], dtype=np.float32)
+    got = tensors.colorize_maps(torch.from_numpy(cam)[None])[0].numpy()
+    np.testing.assert_array_equal(got, colorize(np.array([[0.0, 0.0], [1.0, 0.0]], dtype=np.float32)))

@@ -38,11 +38,12 @@ def upsample_maps(cams, height: int, width: int):
 
 
 def colorize_maps(cams01):
-    """(N, H, W) maps in [0, 1] -> (N, H, W, 3) uint8 RGB, JET (blue 0, red 1) as OpenCV's table has it."""
+    """(N, H, W) maps in [0, 1] -> (N, H, W, 3) uint8 RGB, JET (blue 0, red 1) as OpenCV's table has it; NaN
+    drawn as 0 (what the CPU path's cast gives), values beyond [0, 1] clipped."""
     import torch
 
     table = torch.from_numpy(_jet_rgb()).to(cams01.device)
-    levels = torch.round(cams01.clamp(0.0, 1.0) * 255.0).long()
+    levels = torch.round(torch.nan_to_num(cams01.float(), nan=0.0).clamp(0.0, 1.0) * 255.0).long()  # NaN: 0, as cv2
     return table[levels]
 
 

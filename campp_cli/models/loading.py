@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,10 @@ def _cache_key(arch, model, weights, device, layer, num_classes, labels, preproc
             num_classes, tuple(labels) if labels else None, repr(preprocessing), prepack)
 
 
+#: Your own modules (``model=`` an ``nn.Module``) loaded so far, and the precision each was loaded in.
+_LOADED_PRECISION: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
 def load_classifier(
     arch: str = "vgg16",
     weights: str | os.PathLike | None = None,
@@ -197,7 +202,7 @@ def load_classifier(
     if num_classes is not None and weights is None:
         raise UsageError("give the weights of that head with --weights", param="num_classes", value=num_classes)
     check_preprocessing(preprocessing)  # before any model is built
-    check_precision(precision)
+    precision = check_precision(precision or "fp32")
     device = torch.device(device)
     if download is None:
         download = os.environ.get("CAMPP_OFFLINE", "") in ("", "0")
@@ -216,6 +221,12 @@ def load_classifier(
     prepare_module(module, device, prepack)
     if model is not None or output_key is not None:  # your own model: every pass sees its logits, whatever
         keep_logits_output(module, output_key)       # its forward returns (the sources' return tensors)
+    if isinstance(model, torch.nn.Module):  # your module itself, not a copy: one precision for all its loads
+        given = _LOADED_PRECISION.get(model, precision)
+        if given != precision:
+            raise UsageError(f"this module is loaded in {given} already, and a module has one precision; "
+                             f"load a copy (copy.deepcopy) for another", param="precision", value=precision)
+        _LOADED_PRECISION[model] = precision
     set_precision(module, precision)
     recipe = dict(arch=arch, model=model, weights=str(path.absolute()) if path is not None else None, layer=target,
                   num_classes=num_classes, labels=list(spec.categories), preprocessing=final, output_key=output_key,

@@ -27,8 +27,6 @@ PRECISIONS = {
 #: The torch dtype of each half precision, by name (fp32 installs nothing).
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
-_HOOKS = "_campp_precision"  # the attribute holding (name, handles) of the hooks set_precision installed
-
 
 def check_precision(name: str) -> str:
     """``name`` if it is one of :data:`PRECISIONS`, else a usage error naming ``precision``."""
@@ -40,54 +38,66 @@ def check_precision(name: str) -> str:
 
 def precision_of(module) -> str:
     """The precision :func:`set_precision` gave ``module`` (``fp32`` if none)."""
-    kept = getattr(module, _HOOKS, None)
-    return "fp32" if kept is None else kept[0]
+    found = module.__dict__.get("forward")
+    return found.precision if isinstance(found, _AutocastForward) else "fp32"
 
 
-def set_precision(module, name: str = "fp32"):
-    """Run ``module``'s forward passes in precision ``name`` from now on (``fp32``: as it is), in place;
-    returns ``module``.  A second call replaces the first.  The autocast is entered by a forward pre-hook
-    and left by a forward hook that also runs when the forward raises (``always_call``), so an error
-    leaves no autocast behind; the output, a floating tensor, is returned as float32."""
-    check_precision(name)
-    kept = getattr(module, _HOOKS, None)
-    if kept is not None:
-        for handle in kept[1]:
-            handle.remove()
-        delattr(module, _HOOKS)
+def set_precision(module, name: str | None = "fp32"):
+    """Run ``module``'s forward passes in precision ``name`` from now on (``fp32`` or None: as it is), in
+    place; returns ``module``.  A second call replaces the first.  The module's ``forward`` is wrapped (an
+    attribute of the instance: its class, state dict, hooks and names stay as they are) in ``with
+    torch.autocast(...)``, on the device of its first tensor argument: per thread, and left whatever
+    ends the call (an error, Ctrl-C).  Half-precision floating tensors of the output (also inside a
+    dict, list or tuple) are returned as float32."""
+    name = check_precision(name or "fp32")
+    found = module.__dict__.get("forward")
+    if isinstance(found, _AutocastForward):
+        if found.inner is None:
+            del module.forward
+        else:
+            module.forward = found.inner
     if name == "fp32":
         return module
     import torch
 
-    hooks = _Autocast(getattr(torch, _DTYPES[name]))
-    handles = (module.register_forward_pre_hook(hooks.enter, prepend=True),
-               module.register_forward_hook(hooks.leave, always_call=True))  # after keep_logits_output's
-    setattr(module, _HOOKS, (name, handles))
+    module.forward = _AutocastForward(module, name, getattr(torch, _DTYPES[name]), module.__dict__.get("forward"))
     return module
 
 
-class _Autocast:
-    """The pair of hooks of :func:`set_precision`: ``torch.autocast`` on the device of the module's
-    parameters, entered before its forward and left after it (a stack, for a module that calls itself)."""
+class _AutocastForward:
+    """The forward :func:`set_precision` installs: the module's own (or the one the instance had) under
+    ``torch.autocast``.  A plain object holding the module, so that deepcopy and pickle copy it with it."""
 
-    def __init__(self, dtype):
-        self.dtype = dtype
-        self.open: list = []
+    def __init__(self, module, precision: str, dtype, inner=None):
+        self.module, self.precision, self.dtype, self.inner = module, precision, dtype, inner
 
-    def enter(self, module, args):
+    def __call__(self, *args, **kwargs):
         import torch
 
-        found = next(module.parameters(), None)
-        device = found.device.type if found is not None else "cpu"
-        context = torch.autocast(device_type=device, dtype=self.dtype)
-        context.__enter__()
-        self.open.append(context)
+        device = next((a.device.type for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        if device is None:
+            found = next(self.module.parameters(), None)
+            device = found.device.type if found is not None else "cpu"
+        with torch.autocast(device_type=device, dtype=self.dtype):
+            out = self.inner(*args, **kwargs) if self.inner is not None else \
+                type(self.module).forward(self.module, *args, **kwargs)
+        return _float32(out, self.dtype)
 
-    def leave(self, module, args, output):
-        import torch
 
-        if self.open:
-            self.open.pop().__exit__(None, None, None)
-        if isinstance(output, torch.Tensor) and output.is_floating_point() and output.dtype == self.dtype:
-            return output.float()
-        return output
+def _float32(out, dtype):
+    """``out`` with its tensors of ``dtype`` as float32: a tensor, or inside a dict (in place, as a Hugging
+    Face ModelOutput is), a list or a tuple (a named tuple too)."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.dtype == dtype else out
+    if isinstance(out, dict):
+        for k, v in list(out.items()):
+            out[k] = _float32(v, dtype)
+        return out
+    if isinstance(out, list):
+        return [_float32(v, dtype) for v in out]
+    if isinstance(out, tuple):
+        items = [_float32(v, dtype) for v in out]
+        return type(out)(*items) if hasattr(out, "_fields") else type(out)(items)
+    return out
