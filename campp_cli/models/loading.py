@@ -203,6 +203,11 @@ def load_classifier(
         raise UsageError("give the weights of that head with --weights", param="num_classes", value=num_classes)
     check_preprocessing(preprocessing)  # before any model is built
     precision = check_precision(precision or "fp32")
+    if isinstance(model, torch.nn.Module):  # your module itself, not a copy: one precision for all its loads
+        given = _LOADED_PRECISION.get(model, precision)
+        if given != precision:
+            raise UsageError(f"this module is loaded in {given} already, and a module has one precision; "
+                             f"load a copy (copy.deepcopy) for another", param="precision", value=precision)
     device = torch.device(device)
     if download is None:
         download = os.environ.get("CAMPP_OFFLINE", "") in ("", "0")
@@ -221,13 +226,9 @@ def load_classifier(
     prepare_module(module, device, prepack)
     if model is not None or output_key is not None:  # your own model: every pass sees its logits, whatever
         keep_logits_output(module, output_key)       # its forward returns (the sources' return tensors)
-    if isinstance(model, torch.nn.Module):  # your module itself, not a copy: one precision for all its loads
-        given = _LOADED_PRECISION.get(model, precision)
-        if given != precision:
-            raise UsageError(f"this module is loaded in {given} already, and a module has one precision; "
-                             f"load a copy (copy.deepcopy) for another", param="precision", value=precision)
-        _LOADED_PRECISION[model] = precision
     set_precision(module, precision)
+    if isinstance(model, torch.nn.Module):
+        _LOADED_PRECISION[model] = precision
     recipe = dict(arch=arch, model=model, weights=str(path.absolute()) if path is not None else None, layer=target,
                   num_classes=num_classes, labels=list(spec.categories), preprocessing=final, output_key=output_key,
                   precision=precision)
