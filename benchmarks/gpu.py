@@ -72,6 +72,11 @@ def _seconds(fn, device, repeats: int) -> float:
     return statistics.median(runs)
 
 
+def _sources() -> list[Path]:
+    """The photos of images/ (PNG and JPEG)."""
+    return sorted(p for p in (REPO / "images").iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+
+
 def _photos(size: int, device):
     """The photos of images/ as RGB in [0, 1], (N, 3, size, size), resized (for the maps' differences)."""
     import numpy as np
@@ -79,7 +84,7 @@ def _photos(size: int, device):
     from PIL import Image
 
     found = [np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
-             for p in sorted((REPO / "images").iterdir()) if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
+             for p in _sources()]
     return torch.from_numpy(np.stack(found)).permute(0, 3, 1, 2).contiguous().to(device)
 
 
@@ -210,7 +215,7 @@ def step_photos(args) -> None:
 
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
-    sources = sorted(p for p in (REPO / "images").iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    sources = _sources()
     start = time.perf_counter()
     with ProcessPoolExecutor(os.cpu_count()) as pool:
         list(pool.map(_photo, [(i, sources, folder) for i in range(args.count)], chunksize=64))

@@ -52,7 +52,6 @@ def overlay_images(rgb, heat, alpha: float):
     weights in float32, ``heat * alpha`` added to the float32 ``rgb * (1 - alpha)`` with one rounding (a
     fused multiply-add, here exact in float64 and rounded once to float32), then to the nearest integer
     (half to even) and saturated."""
-    import numpy as np
     import torch
 
     weight, rest = float(np.float32(alpha)), float(np.float32(1.0 - alpha))

@@ -202,7 +202,7 @@ def load_classifier(
     if num_classes is not None and weights is None:
         raise UsageError("give the weights of that head with --weights", param="num_classes", value=num_classes)
     check_preprocessing(preprocessing)  # before any model is built
-    precision = check_precision(precision or "fp32")
+    precision = check_precision(precision)
     if isinstance(model, torch.nn.Module):  # your module itself, not a copy: one precision for all its loads
         given = _LOADED_PRECISION.get(model, precision)
         if given != precision:

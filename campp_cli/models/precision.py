@@ -28,8 +28,10 @@ PRECISIONS = {
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
-def check_precision(name: str) -> str:
-    """``name`` if it is one of :data:`PRECISIONS`, else a usage error naming ``precision``."""
+def check_precision(name: str | None) -> str:
+    """``name`` if it is one of :data:`PRECISIONS` (None: ``fp32``), else a usage error naming ``precision``."""
+    if name is None:
+        return "fp32"
     if name not in PRECISIONS:
         raise UsageError(f"choose from {', '.join(PRECISIONS)}{suggest(str(name), PRECISIONS)}",
                          param="precision", value=name)
@@ -49,7 +51,7 @@ def set_precision(module, name: str | None = "fp32"):
     torch.autocast(...)``, on the device of its first tensor argument: per thread, and left whatever
     ends the call (an error, Ctrl-C).  Half-precision floating tensors of the output (also inside a
     dict, list or tuple) are returned as float32."""
-    name = check_precision(name or "fp32")
+    name = check_precision(name)
     found = module.__dict__.get("forward")
     if isinstance(found, _AutocastForward):
         if found.inner is None:

@@ -270,7 +270,7 @@ def model_request(arch=None, model=None, num_classes=None, labels=None, input_si
     return dict(arch=arch or "vgg16", model=model, num_classes=num_classes,
                 labels=read_labels(labels) if labels is not None else None,
                 preprocessing=parse_overrides(input_size, mean, std, resize) or None,
-                output_key=parse_key(output_key), precision=check_precision(precision or "fp32"))
+                output_key=parse_key(output_key), precision=check_precision(precision))
 
 
 def run(command: str = "classify", files=(), listener: Listener | None = None, **params):
